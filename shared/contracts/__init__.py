@@ -1,0 +1,108 @@
+"""Typed records of every topic, and one parser that reads any of them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, TypeAdapter
+
+from shared.contracts.envelope import Envelope, new_trace_id, utcnow
+from shared.contracts.events import (
+    JobAccepted,
+    JobAcceptedData,
+    JobCancelled,
+    JobCancelledData,
+    JobCompleted,
+    JobCompletedData,
+    JobFailed,
+    JobFailedData,
+    JobRetrying,
+    JobRetryingData,
+    JobStarted,
+    JobStartedData,
+    TokenChunk,
+    TokenChunkData,
+    TokenUsage,
+)
+from shared.contracts.jobs import (
+    CancelJob,
+    CancelJobData,
+    DeadLetterData,
+    JobDeadLettered,
+    JobSpec,
+    ModelConfig,
+    RunJob,
+    RunJobData,
+)
+
+LifecycleEvent = JobAccepted | JobStarted | JobRetrying | JobCompleted | JobFailed | JobCancelled
+AnyRecord = Annotated[
+    RunJob
+    | CancelJob
+    | JobDeadLettered
+    | JobAccepted
+    | JobStarted
+    | JobRetrying
+    | JobCompleted
+    | JobFailed
+    | JobCancelled
+    | TokenChunk,
+    Field(discriminator="type"),
+]
+
+RECORD_TYPES: dict[str, type[Envelope]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        RunJob,
+        CancelJob,
+        JobDeadLettered,
+        JobAccepted,
+        JobStarted,
+        JobRetrying,
+        JobCompleted,
+        JobFailed,
+        JobCancelled,
+        TokenChunk,
+    )
+}
+
+_ANY = TypeAdapter[AnyRecord](AnyRecord)
+
+
+def parse_record(raw: bytes | str) -> AnyRecord:
+    """Parse and validate any streamjobs record; raises `pydantic.ValidationError`."""
+    return _ANY.validate_json(raw)
+
+
+__all__ = [
+    "RECORD_TYPES",
+    "AnyRecord",
+    "CancelJob",
+    "CancelJobData",
+    "DeadLetterData",
+    "Envelope",
+    "JobAccepted",
+    "JobAcceptedData",
+    "JobCancelled",
+    "JobCancelledData",
+    "JobCompleted",
+    "JobCompletedData",
+    "JobDeadLettered",
+    "JobFailed",
+    "JobFailedData",
+    "JobRetrying",
+    "JobRetryingData",
+    "JobSpec",
+    "JobStarted",
+    "JobStartedData",
+    "LifecycleEvent",
+    "ModelConfig",
+    "RunJob",
+    "RunJobData",
+    "TokenChunk",
+    "TokenChunkData",
+    "TokenUsage",
+    "new_trace_id",
+    "parse_record",
+    "utcnow",
+]

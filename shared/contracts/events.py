@@ -1,0 +1,111 @@
+"""Lifecycle facts on `streamjobs.events` and token chunks on `streamjobs.chunks`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.contracts.envelope import Envelope
+from shared.contracts.jobs import JobSpec
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class JobAcceptedData(JobSpec):
+    pass
+
+
+class JobAccepted(Envelope):
+    """The gateway queued the job."""
+
+    type: Literal["job.accepted"] = "job.accepted"
+    data: JobAcceptedData
+
+
+class JobStartedData(_Body):
+    attempt: int
+    worker: str = Field(description="the streamer instance that runs this attempt")
+    queued_for_ms: float | None = None
+
+
+class JobStarted(Envelope):
+    type: Literal["job.started"] = "job.started"
+    data: JobStartedData
+
+
+class JobRetryingData(_Body):
+    attempt: int = Field(description="the attempt that failed")
+    next_attempt: int
+    reason: str
+    retry_at: datetime
+
+
+class JobRetrying(Envelope):
+    type: Literal["job.retrying"] = "job.retrying"
+    data: JobRetryingData
+
+
+class TokenUsage(_Body):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class JobCompletedData(_Body):
+    attempt: int
+    response: str
+    finish_reason: str | None = None
+    model: str
+    usage: TokenUsage
+    chunks: int = Field(description="number of chunk records of this attempt")
+    last_seq: int
+    time_to_first_token_ms: float | None = None
+    duration_ms: float
+
+
+class JobCompleted(Envelope):
+    type: Literal["job.completed"] = "job.completed"
+    data: JobCompletedData
+
+
+class JobFailedData(_Body):
+    attempt: int
+    reason: str
+    error_type: str
+    retriable: bool = False
+
+
+class JobFailed(Envelope):
+    type: Literal["job.failed"] = "job.failed"
+    data: JobFailedData
+
+
+class JobCancelledData(_Body):
+    attempt: int = 0
+    reason: str = "cancelled by user"
+    last_seq: int = -1
+
+
+class JobCancelled(Envelope):
+    type: Literal["job.cancelled"] = "job.cancelled"
+    data: JobCancelledData
+
+
+class TokenChunkData(_Body):
+    attempt: int
+    seq: int = Field(ge=0, description="0, 1, 2… per (job, attempt); no gaps")
+    text: str
+    tokens: int = Field(ge=0, description="completion tokens in this chunk")
+    first_token_at: datetime = Field(description="when the first token of this chunk arrived")
+    emitted_at: datetime
+
+
+class TokenChunk(Envelope):
+    """Record on `streamjobs.chunks`: coalesced tokens of one attempt."""
+
+    type: Literal["job.chunk"] = "job.chunk"
+    data: TokenChunkData
