@@ -54,7 +54,8 @@ class RunJob(Envelope):
 class CancelJobData(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    user_id: str
+    user_id: str = Field(description="who asked; a streamer obeys only the job's owner or an admin")
+    admin: bool = False
     reason: str = "cancelled by user"
 
 

@@ -1,0 +1,1 @@
+"""The local stack: real Kafka and PostgreSQL without Docker, plus the project's processes."""

@@ -1,0 +1,68 @@
+"""Test helpers: waiting on conditions with a clear timeout, reading topics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+T = TypeVar("T")
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
+    *,
+    timeout: float = 20.0,
+    message: str,
+    interval: float = 0.05,
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `message` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s: {message}")
+        await asyncio.sleep(interval)
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Callable[[list[bytes]], bool],
+    timeout: float = 20.0,
+) -> list[bytes]:
+    """Read `topic` from the beginning until `until(values)` holds; values in partition order."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        if not partitions:
+            await consumer.topics()  # refresh metadata once
+            partitions = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+            ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        values: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while not until(values):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout}s reading {topic}: {len(values)} records"
+                )
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                values.extend(r.value for r in records if r.value is not None)
+        return values
+    finally:
+        await consumer.stop()
