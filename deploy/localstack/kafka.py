@@ -117,6 +117,13 @@ class KafkaNode:
         return "".join(f"{k}={v}\n" for k, v in config.items())
 
     def start(self, timeout_s: float = 60.0) -> None:
+        running = ManagedProcess.from_pid_file(
+            "kafka", self.state_dir / "kafka.pid", self.state_dir / "kafka.out"
+        )
+        if running is not None and running.alive():  # left by an earlier `up`
+            self.process = running
+            wait_for_port("127.0.0.1", self.port, timeout_s, alive=running.alive)
+            return
         libs = ensure_jars(self.cache_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         props = self.state_dir / "server.properties"

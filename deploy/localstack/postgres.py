@@ -96,6 +96,9 @@ class PostgresNode:
                 **_as_user(user),
             )
         log = self.state_dir / "postgres.log"
+        if self.is_running():  # left by an earlier `up`
+            wait_for_port("127.0.0.1", self.port, timeout_s, log=log)
+            return
         log.touch()
         self._chown(user, log)
         options = (
@@ -110,7 +113,13 @@ class PostgresNode:
         wait_for_port("127.0.0.1", self.port, timeout_s, log=log)
 
     def is_running(self) -> bool:
-        return (self.pgdata / "postmaster.pid").exists()
+        if not (self.pgdata / "postmaster.pid").exists():
+            return False
+        try:
+            _pg().pg_ctl(["status"], pgdata=self.pgdata, **_as_user(_run_as()))
+        except subprocess.CalledProcessError:
+            return False  # a stale pid file left by a crash
+        return True
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; `mode="immediate"` is a crash-like stop. Safe to call twice."""

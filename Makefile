@@ -1,0 +1,84 @@
+# streamjobs entry points. `make run` starts everything and streams a demo job;
+# `make test` runs the whole suite against a real Kafka broker and PostgreSQL.
+# Both install what they need first.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+STACK_ENV := .state/stack.env
+
+.DEFAULT_GOAL := help
+.PHONY: help install system-deps run demo stop status logs test test-unit lint format bench schemas token clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: system-deps $(STAMP) ## create .venv and install the project with its dev tools
+
+# Java 17 runs the Kafka broker and Maven fetches its jars once; install them
+# from the distribution when they are missing (root on Debian/Ubuntu).
+system-deps:
+	@command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 || { \
+	  echo "installing Java 17 and Maven (needed to run Kafka)"; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; \
+	  else echo "please install Java 17+ and Maven" >&2; exit 1; fi; }
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+run: install ## start Kafka, PostgreSQL, the LLM simulator and the four services; stream a demo job
+	$(PY) -m deploy.localstack up
+	@. ./$(STACK_ENV) && $(PY) -m deploy.demo
+	@echo ""
+	@echo "The stack keeps running. Try:"
+	@echo "  source $(STACK_ENV)      # STREAMJOBS_URL, STREAMJOBS_TOKEN, ..."
+	@echo "  make demo                # stream another job"
+	@echo "  make status / make logs  # health of each process / where the logs are"
+	@echo "  make stop                # stop everything"
+	@echo "Metrics:   http://127.0.0.1:8080/metrics (gateway) :8081 (results) :8082 (notifier) :8083 (streamer)"
+	@echo "Health:    /healthz and /readyz on the same ports"
+	@echo "Dashboard: deploy/grafana/  Prometheus config and alerts: deploy/prometheus/"
+
+demo: install ## stream one more demo job through the running stack
+	@. ./$(STACK_ENV) && $(PY) -m deploy.demo
+
+stop: ## stop everything `make run` started
+	@test -x $(PY) && $(PY) -m deploy.localstack down || true
+
+status: install ## show whether each process is ready
+	@$(PY) -m deploy.localstack status
+
+logs: ## where each process logs
+	@ls -1 .state/stack/logs/*.log .state/stack/kafka/server.log .state/stack/postgres/postgres.log 2>/dev/null
+
+lint: install ## ruff (format + rules) and mypy strict
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+format: install ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: install lint ## lint, then every test (unit, integration, e2e) against real Kafka and PostgreSQL
+	$(PY) -m pytest
+
+test-unit: install ## only the fast tests without I/O
+	$(PY) -m pytest tests/unit
+
+bench: install ## measure the pipeline against the simulator; writes bench-results.json
+	$(PY) -m tests.bench
+
+schemas: install ## regenerate docs/asyncapi.json and docs/schemas/ from the models
+	$(PY) -m shared.asyncapi docs
+
+token: install ## print an API token: make token USER_ID=alice [SCOPES=jobs:read,jobs:write]
+	@. ./$(STACK_ENV) && $(PY) -m shared.token_cli $(or $(USER_ID),demo) --scopes $(or $(SCOPES),jobs:read,jobs:write)
+
+clean: stop ## stop the stack and delete its data (keeps the Kafka jar cache)
+	rm -rf .state/stack .state/stack.env .state/test
