@@ -1,0 +1,129 @@
+"""OpenAI's wire format: `chat.completion.chunk` SSE events, completion bodies, error bodies.
+
+A stream's constant parts are encoded once in `ChunkEncoder`, so that sending
+tokens is one `bytes.join` over their pre-encoded JSON strings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+DONE = b"data: [DONE]\n\n"
+SYSTEM_FINGERPRINT = "fp_sim0c0ffee1"
+
+# status -> (message, type, code), as OpenAI answers them
+_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    400: ("Invalid request.", "invalid_request_error", None),
+    429: (
+        "Rate limit reached for requests (simulated). Please try again later.",
+        "requests",
+        "rate_limit_exceeded",
+    ),
+    500: (
+        "The server had an error while processing your request. Sorry about that! (simulated)",
+        "server_error",
+        None,
+    ),
+    503: (
+        "The engine is currently overloaded, please try again later. (simulated)",
+        "server_error",
+        "service_unavailable",
+    ),
+}
+
+
+def dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+class ChunkEncoder:
+    """The SSE events of one stream; `tokens()` costs one join over pre-encoded token strings."""
+
+    __slots__ = ("_head", "_tail", "_token_head", "_token_sep", "_token_tail")
+
+    def __init__(self, *, completion_id: str, created: int, model: str, include_usage: bool):
+        head = dumps(
+            {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+            }
+        )
+        self._head = b"data: " + head[:-1] + b',"choices":'
+        self._tail = (b',"usage":null' if include_usage else b"") + b"}\n\n"
+        self._token_head = self._head + b'[{"index":0,"delta":{"content":'
+        self._token_tail = b'},"logprobs":null,"finish_reason":null}]' + self._tail
+        self._token_sep = self._token_tail + self._token_head
+
+    def role(self) -> bytes:
+        return (
+            self._head
+            + b'[{"index":0,"delta":{"role":"assistant","content":""},'
+            + b'"logprobs":null,"finish_reason":null}]'
+            + self._tail
+        )
+
+    def tokens(self, encoded: Sequence[bytes]) -> bytes:
+        """One event per token; `encoded` are JSON strings such as `b'" fox"'`."""
+        return self._token_head + self._token_sep.join(encoded) + self._token_tail
+
+    def finish(self, reason: str) -> bytes:
+        return (
+            self._head
+            + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
+            + dumps(reason)
+            + b"}]"
+            + self._tail
+        )
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        return (
+            self._head + b'[],"usage":' + dumps(usage(prompt_tokens, completion_tokens)) + b"}\n\n"
+        )
+
+
+def completion_body(
+    *,
+    completion_id: str,
+    created: int,
+    model: str,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> bytes:
+    return dumps(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            ],
+            "usage": usage(prompt_tokens, completion_tokens),
+        }
+    )
+
+
+def error_body(status: int, message: str | None = None, param: str | None = None) -> dict[str, Any]:
+    default, kind, code = _ERRORS.get(status, ("Error.", "server_error", None))
+    return {"error": {"message": message or default, "type": kind, "param": param, "code": code}}
