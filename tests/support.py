@@ -5,15 +5,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 T = TypeVar("T")
 
 
+@overload
 async def wait_for(
-    probe: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
+    probe: Callable[[], Awaitable[T]], *, timeout: float = ..., message: str, interval: float = ...
+) -> T: ...
+
+
+@overload
+async def wait_for(
+    probe: Callable[[], T], *, timeout: float = ..., message: str, interval: float = ...
+) -> T: ...
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]] | Callable[[], T],
     *,
     timeout: float = 20.0,
     message: str,
@@ -26,7 +38,7 @@ async def wait_for(
         if asyncio.iscoroutine(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value  # type: ignore[return-value]  # awaited above when it was a coroutine
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s: {message}")
         await asyncio.sleep(interval)

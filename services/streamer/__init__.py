@@ -1,0 +1,1 @@
+"""The streamer: runs jobs by priority, streams from the LLM, publishes chunks and events."""

@@ -1,0 +1,312 @@
+"""Wiring of the streamer: consumers, scheduler, job tasks, producer, ops HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import openai
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client import CollectorRegistry
+
+from services.streamer.breaker import CircuitBreaker
+from services.streamer.cancels import PendingCancels, may_cancel
+from services.streamer.control import ControlReader
+from services.streamer.intake import Intake
+from services.streamer.job import Deps, RetryPolicy, Running
+from services.streamer.metrics import StreamerMetrics
+from services.streamer.outcomes import poison_record
+from services.streamer.runner import run_job
+from services.streamer.scheduler import Scheduler
+from services.streamer.settings import StreamerSettings
+from services.streamer.upstream import make_client
+from shared.contracts import CancelJobData
+from shared.http import add_ops_routes
+from shared.kafka import ensure_topics, make_producer, publish
+from shared.topics import PRIORITY_ORDER, dlq_topic, job_topic, retry_topic
+
+log = logging.getLogger(__name__)
+
+RETRY_BAND = -1  # pseudo band of the retry topic's partitions, for pausing
+
+
+class StreamerService:
+    def __init__(self, settings: StreamerSettings, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = StreamerMetrics(registry)
+        self.port = 0
+        self.worker = settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.scheduler: Scheduler[Running] = Scheduler(
+            settings.streamer_slots, aging_s=settings.streamer_aging_s
+        )
+        self.cancels = PendingCancels(
+            capacity=settings.streamer_cancel_capacity, ttl_s=settings.streamer_cancel_ttl_s
+        )
+        self.running: dict[str, Running] = {}
+        self._delayed: list[tuple[float, int, Running, int]] = []  # (due, n, job, rank)
+        self._counter = itertools.count()
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._stack = contextlib.AsyncExitStack()
+        self._producer: AIOKafkaProducer | None = None
+        self._intakes: dict[str, Intake] = {}
+        self._control: ControlReader | None = None
+        self._accepting = False
+        self._started = False
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            # Whatever did start is stopped again, in reverse order.
+            await self._stack.aclose()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        prefix = s.topic_prefix
+        await ensure_topics(s.kafka_bootstrap_servers, prefix, s.job_partitions)
+        stack = self._stack
+        producer = make_producer(s.kafka_bootstrap_servers, client_id=f"streamer-{self.worker}")
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        self._producer = producer
+        client = make_client(
+            s.openai_base_url,
+            s.openai_api_key.get_secret_value(),
+            aiohttp_client=s.streamer_use_aiohttp_client,
+        )
+        stack.push_async_callback(client.close)
+        self.deps = self._deps(producer, client)
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers)
+        await self._admin.start()
+        stack.push_async_callback(self._admin.close)
+
+        self._control = ControlReader(s.kafka_bootstrap_servers, prefix, self._on_cancel)
+        await self._control.start()
+        stack.push_async_callback(self._control.stop)
+
+        prefetch = s.streamer_prefetch or s.streamer_slots
+        bands = {job_topic(p, prefix): p.rank for p in PRIORITY_ORDER}
+        self._intakes["jobs"] = self._intake(
+            "jobs", s.streamer_group_id, list(bands), bands, prefetch
+        )
+        self._intakes["retry"] = self._intake(
+            "retry",
+            s.streamer_retry_group_id,
+            [retry_topic(prefix)],
+            {retry_topic(prefix): RETRY_BAND},
+            max(prefetch, 256),
+        )
+        for intake in self._intakes.values():
+            await intake.consumer.start()
+            stack.push_async_callback(intake.consumer.stop)
+
+        app = web.Application()
+        add_ops_routes(app, self.registry, self._ready)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, s.streamer_host, s.streamer_port)
+        await site.start()
+        self.port = runner.addresses[0][1]
+
+        self._accepting = True
+        self._started = True
+        self._spawn(self._dispatch_loop())
+        self._spawn(self._control.loop())
+        for intake in self._intakes.values():
+            self._spawn(intake.fetch_loop())
+            self._spawn(intake.commit_loop())
+        log.info("streamer %s up: %d slots, port %d", self.worker, s.streamer_slots, self.port)
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        self._accepting = False
+        # No new jobs: the fetch and dispatch loops go first.
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background.clear()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=self.settings.streamer_grace_s)
+            # Cut short: no final event and no commit, so another instance runs them again.
+            for task in late:
+                task.cancel()
+            for task in late:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for intake in self._intakes.values():
+            await intake.final_commit()
+        await self._stack.aclose()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._background.append(asyncio.create_task(coro))
+
+    def _deps(self, producer: AIOKafkaProducer, client: openai.AsyncOpenAI) -> Deps:
+        s = self.settings
+        return Deps(
+            producer=producer,
+            client=client,
+            metrics=self.metrics,
+            breaker=CircuitBreaker(
+                failure_threshold=s.streamer_breaker_failures,
+                cooldown_s=s.streamer_breaker_cooldown_s,
+            ),
+            retry=RetryPolicy(
+                max_attempts=s.streamer_max_attempts,
+                base_s=s.streamer_retry_base_s,
+                max_s=s.streamer_retry_max_s,
+            ),
+            prefix=s.topic_prefix,
+            worker=self.worker,
+            upstream=s.openai_base_url,
+            window_ms=s.streamer_chunk_window_ms,
+            max_tokens=s.streamer_chunk_max_tokens,
+            job_timeout_s=s.streamer_job_timeout_s,
+            idle_timeout_s=s.streamer_idle_timeout_s,
+        )
+
+    def _intake(
+        self, name: str, group: str, topics: list[str], bands: dict[str, int], prefetch: int
+    ) -> Intake:
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=group,
+            client_id=f"streamer-{name}-{self.worker}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=s.streamer_session_timeout_ms,
+            heartbeat_interval_ms=s.streamer_heartbeat_interval_ms,
+            # Jobs run long, but the fetch loop keeps polling, so the default poll bound holds.
+        )
+        intake = Intake(
+            name,
+            consumer,
+            topics,
+            rank_of_topic=lambda _topic, job: job.data.priority.rank,
+            offer=self._offer,
+            dead_letter=self._dead_letter,
+            backlog=self._backlog,
+            prefetch=prefetch,
+            on_revoke=self._drop_revoked,
+            admin=self._admin,
+            group_id=group,
+        )
+        intake.subscribe(bands)
+        return intake
+
+    async def _ready(self) -> dict[str, bool]:
+        producer_ok = self._producer is not None and self._started
+        return {
+            "kafka_producer": producer_ok,
+            "jobs_consumer": "jobs" in self._intakes and self._intakes["jobs"].ready(),
+            "control_consumer": self._control is not None and self._control.ready(),
+        }
+
+    def _backlog(self, rank: int) -> int:
+        if rank == RETRY_BAND:
+            return len(self._delayed)
+        return self.scheduler.waiting(rank)
+
+    def _offer(self, running: Running, rank: int) -> None:
+        now = time.monotonic()
+        if running.due > now:
+            heapq.heappush(self._delayed, (running.due, next(self._counter), running, rank))
+        else:
+            self.scheduler.offer(running, rank, now)
+        self.metrics.jobs_waiting.set(self.scheduler.waiting())
+        self._wake.set()
+
+    def _drop_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.scheduler.drop(lambda r: r.tp in revoked)
+        self._delayed = [d for d in self._delayed if d[2].tp not in revoked]
+        heapq.heapify(self._delayed)
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            timeout = None
+            if self._delayed:
+                timeout = max(0.0, self._delayed[0][0] - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            self._wake.clear()
+            now = time.monotonic()
+            while self._delayed and self._delayed[0][0] <= now:
+                _, _, running, rank = heapq.heappop(self._delayed)
+                self.scheduler.offer(running, rank, now)
+            while self._accepting and (waiting := self.scheduler.take(now)) is not None:
+                self._launch(waiting.item, now)
+            self.metrics.slots_in_use.set(self.scheduler.in_use)
+            self.metrics.jobs_waiting.set(self.scheduler.waiting())
+
+    def _launch(self, running: Running, now: float) -> None:
+        job = running.job
+        pending = self.cancels.take(job.job_id, job.data.user_id, now)
+        if pending is not None:
+            running.cancel = pending
+        self.running[job.job_id] = running
+        if running.tp is not None and running.cancel is None:
+            self._intakes[running.source].started(
+                running.tp, running.offset, job.job_id, job.data.attempt
+            )
+        task = asyncio.create_task(self._run(running))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, running: Running) -> None:
+        try:
+            await run_job(running, self.deps)
+        except asyncio.CancelledError:
+            raise  # shutdown: neither final event nor commit
+        except Exception:  # a process boundary: one job's bug must not stop the streamer
+            log.exception("job %s crashed; its offset is released", running.job.job_id)
+        finally:
+            self.running.pop(running.job.job_id, None)
+            self.scheduler.release()
+            self._wake.set()
+        intake = self._intakes[running.source]
+        if running.tp is not None:
+            intake.done(running.tp, running.offset)
+
+    def _on_cancel(self, job_id: str, cancel: CancelJobData) -> None:
+        running = self.running.get(job_id)
+        if running is None:
+            self.cancels.remember(job_id, cancel, time.monotonic())
+        elif may_cancel(cancel, running.job.data.user_id):
+            running.request_cancel(cancel)
+        else:
+            log.warning("ignored a cancel of job %s by user %s", job_id, cancel.user_id)
+
+    async def _dead_letter(
+        self, value: bytes | None, reason: str, error_type: str, tp: TopicPartition, offset: int
+    ) -> None:
+        log.warning("dead-lettering %s[%d]@%d: %s", tp.topic, tp.partition, offset, reason)
+        self.metrics.dead_lettered.labels(error_type).inc()
+        assert self._producer is not None
+        record = poison_record(value, reason, error_type, tp.topic, tp.partition, offset)
+        await publish(self._producer, dlq_topic(self.settings.topic_prefix), record)
+
+
+def create_service(
+    settings: StreamerSettings, *, registry: CollectorRegistry | None = None
+) -> StreamerService:
+    return StreamerService(settings, registry if registry is not None else CollectorRegistry())

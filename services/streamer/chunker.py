@@ -1,0 +1,73 @@
+"""Token coalescing: the first token leaves alone at once, later ones by time window or count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    seq: int
+    text: str
+    tokens: int
+    first_token_at: float  # wall-clock seconds of the chunk's first token
+    emitted_at: float
+
+
+class Chunker:
+    """Collects token deltas of one attempt and cuts them into numbered chunks (seq 0, 1, ...)."""
+
+    __slots__ = ("_first_at", "_parts", "_window_s", "max_tokens", "next_seq", "texts")
+
+    def __init__(self, *, window_ms: float = 30.0, max_tokens: int = 16) -> None:
+        self._window_s = window_ms / 1000.0
+        self.max_tokens = max(1, max_tokens)
+        self._parts: list[str] = []
+        self._first_at = 0.0
+        self.next_seq = 0
+        self.texts: list[str] = []  # every flushed chunk's text, for the final response
+
+    @property
+    def pending(self) -> int:
+        return len(self._parts)
+
+    @property
+    def last_seq(self) -> int:
+        return self.next_seq - 1
+
+    def deadline(self) -> float | None:
+        """Wall-clock time by which the pending tokens must leave, or None if none pend."""
+        return self._first_at + self._window_s if self._parts else None
+
+    def add(self, text: str, now: float) -> Chunk | None:
+        """Add one token; returns a chunk when one is due."""
+        if not self._parts:
+            self._first_at = now
+        self._parts.append(text)
+        if (
+            self.next_seq == 0
+            or len(self._parts) >= self.max_tokens
+            or now - self._first_at >= self._window_s
+        ):
+            return self.flush(now)
+        return None
+
+    def due(self, now: float) -> Chunk | None:
+        """The pending tokens, if their window has passed."""
+        if self._parts and now - self._first_at >= self._window_s:
+            return self.flush(now)
+        return None
+
+    def flush(self, now: float) -> Chunk | None:
+        """Whatever pends, as a chunk (stream end, cancel)."""
+        if not self._parts:
+            return None
+        text = "".join(self._parts)
+        chunk = Chunk(self.next_seq, text, len(self._parts), self._first_at, now)
+        self._parts = []
+        self.next_seq += 1
+        self.texts.append(text)
+        return chunk
+
+    def response(self) -> str:
+        return "".join(self.texts)

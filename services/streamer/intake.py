@@ -1,0 +1,210 @@
+"""Kafka intake of jobs: one group consumer per source, offsets committed once jobs are final."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from pydantic import ValidationError
+
+from services.streamer.claims import decode, encode
+from services.streamer.job import Running
+from services.streamer.offsets import OffsetTracker
+from shared.contracts import RunJob, parse_record
+
+log = logging.getLogger(__name__)
+
+# Called with a job parsed from a record; the intake tracks its offset until `done`.
+Offer = Callable[[Running, int], None]
+# Called with (record value, reason, error type, tp, offset) for a poison record.
+DeadLetter = Callable[[bytes | None, str, str, TopicPartition, int], Awaitable[None]]
+
+
+class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.intake.revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.intake.assigned(set(assigned))
+
+
+class Intake:
+    """Reads RunJob records of some topics in a consumer group and hands them on by band.
+
+    Partitions of a band pause while `backlog(rank)` reaches `prefetch`, so memory stays
+    bounded while a higher band's partitions keep being fetched.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        consumer: AIOKafkaConsumer,
+        topics: list[str],
+        rank_of_topic: Callable[[str, RunJob], int],
+        offer: Offer,
+        dead_letter: DeadLetter,
+        backlog: Callable[[int], int],
+        prefetch: int,
+        on_revoke: Callable[[set[TopicPartition]], None],
+        admin: AIOKafkaAdminClient,
+        group_id: str,
+    ) -> None:
+        self.admin = admin
+        self.group_id = group_id
+        # Per partition: offset -> (job id, attempt) of attempts started and not final,
+        # ours and those a previous owner left in the commit metadata.
+        self._started: dict[TopicPartition, dict[int, tuple[str, int]]] = {}
+        self._dirty: set[TopicPartition] = set()
+        self.name = name
+        self.consumer = consumer
+        self.topics = topics
+        self.rank_of = rank_of_topic
+        self.offer = offer
+        self.dead_letter = dead_letter
+        self.backlog = backlog
+        self.prefetch = prefetch
+        self.on_revoke = on_revoke
+        self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._commit_wanted = asyncio.Event()
+        self._band_of_topic: dict[str, int] = {}
+
+    def subscribe(self, band_of_topic: dict[str, int]) -> None:
+        self._band_of_topic = band_of_topic
+        self.consumer.subscribe(self.topics, listener=_Revocations(self))
+
+    def ready(self) -> bool:
+        return bool(self.consumer.assignment())
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        self.offsets.done(tp, offset)
+        started = self._started.get(tp)
+        if started is not None:
+            started.pop(offset, None)
+        self._commit_wanted.set()
+
+    def started(self, tp: TopicPartition, offset: int, job_id: str, attempt: int) -> None:
+        """Claim an attempt in the commit metadata, so a successor runs the next one."""
+        self._started.setdefault(tp, {})[offset] = (job_id, attempt)
+        self._dirty.add(tp)
+        self._commit_wanted.set()
+
+    def previous_attempt(self, tp: TopicPartition, offset: int, job_id: str) -> int:
+        """The attempt a previous owner started for this record, or 0."""
+        claim = self._started.get(tp, {}).get(offset)
+        return claim[1] if claim is not None and claim[0] == job_id else 0
+
+    async def assigned(self, assigned: set[TopicPartition]) -> None:
+        if not assigned:
+            return
+        try:
+            committed = await self.admin.list_consumer_group_offsets(
+                self.group_id, partitions=sorted(assigned)
+            )
+        except KafkaError as exc:
+            log.warning("%s: could not read commit metadata: %r", self.name, exc)
+            return
+        for tp, meta in committed.items():
+            claims = decode(meta.metadata)
+            if claims:
+                self._started.setdefault(tp, {}).update(claims)
+
+    async def revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._commit()
+        for tp in revoked:
+            self.offsets.forget(tp)
+            self._started.pop(tp, None)
+            self._dirty.discard(tp)
+        self.on_revoke(revoked)
+
+    def _pause_full_bands(self) -> None:
+        assigned = self.consumer.assignment()
+        paused = self.consumer.paused()
+        for tp in assigned:
+            band = self._band_of_topic.get(tp.topic)
+            if band is None:
+                continue
+            full = self.backlog(band) >= self.prefetch
+            if full and tp not in paused:
+                self.consumer.pause(tp)
+            elif not full and tp in paused:
+                self.consumer.resume(tp)
+
+    async def fetch_loop(self) -> None:
+        consumer = self.consumer
+        while True:
+            self._pause_full_bands()
+            batch = await consumer.getmany(timeout_ms=100, max_records=500)
+            for tp, records in batch.items():
+                for record in records:
+                    self.offsets.track(tp, record.offset)
+                    await self._take(tp, record.offset, record.key, record.value)
+
+    async def _take(
+        self, tp: TopicPartition, offset: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        try:
+            parsed = parse_record(value or b"")
+        except ValidationError as exc:
+            errors = exc.errors()
+            reason = f"invalid record: {errors[0]['msg'] if errors else exc}"
+            await self.dead_letter(value, reason, "ValidationError", tp, offset)
+            self.done(tp, offset)
+            return
+        if not isinstance(parsed, RunJob):
+            await self.dead_letter(
+                value, f"unexpected record type {parsed.type!r}", "WrongType", tp, offset
+            )
+            self.done(tp, offset)
+            return
+        previous = self.previous_attempt(tp, offset, parsed.job_id)
+        if previous >= parsed.data.attempt:
+            # A previous owner died mid-attempt: this run is the next attempt.
+            parsed = parsed.model_copy(
+                update={"data": parsed.data.model_copy(update={"attempt": previous + 1})}
+            )
+            log.info(
+                "job %s was started elsewhere; running attempt %d", parsed.job_id, previous + 1
+            )
+        running = Running(job=parsed, source=self.name, tp=tp, offset=offset)
+        not_before = parsed.data.not_before
+        if not_before is not None:
+            running.due = time.monotonic() + (not_before - datetime.now(UTC)).total_seconds()
+        self.offer(running, self.rank_of(tp.topic, parsed))
+
+    async def commit_loop(self) -> None:
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            await self._commit()
+
+    async def _commit(self) -> None:
+        advanced = self.offsets.committable()
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp in set(advanced) | self._dirty:
+            position = advanced.get(tp, self.offsets.position(tp))
+            if position is not None:
+                metadata = encode(self._started.get(tp, {}), position)
+                offsets[tp] = OffsetAndMetadata(position, metadata)
+        self._dirty.clear()
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:
+            # A rebalance took the partition: the new owner re-runs what we could not commit.
+            log.warning("%s: commit of %s failed: %r", self.name, offsets, exc)
+
+    async def final_commit(self) -> None:
+        with contextlib.suppress(KafkaError):
+            await self._commit()

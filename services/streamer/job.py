@@ -1,0 +1,87 @@
+"""A job in a slot and what every attempt needs: dependencies, retry policy, outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from aiokafka import AIOKafkaProducer, TopicPartition
+from prometheus_client import Gauge
+
+from services.streamer.breaker import CircuitBreaker
+from services.streamer.metrics import StreamerMetrics
+from shared.contracts import CancelJobData, RunJob
+
+CANCEL = object()  # queue marker: the user cancelled while streaming
+
+
+class Outcome(enum.Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRYING = "retrying"
+    DEFERRED = "deferred"  # breaker open: re-queued without an attempt
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 4
+    base_s: float = 0.5
+    max_s: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with full jitter; a Retry-After is a floor."""
+        backoff = random.uniform(0, min(self.max_s, self.base_s * 2 ** (attempt - 1)))
+        return max(backoff, retry_after or 0.0)
+
+
+@dataclass
+class Deps:
+    """Everything an attempt needs, built once by the app."""
+
+    producer: AIOKafkaProducer
+    client: openai.AsyncOpenAI
+    metrics: StreamerMetrics
+    breaker: CircuitBreaker
+    retry: RetryPolicy
+    prefix: str
+    worker: str
+    upstream: str
+    window_ms: float
+    max_tokens: int
+    job_timeout_s: float
+    idle_timeout_s: float
+    clock: Callable[[], float] = time.time
+
+    @property
+    def breaker_gauge(self) -> Gauge:
+        return self.metrics.breaker_state.labels(self.upstream)
+
+
+@dataclass
+class Running:
+    """A job in a slot; the control consumer may cancel it."""
+
+    job: RunJob
+    source: str = ""
+    tp: TopicPartition | None = None
+    offset: int = -1
+    due: float = 0.0  # monotonic time before which a retry must not start
+    cancel: CancelJobData | None = None
+    reader: asyncio.Task[None] | None = None
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+
+    def request_cancel(self, cancel: CancelJobData) -> None:
+        if self.cancel is not None:
+            return
+        self.cancel = cancel
+        if self.reader is not None:
+            # Cancelling the reader closes the upstream HTTP stream at once.
+            self.reader.cancel()
+            self.queue.put_nowait(CANCEL)

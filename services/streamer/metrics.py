@@ -1,0 +1,94 @@
+"""The streamer's Prometheus metrics, declared once per service instance registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class StreamerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("job_type", "priority")
+        self.jobs_started = Counter(
+            "streamjobs_streamer_jobs_started_total", "Attempts started", labels, registry=registry
+        )
+        self.jobs_completed = Counter(
+            "streamjobs_streamer_jobs_completed_total", "Jobs completed", labels, registry=registry
+        )
+        self.jobs_failed = Counter(
+            "streamjobs_streamer_jobs_failed_total",
+            "Jobs failed for good",
+            labels,
+            registry=registry,
+        )
+        self.jobs_cancelled = Counter(
+            "streamjobs_streamer_jobs_cancelled_total", "Jobs cancelled", labels, registry=registry
+        )
+        self.jobs_retried = Counter(
+            "streamjobs_streamer_jobs_retried_total",
+            "Attempts re-queued for a retry",
+            labels,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "streamjobs_streamer_queue_wait_seconds",
+            "From submission (or retry due time) to the attempt's start",
+            ("priority",),
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_first_token = Histogram(
+            "streamjobs_streamer_time_to_first_token_seconds",
+            "From the attempt's start to its first token",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.job_duration = Histogram(
+            "streamjobs_streamer_job_duration_seconds",
+            "From the attempt's start to its final state",
+            ("outcome",),
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "streamjobs_streamer_tokens_streamed_total",
+            "Tokens read from the upstream",
+            registry=registry,
+        )
+        self.chunks = Counter(
+            "streamjobs_streamer_chunks_published_total",
+            "Chunk records published",
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "streamjobs_streamer_upstream_errors_total",
+            "Upstream failures by kind",
+            ("kind",),
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            "streamjobs_streamer_dead_lettered_total",
+            "Records sent to the DLQ",
+            ("reason",),
+            registry=registry,
+        )
+        self.jobs_deferred = Counter(
+            "streamjobs_streamer_jobs_deferred_total",
+            "Jobs re-queued untried because the upstream's circuit breaker was open",
+            registry=registry,
+        )
+        self.breaker_state = Gauge(
+            "streamjobs_streamer_breaker_state",
+            "Upstream circuit breaker: 0 closed, 1 open, 2 half-open",
+            ("upstream",),
+            registry=registry,
+        )
+        self.slots_in_use = Gauge(
+            "streamjobs_streamer_slots_in_use", "Job slots busy", registry=registry
+        )
+        self.jobs_waiting = Gauge(
+            "streamjobs_streamer_jobs_waiting",
+            "Jobs fetched, waiting for a slot",
+            registry=registry,
+        )

@@ -1,0 +1,149 @@
+"""The events that end an attempt: cancelled, retrying (re-queued), failed and dead-lettered."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+from services.streamer.job import Deps, Outcome
+from services.streamer.upstream import UpstreamError
+from shared.contracts import (
+    CancelJobData,
+    DeadLetterData,
+    JobCancelled,
+    JobCancelledData,
+    JobDeadLettered,
+    JobFailed,
+    JobFailedData,
+    JobRetrying,
+    JobRetryingData,
+    RunJob,
+)
+from shared.kafka import publish
+from shared.topics import dlq_topic, events_topic, job_topic, retry_topic
+
+log = logging.getLogger(__name__)
+
+
+async def publish_cancelled(
+    deps: Deps, job: RunJob, cancel: CancelJobData, *, last_seq: int
+) -> None:
+    await publish(
+        deps.producer,
+        events_topic(deps.prefix),
+        JobCancelled(
+            job_id=job.job_id,
+            trace_id=job.trace_id,
+            data=JobCancelledData(
+                attempt=job.data.attempt, reason=cancel.reason, last_seq=last_seq
+            ),
+        ),
+    )
+
+
+async def requeue(deps: Deps, job: RunJob, *, attempt: int, delay: float) -> datetime:
+    retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+    again = RunJob(
+        job_id=job.job_id,
+        trace_id=job.trace_id,
+        data=job.data.model_copy(update={"attempt": attempt, "not_before": retry_at}),
+    )
+    await publish(deps.producer, retry_topic(deps.prefix), again)
+    return retry_at
+
+
+async def failed(
+    deps: Deps, job: RunJob, exc: UpstreamError, labels: tuple[str, str], started: float
+) -> Outcome:
+    data = job.data
+    deps.metrics.job_duration.labels("failed").observe(deps.clock() - started)
+    reason = f"{exc.kind}: {exc}"
+    if exc.retriable and data.attempt < deps.retry.max_attempts:
+        delay = deps.retry.delay(data.attempt, getattr(exc, "retry_after", None))
+        retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+        await publish(
+            deps.producer,
+            events_topic(deps.prefix),
+            JobRetrying(
+                job_id=job.job_id,
+                trace_id=job.trace_id,
+                data=JobRetryingData(
+                    attempt=data.attempt,
+                    next_attempt=data.attempt + 1,
+                    reason=reason,
+                    retry_at=retry_at,
+                ),
+            ),
+        )
+        await requeue(deps, job, attempt=data.attempt + 1, delay=delay)
+        deps.metrics.jobs_retried.labels(*labels).inc()
+        log.info("attempt %d failed (%s); retry in %.2f s", data.attempt, reason, delay)
+        return Outcome.RETRYING
+    log.warning("job failed for good after attempt %d: %s", data.attempt, reason)
+    await publish(
+        deps.producer,
+        events_topic(deps.prefix),
+        JobFailed(
+            job_id=job.job_id,
+            trace_id=job.trace_id,
+            data=JobFailedData(
+                attempt=data.attempt,
+                reason=reason,
+                error_type=type(exc).__name__,
+                retriable=exc.retriable,
+            ),
+        ),
+    )
+    await publish(
+        deps.producer,
+        dlq_topic(deps.prefix),
+        JobDeadLettered(
+            job_id=job.job_id,
+            trace_id=job.trace_id,
+            data=DeadLetterData(
+                reason=reason,
+                error_type=type(exc).__name__,
+                source_topic=(
+                    retry_topic(deps.prefix)
+                    if data.attempt > 1
+                    else job_topic(data.priority, deps.prefix)
+                ),
+                attempts=data.attempt,
+                original=job.model_dump_json(),
+            ),
+        ),
+    )
+    deps.metrics.jobs_failed.labels(*labels).inc()
+    return Outcome.FAILED
+
+
+def poison_record(
+    value: bytes | None,
+    reason: str,
+    error_type: str,
+    topic: str,
+    partition: int,
+    offset: int,
+) -> JobDeadLettered:
+    """The DLQ record for a record that is not a job we can run."""
+    return JobDeadLettered(
+        job_id=_job_id_of(value),
+        data=DeadLetterData(
+            reason=reason,
+            error_type=error_type,
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+            original=(value or b"").decode("utf-8", errors="replace"),
+        ),
+    )
+
+
+def _job_id_of(value: bytes | None) -> str:
+    """The job id of a record too broken to parse, if its JSON still says it."""
+    try:
+        job_id = json.loads(value or b"").get("job_id")
+    except (ValueError, AttributeError):
+        return "unknown"
+    return job_id if isinstance(job_id, str) and job_id else "unknown"

@@ -1,0 +1,45 @@
+"""The streamer's settings, read from the environment (no prefix: field names are unique)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from shared.settings import CommonSettings
+from shared.topics import GROUP_STREAMER
+
+
+class StreamerSettings(CommonSettings):
+    openai_base_url: str = "http://127.0.0.1:8090/v1"
+    openai_api_key: SecretStr = SecretStr("sim")
+    streamer_port: int = Field(default=8083, ge=0, le=65535, description="ops HTTP; 0 = any")
+    streamer_host: str = "0.0.0.0"
+    streamer_slots: int = Field(default=64, ge=1, description="jobs streamed at once")
+    streamer_aging_s: float = Field(
+        default=30.0, ge=0, description="a job waiting this long counts one band higher; 0 = off"
+    )
+    streamer_prefetch: int = Field(
+        default=0, ge=0, description="jobs held per band before its partitions pause; 0 = slots"
+    )
+    streamer_chunk_window_ms: float = Field(default=30.0, ge=0)
+    streamer_chunk_max_tokens: int = Field(default=16, ge=1)
+    streamer_job_timeout_s: float = Field(default=600.0, gt=0)
+    streamer_idle_timeout_s: float = Field(default=30.0, gt=0)
+    streamer_group_id: str = GROUP_STREAMER
+    streamer_retry_group_id: str = "streamjobs-streamer-retry"
+    streamer_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    streamer_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    streamer_cancel_ttl_s: float = Field(default=3600.0, gt=0)
+    streamer_cancel_capacity: int = Field(default=10_000, ge=1)
+    streamer_use_aiohttp_client: bool = Field(
+        default=True, description="openai.DefaultAioHttpClient when available: faster at scale"
+    )
+    streamer_grace_s: float = Field(
+        default=20.0, ge=0, description="on stop, how long running jobs may finish"
+    )
+    streamer_max_attempts: int = Field(default=4, ge=1)
+    streamer_retry_base_s: float = Field(default=0.5, ge=0, description="first backoff bound")
+    streamer_retry_max_s: float = Field(default=30.0, ge=0)
+    streamer_breaker_failures: int = Field(
+        default=5, ge=1, description="consecutive upstream failures that open the breaker"
+    )
+    streamer_breaker_cooldown_s: float = Field(default=10.0, gt=0)

@@ -1,0 +1,381 @@
+"""The streamer against the real Kafka broker and the LLM simulator: streaming, cancels, order."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from deploy.simulator.server import Simulator
+from deploy.simulator.settings import SimulatorSettings
+from services.streamer.app import StreamerService, create_service
+from services.streamer.settings import StreamerSettings
+from shared.contracts import (
+    CancelJob,
+    CancelJobData,
+    JobDeadLettered,
+    ModelConfig,
+    RunJob,
+    RunJobData,
+    parse_record,
+)
+from shared.kafka import make_producer, publish
+from shared.topics import Priority, chunks_topic, control_topic, dlq_topic, events_topic, job_topic
+from tests.support import wait_for
+
+pytestmark = pytest.mark.kafka
+
+StartStreamer = Callable[..., Awaitable[StreamerService]]
+
+
+@pytest.fixture(scope="module")
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(SimulatorSettings(port=0, ttft_ms=0, tokens_per_second=0)) as server:
+        yield server
+
+
+@pytest.fixture
+async def fresh_sim(sim: Simulator) -> Simulator:
+    async with aiohttp.ClientSession() as http, http.post(f"{sim.url}/_sim/reset") as resp:
+        assert resp.status == 200
+    return sim
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    p = make_producer(kafka_bootstrap)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+@pytest.fixture
+async def start_streamer(
+    kafka_bootstrap: str, topic_prefix: str, auth_secret: str, fresh_sim: Simulator
+) -> AsyncIterator[StartStreamer]:
+    services: list[StreamerService] = []
+
+    async def start(**overrides: Any) -> StreamerService:
+        values: dict[str, Any] = {
+            "kafka_bootstrap_servers": kafka_bootstrap,
+            "topic_prefix": topic_prefix,
+            "streamjobs_auth_secret": auth_secret,
+            "streamer_port": 0,
+            "openai_base_url": fresh_sim.base_url,
+            "streamer_group_id": f"{topic_prefix}-streamer",
+            "streamer_retry_group_id": f"{topic_prefix}-streamer-retry",
+            "streamer_session_timeout_ms": 6000,
+            "streamer_heartbeat_interval_ms": 500,
+            "streamer_grace_s": 2,
+            **overrides,
+        }
+        service = create_service(StreamerSettings(**values))
+        await service.start()
+        services.append(service)
+        await wait_for(
+            lambda: all(service._intakes[n].ready() for n in ("jobs", "retry")),
+            timeout=30,
+            message="the streamer's consumers got their partitions",
+        )
+        return service
+
+    yield start
+    for service in reversed(services):
+        await service.stop()
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, until: Callable[[list[bytes]], bool], timeout: float = 20.0
+) -> list[bytes]:
+    """Every value of `topic` from the beginning until `until(values)` holds.
+
+    tests.support.read_topic finds no partitions of a topic created after its
+    client's metadata (aiokafka's `topics()` does not update the client's cluster),
+    so this reader subscribes without a group and lets aiokafka assign every partition.
+    """
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        values: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while not until(values):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s reading {topic}: {len(values)}")
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                values.extend(r.value for r in records if r.value is not None)
+        return values
+    finally:
+        await consumer.stop()
+
+
+def make_job(
+    prompt: str, *, priority: Priority = Priority.NORMAL, user: str = "alice", max_tokens: int = 512
+) -> RunJob:
+    return RunJob(
+        job_id=str(uuid.uuid4()),
+        data=RunJobData(
+            user_id=user,
+            prompt=prompt,
+            job_type="analysis",
+            priority=priority,
+            config=ModelConfig(max_tokens=max_tokens),
+            submitted_at=datetime.now(UTC),
+        ),
+    )
+
+
+async def submit(producer: AIOKafkaProducer, prefix: str, job: RunJob) -> None:
+    await publish(producer, job_topic(job.data.priority, prefix), job)
+
+
+def records_of(values: list[bytes], job_id: str | None = None) -> list[Any]:
+    out = [parse_record(v) for v in values]
+    return [r for r in out if job_id is None or r.job_id == job_id]
+
+
+def types_of(values: list[bytes], job_id: str) -> list[str]:
+    return [r.type for r in records_of(values, job_id)]
+
+
+FINAL = {"job.completed", "job.failed", "job.cancelled"}
+
+
+async def events_until_final(bootstrap: str, prefix: str, job_id: str) -> list[Any]:
+    values = await read_topic(
+        bootstrap,
+        events_topic(prefix),
+        until=lambda vs: any(t in FINAL for t in types_of(vs, job_id)),
+        timeout=30,
+    )
+    return records_of(values, job_id)
+
+
+async def chunks_of(bootstrap: str, prefix: str, job_id: str, count: int) -> list[Any]:
+    values = await read_topic(
+        bootstrap,
+        chunks_topic(prefix),
+        until=lambda vs: len(records_of(vs, job_id)) >= count,
+        timeout=30,
+    )
+    return sorted(records_of(values, job_id), key=lambda c: c.data.seq)
+
+
+async def test_job_streams_to_completion_with_gapless_chunks_and_exact_response(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    producer: AIOKafkaProducer,
+    start_streamer: StartStreamer,
+    fresh_sim: Simulator,
+) -> None:
+    service = await start_streamer()
+    job = make_job("Explain Kafka. [[sim tokens=120 tps=400]]")
+    await submit(producer, topic_prefix, job)
+
+    events = await events_until_final(kafka_bootstrap, topic_prefix, job.job_id)
+    assert [e.type for e in events] == ["job.started", "job.completed"]
+    started, completed = events
+    assert started.data.attempt == 1 and started.data.worker == service.worker
+    result = completed.data
+    chunks = await chunks_of(kafka_bootstrap, topic_prefix, job.job_id, result.chunks)
+
+    assert [c.data.seq for c in chunks] == list(range(result.chunks))
+    assert result.last_seq == result.chunks - 1
+    assert chunks[0].data.tokens == 1
+    assert "".join(c.data.text for c in chunks) == result.response
+    assert sum(c.data.tokens for c in chunks) == 120
+    # Coalescing: far fewer records than tokens.
+    assert result.chunks <= 120 // 4
+    assert result.usage.completion_tokens == 120
+    assert result.usage.prompt_tokens > 0
+    assert result.usage.total_tokens == result.usage.prompt_tokens + 120
+    assert fresh_sim.stats.streams_completed == 1
+
+
+async def test_usage_matches_what_the_simulator_reports_for_the_same_request(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    producer: AIOKafkaProducer,
+    start_streamer: StartStreamer,
+    fresh_sim: Simulator,
+) -> None:
+    import openai
+
+    from services.streamer.upstream import messages_for
+
+    await start_streamer()
+    job = make_job("Count to ten. [[sim tokens=17]]")
+    await submit(producer, topic_prefix, job)
+    events = await events_until_final(kafka_bootstrap, topic_prefix, job.job_id)
+    completed = events[-1]
+    assert completed.type == "job.completed"
+
+    async with openai.AsyncOpenAI(
+        base_url=fresh_sim.base_url, api_key="sim", max_retries=0
+    ) as client:
+        direct = await client.chat.completions.create(
+            model=job.data.config.model,
+            messages=messages_for(job.data),
+            max_tokens=job.data.config.max_tokens,
+        )
+    assert direct.usage is not None
+    assert completed.data.usage.prompt_tokens == direct.usage.prompt_tokens
+    assert completed.data.usage.completion_tokens == direct.usage.completion_tokens
+    assert completed.data.response == direct.choices[0].message.content
+
+
+async def test_cancel_of_a_running_job_closes_the_upstream_stream_and_ends_the_chunks(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    producer: AIOKafkaProducer,
+    start_streamer: StartStreamer,
+    fresh_sim: Simulator,
+) -> None:
+    await start_streamer()
+    job = make_job("A long essay. [[sim tokens=2000 tps=50]]", max_tokens=4000)
+    await submit(producer, topic_prefix, job)
+    await chunks_of(kafka_bootstrap, topic_prefix, job.job_id, 3)
+
+    await publish(
+        producer,
+        control_topic(topic_prefix),
+        CancelJob(job_id=job.job_id, data=CancelJobData(user_id="alice")),
+    )
+    events = await events_until_final(kafka_bootstrap, topic_prefix, job.job_id)
+    assert [e.type for e in events] == ["job.started", "job.cancelled"]
+    cancelled = events[-1].data
+    await wait_for(
+        lambda: fresh_sim.stats.streams_cancelled_by_client == 1,
+        message="the simulator saw the client close the stream",
+    )
+    assert fresh_sim.stats.streams_completed == 0
+    chunks = await chunks_of(kafka_bootstrap, topic_prefix, job.job_id, cancelled.last_seq + 1)
+    assert [c.data.seq for c in chunks] == list(range(cancelled.last_seq + 1))
+
+
+async def test_cancel_by_another_user_is_ignored(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    producer: AIOKafkaProducer,
+    start_streamer: StartStreamer,
+) -> None:
+    await start_streamer()
+    job = make_job("Short. [[sim tokens=40 tps=40]]")
+    await submit(producer, topic_prefix, job)
+    await chunks_of(kafka_bootstrap, topic_prefix, job.job_id, 1)
+    await publish(
+        producer,
+        control_topic(topic_prefix),
+        CancelJob(job_id=job.job_id, data=CancelJobData(user_id="mallory")),
+    )
+    events = await events_until_final(kafka_bootstrap, topic_prefix, job.job_id)
+    assert events[-1].type == "job.completed"
+
+
+async def test_cancel_of_a_queued_job_skips_it_without_calling_the_llm(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    producer: AIOKafkaProducer,
+    start_streamer: StartStreamer,
+    fresh_sim: Simulator,
+) -> None:
+    await start_streamer(streamer_slots=1)
+    blocker = make_job("Blocker. [[sim tokens=60 tps=40]]")
+    queued = make_job("Never run me. [[sim tokens=5]]")
+    await submit(producer, topic_prefix, blocker)
+    await chunks_of(kafka_bootstrap, topic_prefix, blocker.job_id, 1)
+    await submit(producer, topic_prefix, queued)
+    await publish(
+        producer,
+        control_topic(topic_prefix),
+        CancelJob(job_id=queued.job_id, data=CancelJobData(user_id="root", admin=True)),
+    )
+
+    events = await events_until_final(kafka_bootstrap, topic_prefix, queued.job_id)
+    assert [e.type for e in events] == ["job.cancelled"]
+    assert events[0].data.last_seq == -1
+    await events_until_final(kafka_bootstrap, topic_prefix, blocker.job_id)
+    assert fresh_sim.stats.requests_total == 1
+
+
+async def test_urgent_job_starts_before_normal_backlog(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    producer: AIOKafkaProducer,
+    start_streamer: StartStreamer,
+) -> None:
+    await start_streamer(streamer_slots=1)
+    first = make_job("First. [[sim tokens=40 tps=25]]")
+    await submit(producer, topic_prefix, first)
+    await chunks_of(kafka_bootstrap, topic_prefix, first.job_id, 1)
+    backlog = [make_job(f"Normal {i}. [[sim tokens=3]]") for i in range(5)]
+    for job in backlog:
+        await submit(producer, topic_prefix, job)
+    urgent = make_job("Urgent. [[sim tokens=3]]", priority=Priority.URGENT)
+    await submit(producer, topic_prefix, urgent)
+
+    everyone = [first, *backlog, urgent]
+    values = await read_topic(
+        kafka_bootstrap,
+        events_topic(topic_prefix),
+        until=lambda vs: sum(r.type == "job.completed" for r in records_of(vs)) == len(everyone),
+        timeout=40,
+    )
+    started = [r for r in records_of(values) if r.type == "job.started"]
+    started.sort(key=lambda r: r.occurred_at)
+    order = [r.job_id for r in started]
+    assert order[0] == first.job_id
+    assert order[1] == urgent.job_id, "the urgent job started right after the running one"
+
+
+async def test_poison_records_go_to_the_dlq_and_the_consumer_carries_on(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    producer: AIOKafkaProducer,
+    start_streamer: StartStreamer,
+) -> None:
+    await start_streamer()
+    topic = job_topic(Priority.NORMAL, topic_prefix)
+    bad_id = str(uuid.uuid4())
+    await producer.send_and_wait(topic, b"\xffnot json at all", key=b"poison-1")
+    await producer.send_and_wait(
+        topic, json.dumps({"type": "job.run", "job_id": bad_id, "data": {}}).encode(), key=b"x"
+    )
+    good = make_job("Still works. [[sim tokens=5]]")
+    await submit(producer, topic_prefix, good)
+
+    events = await events_until_final(kafka_bootstrap, topic_prefix, good.job_id)
+    assert events[-1].type == "job.completed"
+    values = await read_topic(
+        kafka_bootstrap, dlq_topic(topic_prefix), until=lambda vs: len(vs) >= 2
+    )
+    dead = [r for r in records_of(values) if isinstance(r, JobDeadLettered)]
+    assert len(dead) == 2
+    assert {d.data.source_topic for d in dead} == {topic}
+    assert bad_id in {d.job_id for d in dead}
+    assert all(d.data.reason.startswith("invalid record") for d in dead)
+
+
+async def test_ops_routes_report_health_readiness_and_metrics(
+    start_streamer: StartStreamer,
+) -> None:
+    service = await start_streamer()
+    base = f"http://127.0.0.1:{service.port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/healthz") as resp:
+            assert resp.status == 200
+        async with http.get(f"{base}/readyz") as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.get(f"{base}/metrics") as resp:
+            text = await resp.text()
+    assert "streamjobs_streamer_slots_in_use" in text
+    assert "streamjobs_streamer_chunks_published_total" in text

@@ -1,0 +1,71 @@
+"""Token coalescing: first token alone, then by window or count, the rest at the end."""
+
+from __future__ import annotations
+
+from services.streamer.chunker import Chunker
+
+
+def test_first_token_is_flushed_alone_at_once() -> None:
+    c = Chunker(window_ms=30, max_tokens=16)
+    chunk = c.add("Hello", 100.0)
+    assert chunk is not None
+    assert (chunk.seq, chunk.text, chunk.tokens) == (0, "Hello", 1)
+
+
+def test_later_tokens_wait_for_the_count_bound() -> None:
+    c = Chunker(window_ms=1000, max_tokens=4)
+    c.add("a", 0.0)
+    out = [c.add(t, 0.001 * i) for i, t in enumerate("bcde", start=1)]
+    assert out[:3] == [None, None, None]
+    assert out[3] is not None and (out[3].seq, out[3].text, out[3].tokens) == (1, "bcde", 4)
+
+
+def test_later_tokens_leave_when_the_window_has_passed() -> None:
+    c = Chunker(window_ms=30, max_tokens=16)
+    c.add("a", 0.0)
+    assert c.add("b", 1.000) is None
+    assert c.deadline() == 1.030
+    assert c.due(1.020) is None
+    chunk = c.due(1.031)
+    assert chunk is not None and chunk.text == "b" and chunk.first_token_at == 1.0
+
+
+def test_a_token_arriving_after_the_window_flushes_with_the_pending_ones() -> None:
+    c = Chunker(window_ms=30, max_tokens=16)
+    c.add("a", 0.0)
+    c.add("b", 1.0)
+    chunk = c.add("c", 1.05)
+    assert chunk is not None and chunk.text == "bc" and chunk.tokens == 2
+
+
+def test_flush_at_stream_end_returns_the_rest_and_then_nothing() -> None:
+    c = Chunker(window_ms=30, max_tokens=16)
+    c.add("a", 0.0)
+    c.add("b", 0.001)
+    rest = c.flush(0.002)
+    assert rest is not None and rest.text == "b"
+    assert c.flush(0.003) is None
+    assert c.deadline() is None
+
+
+def test_seq_has_no_gaps_and_response_is_the_concatenation() -> None:
+    c = Chunker(window_ms=5, max_tokens=3)
+    seqs = []
+    words = [f"w{i} " for i in range(50)]
+    for i, w in enumerate(words):
+        chunk = c.add(w, i * 0.002)
+        if chunk:
+            seqs.append(chunk.seq)
+    end = c.flush(1.0)
+    if end:
+        seqs.append(end.seq)
+    assert seqs == list(range(len(seqs)))
+    assert c.last_seq == seqs[-1]
+    assert c.response() == "".join(words)
+
+
+def test_an_empty_stream_has_last_seq_minus_one() -> None:
+    c = Chunker()
+    assert c.flush(0.0) is None
+    assert c.last_seq == -1
+    assert c.response() == ""
