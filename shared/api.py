@@ -1,0 +1,180 @@
+"""The public REST API's bodies: what the gateway accepts and what the read side answers.
+
+The gateway validates submissions with these models and builds its OpenAPI
+document from them; the results service serialises its answers with them, so
+the document stays true to what is served. Fields are only ever added.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.contracts import ModelConfig, TokenUsage
+from shared.lifecycle import JobStatus
+from shared.topics import Priority
+
+API_PREFIX = "/api/v1"
+HEADER_IDEMPOTENCY_KEY = "Idempotency-Key"
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class JobSubmission(BaseModel):
+    """Body of `POST /api/v1/jobs`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(min_length=1, description="the user message; size bound is a setting")
+    job_type: str = Field(default="analysis", description="a name from `GET /api/v1/job-types`")
+    priority: Priority = Priority.NORMAL
+    config: ModelConfig = Field(default_factory=ModelConfig)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="free JSON object, stored and returned as given"
+    )
+
+
+class JobLinks(_Out):
+    self: str
+    stream: str
+    result: str
+    cancel: str
+    websocket: str | None = None
+
+
+class JobAcceptedView(_Out):
+    """Answer of `POST /api/v1/jobs` (202)."""
+
+    job_id: str
+    status: JobStatus = JobStatus.QUEUED
+    job_type: str
+    priority: Priority
+    submitted_at: datetime
+    links: JobLinks
+
+
+class Progress(_Out):
+    tokens: int = Field(description="completion tokens streamed so far (current attempt)")
+    max_tokens: int
+    ratio: float = Field(ge=0, le=1)
+
+
+class JobView(_Out):
+    """Answer of `GET /api/v1/jobs/{id}` and one item of `GET /api/v1/jobs`."""
+
+    job_id: str
+    user_id: str
+    status: JobStatus
+    job_type: str
+    priority: Priority
+    attempt: int = 0
+    model: str | None = None
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    first_token_at: datetime | None = None
+    finished_at: datetime | None = None
+    queue_position: int | None = Field(
+        default=None, description="queued jobs of the same band ahead of this one, while queued"
+    )
+    waited_ms: float | None = Field(
+        default=None, description="time in the queue so far (queued) or in all (started)"
+    )
+    progress: Progress | None = None
+    error: str | None = Field(default=None, description="reason of the failure or cancellation")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobPage(_Out):
+    """Answer of `GET /api/v1/jobs`: newest first; pass `next_cursor` as `cursor` for more."""
+
+    items: list[JobView]
+    next_cursor: str | None = None
+
+
+class StreamSnapshot(_Out):
+    """Answer of `GET /api/v1/jobs/{id}/stream`: the text of the current attempt so far."""
+
+    job_id: str
+    status: JobStatus
+    attempt: int
+    last_seq: int = Field(description="-1 before the first chunk")
+    text: str
+    tokens: int
+
+
+class JobResult(_Out):
+    """Answer of `GET /api/v1/jobs/{id}/result`, once the job reached a final state."""
+
+    job_id: str
+    status: JobStatus
+    job_type: str
+    priority: Priority
+    attempt: int
+    model: str | None = None
+    response: str | None = None
+    parsed_response: Any = Field(
+        default=None, description="the response parsed by its job type's schema, where it has one"
+    )
+    finish_reason: str | None = None
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    estimated_cost_usd: float = 0.0
+    processing_time_ms: float | None = None
+    time_to_first_token_ms: float | None = None
+    tokens_per_second: float | None = None
+    queue_wait_ms: float | None = None
+    chunks: int | None = None
+    severity_breakdown: dict[str, int] | None = Field(
+        default=None, description="security_analysis: findings per severity"
+    )
+    error: str | None = None
+    completed_at: datetime | None = None
+
+
+class JobTypeView(_Out):
+    name: str
+    description: str
+    structured: bool = Field(description="whether results carry a parsed_response")
+
+
+class Percentiles(_Out):
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+class AnalyticsRow(_Out):
+    """Figures of one group (the `group_by` keys present are set, the others null)."""
+
+    bucket: datetime | None = None
+    model: str | None = None
+    job_type: str | None = None
+    priority: Priority | None = None
+    user_id: str | None = None
+    jobs: int
+    by_status: dict[str, int]
+    success_rate: float | None = None
+    error_rate: float | None = None
+    queue_wait_ms: Percentiles
+    time_to_first_token_ms: Percentiles
+    duration_ms: Percentiles
+    tokens_per_second: Percentiles
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_usd: float
+
+
+class Analytics(_Out):
+    """Answer of `GET /api/v1/analytics`."""
+
+    since: datetime
+    until: datetime
+    group_by: list[str]
+    totals: AnalyticsRow
+    rows: list[AnalyticsRow]
+    severity_breakdown: dict[str, int] = Field(default_factory=dict)
+    errors_by_reason: dict[str, int] = Field(default_factory=dict)
