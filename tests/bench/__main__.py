@@ -20,14 +20,14 @@ from deploy.localstack.postgres import PostgresNode
 from deploy.localstack.procs import free_port
 from deploy.localstack.stack import Ports, Stack
 from shared.kafka import ensure_topics
-from tests.bench import baseline, pipeline
+from tests.bench import baseline, hotpath, pipeline
 from tests.bench.figures import Figure, render, write
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 async def run(args: argparse.Namespace, stack: Stack, bootstrap: str) -> list[Figure]:
-    figures: list[Figure] = []
+    figures: list[Figure] = hotpath.measure()
     sim = f"{stack.urls()['simulator']}/v1"
     figures += await baseline.measure(sim, streams=args.streams, tokens=args.tokens)
     figures += await pipeline.measure(stack, bootstrap, streams=args.streams, tokens=args.tokens)
