@@ -17,6 +17,7 @@ import openai
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from services.streamer.breaker import CircuitBreaker
@@ -25,7 +26,7 @@ from services.streamer.control import ControlReader
 from services.streamer.intake import Intake
 from services.streamer.job import Deps, RetryPolicy, Running
 from services.streamer.metrics import StreamerMetrics
-from services.streamer.outcomes import poison_record
+from services.streamer.outcomes import poison_record, publish_cancelled
 from services.streamer.runner import run_job
 from services.streamer.scheduler import Scheduler
 from services.streamer.settings import StreamerSettings
@@ -130,6 +131,7 @@ class StreamerService:
         for intake in self._intakes.values():
             self._spawn(intake.fetch_loop())
             self._spawn(intake.commit_loop())
+        self._spawn(self._lag_loop())
         log.info("streamer %s up: %d slots, port %d", self.worker, s.streamer_slots, self.port)
 
     async def stop(self) -> None:
@@ -155,6 +157,20 @@ class StreamerService:
         for intake in self._intakes.values():
             await intake.final_commit()
         await self._stack.aclose()
+
+    async def _lag_loop(self) -> None:
+        bands = {job_topic(p, self.settings.topic_prefix): p.value for p in PRIORITY_ORDER}
+        bands[retry_topic(self.settings.topic_prefix)] = "retry"
+        while True:
+            for intake in self._intakes.values():
+                try:
+                    lags = await intake.lag()
+                except KafkaError as exc:  # a rebalance in progress: next round
+                    log.debug("lag not available: %r", exc)
+                    continue
+                for topic, lag in lags.items():
+                    self.metrics.consumer_lag.labels(topic, bands.get(topic, "")).set(lag)
+            await asyncio.sleep(self.settings.streamer_lag_interval_s)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._background.append(asyncio.create_task(coro))
@@ -228,6 +244,13 @@ class StreamerService:
 
     def _offer(self, running: Running, rank: int) -> None:
         now = time.monotonic()
+        job = running.job
+        pending = self.cancels.take(job.job_id, job.data.user_id, now)
+        if pending is not None:
+            # Cancelled before it was fetched: skip it now, without waiting for a slot.
+            running.cancel = pending
+            self._spawn_skip(running)
+            return
         if running.due > now:
             heapq.heappush(self._delayed, (running.due, next(self._counter), running, rank))
         else:
@@ -290,11 +313,46 @@ class StreamerService:
     def _on_cancel(self, job_id: str, cancel: CancelJobData) -> None:
         running = self.running.get(job_id)
         if running is None:
-            self.cancels.remember(job_id, cancel, time.monotonic())
+            if not self._cancel_waiting(job_id, cancel):
+                # Not fetched yet (or owned by another instance): applied when it starts.
+                self.cancels.remember(job_id, cancel, time.monotonic())
         elif may_cancel(cancel, running.job.data.user_id):
             running.request_cancel(cancel)
         else:
             log.warning("ignored a cancel of job %s by user %s", job_id, cancel.user_id)
+
+    def _cancel_waiting(self, job_id: str, cancel: CancelJobData) -> bool:
+        """Cancel a job fetched but waiting for a slot (or a retry) at once, without a slot."""
+
+        def matches(r: Running) -> bool:
+            return r.job.job_id == job_id and may_cancel(cancel, r.job.data.user_id)
+
+        dropped = self.scheduler.drop(matches)
+        delayed = [d for d in self._delayed if matches(d[2])]
+        if delayed:
+            self._delayed = [d for d in self._delayed if not matches(d[2])]
+            heapq.heapify(self._delayed)
+            dropped.extend(d[2] for d in delayed)
+        for waiting in dropped:
+            waiting.cancel = cancel
+            self._spawn_skip(waiting)
+        if dropped:
+            self.metrics.jobs_waiting.set(self.scheduler.waiting())
+        return bool(dropped)
+
+    def _spawn_skip(self, waiting: Running) -> None:
+        task = asyncio.create_task(self._skip_cancelled(waiting))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _skip_cancelled(self, waiting: Running) -> None:
+        """Publish the cancelled event of a job that never started, then release its offset."""
+        assert waiting.cancel is not None
+        data = waiting.job.data
+        await publish_cancelled(self.deps, waiting.job, waiting.cancel, last_seq=-1)
+        self.metrics.jobs_cancelled.labels(data.job_type, data.priority.value).inc()
+        if waiting.tp is not None:
+            self._intakes[waiting.source].done(waiting.tp, waiting.offset)
 
     async def _dead_letter(
         self, value: bytes | None, reason: str, error_type: str, tp: TopicPartition, offset: int

@@ -86,6 +86,21 @@ class Intake:
     def ready(self) -> bool:
         return bool(self.consumer.assignment())
 
+    async def lag(self) -> dict[str, int]:
+        """Records per topic not yet finished: from the oldest unfinished one to the high mark."""
+        out: dict[str, int] = {}
+        assigned = list(self.consumer.assignment())
+        if not assigned:
+            return out
+        # Asked of the broker: a paused partition has no fresh high-water mark of its own.
+        ends = await self.consumer.end_offsets(assigned)
+        for tp, high in ends.items():
+            position = self.offsets.position(tp)
+            if position is None:
+                position = await self.consumer.position(tp)
+            out[tp.topic] = out.get(tp.topic, 0) + max(0, high - position)
+        return out
+
     def done(self, tp: TopicPartition, offset: int) -> None:
         self.offsets.done(tp, offset)
         started = self._started.get(tp)

@@ -84,6 +84,12 @@ class StreamerMetrics:
             ("upstream",),
             registry=registry,
         )
+        self.consumer_lag = Gauge(
+            "streamjobs_streamer_consumer_lag_records",
+            "Job records fetched-but-unfinished or not yet fetched, per topic and band",
+            ("topic", "band"),
+            registry=registry,
+        )
         self.slots_in_use = Gauge(
             "streamjobs_streamer_slots_in_use", "Job slots busy", registry=registry
         )

@@ -20,8 +20,9 @@ class Waiting(Generic[T]):
 class Scheduler(Generic[T]):
     """A bounded number of slots fed from one FIFO per band.
 
-    A job waiting longer than `aging_s` counts as one band higher per `aging_s`
-    waited, so lower bands still progress under a steady stream of urgent work.
+    A job counts one band higher per `aging_s` waited, with no floor at the top
+    band: a low job that has waited 4 x `aging_s` longer than the head of the
+    urgent queue goes first, so no band starves under a steady urgent backlog.
     """
 
     def __init__(self, slots: int, *, bands: int = 4, aging_s: float = 30.0) -> None:
@@ -47,7 +48,7 @@ class Scheduler(Generic[T]):
     def _effective_rank(self, waiting: Waiting[T], now: float) -> int:
         if self.aging_s <= 0:
             return waiting.rank
-        return max(0, waiting.rank - int((now - waiting.since) // self.aging_s))
+        return waiting.rank - int((now - waiting.since) // self.aging_s)
 
     def take(self, now: float) -> Waiting[T] | None:
         """Claim a slot for the best waiting job, or None when no slot or no job."""

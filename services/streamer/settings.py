@@ -43,3 +43,6 @@ class StreamerSettings(CommonSettings):
         default=5, ge=1, description="consecutive upstream failures that open the breaker"
     )
     streamer_breaker_cooldown_s: float = Field(default=10.0, gt=0)
+    streamer_lag_interval_s: float = Field(
+        default=5.0, gt=0, description="how often consumer lag is measured for /metrics"
+    )

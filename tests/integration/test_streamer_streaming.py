@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -303,8 +304,48 @@ async def test_cancel_of_a_queued_job_skips_it_without_calling_the_llm(
     events = await events_until_final(kafka_bootstrap, topic_prefix, queued.job_id)
     assert [e.type for e in events] == ["job.cancelled"]
     assert events[0].data.last_seq == -1
-    await events_until_final(kafka_bootstrap, topic_prefix, blocker.job_id)
+    blocker_events = await events_until_final(kafka_bootstrap, topic_prefix, blocker.job_id)
+    assert events[0].occurred_at < blocker_events[-1].occurred_at, (
+        "a waiting job is cancelled at once, not when a slot frees"
+    )
     assert fresh_sim.stats.requests_total == 1
+
+
+async def test_a_low_job_completes_under_a_steady_urgent_load(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    producer: AIOKafkaProducer,
+    start_streamer: StartStreamer,
+) -> None:
+    await start_streamer(streamer_slots=1, streamer_aging_s=0.3)
+    low = make_job("Low. [[sim tokens=3]]", priority=Priority.LOW)
+    urgent_ids: list[str] = []
+
+    async def urgent_load() -> None:
+        # Urgent work keeps arriving faster than the one slot drains it.
+        for i in range(40):
+            job = make_job(f"Urgent {i}. [[sim tokens=4 tps=40]]", priority=Priority.URGENT)
+            urgent_ids.append(job.job_id)
+            await submit(producer, topic_prefix, job)
+            if i == 2:
+                await submit(producer, topic_prefix, low)
+            await asyncio.sleep(0.05)
+
+    load = asyncio.create_task(urgent_load())
+    try:
+        events = await events_until_final(kafka_bootstrap, topic_prefix, low.job_id)
+    finally:
+        await load
+    assert events[-1].type == "job.completed"
+    values = await read_topic(
+        kafka_bootstrap,
+        events_topic(topic_prefix),
+        until=lambda vs: any(r.type == "job.completed" for r in records_of(vs, low.job_id)),
+    )
+    done = {r.job_id for r in records_of(values) if r.type == "job.completed"}
+    assert len(done & set(urgent_ids)) < len(urgent_ids), (
+        "the low job finished only once the urgent load had drained: it starved"
+    )
 
 
 async def test_urgent_job_starts_before_normal_backlog(
@@ -365,17 +406,41 @@ async def test_poison_records_go_to_the_dlq_and_the_consumer_carries_on(
     assert all(d.data.reason.startswith("invalid record") for d in dead)
 
 
-async def test_ops_routes_report_health_readiness_and_metrics(
-    start_streamer: StartStreamer,
+async def _is(value: Awaitable[float | None], expected: float) -> bool:
+    return await value == expected
+
+
+async def test_ops_routes_report_health_readiness_metrics_and_lag_per_band(
+    start_streamer: StartStreamer, producer: AIOKafkaProducer, topic_prefix: str
 ) -> None:
-    service = await start_streamer()
+    service = await start_streamer(streamer_slots=1, streamer_lag_interval_s=0.1)
     base = f"http://127.0.0.1:{service.port}"
+    await submit(producer, topic_prefix, make_job("Hold the slot. [[sim tokens=50 tps=25]]"))
+    for i in range(3):
+        await submit(producer, topic_prefix, make_job(f"Low {i}.", priority=Priority.LOW))
+    low_lag = (
+        f'streamjobs_streamer_consumer_lag_records{{band="low",topic="{topic_prefix}.jobs.low"}}'
+    )
+
+    async def metrics() -> str:
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
+            return await resp.text()
+
+    async def low_band_lag() -> float | None:
+        for line in (await metrics()).splitlines():
+            if line.startswith(low_lag):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    # Every low job waits behind the busy slot: all three count as the low band's lag.
+    await wait_for(
+        lambda: _is(low_band_lag(), 3.0), timeout=10, message="lag of the low band reaches 3"
+    )
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/healthz") as resp:
             assert resp.status == 200
         async with http.get(f"{base}/readyz") as resp:
             assert resp.status == 200, await resp.text()
-        async with http.get(f"{base}/metrics") as resp:
-            text = await resp.text()
-    assert "streamjobs_streamer_slots_in_use" in text
+    text = await metrics()
+    assert "streamjobs_streamer_slots_in_use 1.0" in text
     assert "streamjobs_streamer_chunks_published_total" in text

@@ -61,6 +61,22 @@ def test_an_aged_job_ties_with_a_fresh_one_of_its_new_band_and_yields_to_it() ->
     assert drain(s, 10.0) == ["fresh-high", "old-normal"]
 
 
+def test_a_low_job_overtakes_a_steady_urgent_backlog_once_aged_past_the_top_band() -> None:
+    s: Scheduler[str] = Scheduler(1, aging_s=10)
+    s.offer("low", LOW, 0.0)
+    taken = []
+    # A new urgent job arrives every 5 s and the slot frees every 5 s: urgent never drains.
+    for step in range(1, 12):
+        now = step * 5.0
+        s.offer(f"urgent-{step}", URGENT, now)
+        job = s.take(now)
+        assert job is not None
+        taken.append(job.item)
+        s.release()
+    # Four aging steps (40 s) lift LOW past the top band: it goes at t=40, the 8th take.
+    assert taken.index("low") == 7
+
+
 def test_waiting_counts_per_band_and_in_total() -> None:
     s: Scheduler[str] = Scheduler(1)
     s.offer("a", NORMAL, 0.0)
