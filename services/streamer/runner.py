@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from services.streamer.job import Deps, Outcome, Running
@@ -20,6 +21,8 @@ from shared.logs import bind
 from shared.topics import events_topic
 
 __all__ = ["Deps", "Outcome", "Running", "run_job"]
+
+log = logging.getLogger(__name__)
 
 
 async def run_job(running: Running, deps: Deps) -> Outcome:
@@ -59,6 +62,7 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
             ),
         ),
     )
+    log.info("attempt %d started (%s, %s)", data.attempt, data.job_type, data.priority.value)
     stream = AttemptStream(running, deps, started)
     error: UpstreamError | None = None
     try:
@@ -110,6 +114,12 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
                 duration_ms=(done - started) * 1000,
             ),
         ),
+    )
+    log.info(
+        "attempt %d completed: %d tokens in %.0f ms",
+        data.attempt,
+        end.completion_tokens,
+        (done - started) * 1000,
     )
     deps.metrics.jobs_completed.labels(*labels).inc()
     deps.metrics.job_duration.labels("completed").observe(done - started)
