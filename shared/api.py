@@ -132,6 +132,10 @@ class JobResult(_Out):
     )
     error: str | None = None
     completed_at: datetime | None = None
+    parse_error: str | None = Field(
+        default=None,
+        description="structured job types: why the response could not be parsed, if it could not",
+    )
 
 
 class JobTypeView(_Out):
@@ -178,3 +182,10 @@ class Analytics(_Out):
     rows: list[AnalyticsRow]
     severity_breakdown: dict[str, int] = Field(default_factory=dict)
     errors_by_reason: dict[str, int] = Field(default_factory=dict)
+
+
+class CancelAccepted(_Out):
+    """Answer of `POST /api/v1/jobs/{id}/cancel` (202): the cancel is on its way to the job."""
+
+    job_id: str
+    status: JobStatus = Field(description="the job's status as the gateway knew it when asked")

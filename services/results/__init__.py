@@ -1,0 +1,1 @@
+"""The results service: persists lifecycle events and chunks to PostgreSQL and serves reads."""

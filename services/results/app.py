@@ -1,0 +1,192 @@
+"""Wiring of the results service: PostgreSQL pool and migrations, the persister, the read API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Coroutine
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry
+
+from services.results.api import ReadApi
+from services.results.consumer import CONNECTION_ERRORS, CommitObserver, Persister
+from services.results.metrics import ResultsMetrics
+from services.results.migrations import migrate
+from services.results.retention import sweep
+from services.results.settings import ResultsSettings
+from shared.http import add_ops_routes
+from shared.kafka import ensure_topics
+from shared.topics import chunks_topic, events_topic
+
+log = logging.getLogger(__name__)
+
+
+class ResultsService:
+    def __init__(
+        self,
+        settings: ResultsSettings,
+        registry: CollectorRegistry,
+        *,
+        observer: CommitObserver | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = ResultsMetrics(registry)
+        self.port = 0
+        self.instance = settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.persister: Persister | None = None
+        self._observer = observer
+        self._pool: asyncpg.Pool | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._stack = contextlib.AsyncExitStack()
+        self._started = False
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "the service is not started"
+        return self._pool
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        stack = self._stack
+        pool = await self._connect()
+        stack.push_async_callback(pool.close)
+        self._pool = pool
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        await ensure_topics(s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions)
+
+        consumer = AIOKafkaConsumer(
+            events_topic(s.topic_prefix),
+            chunks_topic(s.topic_prefix),
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=s.results_group_id,
+            client_id=f"results-{self.instance}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=s.results_session_timeout_ms,
+            heartbeat_interval_ms=s.results_heartbeat_interval_ms,
+            max_poll_records=s.results_batch_size,
+        )
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+        self._consumer = consumer
+        self.persister = Persister(s, consumer, pool, self.metrics, observer=self._observer)
+
+        app = web.Application()
+        add_ops_routes(app, self.registry, self._ready)
+        ReadApi(pool, s.streamjobs_auth_secret.get_secret_value(), self.metrics).install(app)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, s.results_host, s.results_port)
+        await site.start()
+        self.port = runner.addresses[0][1]
+
+        self._started = True
+        self._spawn(self._persist_loop())
+        if s.results_retention_days > 0:
+            self._spawn(self._retention_loop())
+        log.info("results %s up: port %d", self.instance, self.port)
+
+    async def _connect(self) -> asyncpg.Pool:
+        """A pool, once PostgreSQL answers (it may still be starting next to us)."""
+        s = self.settings
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            try:
+                pool = await asyncpg.create_pool(
+                    s.database_url,
+                    min_size=1,
+                    max_size=s.database_pool_size,
+                    timeout=5,
+                    command_timeout=30,
+                )
+            except CONNECTION_ERRORS as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.warning("PostgreSQL not reachable yet: %s", exc)
+                await asyncio.sleep(0.5)
+            else:
+                assert pool is not None
+                return pool
+
+    async def stop(self) -> None:
+        if not self._started:
+            await self._stack.aclose()
+            return
+        self._started = False
+        # A batch cut short is neither committed to Kafka nor to PostgreSQL: it comes again.
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background.clear()
+        await self._stack.aclose()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._background.append(asyncio.create_task(coro))
+
+    async def _persist_loop(self) -> None:
+        assert self.persister is not None
+        while True:
+            try:
+                await self.persister.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the consumer loop's boundary: log, pause, go on
+                log.exception("persister loop crashed; restarting it")
+                await asyncio.sleep(1)
+
+    async def _retention_loop(self) -> None:
+        s = self.settings
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    while (cleared := await sweep(conn, s.results_retention_days)) > 0:
+                        self.metrics.retention_cleared.inc(cleared)
+            except CONNECTION_ERRORS as exc:
+                log.warning("retention sweep skipped: %s", exc)
+            await asyncio.sleep(s.results_retention_interval_s)
+
+    async def _ready(self) -> dict[str, bool]:
+        database = False
+        if self._pool is not None and self._started:
+            try:
+                async with asyncio.timeout(1.0):
+                    async with self._pool.acquire() as conn:
+                        database = await conn.fetchval("SELECT true") is True
+            except (*CONNECTION_ERRORS, asyncpg.PostgresError):
+                database = False
+        persister_ok = self.persister is not None and self.persister.db_ok
+        return {
+            "database": database and persister_ok,
+            "kafka_consumer": self._consumer is not None and self._started,
+        }
+
+
+def create_service(
+    settings: ResultsSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    observer: CommitObserver | None = None,
+) -> ResultsService:
+    return ResultsService(
+        settings, registry if registry is not None else CollectorRegistry(), observer=observer
+    )

@@ -1,0 +1,253 @@
+"""The read side's queries: one job, a page of jobs, a job's stream snapshot and result.
+
+Every query takes the caller's principal: a user reads only rows with their own
+user_id, an admin reads all. A job whose `job.accepted` has not arrived yet has
+no owner and stays invisible until it does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from shared.api import JobPage, JobResult, JobView, Progress, StreamSnapshot
+from shared.auth import Principal
+from shared.contracts import TokenUsage
+from shared.lifecycle import JobStatus
+from shared.topics import Priority
+
+
+class BadCursor(ValueError):
+    """The cursor is not one this service handed out."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    status: JobStatus | None = None
+    job_type: str | None = None
+    priority: Priority | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    user_id: str | None = None  # admin only; a user always lists their own
+    limit: int = 50
+    cursor: str | None = None
+
+
+def encode_cursor(submitted_at: datetime, job_id: str) -> str:
+    raw = json.dumps([submitted_at.isoformat(), job_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        moment, job_id = json.loads(raw)
+        at = datetime.fromisoformat(moment)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise BadCursor("cursor is not valid") from exc
+    if not isinstance(job_id, str) or at.tzinfo is None:
+        raise BadCursor("cursor is not valid")
+    return at, job_id
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _ms_since(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else max(0.0, (now - moment).total_seconds() * 1000)
+
+
+def _view(
+    row: asyncpg.Record, *, progress: Progress | None = None, position: int | None = None
+) -> JobView:
+    status = JobStatus(row["status"])
+    waited = row["queue_wait_ms"]
+    if status is JobStatus.QUEUED:
+        waited = _ms_since(row["submitted_at"], datetime.now(UTC))
+    return JobView(
+        job_id=row["job_id"],
+        user_id=row["user_id"],
+        status=status,
+        job_type=row["job_type"],
+        priority=Priority(row["priority"]),
+        attempt=row["attempt"],
+        model=row["model"],
+        submitted_at=row["submitted_at"],
+        started_at=row["started_at"],
+        first_token_at=row["first_token_at"],
+        finished_at=row["finished_at"],
+        queue_position=position,
+        waited_ms=waited,
+        progress=progress,
+        error=row["error_reason"],
+        metadata=_json(row["metadata"]) or {},
+    )
+
+
+def _visible(principal: Principal, first_param: int) -> tuple[str, list[Any]]:
+    if principal.is_admin:
+        return "j.user_id IS NOT NULL", []
+    return f"j.user_id = ${first_param}", [principal.user_id]
+
+
+async def _job_row(
+    conn: asyncpg.Connection, principal: Principal, job_id: str
+) -> asyncpg.Record | None:
+    where, args = _visible(principal, 2)
+    return await conn.fetchrow(
+        f"SELECT j.* FROM jobs j WHERE j.job_id = $1 AND {where}", job_id, *args
+    )
+
+
+async def _current_attempt(conn: asyncpg.Connection, job: asyncpg.Record) -> tuple[int, int, int]:
+    """(attempt, tokens, last_seq) of the job's current attempt's stored chunks."""
+    row = await conn.fetchrow(
+        """SELECT attempt, sum(tokens)::int AS tokens, max(seq) AS last_seq FROM chunks
+           WHERE job_id = $1 AND attempt = (SELECT max(attempt) FROM chunks WHERE job_id = $1)
+           GROUP BY attempt""",
+        job["job_id"],
+    )
+    if row is None or row["attempt"] < job["attempt"]:
+        return job["attempt"], 0, -1
+    return row["attempt"], row["tokens"], row["last_seq"]
+
+
+async def get_job(conn: asyncpg.Connection, principal: Principal, job_id: str) -> JobView | None:
+    row = await _job_row(conn, principal, job_id)
+    if row is None:
+        return None
+    position = None
+    if row["status"] == JobStatus.QUEUED.value:
+        position = await conn.fetchval(
+            """SELECT count(*) FROM jobs WHERE status = 'queued' AND priority = $1
+               AND (submitted_at, job_id) < ($2, $3)""",
+            row["priority"],
+            row["submitted_at"],
+            row["job_id"],
+        )
+    _, tokens, _ = await _current_attempt(conn, row)
+    max_tokens = int((_json(row["config"]) or {}).get("max_tokens") or 0)
+    progress = None
+    if max_tokens > 0:
+        progress = Progress(
+            tokens=tokens, max_tokens=max_tokens, ratio=min(1.0, tokens / max_tokens)
+        )
+    return _view(row, progress=progress, position=position)
+
+
+async def list_jobs(conn: asyncpg.Connection, principal: Principal, f: ListFilter) -> JobPage:
+    where, args = _visible(principal, 1)
+    clauses = [where]
+
+    def param(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if principal.is_admin and f.user_id is not None:
+        clauses.append(f"j.user_id = {param(f.user_id)}")
+    if f.status is not None:
+        clauses.append(f"j.status = {param(f.status.value)}")
+    if f.job_type is not None:
+        clauses.append(f"j.job_type = {param(f.job_type)}")
+    if f.priority is not None:
+        clauses.append(f"j.priority = {param(f.priority.value)}")
+    if f.since is not None:
+        clauses.append(f"j.submitted_at >= {param(f.since)}")
+    if f.until is not None:
+        clauses.append(f"j.submitted_at < {param(f.until)}")
+    if f.cursor is not None:
+        at, job_id = decode_cursor(f.cursor)
+        clauses.append(f"(j.submitted_at, j.job_id) < ({param(at)}, {param(job_id)})")
+    rows = await conn.fetch(
+        f"""SELECT j.* FROM jobs j WHERE {" AND ".join(clauses)}
+            ORDER BY j.submitted_at DESC, j.job_id DESC LIMIT {param(f.limit + 1)}""",
+        *args,
+    )
+    items = [_view(r) for r in rows[: f.limit]]
+    next_cursor = None
+    if len(rows) > f.limit:
+        last = rows[f.limit - 1]
+        next_cursor = encode_cursor(last["submitted_at"], last["job_id"])
+    return JobPage(items=items, next_cursor=next_cursor)
+
+
+async def stream_snapshot(
+    conn: asyncpg.Connection, principal: Principal, job_id: str
+) -> StreamSnapshot | None:
+    row = await _job_row(conn, principal, job_id)
+    if row is None:
+        return None
+    attempt, _, _ = await _current_attempt(conn, row)
+    chunks = await conn.fetchrow(
+        """SELECT coalesce(string_agg(text, '' ORDER BY seq), '') AS text,
+                  coalesce(sum(tokens), 0)::int AS tokens, coalesce(max(seq), -1) AS last_seq
+           FROM chunks WHERE job_id = $1 AND attempt = $2""",
+        job_id,
+        attempt,
+    )
+    assert chunks is not None  # an aggregate always answers one row
+    return StreamSnapshot(
+        job_id=job_id,
+        status=JobStatus(row["status"]),
+        attempt=attempt,
+        last_seq=chunks["last_seq"],
+        text=chunks["text"],
+        tokens=chunks["tokens"],
+    )
+
+
+class NotFinished(Exception):
+    def __init__(self, status: JobStatus) -> None:
+        super().__init__(f"the job is {status.value}")
+        self.status = status
+
+
+async def get_result(
+    conn: asyncpg.Connection, principal: Principal, job_id: str
+) -> JobResult | None:
+    """The job's result; raises `NotFinished` before it reached a final state."""
+    row = await _job_row(conn, principal, job_id)
+    if row is None:
+        return None
+    status = JobStatus(row["status"])
+    if not status.is_final:
+        raise NotFinished(status)
+    r = await conn.fetchrow("SELECT * FROM results WHERE job_id = $1", job_id)
+    common: dict[str, Any] = {
+        "job_id": job_id,
+        "status": status,
+        "job_type": row["job_type"],
+        "priority": Priority(row["priority"]),
+        "attempt": row["attempt"],
+        "model": row["model"],
+        "queue_wait_ms": row["queue_wait_ms"],
+        "error": row["error_reason"],
+        "completed_at": row["finished_at"],
+    }
+    if r is None:
+        return JobResult(**common)
+    return JobResult(
+        **common,
+        response=r["response"],
+        parsed_response=_json(r["parsed_response"]),
+        finish_reason=r["finish_reason"],
+        usage=TokenUsage(
+            prompt_tokens=r["prompt_tokens"],
+            completion_tokens=r["completion_tokens"],
+            total_tokens=r["total_tokens"],
+        ),
+        estimated_cost_usd=float(r["estimated_cost_usd"]),
+        processing_time_ms=r["processing_time_ms"],
+        time_to_first_token_ms=r["ttft_ms"],
+        tokens_per_second=r["tokens_per_second"],
+        chunks=r["chunks"],
+        severity_breakdown=_json(r["severity_breakdown"]),
+        parse_error=r["parse_error"],
+    )

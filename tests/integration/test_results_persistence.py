@@ -1,0 +1,182 @@
+"""The results service over the real Kafka and PostgreSQL: idempotent, order-tolerant writes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from services.results.migrations import migrate
+from shared.kafka import make_producer
+from shared.topics import events_topic
+from tests.integration.results_kit import (
+    caught_up,
+    count,
+    job_script,
+    publish_script,
+    running,
+    settings_for,
+)
+from tests.support import wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    p = make_producer(kafka_bootstrap)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def test_replayed_events_store_one_result(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    database_url: str,
+    auth_secret: str,
+    producer: AIOKafkaProducer,
+) -> None:
+    script = job_script(texts=("a", "b", "c"))
+    settings = settings_for(kafka_bootstrap, topic_prefix, database_url, auth_secret)
+    async with running(settings) as service:
+        await publish_script(producer, topic_prefix, script)
+        await publish_script(producer, topic_prefix, script)  # a producer retry, a replay
+        await wait_for(lambda: caught_up(service), message="results never caught up")
+        # And a second consumer group reading everything again from the start.
+    replay = settings_for(
+        kafka_bootstrap,
+        topic_prefix,
+        database_url,
+        auth_secret,
+        results_group_id=f"{topic_prefix}-replay",
+    )
+    async with running(replay) as service:
+        await wait_for(lambda: caught_up(service), message="replay never caught up")
+        assert service.metrics.events_persisted.labels("job.completed")._value.get() == 0
+    assert await count(database_url, "SELECT count(*) FROM jobs") == 1
+    assert await count(database_url, "SELECT count(*) FROM results") == 1
+    assert await count(database_url, "SELECT count(*) FROM events") == 3
+    assert await count(database_url, "SELECT count(*) FROM chunks") == 3
+    assert await count(database_url, "SELECT count(*) FROM jobs WHERE status = 'completed'") == 1
+
+
+async def test_late_accepted_completes_the_job_and_parses_its_response(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    database_url: str,
+    auth_secret: str,
+    producer: AIOKafkaProducer,
+) -> None:
+    report = {
+        "findings": [
+            {"severity": "high", "title": "reentrancy", "detail": "withdraw"},
+            {"severity": "high", "title": "overflow", "detail": "sum"},
+            {"severity": "info", "title": "naming", "detail": "style"},
+        ]
+    }
+    script = job_script(job_type="security_analysis", response=json.dumps(report))
+    accepted, rest = script.events[0], script.events[1:]
+    settings = settings_for(kafka_bootstrap, topic_prefix, database_url, auth_secret)
+    async with running(settings) as service:
+        script.events = rest
+        await publish_script(producer, topic_prefix, script)
+        await wait_for(lambda: caught_up(service), message="first records not written")
+        script.events, script.chunks = [accepted], []
+        await publish_script(producer, topic_prefix, script)
+        await wait_for(lambda: caught_up(service), message="late accepted not written")
+    conn = await asyncpg.connect(database_url)
+    try:
+        job = await conn.fetchrow("SELECT * FROM jobs")
+        result = await conn.fetchrow("SELECT * FROM results")
+    finally:
+        await conn.close()
+    assert job["status"] == "completed"
+    assert job["user_id"] == "alice"
+    assert job["queue_wait_ms"] == 50.0
+    assert json.loads(result["parsed_response"]) == report
+    assert json.loads(result["severity_breakdown"]) == {
+        "critical": 0,
+        "high": 2,
+        "medium": 0,
+        "low": 0,
+        "info": 1,
+    }
+
+
+async def test_invalid_structured_response_is_stored_unparsed(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    database_url: str,
+    auth_secret: str,
+    producer: AIOKafkaProducer,
+) -> None:
+    script = job_script(job_type="sentiment_analysis", response='{"label": "happy"')
+    settings = settings_for(kafka_bootstrap, topic_prefix, database_url, auth_secret)
+    async with running(settings) as service:
+        await publish_script(producer, topic_prefix, script)
+        await wait_for(lambda: caught_up(service), message="job not written")
+    conn = await asyncpg.connect(database_url)
+    try:
+        result = await conn.fetchrow("SELECT * FROM results")
+    finally:
+        await conn.close()
+    assert result["response"] == '{"label": "happy"'
+    assert result["parsed_response"] is None
+    assert result["parse_error"].startswith("not JSON")
+
+
+async def test_poison_record_is_counted_and_skipped(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    database_url: str,
+    auth_secret: str,
+    producer: AIOKafkaProducer,
+) -> None:
+    script = job_script()
+    settings = settings_for(kafka_bootstrap, topic_prefix, database_url, auth_secret)
+    async with running(settings) as service:
+        await producer.send_and_wait(
+            events_topic(topic_prefix), b"{not json", key=script.accepted.job_id.encode()
+        )
+        await producer.send_and_wait(
+            events_topic(topic_prefix), b'{"type": "job.mystery"}', key=b"x"
+        )
+        await publish_script(producer, topic_prefix, script)
+        await wait_for(lambda: caught_up(service), message="poison record stopped the consumer")
+        poison = service.metrics.poison_records.labels(events_topic(topic_prefix))._value.get()
+        assert poison == 2
+    assert await count(database_url, "SELECT count(*) FROM results") == 1
+
+
+async def test_migrations_rerun_on_existing_database_keep_rows(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    database_url: str,
+    auth_secret: str,
+    producer: AIOKafkaProducer,
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_prefix, database_url, auth_secret)
+    async with running(settings) as service:
+        await publish_script(producer, topic_prefix, job_script())
+        await wait_for(lambda: caught_up(service), message="job not written")
+    conn = await asyncpg.connect(database_url)
+    try:
+        versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+        assert await migrate(conn) == []  # nothing left to apply
+    finally:
+        await conn.close()
+    async with running(settings):  # a restart migrates again
+        pass
+    conn = await asyncpg.connect(database_url)
+    try:
+        again = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+        assert [r["version"] for r in again] == [r["version"] for r in versions] == [1, 2]
+        assert await conn.fetchval("SELECT count(*) FROM jobs") == 1
+        assert await conn.fetchval("SELECT count(*) FROM results") == 1
+        assert await conn.fetchval("SELECT count(*) FROM chunks") == 2
+    finally:
+        await conn.close()
