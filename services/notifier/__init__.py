@@ -1,0 +1,1 @@
+"""The notifier: live fan-out of token chunks and lifecycle events over WebSocket and SSE."""

@@ -1,0 +1,166 @@
+"""Wiring of the notifier: Kafka reader → hub → WebSocket and SSE endpoints, ops HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from websockets.asyncio.server import Server, serve
+
+from services.notifier.hub import Hub
+from services.notifier.metrics import NotifierMetrics
+from services.notifier.reader import Reader
+from services.notifier.settings import NotifierSettings
+from services.notifier.sse import SseEndpoint
+from services.notifier.ws import WebSocketEndpoint
+from shared.http import add_ops_routes
+from shared.kafka import ensure_topics
+from shared.topics import chunks_topic, events_topic
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 0.25
+
+
+class NotifierService:
+    def __init__(self, settings: NotifierSettings, registry: CollectorRegistry) -> None:
+        s = settings
+        self.settings = settings
+        self.registry = registry
+        self.metrics = NotifierMetrics(registry)
+        self.instance = s.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.hub = Hub(
+            self.metrics,
+            ttl_s=s.notifier_job_ttl_s,
+            max_jobs=s.notifier_max_jobs,
+            pending_s=s.notifier_pending_subscribe_s,
+            final_wait_s=s.notifier_final_wait_s,
+            max_resyncs=s.notifier_max_resyncs,
+            max_subscriptions=s.notifier_max_subscriptions,
+        )
+        self.ws = WebSocketEndpoint(s, self.hub, self.metrics, registry, self._ready_now)
+        self.sse = SseEndpoint(s, self.hub, self.metrics)
+        self.reader: Reader | None = None
+        self.port = 0
+        self.sse_port = 0
+        self._server: Server | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        self._started = True
+        await ensure_topics(s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions)
+        reader = Reader(
+            s.kafka_bootstrap_servers,
+            events_topic(s.topic_prefix),
+            chunks_topic(s.topic_prefix),
+            lookback_s=s.notifier_lookback_s,
+            on_event=self.hub.on_event,
+            on_chunk=self.hub.on_chunk,
+            metrics=self.metrics,
+            client_id=f"notifier-{self.instance}",
+        )
+        self.reader = reader
+        self._stack.push_async_callback(reader.stop)
+        await reader.start()
+        self._spawn(reader.run())
+
+        server = await serve(
+            self.ws.handler,
+            s.notifier_host,
+            s.notifier_port,
+            process_request=self.ws.process_request,
+            compression=None,  # a deflate context per connection costs ~300 KB
+            ping_interval=s.notifier_ping_interval_s,
+            ping_timeout=s.notifier_ping_timeout_s,
+            close_timeout=2,
+            max_size=s.notifier_max_message_bytes,
+            max_queue=8,
+        )
+        self._server = server
+        self._stack.push_async_callback(self._close_websockets)
+        self.port = server.sockets[0].getsockname()[1]
+
+        app = web.Application()
+        add_ops_routes(app, self.registry, self._ready)
+        self.sse.routes(app)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, s.notifier_host, s.notifier_sse_port)
+        await site.start()
+        self.sse_port = runner.addresses[0][1]
+        self._spawn(self._sweep_loop())
+
+        # Rebuild: the lookback window is replayed before the notifier says it is ready.
+        async with asyncio.timeout(s.notifier_rebuild_timeout_s):
+            await reader.caught_up.wait()
+        self.hub.live = True
+        log.info(
+            "notifier %s up: ws %d, sse %d, %d jobs rebuilt",
+            self.instance,
+            self.port,
+            self.sse_port,
+            len(self.hub.jobs),
+        )
+
+    async def _close_websockets(self) -> None:
+        if self._server is not None:
+            self._server.close()  # 1001 going away to every client
+            await self._server.wait_closed()
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self._stack.aclose()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(coro))
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            now = time.monotonic()
+            self.hub.sweep(now)
+            self.ws.sweep(now)
+            if self.reader is not None:
+                self.reader.update_lag()
+
+    def _ready_now(self) -> dict[str, bool]:
+        return {
+            "started": self._started,
+            "history_replayed": self.reader is not None and self.reader.caught_up.is_set(),
+        }
+
+    async def _ready(self) -> dict[str, bool]:
+        return self._ready_now()
+
+
+def create_service(
+    settings: NotifierSettings, *, registry: CollectorRegistry | None = None
+) -> NotifierService:
+    return NotifierService(settings, registry if registry is not None else CollectorRegistry())

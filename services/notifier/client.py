@@ -1,0 +1,105 @@
+"""One connected client (WebSocket or SSE): its bounded outbox and its subscriptions.
+
+The hub puts frames in the outbox without awaiting; one writer task per
+connection takes them out and sends them, so a slow client only ever fills its
+own outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from services.notifier.frames import Frame
+from shared.auth import Principal
+
+_ids = itertools.count(1)
+
+
+class Client:
+    __slots__ = (
+        "_closing",
+        "_frames",
+        "_wake",
+        "channels",
+        "id",
+        "kill",
+        "limit",
+        "on_subscribe",
+        "pending",
+        "principal",
+        "resyncs",
+        "send_started",
+    )
+
+    def __init__(
+        self,
+        principal: Principal | None,
+        limit: int,
+        *,
+        kill: Callable[[int, str], None] | None = None,
+        on_subscribe: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self.id = next(_ids)
+        self.principal = principal
+        self.limit = limit
+        self.channels: set[str] = set()  # live subscriptions
+        self.pending: set[str] = set()  # waiting for the job's owner to be known
+        self.resyncs = 0
+        self.send_started: float | None = None  # monotonic time of a send in progress
+        self.kill = kill or (lambda _code, _reason: None)
+        self.on_subscribe = on_subscribe or (lambda _channel, _ok: None)
+        self._frames: deque[Frame] = deque()
+        self._wake = asyncio.Event()
+        self._closing: tuple[int, str] | None = None
+
+    def __hash__(self) -> int:
+        return self.id
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def offer(self, frame: Frame) -> bool:
+        """Queue a live frame; False when the outbox is full (the frame is not queued)."""
+        if len(self._frames) >= self.limit:
+            return False
+        self._frames.append(frame)
+        self._wake.set()
+        return True
+
+    def push(self, frames: Iterable[Frame]) -> None:
+        """Queue frames whatever the bound: replies and a subscription's replay."""
+        self._frames.extend(frames)
+        self._wake.set()
+
+    def reset(self, frames: Iterable[Frame]) -> int:
+        """Drop everything queued and queue `frames` instead; returns how many were dropped."""
+        dropped = len(self._frames)
+        self._frames.clear()
+        self.push(frames)
+        return dropped
+
+    def close(self, code: int, reason: str) -> None:
+        """Close once what is queued now has been sent."""
+        self._closing = (code, reason)
+        self._wake.set()
+
+    async def take(self) -> list[Frame]:
+        """Wait for frames and take all of them; empty once `close` was called and drained."""
+        while not self._frames:
+            if self._closing is not None:
+                return []
+            self._wake.clear()
+            await self._wake.wait()
+        frames = list(self._frames)
+        self._frames.clear()
+        return frames
+
+    @property
+    def closing(self) -> tuple[int, str] | None:
+        return self._closing

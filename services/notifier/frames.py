@@ -1,0 +1,77 @@
+"""Server frames, encoded once: the same object is queued for every subscriber.
+
+A `Frame` holds the WebSocket text and builds its SSE form at most once, on
+first use, so one chunk costs one JSON encoding whatever the audience.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared.contracts import LifecycleEvent, TokenChunk
+
+FINAL_EVENTS = frozenset({"job.completed", "job.failed", "job.cancelled"})
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class Frame:
+    """One encoded server message; `sse_id` is `attempt:seq` for chunks and events."""
+
+    __slots__ = ("_sse", "event", "sse_id", "text")
+
+    def __init__(self, text: str, event: str, sse_id: str | None = None) -> None:
+        self.text = text
+        self.event = event
+        self.sse_id = sse_id
+        self._sse: bytes | None = None
+
+    @property
+    def sse(self) -> bytes:
+        if self._sse is None:
+            head = f"id: {self.sse_id}\n" if self.sse_id is not None else ""
+            self._sse = f"{head}event: {self.event}\ndata: {self.text}\n\n".encode()
+        return self._sse
+
+    @property
+    def final(self) -> bool:
+        return self.event in FINAL_EVENTS
+
+    def __repr__(self) -> str:
+        return f"Frame({self.text!r})"
+
+
+def control(kind: str, **fields: Any) -> Frame:
+    """A frame that is not part of a job's stream: subscribed, error, resync, pong…"""
+    return Frame(_dumps({"type": kind, **fields}), kind)
+
+
+def chunk_frame(record: TokenChunk) -> Frame:
+    d = record.data
+    text = _dumps(
+        {
+            "type": "chunk",
+            "job_id": record.job_id,
+            "attempt": d.attempt,
+            "seq": d.seq,
+            "text": d.text,
+            "tokens": d.tokens,
+            "emitted_at": d.emitted_at.isoformat(),
+        }
+    )
+    return Frame(text, "chunk", f"{d.attempt}:{d.seq}")
+
+
+def event_frame(record: LifecycleEvent, attempt: int, last_seq: int) -> Frame:
+    text = _dumps(
+        {
+            "type": "event",
+            "event": record.type,
+            "job_id": record.job_id,
+            "event_id": str(record.event_id),
+            "occurred_at": record.occurred_at.isoformat(),
+            "data": record.data.model_dump(mode="json"),
+        }
+    )
+    return Frame(text, record.type, f"{attempt}:{last_seq}")

@@ -1,0 +1,47 @@
+"""The notifier's settings, read from the environment (no prefix: field names are unique)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import CommonSettings
+
+
+class NotifierSettings(CommonSettings):
+    notifier_host: str = "0.0.0.0"
+    notifier_port: int = Field(
+        default=8082, ge=0, le=65535, description="WebSocket /ws and ops HTTP; 0 = any"
+    )
+    notifier_sse_port: int = Field(default=8084, ge=0, le=65535, description="SSE; 0 = any")
+    notifier_queue_frames: int = Field(
+        default=1024, ge=1, description="live frames queued per connection before a resync"
+    )
+    notifier_max_resyncs: int = Field(
+        default=3, ge=1, description="resyncs a connection may need before it is closed (4008)"
+    )
+    notifier_slow_consumer_s: float = Field(
+        default=30.0, gt=0, description="a send blocked this long closes the connection (4008)"
+    )
+    notifier_job_ttl_s: float = Field(
+        default=300.0, gt=0, description="how long a finished job stays resumable"
+    )
+    notifier_max_jobs: int = Field(default=50_000, ge=1, description="jobs tracked at most")
+    notifier_lookback_s: float = Field(
+        default=900.0, ge=0, description="on start, replay this much history before ready"
+    )
+    notifier_rebuild_timeout_s: float = Field(default=120.0, gt=0)
+    notifier_max_subscriptions: int = Field(default=100, ge=1, description="per connection")
+    notifier_auth_timeout_s: float = Field(
+        default=10.0, gt=0, description="the auth message must come within this time"
+    )
+    notifier_pending_subscribe_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="how long a subscription to a job not seen yet waits for its job.accepted",
+    )
+    notifier_final_wait_s: float = Field(
+        default=5.0, gt=0, description="how long a final event waits for its last chunks"
+    )
+    notifier_ping_interval_s: float = Field(default=20.0, gt=0)
+    notifier_ping_timeout_s: float = Field(default=20.0, gt=0)
+    notifier_max_message_bytes: int = Field(default=65_536, ge=1024)

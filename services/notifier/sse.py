@@ -1,0 +1,135 @@
+"""Server-Sent Events: `GET /api/v1/jobs/{id}/events`, for clients that cannot hold a WebSocket.
+
+Same semantics as a `job:{id}` subscription: `Last-Event-ID: <attempt>:<seq>`
+resumes after that chunk, each chunk and event carries `id: <attempt>:<seq>`.
+The stream ends after the final event, and after a `resync` (the browser's
+EventSource then reconnects by itself with the last id it saw).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from aiohttp import web
+
+from services.notifier.client import Client
+from services.notifier.hub import FORBIDDEN, Hub, SubscribeError
+from services.notifier.metrics import NotifierMetrics
+from services.notifier.protocol import MAX_ID_LENGTH
+from services.notifier.settings import NotifierSettings
+from shared.auth import InvalidToken, Principal, principal_from_header, verify_token
+from shared.http import problem
+
+PING = b": ping\n\n"
+
+
+def parse_last_event_id(value: str | None) -> tuple[int, int | None]:
+    """`attempt:seq` → (last_seq, attempt); absent → (-1, None). Raises ValueError."""
+    if not value:
+        return -1, None
+    attempt, sep, seq = value.partition(":")
+    if not sep:
+        raise ValueError("Last-Event-ID must be '<attempt>:<seq>'")
+    a, s = int(attempt), int(seq)
+    if s < -1 or a < 0:
+        raise ValueError("Last-Event-ID must be '<attempt>:<seq>' with attempt >= 0, seq >= -1")
+    return s, (a if a > 0 else None)
+
+
+class SseEndpoint:
+    def __init__(self, settings: NotifierSettings, hub: Hub, metrics: NotifierMetrics) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.metrics = metrics
+        self.secret = settings.streamjobs_auth_secret.get_secret_value()
+        self._sent = metrics.frames_sent.labels("sse")
+        self._gauge = metrics.connections.labels("sse")
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/api/v1/jobs/{job_id}/events", self.events)
+
+    def _principal(self, request: web.Request) -> Principal:
+        token = request.query.get("token")
+        if token:
+            return verify_token(self.secret, token)
+        return principal_from_header(self.secret, request.headers.get("Authorization"))
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        job_id = request.match_info["job_id"]
+        try:
+            principal = self._principal(request)
+        except InvalidToken as exc:
+            self.metrics.auth_failures.labels("invalid").inc()
+            return problem(
+                401,
+                "unauthorized",
+                "Unauthorized",
+                str(exc),
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            last_seq, attempt = parse_last_event_id(
+                request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+            )
+        except ValueError as exc:
+            return problem(400, "bad-last-event-id", "Bad Last-Event-ID", str(exc))
+        if len(job_id) > MAX_ID_LENGTH:
+            return problem(404, "job-not-found", "Job not found", FORBIDDEN)
+
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bool] = loop.create_future()
+        task = asyncio.current_task()
+
+        def on_subscribe(_channel: str, ok: bool) -> None:
+            if not answer.done():
+                answer.set_result(ok)
+
+        def kill(code: int, reason: str) -> None:
+            client.close(code, reason)
+            if task is not None:
+                task.cancel()
+
+        client = Client(
+            principal, self.settings.notifier_queue_frames, kill=kill, on_subscribe=on_subscribe
+        )
+        self._gauge.inc()
+        try:
+            try:
+                self.hub.subscribe_job(client, job_id, last_seq, attempt, time.monotonic())
+            except SubscribeError as exc:
+                return problem(429, exc.code, exc.message)
+            if not await answer:
+                return problem(404, "job-not-found", "Job not found", FORBIDDEN)
+            resp = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",
+                }
+            )
+            await resp.prepare(request)
+            await self._stream(resp, client)
+            return resp
+        finally:
+            self.hub.drop(client)
+            self._gauge.dec()
+
+    async def _stream(self, resp: web.StreamResponse, client: Client) -> None:
+        interval = self.settings.notifier_ping_interval_s
+        while True:
+            try:
+                async with asyncio.timeout(interval):
+                    frames = await client.take()
+            except TimeoutError:
+                await resp.write(PING)
+                continue
+            if not frames:
+                return
+            await resp.write(b"".join(f.sse for f in frames))
+            self._sent.inc(len(frames))
+            if client.resyncs or any(f.final for f in frames):
+                with contextlib.suppress(ConnectionResetError):
+                    await resp.write_eof()
+                return

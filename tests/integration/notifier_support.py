@@ -1,0 +1,215 @@
+"""Helpers for the notifier's integration tests: a running notifier, records, WS clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+from websockets.asyncio.client import ClientConnection, connect
+
+from services.notifier.app import NotifierService, create_service
+from services.notifier.settings import NotifierSettings
+from shared.auth import issue_token
+from shared.contracts import (
+    Envelope,
+    JobAccepted,
+    JobAcceptedData,
+    JobCompleted,
+    JobCompletedData,
+    ModelConfig,
+    TokenChunk,
+    TokenChunkData,
+    TokenUsage,
+)
+from shared.kafka import headers_for, make_producer
+from shared.topics import Priority, chunks_topic, events_topic
+
+FINAL = ("job.completed", "job.failed", "job.cancelled")
+
+
+def notifier_settings(
+    bootstrap: str, prefix: str, secret: str, **overrides: Any
+) -> NotifierSettings:
+    values: dict[str, Any] = {
+        "kafka_bootstrap_servers": bootstrap,
+        "topic_prefix": prefix,
+        "streamjobs_auth_secret": secret,
+        "notifier_host": "127.0.0.1",
+        "notifier_port": 0,
+        "notifier_sse_port": 0,
+        "notifier_pending_subscribe_s": 1.0,
+        "log_json": False,
+    }
+    values.update(overrides)
+    return NotifierSettings(**values)
+
+
+@asynccontextmanager
+async def running_notifier(settings: NotifierSettings) -> AsyncIterator[NotifierService]:
+    service = create_service(settings, registry=CollectorRegistry())
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+def ws_url(service: NotifierService) -> str:
+    return f"ws://127.0.0.1:{service.port}/ws"
+
+
+def words(n: int, tag: str = "") -> list[str]:
+    """n distinct chunk texts, with spaces and a non-ASCII letter to catch encoding slips."""
+    return [f"{tag}w{i}é " for i in range(n)]
+
+
+@dataclass
+class Publisher:
+    """Publishes the records a gateway and a streamer would, keyed by job id."""
+
+    producer: AIOKafkaProducer
+    prefix: str
+    sent: list[asyncio.Future[Any]] = field(default_factory=list)
+
+    async def _send(self, topic: str, record: Envelope) -> None:
+        fut = await self.producer.send(
+            topic, value=record.to_bytes(), key=record.job_id.encode(), headers=headers_for(record)
+        )
+        self.sent.append(fut)
+
+    async def flush(self) -> None:
+        await self.producer.flush()
+        await asyncio.gather(*self.sent)
+        self.sent.clear()
+
+    async def accepted(self, job_id: str, user_id: str) -> None:
+        spec = JobAcceptedData(
+            user_id=user_id,
+            prompt="p",
+            job_type="analysis",
+            priority=Priority.NORMAL,
+            config=ModelConfig(),
+            submitted_at=datetime.now(UTC),
+        )
+        await self._send(events_topic(self.prefix), JobAccepted(job_id=job_id, data=spec))
+
+    async def chunk(self, job_id: str, seq: int, text: str, attempt: int = 1) -> None:
+        now = datetime.now(UTC)
+        data = TokenChunkData(
+            attempt=attempt, seq=seq, text=text, tokens=1, first_token_at=now, emitted_at=now
+        )
+        await self._send(chunks_topic(self.prefix), TokenChunk(job_id=job_id, data=data))
+
+    async def chunks(self, job_id: str, texts: list[str], start: int = 0, attempt: int = 1) -> None:
+        for i, text in enumerate(texts[start:], start):
+            await self.chunk(job_id, i, text, attempt)
+
+    async def completed(self, job_id: str, texts: list[str], attempt: int = 1) -> None:
+        data = JobCompletedData(
+            attempt=attempt,
+            response="".join(texts),
+            model="gpt-4o-mini",
+            usage=TokenUsage(completion_tokens=len(texts)),
+            chunks=len(texts),
+            last_seq=len(texts) - 1,
+            duration_ms=1.0,
+        )
+        await self._send(events_topic(self.prefix), JobCompleted(job_id=job_id, data=data))
+
+    async def job(self, user_id: str, texts: list[str]) -> str:
+        """A whole job at once: accepted, every chunk, completed."""
+        job_id = str(uuid.uuid4())
+        await self.accepted(job_id, user_id)
+        await self.chunks(job_id, texts)
+        await self.completed(job_id, texts)
+        await self.flush()
+        return job_id
+
+
+@asynccontextmanager
+async def publisher(bootstrap: str, prefix: str) -> AsyncIterator[Publisher]:
+    producer = make_producer(bootstrap, linger_ms=1)
+    await producer.start()
+    try:
+        yield Publisher(producer, prefix)
+    finally:
+        await producer.stop()
+
+
+def token(secret: str, user: str, *scopes: str) -> str:
+    return issue_token(secret, user, scopes or ("jobs:read", "jobs:write"))
+
+
+async def open_ws(url: str, tok: str, **kwargs: Any) -> ClientConnection:
+    ws = await connect(url, **kwargs)
+    await ws.send(json.dumps({"type": "auth", "token": tok}))
+    reply = json.loads(await ws.recv())
+    assert reply["type"] == "authenticated", reply
+    return ws
+
+
+async def subscribe(
+    ws: ClientConnection, job_id: str, last_seq: int = -1, attempt: int | None = None
+) -> None:
+    msg: dict[str, Any] = {"type": "subscribe", "channel": f"job:{job_id}", "last_seq": last_seq}
+    if attempt is not None:
+        msg["attempt"] = attempt
+    await ws.send(json.dumps(msg))
+
+
+async def next_of(ws: ClientConnection, *types: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The next frame of one of `types`, skipping others."""
+    async with asyncio.timeout(timeout):
+        while True:
+            msg: dict[str, Any] = json.loads(await ws.recv())
+            if msg["type"] in types:
+                return msg
+
+
+@dataclass
+class Received:
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] | None = None
+    other: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(c["text"] for c in self.chunks)
+
+    @property
+    def seqs(self) -> list[int]:
+        return [c["seq"] for c in self.chunks]
+
+    @property
+    def last_seq(self) -> int:
+        return self.chunks[-1]["seq"] if self.chunks else -1
+
+
+async def read_until(
+    ws: ClientConnection,
+    into: Received,
+    *,
+    chunks: int | None = None,
+    timeout: float = 20.0,
+) -> Received:
+    """Read frames until the final event (or until `chunks` chunks were received)."""
+    async with asyncio.timeout(timeout):
+        while into.final is None and (chunks is None or len(into.chunks) < chunks):
+            msg = json.loads(await ws.recv())
+            if msg["type"] == "chunk":
+                into.chunks.append(msg)
+            elif msg["type"] == "event" and msg["event"] in FINAL:
+                into.final = msg
+            elif msg["type"] == "error":
+                raise AssertionError(f"notifier error: {msg}")
+            else:
+                into.other.append(msg)
+    return into
