@@ -1,0 +1,141 @@
+"""Wiring of the gateway: producer, events view and its reader, results client, HTTP app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+
+from services.gateway.api import Api, build_app
+from services.gateway.events import EventsReader
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.proxy import ResultsClient, SseClient
+from services.gateway.settings import GatewaySettings
+from services.gateway.view import EventsView
+from shared.contracts import Envelope
+from shared.kafka import ensure_topics, make_producer, publish
+
+log = logging.getLogger(__name__)
+
+
+class GatewayService:
+    def __init__(self, settings: GatewaySettings, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = GatewayMetrics(registry)
+        self.instance = settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.view = EventsView(
+            submissions_per_minute=settings.gateway_submissions_per_minute,
+            max_in_flight=settings.gateway_max_in_flight,
+            window_s=settings.gateway_idempotency_window_s,
+            final_retention_s=settings.gateway_view_final_retention_s,
+            max_jobs=settings.gateway_view_max_jobs,
+            in_flight_retry_after_s=settings.gateway_in_flight_retry_after_s,
+        )
+        self.results = ResultsClient(settings.results_url, timeout_s=settings.results_timeout_s)
+        self.sse = SseClient(settings.notifier_sse_url) if settings.notifier_sse_url else None
+        self.port = 0
+        self.api: Api | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._reader: EventsReader | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._background: list[asyncio.Task[None]] = []
+        self._started = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        stack = self._stack
+        await ensure_topics(s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions)
+        producer = make_producer(s.kafka_bootstrap_servers, client_id=f"gateway-{self.instance}")
+        stack.push_async_callback(producer.stop)
+        await producer.start()
+        self._producer = producer
+
+        reader = EventsReader(
+            s.kafka_bootstrap_servers,
+            s.topic_prefix,
+            self.view,
+            lookback_s=s.gateway_events_lookback_s,
+        )
+        stack.push_async_callback(reader.stop)
+        await reader.start()
+        self._reader = reader
+        self._spawn(reader.loop())
+        try:
+            async with asyncio.timeout(s.gateway_view_catchup_timeout_s):
+                await reader.caught_up()
+        except TimeoutError:
+            log.warning(
+                "events view not caught up after %g s; serving", s.gateway_view_catchup_timeout_s
+            )
+
+        await self.results.start()
+        stack.push_async_callback(self.results.stop)
+        if self.sse is not None:
+            await self.sse.start()
+            stack.push_async_callback(self.sse.stop)
+
+        async def send(topic: str, envelope: Envelope) -> None:
+            await publish(producer, topic, envelope)
+
+        self.api = Api(s, self.metrics, self.view, send, self.results, sse=self.sse)
+        stack.push_async_callback(self.api.drain)
+        app = build_app(self.api, self.registry, ready=self._ready, info=self._info)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, s.gateway_host, s.gateway_port)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        self._started = True
+        log.info("gateway %s up on port %d", self.instance, self.port)
+
+    async def stop(self) -> None:
+        if not self._started and not self._background:
+            await self._stack.aclose()
+            return
+        self._started = False
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background.clear()
+        await self._stack.aclose()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._background.append(asyncio.create_task(coro))
+
+    async def _ready(self) -> dict[str, bool]:
+        return {
+            "kafka_producer": self._producer is not None and self._started,
+            "events_view": self._reader is not None and self._reader.ready(),
+        }
+
+    async def _info(self) -> dict[str, bool]:
+        return {"results_service": await self.results.reachable()}
+
+
+def create_service(
+    settings: GatewaySettings, *, registry: CollectorRegistry | None = None
+) -> GatewayService:
+    return GatewayService(settings, registry if registry is not None else CollectorRegistry())

@@ -1,0 +1,74 @@
+"""The gateway's Prometheus metrics, declared once per service instance registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "streamjobs_gateway_http_requests_total",
+            "HTTP requests by method, route template and status",
+            ("method", "route", "status"),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "streamjobs_gateway_http_request_duration_seconds",
+            "HTTP request latency by method and route template",
+            ("method", "route"),
+            buckets=_HTTP_BUCKETS,
+            registry=registry,
+        )
+        self.submitted = Counter(
+            "streamjobs_gateway_jobs_submitted_total",
+            "Jobs accepted and published",
+            ("job_type", "priority"),
+            registry=registry,
+        )
+        self.replayed = Counter(
+            "streamjobs_gateway_idempotent_replays_total",
+            "Submissions answered with an existing job for their Idempotency-Key",
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "streamjobs_gateway_submissions_rejected_total",
+            "Submissions refused, by reason",
+            ("reason",),
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "streamjobs_gateway_rate_limited_total",
+            "Submissions refused by a rate limit",
+            ("limit",),
+            registry=registry,
+        )
+        self.publish_latency = Histogram(
+            "streamjobs_gateway_publish_duration_seconds",
+            "From the first send to the broker's acknowledgement of both records of a job",
+            buckets=_HTTP_BUCKETS,
+            registry=registry,
+        )
+        self.publish_failures = Counter(
+            "streamjobs_gateway_publish_failures_total",
+            "Submissions or cancels not published because Kafka failed",
+            registry=registry,
+        )
+        self.cancels = Counter(
+            "streamjobs_gateway_cancels_published_total",
+            "CancelJob commands published",
+            registry=registry,
+        )
+        self.forward_failures = Counter(
+            "streamjobs_gateway_forward_failures_total",
+            "Reads not forwarded because the results service did not answer",
+            registry=registry,
+        )
+        self.view_jobs = Gauge(
+            "streamjobs_gateway_view_jobs", "Jobs held in the events view", registry=registry
+        )
+        self.view_users = Gauge(
+            "streamjobs_gateway_view_users", "Users held in the events view", registry=registry
+        )

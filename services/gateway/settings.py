@@ -1,0 +1,55 @@
+"""The gateway's settings, read from the environment (no prefix: field names are unique)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    gateway_port: int = Field(default=8080, ge=0, le=65535, description="REST + ops; 0 = any")
+    gateway_host: str = "0.0.0.0"
+    results_url: str = Field(
+        default="http://127.0.0.1:8081", description="base URL of the results service (reads)"
+    )
+    results_timeout_s: float = Field(default=10.0, gt=0, description="bound of one forwarded read")
+    gateway_public_url: str = Field(
+        default="", description="base URL for links in answers; empty = relative links"
+    )
+    gateway_public_ws_url: str = Field(
+        default="", description="the notifier's WebSocket URL for links; empty = no link"
+    )
+    notifier_sse_url: str = Field(
+        default="",
+        description="the notifier's SSE base URL; when set, /api/v1/jobs/{id}/events is proxied",
+    )
+    gateway_max_prompt_chars: int = Field(default=32_000, ge=1)
+    gateway_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    gateway_submissions_per_minute: int = Field(
+        default=60, ge=0, description="per user, across every gateway instance; 0 = off"
+    )
+    gateway_max_in_flight: int = Field(
+        default=20, ge=0, description="jobs accepted and not final, per user; 0 = off"
+    )
+    gateway_idempotency_window_s: float = Field(
+        default=24 * 3600.0, gt=0, description="how long an Idempotency-Key names the same job"
+    )
+    gateway_events_lookback_s: float = Field(
+        default=24 * 3600.0,
+        ge=0,
+        description="how far back the events view reads on start; cover the idempotency window",
+    )
+    gateway_view_max_jobs: int = Field(
+        default=200_000, ge=1, description="jobs the events view remembers at most"
+    )
+    gateway_view_final_retention_s: float = Field(
+        default=600.0, ge=0, description="how long a final job without an idempotency key is kept"
+    )
+    gateway_view_catchup_timeout_s: float = Field(
+        default=60.0, gt=0, description="on start, how long to wait for the view to catch up"
+    )
+    gateway_publish_timeout_s: float = Field(default=10.0, gt=0)
+    gateway_in_flight_retry_after_s: int = Field(
+        default=5, ge=1, description="Retry-After of a 429 for too many jobs in flight"
+    )

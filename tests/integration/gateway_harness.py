@@ -1,0 +1,97 @@
+"""Fixtures and helpers of the gateway's integration tests: in-process gateways, tokens, topics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from deploy.localstack.procs import free_port
+from services.gateway.app import GatewayService, create_service
+from services.gateway.settings import GatewaySettings
+from shared.auth import DEFAULT_SCOPES, issue_token
+from shared.contracts import parse_record
+from shared.topics import all_topics
+from tests.support import wait_for
+
+StartGateway = Callable[..., Awaitable[GatewayService]]
+Tokens = Callable[..., str]
+
+
+@pytest.fixture
+async def start_gateway(
+    kafka_bootstrap: str, topic_prefix: str, auth_secret: str
+) -> AsyncIterator[StartGateway]:
+    started: list[GatewayService] = []
+    nobody = f"http://127.0.0.1:{free_port()}"  # no results service unless a test gives one
+
+    async def start(**overrides: Any) -> GatewayService:
+        values: dict[str, Any] = {
+            "kafka_bootstrap_servers": kafka_bootstrap,
+            "topic_prefix": topic_prefix,
+            "streamjobs_auth_secret": auth_secret,
+            "gateway_port": 0,
+            "gateway_host": "127.0.0.1",
+            "results_url": nobody,
+            "results_timeout_s": 5,
+            "gateway_public_ws_url": "ws://127.0.0.1:1/ws",
+            **overrides,
+        }
+        service = create_service(GatewaySettings(**values))
+        await service.start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in reversed(started):
+        await service.stop()
+
+
+@pytest.fixture
+def tokens(auth_secret: str) -> Tokens:
+    def make(user_id: str, scopes: tuple[str, ...] = DEFAULT_SCOPES) -> str:
+        return issue_token(auth_secret, user_id, scopes)
+
+    return make
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def bearer(token: str, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", **extra}
+
+
+async def topic_records(bootstrap: str, prefix: str) -> dict[str, list[Any]]:
+    """Every record on every streamjobs topic of `prefix`, parsed, read up to the end offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer.subscribe(all_topics(prefix))  # no group: every partition is assigned
+    await consumer.start()
+    try:
+        topics = len(all_topics(prefix))
+        await wait_for(
+            lambda: len({tp.topic for tp in consumer.assignment()}) == topics,
+            message=f"partitions of the {prefix} topics",
+        )
+        tps = sorted(consumer.assignment())
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: dict[str, list[Any]] = {topic: [] for topic in all_topics(prefix)}
+        left = {tp for tp in tps if ends[tp] > 0}
+        while left:
+            batch = await consumer.getmany(*left, timeout_ms=1000)
+            for tp, records in batch.items():
+                out[tp.topic].extend(
+                    (parse_record(r.value or b""), dict(r.headers)) for r in records
+                )
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    left.discard(tp)
+        return out
+    finally:
+        await consumer.stop()
