@@ -23,6 +23,7 @@ from shared.topics import Priority
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 class BadParameter(Exception):
@@ -33,9 +34,7 @@ class BadParameter(Exception):
 
 
 def _principal(request: web.Request) -> Principal:
-    principal = request.get("principal")
-    assert isinstance(principal, Principal)
-    return principal
+    return request[PRINCIPAL]
 
 
 def _json(model: BaseModel) -> web.Response:
@@ -105,21 +104,20 @@ class ReadApi:
     async def _handle(
         self, request: web.Request, handler: Handler, route: str
     ) -> web.StreamResponse:
-        if route.startswith(API_PREFIX):
-            try:
-                request["principal"] = principal_from_header(
+        try:
+            if route.startswith(API_PREFIX):
+                request[PRINCIPAL] = principal_from_header(
                     self.secret, request.headers.get("Authorization")
                 )
-            except InvalidToken as exc:
-                return problem(
-                    401,
-                    "unauthorized",
-                    "Unauthorized",
-                    str(exc),
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        try:
             return await handler(request)
+        except InvalidToken as exc:
+            return problem(
+                401,
+                "unauthorized",
+                "Unauthorized",
+                str(exc),
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         except BadParameter as exc:
             return problem(
                 400, "invalid-parameter", "Invalid query parameter", exc.detail, parameter=exc.name

@@ -142,9 +142,7 @@ def job_script(
     started_at = submitted_at + timedelta(milliseconds=queued_ms)
     if outcome == "cancelled-queued":
         events.append(
-            JobCancelled(
-                job_id=job_id, occurred_at=started_at, data=JobCancelledData(attempt=1)
-            )
+            JobCancelled(job_id=job_id, occurred_at=started_at, data=JobCancelledData(attempt=1))
         )
         return JobScript(events, [])
     attempt = 1
@@ -251,7 +249,9 @@ async def count(database_url: str, sql: str, *args: Any) -> int:
 class Reader:
     """An HTTP client of the read API with one user's token."""
 
-    def __init__(self, http: aiohttp.ClientSession, base: str, secret: str, user: str, *scopes: str):
+    def __init__(
+        self, http: aiohttp.ClientSession, base: str, secret: str, user: str, *scopes: str
+    ):
         self.http = http
         self.base = base
         self.headers = {

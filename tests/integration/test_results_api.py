@@ -1,0 +1,248 @@
+"""The read API over the real Kafka and PostgreSQL: isolation, admin, paging, filters, 409."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from services.results.app import ResultsService
+from shared.kafka import make_producer
+from shared.topics import Priority
+from tests.integration.results_kit import (
+    T0,
+    Reader,
+    caught_up,
+    job_script,
+    publish_script,
+    running,
+    settings_for,
+)
+from tests.support import wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+
+@pytest.fixture
+async def service(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str, auth_secret: str
+) -> AsyncIterator[ResultsService]:
+    settings = settings_for(kafka_bootstrap, topic_prefix, database_url, auth_secret)
+    async with running(settings) as svc:
+        yield svc
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    p = make_producer(kafka_bootstrap)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def reader(
+    http: aiohttp.ClientSession, service: ResultsService, secret: str, user: str, *scopes: str
+) -> Reader:
+    return Reader(http, f"http://127.0.0.1:{service.port}", secret, user, *scopes)
+
+
+async def load(
+    producer: AIOKafkaProducer, prefix: str, service: ResultsService, *scripts: object
+) -> None:
+    for script in scripts:
+        await publish_script(producer, prefix, script)  # type: ignore[arg-type]
+    await wait_for(lambda: caught_up(service), message="records not written")
+
+
+async def test_users_see_only_their_own_jobs_and_admin_sees_all(
+    service: ResultsService,
+    producer: AIOKafkaProducer,
+    topic_prefix: str,
+    http: aiohttp.ClientSession,
+    auth_secret: str,
+) -> None:
+    alices = job_script("job-alice", user="alice")
+    bobs = job_script("job-bob", user="bob", submitted_at=T0 + timedelta(seconds=1))
+    await load(producer, topic_prefix, service, alices, bobs)
+    alice = reader(http, service, auth_secret, "alice")
+    admin = reader(http, service, auth_secret, "root", "jobs:read", "admin")
+
+    status, body = await alice.get("/jobs/job-alice")
+    assert status == 200
+    assert body["user_id"] == "alice"
+    assert body["status"] == "completed"
+    assert body["progress"] == {"tokens": 2, "max_tokens": 100, "ratio": 0.02}
+    for path in ("/jobs/job-bob", "/jobs/job-bob/stream", "/jobs/job-bob/result"):
+        status, body = await alice.get(path)
+        assert status == 404, path
+        assert body["type"].endswith("/job-not-found")
+    status, body = await alice.get("/jobs")
+    assert [j["job_id"] for j in body["items"]] == ["job-alice"]
+    status, body = await alice.get("/jobs", user_id="bob")
+    assert status == 403
+
+    status, body = await admin.get("/jobs")
+    assert [j["job_id"] for j in body["items"]] == ["job-bob", "job-alice"]
+    status, body = await admin.get("/jobs", user_id="bob")
+    assert [j["job_id"] for j in body["items"]] == ["job-bob"]
+    status, body = await admin.get("/jobs/job-bob/result")
+    assert status == 200
+    assert body["response"] == "Hello world"
+    assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
+    # gpt-4o-mini: 10 x 0.15 + 2 x 0.60 USD per 1M tokens
+    assert body["estimated_cost_usd"] == pytest.approx(0.0000027)
+    assert body["queue_wait_ms"] == 50.0
+
+
+async def test_missing_or_forged_token_is_401(
+    service: ResultsService, http: aiohttp.ClientSession
+) -> None:
+    base = f"http://127.0.0.1:{service.port}/api/v1"
+    async with http.get(f"{base}/jobs") as resp:
+        assert resp.status == 401
+        assert (await resp.json(content_type=None))["type"].endswith("/unauthorized")
+    forged = Reader(http, f"http://127.0.0.1:{service.port}", "another-secret", "alice")
+    status, body = await forged.get("/jobs/x")
+    assert status == 401
+
+
+async def test_cursor_pages_are_stable_while_new_jobs_arrive(
+    service: ResultsService,
+    producer: AIOKafkaProducer,
+    topic_prefix: str,
+    http: aiohttp.ClientSession,
+    auth_secret: str,
+) -> None:
+    # Five jobs share one submission time: the job id breaks the tie.
+    scripts = [
+        job_script(f"job-{i}", submitted_at=T0 + timedelta(seconds=i // 5)) for i in range(12)
+    ]
+    await load(producer, topic_prefix, service, *scripts)
+    alice = reader(http, service, auth_secret, "alice")
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": 5, **({"cursor": cursor} if cursor else {})}
+        status, body = await alice.get("/jobs", **params)
+        assert status == 200
+        seen += [j["job_id"] for j in body["items"]]
+        pages += 1
+        if pages == 1:
+            # A newer job arriving between pages must not shift the next page.
+            await load(
+                producer,
+                topic_prefix,
+                service,
+                job_script("job-new", submitted_at=T0 + timedelta(hours=1)),
+            )
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    expected = sorted((s.accepted.data.submitted_at, s.accepted.job_id) for s in scripts)
+    assert seen == [job_id for _, job_id in reversed(expected)]
+    assert pages == 3
+    status, body = await alice.get("/jobs", cursor="garbage!")
+    assert status == 400
+    assert body["type"].endswith("/invalid-cursor")
+
+
+async def test_result_is_409_until_the_job_is_final(
+    service: ResultsService,
+    producer: AIOKafkaProducer,
+    topic_prefix: str,
+    http: aiohttp.ClientSession,
+    auth_secret: str,
+) -> None:
+    await load(
+        producer,
+        topic_prefix,
+        service,
+        job_script("queued-1", outcome="queued"),
+        job_script("queued-2", outcome="queued", submitted_at=T0 + timedelta(seconds=1)),
+        job_script("running", outcome="running", texts=("par", "tial")),
+    )
+    alice = reader(http, service, auth_secret, "alice")
+    status, body = await alice.get("/jobs/running/result")
+    assert status == 409
+    assert body["type"].endswith("/not-finished")
+    status, body = await alice.get("/jobs/running/stream")
+    assert body == {
+        "job_id": "running",
+        "status": "running",
+        "attempt": 1,
+        "last_seq": 1,
+        "text": "partial",
+        "tokens": 2,
+    }
+    status, first = await alice.get("/jobs/queued-1")
+    status, second = await alice.get("/jobs/queued-2")
+    assert (first["queue_position"], second["queue_position"]) == (0, 1)
+    assert second["waited_ms"] > 0
+    status, body = await alice.get("/jobs/queued-2/stream")
+    assert (body["last_seq"], body["text"]) == (-1, "")
+
+
+async def test_retried_job_streams_only_its_current_attempt(
+    service: ResultsService,
+    producer: AIOKafkaProducer,
+    topic_prefix: str,
+    http: aiohttp.ClientSession,
+    auth_secret: str,
+) -> None:
+    first = job_script("retried", outcome="running", texts=("old",))
+    second = job_script("retried", retries=1, texts=("new", "er"))
+    second.events = second.events[1:]  # accepted once
+    await load(producer, topic_prefix, service, first, second)
+    alice = reader(http, service, auth_secret, "alice")
+    status, body = await alice.get("/jobs/retried/stream")
+    assert (body["attempt"], body["text"], body["last_seq"]) == (2, "newer", 1)
+    status, body = await alice.get("/jobs/retried")
+    assert (body["attempt"], body["status"]) == (2, "completed")
+
+
+async def test_list_filters_and_bad_parameters(
+    service: ResultsService,
+    producer: AIOKafkaProducer,
+    topic_prefix: str,
+    http: aiohttp.ClientSession,
+    auth_secret: str,
+) -> None:
+    await load(
+        producer,
+        topic_prefix,
+        service,
+        job_script("a", job_type="gas_analysis", priority=Priority.HIGH),
+        job_script("b", outcome="failed", submitted_at=T0 + timedelta(minutes=1)),
+        job_script("c", outcome="queued", submitted_at=T0 + timedelta(minutes=2)),
+    )
+    alice = reader(http, service, auth_secret, "alice")
+
+    async def ids(**params: object) -> list[str]:
+        status, body = await alice.get("/jobs", **params)
+        assert status == 200, body
+        return [j["job_id"] for j in body["items"]]
+
+    assert await ids(status="failed") == ["b"]
+    assert await ids(job_type="gas_analysis") == ["a"]
+    assert await ids(priority="high") == ["a"]
+    assert await ids(since=(T0 + timedelta(minutes=1)).isoformat()) == ["c", "b"]
+    assert await ids(until=(T0 + timedelta(minutes=1)).isoformat()) == ["a"]
+    assert await ids(limit=1) == ["c"]
+    status, body = await alice.get("/jobs/b")
+    assert body["error"] == "server_error: 500"
+    for params in ({"limit": 0}, {"limit": "x"}, {"status": "done"}, {"since": "yesterday"}):
+        status, body = await alice.get("/jobs", **params)
+        assert status == 400, params
+        assert body["type"].endswith("/invalid-parameter")
+    status, body = await alice.get("/analytics", group_by="colour")
+    assert status == 400
