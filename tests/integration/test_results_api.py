@@ -111,7 +111,7 @@ async def test_missing_or_forged_token_is_401(
         assert resp.status == 401
         assert (await resp.json(content_type=None))["type"].endswith("/unauthorized")
     forged = Reader(http, f"http://127.0.0.1:{service.port}", "another-secret", "alice")
-    status, body = await forged.get("/jobs/x")
+    status, _body = await forged.get("/jobs/x")
     assert status == 401
 
 
@@ -204,9 +204,9 @@ async def test_retried_job_streams_only_its_current_attempt(
     second.events = second.events[1:]  # accepted once
     await load(producer, topic_prefix, service, first, second)
     alice = reader(http, service, auth_secret, "alice")
-    status, body = await alice.get("/jobs/retried/stream")
+    _status, body = await alice.get("/jobs/retried/stream")
     assert (body["attempt"], body["text"], body["last_seq"]) == (2, "newer", 1)
-    status, body = await alice.get("/jobs/retried")
+    _status, body = await alice.get("/jobs/retried")
     assert (body["attempt"], body["status"]) == (2, "completed")
 
 
