@@ -112,10 +112,12 @@ class Publisher:
         for i, text in enumerate(texts[start:], start):
             await self.chunk(job_id, i, text, attempt)
 
-    async def completed(self, job_id: str, texts: list[str], attempt: int = 1) -> None:
+    async def completed(
+        self, job_id: str, texts: list[str], attempt: int = 1, response: str | None = None
+    ) -> None:
         data = JobCompletedData(
             attempt=attempt,
-            response="".join(texts),
+            response="".join(texts) if response is None else response,
             model="gpt-4o-mini",
             usage=TokenUsage(completion_tokens=len(texts)),
             chunks=len(texts),
