@@ -1,0 +1,1 @@
+"""Prometheus configuration, alert rules and the PromQL helpers that check them."""
