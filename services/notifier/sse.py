@@ -30,10 +30,10 @@ def parse_last_event_id(value: str | None) -> tuple[int, int | None]:
     if not value:
         return -1, None
     attempt, sep, seq = value.partition(":")
-    if not sep:
+    if not (sep and attempt.isdigit() and seq.lstrip("-").isdigit()):
         raise ValueError("Last-Event-ID must be '<attempt>:<seq>'")
     a, s = int(attempt), int(seq)
-    if s < -1 or a < 0:
+    if s < -1:
         raise ValueError("Last-Event-ID must be '<attempt>:<seq>' with attempt >= 0, seq >= -1")
     return s, (a if a > 0 else None)
 
