@@ -120,8 +120,7 @@ async def stream_completion(
         model=chat.model,
         include_usage=chat.include_usage,
     )
-    encoded = state.vocabulary.encoded
-    tokens = [encoded[i] for i in plan.tokens]
+    tokens = encoded_tokens(plan, state.vocabulary)
     stop_at = plan.cut_after if plan.cut_after is not None else plan.hang_after
     limit = len(tokens) if stop_at is None else min(stop_at, len(tokens))
     resp = web.StreamResponse(headers={**SSE_HEADERS, "x-request-id": _request_id()})
@@ -152,6 +151,14 @@ async def stream_completion(
     finally:
         stats.streams_active -= 1
     return resp
+
+
+def encoded_tokens(plan: Plan, vocabulary: Vocabulary) -> list[bytes]:
+    """Each token of the plan as a JSON string; a structured output's are encoded here."""
+    if plan.texts is not None:
+        return [json.dumps(text).encode() for text in plan.texts]
+    encoded = vocabulary.encoded
+    return [encoded[i] for i in plan.tokens]
 
 
 async def send_tokens(
@@ -187,7 +194,7 @@ async def whole_completion(
     request: web.Request, state: SimulatorState, chat: ChatRequest, plan: Plan
 ) -> web.StreamResponse:
     stop_at = plan.cut_after if plan.cut_after is not None else plan.hang_after
-    count = len(plan.tokens) if stop_at is None else min(stop_at, len(plan.tokens))
+    count = plan.count if stop_at is None else min(stop_at, plan.count)
     try:
         await pause(request, plan.ttft_s + count * plan.interval_s)
         if plan.hang_after is not None:
@@ -208,10 +215,12 @@ async def whole_completion(
             completion_id=completion_id,
             created=int(time.time()),
             model=chat.model,
-            text=state.vocabulary.text(plan.tokens),
+            text="".join(plan.texts)
+            if plan.texts is not None
+            else state.vocabulary.text(plan.tokens),
             finish_reason=plan.finish_reason,
             prompt_tokens=plan.prompt_tokens,
-            completion_tokens=len(plan.tokens),
+            completion_tokens=plan.count,
         ),
         content_type="application/json",
         headers={"x-request-id": _request_id()},

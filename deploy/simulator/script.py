@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from deploy.simulator import jsongen
 from deploy.simulator.settings import SimulatorSettings
 
 DEFAULT_MAX_TOKENS = 256
@@ -74,6 +75,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     max_tokens: int | None
+    json_schema: dict[str, Any] | None = None  # structured output asked for
 
     @property
     def last_user_text(self) -> str:
@@ -96,6 +98,11 @@ class Plan:
     retry_after_s: float = 0.0
     cut_after: int | None = None  # send this many tokens, then close the connection
     hang_after: int | None = None  # send this many tokens, then stall
+    texts: tuple[str, ...] | None = None  # a structured output's tokens, instead of `tokens`
+
+    @property
+    def count(self) -> int:
+        return len(self.texts) if self.texts is not None else len(self.tokens)
 
 
 class Vocabulary:
@@ -208,12 +215,17 @@ def parse_chat_request(body: object) -> ChatRequest:
     max_tokens = _optional_count(body, "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _optional_count(body, "max_tokens")
+    try:
+        schema = jsongen.response_schema(body.get("response_format"))
+    except jsongen.InvalidResponseFormat as exc:
+        raise InvalidRequest(str(exc), "response_format") from None
     return ChatRequest(
         model=model,
         messages=tuple(messages),
         stream=body.get("stream") is True,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         max_tokens=max_tokens,
+        json_schema=schema,
     )
 
 
@@ -269,7 +281,14 @@ class Planner:
             if draw < s.rate_limit_rate + s.error_rate:
                 return Plan(error_status=500)
 
-        wanted = d.tokens if d.tokens is not None else s.completion_tokens
+        seed = content_seed(request, s.seed)
+        texts = None
+        if request.json_schema is not None:
+            doc = jsongen.document(request.json_schema, random.Random(seed), WORDS)
+            texts = jsongen.tokens(doc)
+            wanted = len(texts)  # the whole document, unless max_tokens cuts it
+        else:
+            wanted = d.tokens if d.tokens is not None else s.completion_tokens
         cap = request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS
         count = min(wanted, cap)
         tps = d.tps if d.tps is not None else s.tokens_per_second
@@ -284,7 +303,8 @@ class Planner:
         ):
             cut_after = self._rng.randint(1, count - 1) if count > 1 else 0
         return Plan(
-            tokens=self._vocabulary.generate(content_seed(request, s.seed), count),
+            tokens=() if texts is not None else self._vocabulary.generate(seed, count),
+            texts=texts[:count] if texts is not None else None,
             finish_reason="length" if cap < wanted else "stop",
             prompt_tokens=prompt_tokens(request),
             ttft_s=(d.ttft_ms if d.ttft_ms is not None else s.ttft_ms) / 1000,

@@ -123,6 +123,10 @@ async def stream_tokens(
         extra["top_p"] = config.top_p
     if config.seed is not None:
         extra["seed"] = config.seed
+    job_type = JOB_TYPES.get(job.job_type)
+    response_format = job_type.response_format() if job_type is not None else None
+    if response_format is not None:
+        extra["response_format"] = response_format  # structured output of the type's schema
     model = config.model
     finish_reason: str | None = None
     usage: Any = None

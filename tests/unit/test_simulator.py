@@ -236,3 +236,82 @@ def test_command_line_flags_override_sim_environment(monkeypatch: pytest.MonkeyP
     )
     with pytest.raises(SystemExit):
         build_settings(["--error-rate", "2"])
+
+
+SECURITY_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "security_analysis",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {
+                "findings": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "severity": {"type": "string", "enum": ["critical", "high", "low"]},
+                            "title": {"type": "string"},
+                            "score": {"type": "number", "minimum": 0, "maximum": 1},
+                            "gas": {"type": "integer", "minimum": 10, "maximum": 20},
+                            "fixed": {"type": "boolean"},
+                        },
+                        "required": ["severity", "title", "score", "gas", "fixed"],
+                        "additionalProperties": False,
+                    },
+                }
+            },
+            "required": ["findings"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_structured_output_is_a_json_document_valid_for_the_schema() -> None:
+    import jsonschema
+
+    from deploy.simulator.jsongen import tokens
+
+    request = chat("Audit this", response_format=SECURITY_FORMAT, max_tokens=1000)
+    plan = planner().plan(request)
+    assert plan.texts is not None
+    text = "".join(plan.texts)
+    document = json.loads(text)
+    jsonschema.validate(document, SECURITY_FORMAT["json_schema"]["schema"])  # type: ignore[index]
+    assert document["findings"], "at least one finding"
+    assert plan.finish_reason == "stop"
+    assert plan.count == len(tokens(document)) > 10
+    assert planner().plan(request).texts == plan.texts  # deterministic
+
+
+def test_structured_output_is_cut_at_max_tokens() -> None:
+    plan = planner().plan(chat("Audit this", response_format=SECURITY_FORMAT, max_tokens=5))
+    assert plan.texts is not None
+    assert plan.count == 5
+    assert plan.finish_reason == "length"
+    with pytest.raises(ValueError):
+        json.loads("".join(plan.texts))
+
+
+def test_json_schema_format_without_a_schema_is_an_invalid_request() -> None:
+    with pytest.raises(InvalidRequest):
+        chat("x", response_format={"type": "json_schema", "json_schema": {"name": "n"}})
+    assert chat("x", response_format={"type": "text"}).json_schema is None
+
+
+def test_every_job_type_schema_gets_a_valid_document() -> None:
+    import jsonschema
+
+    from shared.jobtypes import JOB_TYPES, parse_response
+
+    for job_type in JOB_TYPES.values():
+        fmt = job_type.response_format()
+        if fmt is None:
+            continue
+        plan = planner().plan(chat("x", response_format=fmt, max_tokens=4000))
+        assert plan.texts is not None
+        text = "".join(plan.texts)
+        jsonschema.validate(json.loads(text), fmt["json_schema"]["schema"])
+        assert parse_response(job_type.name, text).error is None, job_type.name
