@@ -1,0 +1,287 @@
+"""Notifier figures over real Kafka: clients per process, memory per client, frames/s, latency.
+
+The notifier runs as its own process (`python -m services.notifier`) so its RSS
+is its own; this process publishes the records and holds the WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+from websockets.asyncio.client import ClientConnection, connect
+
+from deploy.localstack.procs import free_port
+from shared.auth import issue_token
+from shared.contracts import (
+    JobAccepted,
+    JobAcceptedData,
+    ModelConfig,
+    TokenChunk,
+    TokenChunkData,
+)
+from shared.kafka import ensure_topics, headers_for, make_producer
+from shared.topics import Priority, chunks_topic, events_topic
+from tests.bench.figures import Figure, percentile, rss_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "bench-secret-0123456789"
+TEXT = "token " * 4  # a chunk of a few tokens, as the streamer coalesces them
+
+
+class Tally:
+    """What the clients received: frame count, and latency of the chunks being timed."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.timing = False
+        self.latencies: list[float] = []
+        self.subscribed = 0
+
+
+async def client_loop(ws: ClientConnection, tally: Tally) -> None:
+    with contextlib.suppress(Exception):
+        async for raw in ws:
+            now = time.time()
+            tally.frames += 1
+            if tally.timing and raw[:15] == '{"type":"chunk"':
+                emitted = json.loads(raw)["emitted_at"]
+                tally.latencies.append(now - datetime.fromisoformat(emitted).timestamp())
+            elif raw[:20] == '{"type":"subscribed"':
+                tally.subscribed += 1
+
+
+async def open_client(url: str, token: str, job_id: str) -> ClientConnection:
+    ws = await connect(url, compression=None, open_timeout=60, ping_interval=None)
+    await ws.send(json.dumps({"type": "auth", "token": token}))
+    await ws.recv()
+    await ws.send(json.dumps({"type": "subscribe", "channel": f"job:{job_id}", "last_seq": -1}))
+    return ws
+
+
+def chunk(job_id: str, seq: int) -> TokenChunk:
+    now = datetime.now(UTC)
+    data = TokenChunkData(
+        attempt=1, seq=seq, text=TEXT, tokens=4, first_token_at=now, emitted_at=now
+    )
+    return TokenChunk(job_id=job_id, data=data)
+
+
+async def until(condition: Callable[[], bool], timeout: float) -> None:
+    """Poll `condition` every 10 ms for at most `timeout` s (a benchmark reports, never fails)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition() or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"notifier exited with {proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise TimeoutError("notifier not ready")
+
+
+async def measure(
+    bootstrap: str,
+    *,
+    clients: int,
+    jobs: int,
+    burst_chunks: int = 50,
+    streams: int = 100,
+    paced_seconds: float = 5.0,
+    paced_rate: float = 20.0,
+) -> list[Figure]:
+    """Hold `clients` WebSocket clients spread over `jobs` jobs on one notifier process.
+
+    Burst: every job publishes `burst_chunks` chunks at once → frames/s delivered.
+    Paced: `streams` more jobs, one client each, publish `paced_rate` chunks/s for
+    `paced_seconds` → latency from the chunk's emitted_at to its receipt by a client.
+    """
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap, prefix, partitions=4)
+    port, sse_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "TOPIC_PREFIX": prefix,
+        "STREAMJOBS_AUTH_SECRET": SECRET,
+        "NOTIFIER_HOST": "127.0.0.1",
+        "NOTIFIER_PORT": str(port),
+        "NOTIFIER_SSE_PORT": str(sse_port),
+        "NOTIFIER_QUEUE_FRAMES": str(max(1024, burst_chunks * 2)),
+        "NOTIFIER_PING_INTERVAL_S": "60",
+        "LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, not a blocking call
+        [sys.executable, "-m", "services.notifier"], cwd=ROOT, env=env
+    )
+    producer = make_producer(bootstrap, linger_ms=2)
+    conns: list[ClientConnection] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+        await producer.start()
+        rss_before = rss_bytes(proc.pid)
+
+        job_ids = [str(uuid.uuid4()) for _ in range(jobs)]
+        spec = JobAcceptedData(
+            user_id="bench",
+            prompt="p",
+            job_type="analysis",
+            priority=Priority.NORMAL,
+            config=ModelConfig(),
+            submitted_at=datetime.now(UTC),
+        )
+        for job_id in job_ids:
+            record = JobAccepted(job_id=job_id, data=spec)
+            await producer.send(
+                events_topic(prefix),
+                record.to_bytes(),
+                key=job_id.encode(),
+                headers=headers_for(record),
+            )
+        await producer.flush()
+
+        tally = Tally()
+        token = issue_token(SECRET, "bench")
+        url = f"ws://127.0.0.1:{port}/ws"
+        sem = asyncio.Semaphore(200)
+
+        async def one(i: int, job_id: str, into: Tally) -> None:
+            async with sem:
+                ws = await open_client(url, token, job_id)
+            conns.append(ws)
+            tasks.append(asyncio.create_task(client_loop(ws, into)))
+
+        await asyncio.gather(*(one(i, job_ids[i % jobs], tally) for i in range(clients)))
+        await until(lambda: tally.subscribed >= clients, 60)
+        await asyncio.sleep(1.0)  # let the notifier's allocator settle
+        rss_after = rss_bytes(proc.pid)
+        held = tally.subscribed
+
+        # Burst: frames per second delivered to all clients.
+        topic = chunks_topic(prefix)
+        expected = tally.frames + clients * burst_chunks
+        started = time.perf_counter()
+        for seq in range(burst_chunks):
+            for job_id in job_ids:
+                rec = chunk(job_id, seq)
+                await producer.send(topic, rec.to_bytes(), key=job_id.encode())
+        await producer.flush()
+        await until(lambda: tally.frames >= expected, 120)
+        elapsed = time.perf_counter() - started
+        delivered = clients * burst_chunks - max(0, expected - tally.frames)
+        frames_per_s = delivered / elapsed
+
+        # Paced: latency of `streams` concurrent streams, one client each, while the
+        # other clients stay connected.
+        paced_jobs = [str(uuid.uuid4()) for _ in range(streams)]
+        for job_id in paced_jobs:
+            record = JobAccepted(job_id=job_id, data=spec)
+            await producer.send(
+                events_topic(prefix),
+                record.to_bytes(),
+                key=job_id.encode(),
+                headers=headers_for(record),
+            )
+        await producer.flush()
+        timed = Tally()
+        await asyncio.gather(*(one(i, paced_jobs[i], timed) for i in range(streams)))
+        await until(lambda: timed.subscribed >= streams, 60)
+        timed.timing = True
+        seq = 0
+        interval = 1.0 / paced_rate
+        end = time.perf_counter() + paced_seconds
+        while time.perf_counter() < end:
+            tick = time.perf_counter()
+            for job_id in paced_jobs:
+                rec = chunk(job_id, seq)
+                await producer.send(topic, rec.to_bytes(), key=job_id.encode())
+            seq += 1
+            await asyncio.sleep(max(0.0, interval - (time.perf_counter() - tick)))
+        await producer.flush()
+        await asyncio.sleep(1.0)
+        timed.timing = False
+        tally = timed
+        lat_ms = [x * 1000 for x in tally.latencies]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        sem2 = asyncio.Semaphore(500)
+
+        async def close(ws: ClientConnection) -> None:
+            async with sem2:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(), 5)
+
+        await asyncio.gather(*(close(ws) for ws in conns))
+        await producer.stop()
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, 20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+
+    per_client_kb = (rss_after - rss_before) / max(held, 1) / 1024
+    note = f"{clients} clients on {jobs} jobs, one notifier process"
+    return [
+        Figure("notifier WebSocket clients held by one process", held, "clients", ">= 5000", note),
+        Figure(
+            "notifier memory per WebSocket client",
+            per_client_kb,
+            "KB",
+            "<= 40",
+            "RSS delta / clients",
+        ),
+        Figure(
+            "notifier frames delivered per second",
+            frames_per_s,
+            "frames/s",
+            ">= 10000",
+            f"{burst_chunks} chunks x {jobs} jobs to {clients} clients, Kafka to client receipt",
+        ),
+        Figure(
+            "notifier added latency p50 (emitted_at to client)",
+            percentile(lat_ms, 50),
+            "ms",
+            "<= 5",
+            f"{streams} streams at {paced_rate:g} chunks/s beside {clients} idle clients,"
+            f" {len(lat_ms)} receipts, incl. the Kafka hop",
+        ),
+        Figure(
+            "notifier added latency p99 (emitted_at to client)",
+            percentile(lat_ms, 99),
+            "ms",
+            "<= 25",
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    from tests.bench.figures import render
+
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    j = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    print(render(asyncio.run(measure(bootstrap, clients=n, jobs=j))))
