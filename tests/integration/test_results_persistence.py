@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -180,3 +181,45 @@ async def test_migrations_rerun_on_existing_database_keep_rows(
         assert await conn.fetchval("SELECT count(*) FROM chunks") == 2
     finally:
         await conn.close()
+
+
+async def test_retention_forgets_texts_of_old_jobs_only(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    database_url: str,
+    auth_secret: str,
+    producer: AIOKafkaProducer,
+) -> None:
+    old = job_script("old", submitted_at=datetime.now(UTC) - timedelta(days=10))
+    fresh = job_script("fresh", submitted_at=datetime.now(UTC))
+    settings = settings_for(kafka_bootstrap, topic_prefix, database_url, auth_secret)
+    async with running(settings) as service:
+        await publish_script(producer, topic_prefix, old)
+        await publish_script(producer, topic_prefix, fresh)
+        await wait_for(lambda: caught_up(service), message="jobs not written")
+    swept = settings_for(
+        kafka_bootstrap,
+        topic_prefix,
+        database_url,
+        auth_secret,
+        results_retention_days=7,
+        results_retention_interval_s=0.1,
+    )
+    async with running(swept) as service:
+        await wait_for(
+            lambda: service.metrics.retention_cleared._value.get() == 1,
+            message="the old job was not swept",
+        )
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT j.job_id, j.prompt, r.response, r.prompt_tokens,"
+            " (SELECT count(*) FROM chunks c WHERE c.job_id = j.job_id) AS chunks"
+            " FROM jobs j JOIN results r USING (job_id) ORDER BY j.job_id"
+        )
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in rows] == [
+        ("fresh", "Analyse this", "Hello world", 10, 2),
+        ("old", None, None, 10, 0),
+    ]
