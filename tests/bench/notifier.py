@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+from aiokafka import AIOKafkaConsumer
 from websockets.asyncio.client import ClientConnection, connect
 
 from deploy.localstack.procs import free_port
@@ -37,6 +38,39 @@ from tests.bench.figures import Figure, percentile, rss_bytes
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "bench-secret-0123456789"
 TEXT = "token " * 4  # a chunk of a few tokens, as the streamer coalesces them
+
+
+class Baseline:
+    """A plain consumer of the chunks topic in this process: the Kafka hop alone."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+        self.latencies: list[float] = []
+        self.task = asyncio.create_task(self._run())
+
+    @classmethod
+    async def start(cls, bootstrap: str, topic: str) -> Baseline:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+        )
+        await consumer.start()
+        await until(lambda: bool(consumer.assignment()), 30)
+        await consumer.seek_to_end(*consumer.assignment())
+        for tp in consumer.assignment():
+            await consumer.position(tp)
+        return cls(consumer)
+
+    async def _run(self) -> None:
+        async for record in self.consumer:
+            now = time.time()
+            emitted = json.loads(record.value or b"{}")["data"]["emitted_at"]
+            self.latencies.append(now - datetime.fromisoformat(emitted).timestamp())
+
+    async def stop(self) -> list[float]:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.consumer.stop()
+        return [x * 1000 for x in self.latencies]
 
 
 class Tally:
@@ -207,6 +241,7 @@ async def measure(
         timed = Tally()
         await asyncio.gather(*(one(i, paced_jobs[i], timed) for i in range(streams)))
         await until(lambda: timed.subscribed >= streams, 60)
+        baseline = await Baseline.start(bootstrap, topic)
         timed.timing = True
         seq = 0
         interval = 1.0 / paced_rate
@@ -222,6 +257,7 @@ async def measure(
         await asyncio.sleep(1.0)
         timed.timing = False
         tally = timed
+        kafka_ms = await baseline.stop()
         lat_ms = [x * 1000 for x in tally.latencies]
     finally:
         for task in tasks:
@@ -275,6 +311,14 @@ async def measure(
             "ms",
             "<= 25",
         ),
+        Figure(
+            "notifier baseline: Kafka hop alone p50",
+            percentile(kafka_ms, 50),
+            "ms",
+            "report",
+            "a plain consumer in the bench process, same records, same time",
+        ),
+        Figure("notifier baseline: Kafka hop alone p99", percentile(kafka_ms, 99), "ms", "report"),
     ]
 
 
