@@ -1,0 +1,1 @@
+"""`python -m deploy.doctor`: check the prerequisites and the running system end to end."""
