@@ -17,7 +17,6 @@ from services.results.app import ResultsService, create_service
 from services.results.settings import ResultsSettings
 from shared.auth import issue_token
 from shared.contracts import (
-    Envelope,
     JobAccepted,
     JobAcceptedData,
     JobCancelled,
@@ -30,6 +29,7 @@ from shared.contracts import (
     JobRetryingData,
     JobStarted,
     JobStartedData,
+    LifecycleEvent,
     ModelConfig,
     TokenChunk,
     TokenChunkData,
@@ -91,7 +91,7 @@ async def caught_up(service: ResultsService) -> bool:
 class JobScript:
     """The records one job's life puts on the events and chunks topics."""
 
-    events: list[Envelope]
+    events: list[LifecycleEvent]
     chunks: list[TokenChunk]
 
     @property
@@ -122,7 +122,7 @@ def job_script(
     metadata: dict[str, Any] | None = None,
 ) -> JobScript:
     job_id = job_id or uuid.uuid4().hex
-    events: list[Envelope] = [
+    events: list[LifecycleEvent] = [
         JobAccepted(
             job_id=job_id,
             occurred_at=submitted_at,

@@ -10,6 +10,7 @@ import pytest
 from services.results.projection import JobRow, apply, cost_usd, result_of, tokens_per_second
 from services.results.reads import BadCursor, decode_cursor, encode_cursor
 from services.results.settings import ModelPrice, ResultsSettings
+from shared.contracts import JobCompleted
 from shared.jobtypes import JOB_TYPES, parse_response
 from shared.lifecycle import JobStatus
 from tests.integration.results_kit import T0, job_script
@@ -34,7 +35,8 @@ def test_late_accepted_keeps_the_final_status_and_fills_the_spec() -> None:
     job = JobRow(script.accepted.job_id)
     for event in script.events[1:]:
         assert apply(job, event)
-    assert job.user_id is None
+    owner_before = job.user_id
+    assert owner_before is None
     assert apply(job, script.events[0])
     assert job.status is JobStatus.COMPLETED
     assert (job.user_id, job.job_type, job.priority) == ("alice", "analysis", "normal")
@@ -107,7 +109,8 @@ def test_result_of_a_security_review_counts_severities() -> None:
     for event in script.events:
         apply(job, event)
     completed = script.events[-1]
-    result = result_of(job, completed, settings().price_of("gpt-4o-mini"))  # type: ignore[arg-type]
+    assert isinstance(completed, JobCompleted)
+    result = result_of(job, completed, settings().price_of("gpt-4o-mini"))
     assert result.severity_breakdown == {
         "critical": 0,
         "high": 0,
