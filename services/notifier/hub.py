@@ -66,6 +66,8 @@ class Hub:
         self._finished: deque[tuple[float, str]] = deque()
         self._held: set[str] = set()
         self._subscriptions = 0
+        # Clients that resumed past what was read here: job → client → (attempt, last seq).
+        self._ahead: dict[str, dict[Client, tuple[int, int]]] = {}
 
     # -- records ---------------------------------------------------------------------------
 
@@ -83,6 +85,9 @@ class Hub:
         if frame is not None:
             subs = self.job_subs.get(record.job_id)
             if subs:
+                ahead = self._ahead.get(record.job_id)
+                if ahead:
+                    subs = self._not_ahead(record, ahead, subs)
                 self._fanout(subs, frame)
             if self.live:
                 self.metrics.delivery_latency.observe(
@@ -104,6 +109,21 @@ class Hub:
             self._held.add(state.job_id)
         if not had_owner and state.owner is not None and record.job_id in self.pending:
             self._resolve_pending(state)
+
+    def _not_ahead(
+        self, record: TokenChunk, ahead: dict[Client, tuple[int, int]], subs: set[Client]
+    ) -> set[Client]:
+        """Leave out clients that already have this chunk; forget those it catches up with."""
+        attempt, seq = record.data.attempt, record.data.seq
+        skip = set()
+        for client, (their_attempt, their_seq) in list(ahead.items()):
+            if attempt < their_attempt or (attempt == their_attempt and seq <= their_seq):
+                skip.add(client)
+            if attempt > their_attempt or (attempt == their_attempt and seq >= their_seq):
+                del ahead[client]
+        if not ahead:
+            del self._ahead[record.job_id]
+        return subs - skip if skip else subs
 
     def _deliver(self, state: JobState, frame: Frame) -> None:
         subs = self.job_subs.get(state.job_id)
@@ -241,6 +261,9 @@ class Hub:
             )
         frames.extend(replay.frames)
         client.push(frames)
+        if state.is_ahead(last_seq, attempt):
+            key = attempt if attempt is not None else max(state.attempt, 1)
+            self._ahead.setdefault(state.job_id, {})[client] = (key, last_seq)
         client.channels.add(channel)
         self.job_subs.setdefault(state.job_id, set()).add(client)
         self._subscriptions += 1
@@ -278,6 +301,8 @@ class Hub:
         client.channels.discard(channel)
         kind, _, ident = channel.partition(":")
         table = self.job_subs if kind == "job" else self.user_subs
+        if kind == "job" and ident in self._ahead:
+            self._ahead[ident].pop(client, None)
         subs = table.get(ident)
         if subs is not None:
             subs.discard(client)
@@ -339,6 +364,7 @@ class Hub:
 
     def _evict(self, job_id: str) -> None:
         self.jobs.pop(job_id, None)
+        self._ahead.pop(job_id, None)
         self._held.discard(job_id)
         channel = f"job:{job_id}"
         for client in self.job_subs.pop(job_id, set()):

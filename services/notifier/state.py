@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.notifier.frames import FINAL_EVENTS, Frame, chunk_frame, event_frame
+from services.notifier.frames import Frame, chunk_frame, event_frame
 from shared.contracts import (
     JobAccepted,
     JobCancelled,
@@ -152,7 +152,10 @@ class JobState:
 
     def replay(self, last_seq: int, attempt: int | None) -> Replay:
         """Frames a client that saw up to `last_seq` of `attempt` (None: current) is owed."""
-        restarted = attempt is not None and attempt != self.attempt
+        if attempt is not None and attempt > self.attempt:
+            # The client is ahead of what was read here so far: nothing to replay yet.
+            return Replay([self.final] if self.final is not None else [], False, False)
+        restarted = attempt is not None and attempt < self.attempt
         after = -1 if restarted else last_seq
         missing = after + 1 < self.first_seq and bool(self.chunks)
         start = max(0, after + 1 - self.first_seq)
@@ -161,6 +164,8 @@ class JobState:
             frames = [*frames, self.final]
         return Replay(frames, restarted, missing)
 
-
-def is_final(event_type: str) -> bool:
-    return event_type in FINAL_EVENTS
+    def is_ahead(self, last_seq: int, attempt: int | None) -> bool:
+        """Whether a client claims chunks not read here yet (it must not get them twice)."""
+        if attempt is not None and attempt != self.attempt:
+            return attempt > self.attempt
+        return last_seq > self.last_seq

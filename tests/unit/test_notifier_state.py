@@ -282,3 +282,27 @@ def test_user_channel_gets_lifecycle_events_of_own_jobs_only() -> None:
     h.on_chunk(chunk(0, job="a"), 0.0)
     msgs = queued(c)
     assert [(m["type"], m.get("job_id")) for m in msgs] == [("subscribed", None), ("event", "a")]
+
+
+def test_client_resuming_past_what_was_read_does_not_get_those_chunks_twice() -> None:
+    h = hub()
+    h.on_event(accepted(), 0.0)  # the chunks topic is read behind the events topic
+    c = client()
+    h.subscribe_job(c, JOB, 4, 1, 0.0)
+    for seq in range(7):
+        h.on_chunk(chunk(seq), 0.0)
+    assert seqs([Frame(m, "x") for m in [f.text for f in c._frames]]) == [5, 6]
+    assert not h._ahead
+
+
+def test_client_of_a_later_attempt_than_read_so_far_waits_for_it() -> None:
+    h = hub()
+    h.on_event(accepted(), 0.0)
+    h.on_chunk(chunk(0, attempt=1), 0.0)
+    c = client()
+    h.subscribe_job(c, JOB, 1, 2, 0.0)
+    h.on_chunk(chunk(1, attempt=1), 0.0)
+    for seq in range(4):
+        h.on_chunk(chunk(seq, attempt=2), 0.0)
+    msgs = queued(c)
+    assert [(m["attempt"], m["seq"]) for m in msgs if m["type"] == "chunk"] == [(2, 2), (2, 3)]
