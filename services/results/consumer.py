@@ -176,6 +176,7 @@ class Persister:
                 if failures:
                     log.info("batch written after %d failed tries", failures)
                 self.db_ok = True
+                _log_final(batch.events)
                 return
             self.db_ok = False
             self.metrics.write_failures.labels(kind).inc()
@@ -215,3 +216,20 @@ class Persister:
 def _job_ids(batch: Batch) -> str:
     ids: Sequence[str] = sorted({e.job_id for e in batch.events})
     return ", ".join(ids[:10]) + (" …" if len(ids) > 10 else "")
+
+
+_FINAL = (JobCompleted, JobFailed, JobCancelled)
+
+
+def _log_final(events: list[LifecycleEvent]) -> None:
+    """One line per job that reached a final state: operators follow a trace id to here."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    for event in events:
+        if isinstance(event, _FINAL):
+            log.info(
+                "stored %s of attempt %d",
+                event.type,
+                event.data.attempt,
+                extra={"job_id": event.job_id, "trace_id": event.trace_id},
+            )
