@@ -3,6 +3,8 @@ both ways, and every metric the rules read is one a service exports."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,3 +127,13 @@ def run_promtool_stdin(data: bytes) -> tuple[int, str]:
         return promtool("check", "metrics", stdin=data)
     except PromtoolMissing as exc:
         pytest.fail(str(exc))
+
+
+def test_promtool_accepts_the_compose_scrape_config_with_the_rules_beside_it(
+    tmp_path: Path,
+) -> None:
+    """deploy/docker/prometheus.yml as docker compose mounts it: alerts.yml in the same folder."""
+    shutil.copy(CONFIG.parents[1] / "docker" / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copy(RULES, tmp_path / "alerts.yml")
+    code, out = run_promtool("check", "config", str(tmp_path / "prometheus.yml"))
+    assert code == 0, out
