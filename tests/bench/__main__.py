@@ -20,17 +20,21 @@ from deploy.localstack.postgres import PostgresNode
 from deploy.localstack.procs import free_port
 from deploy.localstack.stack import Ports, Stack
 from shared.kafka import ensure_topics
-from tests.bench import baseline, hotpath, pipeline
+from tests.bench import baseline, hotpath, notifier, pipeline, results
 from tests.bench.figures import Figure, render, write
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def run(args: argparse.Namespace, stack: Stack, bootstrap: str) -> list[Figure]:
+async def run(
+    args: argparse.Namespace, stack: Stack, bootstrap: str, database_url: str
+) -> list[Figure]:
     figures: list[Figure] = hotpath.measure()
     sim = f"{stack.urls()['simulator']}/v1"
     figures += await baseline.measure(sim, streams=args.streams, tokens=args.tokens)
     figures += await pipeline.measure(stack, bootstrap, streams=args.streams, tokens=args.tokens)
+    figures += await results.measure(bootstrap, database_url, jobs=2000, chunks_per_job=25)
+    figures += await notifier.measure(bootstrap, clients=args.clients, jobs=args.clients // 100)
     return figures
 
 
@@ -38,6 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--streams", type=int, default=500, help="concurrent streams")
     parser.add_argument("--tokens", type=int, default=200, help="tokens per stream")
+    parser.add_argument("--clients", type=int, default=5000, help="WebSocket clients")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
     args = parser.parse_args()
 
@@ -72,7 +77,7 @@ def main() -> int:
         stack.start_simulator()
         for name in ("results", "streamer", "notifier", "gateway"):
             stack.start_service(name)
-        figures = asyncio.run(run(args, stack, kafka.bootstrap_servers))
+        figures = asyncio.run(run(args, stack, kafka.bootstrap_servers, postgres.dsn))
     finally:
         stack.stop()
         kafka.stop()
