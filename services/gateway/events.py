@@ -40,13 +40,32 @@ def apply_event(view: EventsView, record: LifecycleEvent) -> None:
         view.status_event(record.job_id, record.type, at)
 
 
+async def partitions_of(
+    consumer: AIOKafkaConsumer, topic: str, timeout_s: float
+) -> list[TopicPartition]:
+    """Every partition of `topic`, learnt through a short group-less subscription."""
+    consumer.subscribe([topic])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not consumer.assignment():
+        if loop.time() > deadline:
+            raise TimeoutError(f"no partitions of {topic} after {timeout_s:g} s")
+        await asyncio.sleep(0.05)
+    tps = sorted(consumer.assignment())
+    consumer.unsubscribe()
+    return tps
+
+
 class EventsReader:
     def __init__(self, bootstrap: str, prefix: str, view: EventsView, *, lookback_s: float) -> None:
         self.topic = events_topic(prefix)
         self.view = view
         self.lookback_s = lookback_s
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="gateway-events"
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id="gateway-events",
         )
         self._targets: dict[TopicPartition, int] = {}
         self._caught_up = asyncio.Event()
@@ -54,16 +73,11 @@ class EventsReader:
 
     async def start(self, timeout_s: float = 30.0) -> None:
         consumer = self.consumer
-        # Without a group, aiokafka assigns every partition of the subscribed topic itself.
-        consumer.subscribe([self.topic])
         await consumer.start()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while not consumer.assignment():
-            if loop.time() > deadline:
-                raise TimeoutError(f"no partitions of {self.topic} after {timeout_s:g} s")
-            await asyncio.sleep(0.05)
-        tps = sorted(consumer.assignment())
+        tps = await partitions_of(consumer, self.topic, timeout_s)
+        # Assigned by hand: a subscription would be re-assigned on a metadata change
+        # (a new leader), which resets every position to the reset policy.
+        consumer.assign(tps)
         since_ms = int((time.time() - self.lookback_s) * 1000)
         starts = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
         ends = await consumer.end_offsets(tps)

@@ -70,7 +70,9 @@ def bearer(token: str, **extra: str) -> dict[str, str]:
 
 async def topic_records(bootstrap: str, prefix: str) -> dict[str, list[Any]]:
     """Every record on every streamjobs topic of `prefix`, parsed, read up to the end offsets."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     consumer.subscribe(all_topics(prefix))  # no group: every partition is assigned
     await consumer.start()
     try:
@@ -80,6 +82,9 @@ async def topic_records(bootstrap: str, prefix: str) -> dict[str, list[Any]]:
             message=f"partitions of the {prefix} topics",
         )
         tps = sorted(consumer.assignment())
+        # By hand from here: a subscription is re-assigned (positions lost) on metadata changes.
+        consumer.unsubscribe()
+        consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         out: dict[str, list[Any]] = {topic: [] for topic in all_topics(prefix)}
