@@ -9,21 +9,26 @@ STAMP  := $(VENV)/.installed
 STACK_ENV := .state/stack.env
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run demo stop status logs test test-unit lint format bench schemas token clean
+.PHONY: help install system-deps run demo stop status logs doctor test test-unit lint format bench schemas token clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 install: system-deps $(STAMP) ## create .venv and install the project with its dev tools
 
-# Java 17 runs the Kafka broker and Maven fetches its jars once; install them
+# Java 17 runs the Kafka broker, Maven fetches its jars once, and promtool (Debian's
+# prometheus package) checks our metrics, alert rules and their tests. Install them
 # from the distribution when they are missing (root on Debian/Ubuntu).
+SYSTEM_PACKAGES := java:openjdk-17-jre-headless mvn:maven promtool:prometheus
 system-deps:
-	@command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 || { \
-	  echo "installing Java 17 and Maven (needed to run Kafka)"; \
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; \
-	  else echo "please install Java 17+ and Maven" >&2; exit 1; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "please install:$$missing" >&2; exit 1; fi; fi
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +57,9 @@ stop: ## stop everything `make run` started
 
 status: install ## show whether each process is ready
 	@$(PY) -m deploy.localstack status
+
+doctor: install ## check prerequisites and the running stack end to end with a live test job
+	@$(PY) -m deploy.doctor --monitor $(ARGS)
 
 logs: ## where each process logs
 	@ls -1 .state/stack/logs/*.log .state/stack/kafka/server.log .state/stack/postgres/postgres.log 2>/dev/null
