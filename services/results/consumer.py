@@ -172,6 +172,11 @@ class Persister:
                 for kind_, count in outcome.events.items():
                     self.metrics.events_persisted.labels(kind_).inc(count)
                 self.metrics.chunks_persisted.inc(outcome.chunks)
+                for result in outcome.results:
+                    model = s.model_label(result.model)
+                    self.metrics.tokens.labels(model, "prompt").inc(result.prompt_tokens)
+                    self.metrics.tokens.labels(model, "completion").inc(result.completion_tokens)
+                    self.metrics.cost.labels(model).inc(float(result.estimated_cost_usd))
                 self.metrics.events_ignored.inc(outcome.ignored)
                 if failures:
                     log.info("batch written after %d failed tries", failures)

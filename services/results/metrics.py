@@ -33,6 +33,18 @@ class ResultsMetrics:
             ("topic",),
             registry=registry,
         )
+        self.tokens = Counter(
+            "streamjobs_results_tokens_total",
+            "Tokens of completed jobs as the LLM reported them, by model and kind",
+            ("model", "kind"),
+            registry=registry,
+        )
+        self.cost = Counter(
+            "streamjobs_results_cost_usd_total",
+            "Estimated cost of completed jobs from the price table, by model",
+            ("model",),
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "streamjobs_results_batch_records",
             "Records per written batch",

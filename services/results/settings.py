@@ -49,16 +49,21 @@ class ResultsSettings(CommonSettings):
     )
     results_retention_interval_s: float = Field(default=3600.0, gt=0)
 
-    def price_of(self, model: str | None) -> ModelPrice:
-        """The price of `model`; a dated snapshot (`gpt-4o-2024-08-06`) costs as its family."""
+    def model_label(self, model: str | None) -> str:
+        """A metric label for `model`: its price-table family, or `other` (bounded label set)."""
         if model:
             if model in self.results_prices:
-                return self.results_prices[model]
+                return model
             family = max(
                 (m for m in self.results_prices if model.startswith(m + "-")),
                 key=len,
                 default=None,
             )
             if family is not None:
-                return self.results_prices[family]
-        return self.results_default_price
+                return family
+        return "other"
+
+    def price_of(self, model: str | None) -> ModelPrice:
+        """The price of `model`; a dated snapshot (`gpt-4o-2024-08-06`) costs as its family."""
+        label = self.model_label(model)
+        return self.results_prices.get(label, self.results_default_price)

@@ -120,6 +120,7 @@ class BatchOutcome:
     events: Counter[str] = field(default_factory=Counter)
     chunks: int = 0
     ignored: int = 0
+    results: list[ResultRow] = field(default_factory=list)  # completions new to the store
 
 
 def _job_from_record(record: asyncpg.Record) -> JobRow:
@@ -259,6 +260,7 @@ async def _write_events(
         await conn.executemany(_UPSERT_JOB, [_job_args(j) for j in changed.values()])
     if results:
         await conn.executemany(_UPSERT_RESULT, [_result_args(r) for r in results.values()])
+        outcome.results.extend(results.values())
     if late_accepted:
         await _reparse(conn, [jobs[j] for j in sorted(late_accepted)])
 

@@ -47,6 +47,9 @@ async def test_replayed_events_store_one_result(
         await publish_script(producer, topic_prefix, script)
         await publish_script(producer, topic_prefix, script)  # a producer retry, a replay
         await wait_for(lambda: caught_up(service), message="results never caught up")
+        # Tokens and cost are counted once per stored result, not per delivery.
+        assert service.metrics.tokens.labels("gpt-4o-mini", "prompt")._value.get() == 10
+        assert service.metrics.cost.labels("gpt-4o-mini")._value.get() > 0
         # And a second consumer group reading everything again from the start.
     replay = settings_for(
         kafka_bootstrap,
@@ -58,6 +61,7 @@ async def test_replayed_events_store_one_result(
     async with running(replay) as service:
         await wait_for(lambda: caught_up(service), message="replay never caught up")
         assert service.metrics.events_persisted.labels("job.completed")._value.get() == 0
+        assert service.metrics.cost.labels("gpt-4o-mini")._value.get() == 0
     assert await count(database_url, "SELECT count(*) FROM jobs") == 1
     assert await count(database_url, "SELECT count(*) FROM results") == 1
     assert await count(database_url, "SELECT count(*) FROM events") == 3
