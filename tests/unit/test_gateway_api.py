@@ -1,0 +1,186 @@
+"""The gateway's handlers with a fake publisher (no broker): Kafka failures, internal errors,
+and the OpenAPI document staying true to the routes served."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from aiokafka.errors import KafkaTimeoutError
+from prometheus_client import CollectorRegistry
+
+from services.gateway.api import Api, build_app
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.openapi import build_document
+from services.gateway.proxy import ResultsClient
+from services.gateway.settings import GatewaySettings
+from services.gateway.view import EventsView
+from shared.auth import issue_token
+from shared.contracts import Envelope, JobAccepted, JobFailed
+
+SECRET = "unit-secret"
+
+
+class FakeKafka:
+    """Records what is published; fails the records whose type is in `fail`."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Envelope]] = []
+        self.fail: set[str] = set()
+
+    async def publish(self, topic: str, envelope: Envelope) -> None:
+        if envelope.type in self.fail:
+            raise KafkaTimeoutError()
+        self.sent.append((topic, envelope))
+
+
+def make_api(kafka: FakeKafka, *, sse: bool = False) -> tuple[Api, CollectorRegistry]:
+    settings = GatewaySettings(
+        streamjobs_auth_secret=SECRET,
+        results_url="http://127.0.0.1:1",
+        notifier_sse_url="http://127.0.0.1:1" if sse else "",
+    )
+    registry = CollectorRegistry()
+    view = EventsView(
+        submissions_per_minute=0,
+        max_in_flight=0,
+        window_s=3600,
+        final_retention_s=60,
+        max_jobs=100,
+    )
+    api = Api(
+        settings,
+        GatewayMetrics(registry),
+        view,
+        kafka.publish,
+        ResultsClient(settings.results_url, timeout_s=1),
+    )
+    return api, registry
+
+
+async def no_checks() -> dict[str, bool]:
+    return {}
+
+
+@pytest.fixture
+async def kafka() -> FakeKafka:
+    return FakeKafka()
+
+
+@pytest.fixture
+async def client(kafka: FakeKafka) -> AsyncIterator[tuple[TestClient[Any, Any], Api]]:
+    api, registry = make_api(kafka)
+    app = build_app(api, registry, ready=no_checks, info=no_checks)
+    async with TestClient(TestServer(app)) as c:
+        yield c, api
+    await api.drain()
+
+
+def auth(user: str = "alice") -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(SECRET, user)}"}
+
+
+async def test_kafka_down_is_a_503_and_nothing_is_published_or_counted(
+    client: tuple[TestClient[Any, Any], Api], kafka: FakeKafka
+) -> None:
+    c, api = client
+    kafka.fail = {"job.accepted", "job.run", "job.failed"}
+    resp = await c.post("/api/v1/jobs", json={"prompt": "x"}, headers=auth())
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "1"
+    assert (await resp.json())["type"].endswith("/kafka-unavailable")
+    assert kafka.sent == []
+    assert api.view.jobs == 0 and api.view.in_flight("alice") == 0
+
+
+async def test_a_half_published_job_is_not_accepted_and_is_closed_as_failed(
+    client: tuple[TestClient[Any, Any], Api], kafka: FakeKafka
+) -> None:
+    c, api = client
+    kafka.fail = {"job.run"}
+    resp = await c.post(
+        "/api/v1/jobs", json={"prompt": "x"}, headers={**auth(), "Idempotency-Key": "k1"}
+    )
+    assert resp.status == 503
+    await api.drain()
+    types = [type(e) for _, e in kafka.sent]
+    assert types == [JobAccepted, JobFailed]
+    assert kafka.sent[0][1].job_id == kafka.sent[1][1].job_id
+    assert api.view.job(kafka.sent[0][1].job_id) is None  # a retry with the key publishes again
+    kafka.fail = set()
+    resp = await c.post(
+        "/api/v1/jobs", json={"prompt": "x"}, headers={**auth(), "Idempotency-Key": "k1"}
+    )
+    assert resp.status == 202
+    assert (await resp.json())["job_id"] == kafka.sent[0][1].job_id
+
+
+async def test_an_unexpected_error_is_a_500_problem_without_internals(
+    client: tuple[TestClient[Any, Any], Api], kafka: FakeKafka, caplog: pytest.LogCaptureFixture
+) -> None:
+    c, api = client
+
+    async def broken(topic: str, envelope: Envelope) -> None:
+        raise ZeroDivisionError("secret internals")
+
+    api.publish = broken
+    resp = await c.post("/api/v1/jobs", json={"prompt": "x"}, headers=auth())
+    assert resp.status == 500
+    assert resp.content_type == "application/problem+json"
+    text = await resp.text()
+    assert "secret" not in text and "ZeroDivision" not in text
+    assert any(r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize("sse", [False, True])
+def test_every_route_is_documented_and_every_documented_route_is_served(sse: bool) -> None:
+    api, registry = make_api(FakeKafka(), sse=sse)
+    if sse:
+        api.sse = object()  # type: ignore[assignment]  # only its presence matters here
+    app = build_app(api, registry, ready=no_checks, info=no_checks)
+    served = {
+        (route.method.lower(), route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None
+    }
+    document = build_document(sse=sse)
+    documented = {(method, path) for path, item in document["paths"].items() for method in item}
+    assert served == documented
+
+
+def test_the_document_is_openapi_3_1_with_resolvable_refs_and_bearer_security() -> None:
+    document = build_document()
+    assert document["openapi"].startswith("3.1")
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    schemas = document["components"]["schemas"]
+    refs: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.add(node["$ref"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(document)
+    assert refs
+    for ref in refs:
+        assert ref.startswith("#/components/schemas/")
+        assert ref.rsplit("/", 1)[1] in schemas
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            assert op["responses"], (method, path)
+            if op.get("security", document["security"]):
+                assert "401" in op["responses"], (method, path)
+
+
+async def test_the_document_is_served(client: tuple[TestClient[Any, Any], Api]) -> None:
+    c, _ = client
+    resp = await c.get("/api/v1/openapi.json")
+    assert resp.status == 200
+    assert (await resp.json())["paths"]
