@@ -481,7 +481,11 @@ def build_app(
         middlewares=[metrics_middleware(api.metrics), problems_middleware],
         client_max_size=api.settings.gateway_max_body_bytes,
     )
-    document = json.dumps(build_document(sse=api.sse is not None)).encode()
+    document = json.dumps(
+        build_document(
+            sse=api.sse is not None, max_prompt_chars=api.settings.gateway_max_prompt_chars
+        )
+    ).encode()
 
     async def openapi(_: web.Request) -> web.Response:
         return web.Response(body=document, content_type=JSON)

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from services.gateway.submit import KEY_PATTERN
 from shared.api import (
     API_PREFIX,
     HEADER_IDEMPOTENCY_KEY,
@@ -24,10 +25,12 @@ from shared.api import (
     JobView,
     StreamSnapshot,
 )
+from shared.jobtypes import JOB_TYPES
 from shared.lifecycle import JobStatus
 from shared.topics import Priority
 
 REF = "#/components/schemas/{model}"
+NO_NUL = "^[^\\u0000]*$"
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -124,11 +127,22 @@ _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 _READ_ERRORS = (401, 403, 404, 503)
 
 
-def build_document(*, sse: bool = False) -> dict[str, Any]:
+def build_document(*, sse: bool = False, max_prompt_chars: int | None = None) -> dict[str, Any]:
     refs, schemas = _schemas()
 
     def ref(model: type[BaseModel], mode: JsonSchemaMode = "serialization") -> dict[str, Any]:
         return dict(refs[(model, mode)])
+
+    # What the gateway checks beyond the model: the known job types, the prompt's bound.
+    submission = schemas[ref(JobSubmission, "validation")["$ref"].rsplit("/", 1)[1]]
+    submission["properties"]["job_type"]["enum"] = sorted(JOB_TYPES)
+    submission["properties"]["prompt"]["pattern"] = NO_NUL
+    if max_prompt_chars is not None:
+        submission["properties"]["prompt"]["maxLength"] = max_prompt_chars
+    for name, schema in schemas.items():
+        if name.startswith("ModelConfig"):
+            schema["properties"]["model"]["pattern"] = NO_NUL
+    submission["properties"]["metadata"]["description"] += "; no string in it may contain U+0000"
 
     def ok(model: type[BaseModel] | None, description: str, code: str = "200") -> dict[str, Any]:
         response: dict[str, Any] = {"description": description}
@@ -153,7 +167,7 @@ def build_document(*, sse: bool = False) -> dict[str, Any]:
                         "in": "header",
                         "required": False,
                         "description": "the same key and body give the same job, on any instance",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "schema": {"type": "string", "pattern": KEY_PATTERN},
                     },
                     {
                         "name": "traceparent",

@@ -17,7 +17,8 @@ from shared.contracts import JobAccepted, JobAcceptedData, RunJob, RunJobData
 from shared.jobtypes import JOB_TYPES
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
-_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as header values travel well
+KEY_PATTERN = r"^[!-~]{1,255}$"  # visible ASCII, as header values travel well
+_KEY = re.compile(KEY_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,16 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def parse_submission(raw: bytes, *, max_prompt_chars: int) -> JobSubmission | Rejection:
     """Validate the body of `POST /api/v1/jobs`."""
     try:
@@ -50,6 +61,15 @@ def parse_submission(raw: bytes, *, max_prompt_chars: int) -> JobSubmission | Re
             )
         return Rejection(
             422, "invalid-submission", "Invalid submission", "the body does not validate", errors
+        )
+    # PostgreSQL stores no NUL character in text or jsonb: refused here, not poison downstream.
+    if b"\\u0000" in raw.lower() and _has_nul(submission.model_dump(mode="json")):
+        return Rejection(
+            422,
+            "invalid-submission",
+            "Invalid submission",
+            "strings may not contain the NUL character (U+0000)",
+            [{"loc": ["body"], "msg": "NUL character (U+0000)", "type": "nul_character"}],
         )
     if len(submission.prompt) > max_prompt_chars:
         return Rejection(
