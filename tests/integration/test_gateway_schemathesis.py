@@ -5,6 +5,7 @@ documented (status, content type, body schema, headers), auth enforced."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -33,6 +34,31 @@ SEMANTIC_RULES = {
 }
 
 
+def make_check(
+    operation: schemathesis.APIOperation,
+    mode: GenerationMode,
+    base_url: str,
+    token: str,
+    excluded: list[Any],
+) -> Callable[[], None]:
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    def check(case: schemathesis.Case) -> None:
+        case.call_and_validate(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            excluded_checks=excluded,
+        )
+
+    return check  # type: ignore[no-any-return]
+
+
 def fuzz(base_url: str, token: str) -> list[str]:
     """Every operation of the served document, positive then negative data; the failures."""
     schema = schemathesis.openapi.from_url(f"{base_url}/api/v1/openapi.json")
@@ -48,20 +74,7 @@ def fuzz(base_url: str, token: str) -> list[str]:
                 # still must never give a 5xx or an undocumented answer.
                 excluded.append(negative_data_rejection)
 
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(
-                max_examples=EXAMPLES,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                suppress_health_check=list(HealthCheck),
-            )
-            def check(case: schemathesis.Case, excluded: list[Any] = excluded) -> None:
-                case.call_and_validate(
-                    base_url=base_url,
-                    headers={"Authorization": f"Bearer {token}"},
-                    excluded_checks=excluded,
-                )
+            check = make_check(operation, mode, base_url, token, excluded)
 
             try:
                 check()
