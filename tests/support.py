@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, overload
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 T = TypeVar("T")
 
@@ -51,20 +51,16 @@ async def read_topic(
     until: Callable[[list[bytes]], bool],
     timeout: float = 20.0,
 ) -> list[bytes]:
-    """Read `topic` from the beginning until `until(values)` holds; values in partition order."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    """Read `topic` from the beginning until `until(values)` holds; values in partition order.
+
+    A group-less subscription lets aiokafka find every partition itself, also of a
+    topic created after this client's first metadata request.
+    """
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        if not partitions:
-            await consumer.topics()  # refresh metadata once
-            partitions = [
-                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
-            ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
         values: list[bytes] = []
         deadline = time.monotonic() + timeout
         while not until(values):

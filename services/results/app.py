@@ -22,7 +22,7 @@ from services.results.migrations import migrate
 from services.results.retention import sweep
 from services.results.settings import ResultsSettings
 from shared.http import add_ops_routes
-from shared.kafka import ensure_topics
+from shared.kafka import ensure_topics, make_producer
 from shared.topics import chunks_topic, events_topic
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,12 @@ class ResultsService:
         await consumer.start()
         stack.push_async_callback(consumer.stop)
         self._consumer = consumer
-        self.persister = Persister(s, consumer, pool, self.metrics, observer=self._observer)
+        producer = make_producer(s.kafka_bootstrap_servers, client_id=f"results-{self.instance}")
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        self.persister = Persister(
+            s, consumer, producer, pool, self.metrics, observer=self._observer
+        )
 
         app = web.Application()
         add_ops_routes(app, self.registry, self._ready)

@@ -12,10 +12,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from pydantic import ValidationError
 
@@ -26,6 +26,7 @@ from shared.contracts import (
     JobAccepted,
     JobCancelled,
     JobCompleted,
+    JobDeadLettered,
     JobFailed,
     JobRetrying,
     JobStarted,
@@ -33,6 +34,9 @@ from shared.contracts import (
     TokenChunk,
     parse_record,
 )
+from shared.deadletter import poison_record
+from shared.kafka import publish
+from shared.topics import dlq_topic
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,7 @@ class Batch:
     chunks: list[TokenChunk]
     offsets: dict[TopicPartition, int]  # next offset to read, per partition
     timestamps: list[int]
+    poison: list[JobDeadLettered] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -67,6 +72,7 @@ class Persister:
         self,
         settings: ResultsSettings,
         consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
         pool: asyncpg.Pool,
         metrics: ResultsMetrics,
         *,
@@ -74,6 +80,7 @@ class Persister:
     ) -> None:
         self.settings = settings
         self.consumer = consumer
+        self.producer = producer
         self.pool = pool
         self.metrics = metrics
         self.observer = observer
@@ -116,33 +123,60 @@ class Persister:
     def _read(self, record: ConsumerRecord[bytes, bytes], batch: Batch) -> None:
         batch.timestamps.append(record.timestamp)
         if record.value is None:
-            self._poison(record, "empty record value")
+            self._poison(record, batch, "empty record value", "EmptyRecord")
             return
         try:
             parsed = parse_record(record.value)
         except ValidationError as exc:
-            self._poison(record, str(exc).splitlines()[0])
+            self._poison(record, batch, str(exc).splitlines()[0], "ValidationError")
             return
         if isinstance(parsed, TokenChunk):
             batch.chunks.append(parsed)
         elif isinstance(parsed, _LIFECYCLE):
             batch.events.append(parsed)
         else:
-            self._poison(record, f"unexpected record type {parsed.type}")
+            self._poison(record, batch, f"unexpected record type {parsed.type}", "WrongType")
 
-    def _poison(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+    def _poison(
+        self, record: ConsumerRecord[bytes, bytes], batch: Batch, reason: str, error_type: str
+    ) -> None:
         log.warning(
-            "skipped unreadable record %s[%d]@%d: %s",
+            "dead-lettering unreadable record %s[%d]@%d: %s",
             record.topic,
             record.partition,
             record.offset,
             reason,
         )
         self.metrics.poison_records.labels(record.topic).inc()
+        batch.poison.append(
+            poison_record(
+                record.value, reason, error_type, record.topic, record.partition, record.offset
+            )
+        )
+
+    async def _dead_letter(self, records: list[JobDeadLettered]) -> None:
+        """Publish the batch's poison records; its offsets are committed only after them."""
+        topic = dlq_topic(self.settings.topic_prefix)
+        failures = 0
+        while True:
+            try:
+                for record in records:
+                    await publish(self.producer, topic, record)
+            except KafkaError as exc:
+                # A replay after a failure may publish a record twice: the DLQ is for
+                # people, who see the same source offset.
+                failures += 1
+                delay = min(self.settings.results_retry_max_s, 0.2 * 2**failures)
+                log.warning("dead-letter publish failed (%r); retry in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+            else:
+                return
 
     async def _flush(self, batch: Batch) -> None:
         if batch.size:
             await self._write(batch)
+        if batch.poison:
+            await self._dead_letter(batch.poison)
         self.batches_written += 1
         committed_at = time.time()
         if batch.timestamps:

@@ -26,12 +26,13 @@ from services.streamer.control import ControlReader
 from services.streamer.intake import Intake
 from services.streamer.job import Deps, RetryPolicy, Running
 from services.streamer.metrics import StreamerMetrics
-from services.streamer.outcomes import poison_record, publish_cancelled
+from services.streamer.outcomes import publish_cancelled
 from services.streamer.runner import run_job
 from services.streamer.scheduler import Scheduler
 from services.streamer.settings import StreamerSettings
 from services.streamer.upstream import make_client
 from shared.contracts import CancelJobData
+from shared.deadletter import poison_record
 from shared.http import add_ops_routes
 from shared.kafka import ensure_topics, make_producer, publish
 from shared.topics import PRIORITY_ORDER, dlq_topic, job_topic, retry_topic

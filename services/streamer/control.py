@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -10,6 +9,7 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from shared.contracts import CancelJob, CancelJobData, parse_record
+from shared.kafka import assign_every_partition
 from shared.topics import control_topic
 
 log = logging.getLogger(__name__)
@@ -27,16 +27,8 @@ class ControlReader:
 
     async def start(self, timeout_s: float = 30.0) -> None:
         consumer = self.consumer
-        # Without a group, aiokafka assigns every partition of the subscribed topic itself.
-        consumer.subscribe([self.topic])
         await consumer.start()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while not consumer.assignment():
-            if loop.time() > deadline:
-                raise TimeoutError(f"no partitions of {self.topic} after {timeout_s:g} s")
-            await asyncio.sleep(0.05)
-        tps = sorted(consumer.assignment())
+        tps = await assign_every_partition(consumer, [self.topic], timeout_s=timeout_s)
         await consumer.seek_to_end(*tps)
         # Resolve the end offsets now: a cancel sent right after start must not be skipped.
         for tp in tps:

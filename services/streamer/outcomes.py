@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -116,34 +115,3 @@ async def failed(
     )
     deps.metrics.jobs_failed.labels(*labels).inc()
     return Outcome.FAILED
-
-
-def poison_record(
-    value: bytes | None,
-    reason: str,
-    error_type: str,
-    topic: str,
-    partition: int,
-    offset: int,
-) -> JobDeadLettered:
-    """The DLQ record for a record that is not a job we can run."""
-    return JobDeadLettered(
-        job_id=_job_id_of(value),
-        data=DeadLetterData(
-            reason=reason,
-            error_type=error_type,
-            source_topic=topic,
-            source_partition=partition,
-            source_offset=offset,
-            original=(value or b"").decode("utf-8", errors="replace"),
-        ),
-    )
-
-
-def _job_id_of(value: bytes | None) -> str:
-    """The job id of a record too broken to parse, if its JSON still says it."""
-    try:
-        job_id = json.loads(value or b"").get("job_id")
-    except (ValueError, AttributeError):
-        return "unknown"
-    return job_id if isinstance(job_id, str) and job_id else "unknown"

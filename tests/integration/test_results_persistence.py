@@ -11,8 +11,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from services.results.migrations import migrate
+from shared.contracts import parse_record
 from shared.kafka import make_producer
-from shared.topics import events_topic
+from shared.topics import dlq_topic, events_topic
 from tests.integration.results_kit import (
     caught_up,
     count,
@@ -21,7 +22,7 @@ from tests.integration.results_kit import (
     running,
     settings_for,
 )
-from tests.support import wait_for
+from tests.support import read_topic, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -134,7 +135,7 @@ async def test_invalid_structured_response_is_stored_unparsed(
     assert result["parse_error"].startswith("not JSON")
 
 
-async def test_poison_record_is_counted_and_skipped(
+async def test_poison_records_go_to_the_dlq_with_their_reason_and_the_rest_is_stored(
     kafka_bootstrap: str,
     topic_prefix: str,
     database_url: str,
@@ -155,6 +156,13 @@ async def test_poison_record_is_counted_and_skipped(
         poison = service.metrics.poison_records.labels(events_topic(topic_prefix))._value.get()
         assert poison == 2
     assert await count(database_url, "SELECT count(*) FROM results") == 1
+    values = await read_topic(
+        kafka_bootstrap, dlq_topic(topic_prefix), until=lambda vs: len(vs) >= 2
+    )
+    dead = sorted((parse_record(v) for v in values), key=lambda r: r.data.source_offset)
+    assert [d.data.original for d in dead] == ["{not json", '{"type": "job.mystery"}']
+    assert {d.data.source_topic for d in dead} == {events_topic(topic_prefix)}
+    assert all(d.data.reason for d in dead)
 
 
 async def test_migrations_rerun_on_existing_database_keep_rows(
