@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
@@ -101,3 +101,25 @@ async def ensure_topics(
             await asyncio.sleep(0.5)
         finally:
             await admin.close()
+
+
+async def assign_every_partition(
+    consumer: AIOKafkaConsumer, topics: list[str], *, timeout_s: float = 30.0
+) -> list[TopicPartition]:
+    """Assign a started group-less consumer every partition of `topics`, by hand.
+
+    The partitions are learnt through a short subscription, which is then dropped:
+    a group-less subscription is re-assigned on any metadata change (a new leader),
+    and that resets every position to the reset policy, skipping or replaying records.
+    """
+    consumer.subscribe(topics)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while {tp.topic for tp in consumer.assignment()} != set(topics):
+        if loop.time() > deadline:
+            raise TimeoutError(f"no partitions of {topics} after {timeout_s:g} s")
+        await asyncio.sleep(0.05)
+    tps = sorted(consumer.assignment())
+    consumer.unsubscribe()
+    consumer.assign(tps)
+    return tps

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from services.gateway.view import EventsView, fingerprint
 from shared.contracts import JobAccepted, LifecycleEvent, parse_record
+from shared.kafka import assign_every_partition
 from shared.topics import events_topic
 
 log = logging.getLogger(__name__)
@@ -40,22 +41,6 @@ def apply_event(view: EventsView, record: LifecycleEvent) -> None:
         view.status_event(record.job_id, record.type, at)
 
 
-async def partitions_of(
-    consumer: AIOKafkaConsumer, topic: str, timeout_s: float
-) -> list[TopicPartition]:
-    """Every partition of `topic`, learnt through a short group-less subscription."""
-    consumer.subscribe([topic])
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not consumer.assignment():
-        if loop.time() > deadline:
-            raise TimeoutError(f"no partitions of {topic} after {timeout_s:g} s")
-        await asyncio.sleep(0.05)
-    tps = sorted(consumer.assignment())
-    consumer.unsubscribe()
-    return tps
-
-
 class EventsReader:
     def __init__(self, bootstrap: str, prefix: str, view: EventsView, *, lookback_s: float) -> None:
         self.topic = events_topic(prefix)
@@ -74,10 +59,7 @@ class EventsReader:
     async def start(self, timeout_s: float = 30.0) -> None:
         consumer = self.consumer
         await consumer.start()
-        tps = await partitions_of(consumer, self.topic, timeout_s)
-        # Assigned by hand: a subscription would be re-assigned on a metadata change
-        # (a new leader), which resets every position to the reset policy.
-        consumer.assign(tps)
+        tps = await assign_every_partition(consumer, [self.topic], timeout_s=timeout_s)
         since_ms = int((time.time() - self.lookback_s) * 1000)
         starts = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
         ends = await consumer.end_offsets(tps)

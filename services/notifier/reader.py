@@ -28,6 +28,7 @@ from shared.contracts import (
     TokenChunk,
     parse_record,
 )
+from shared.kafka import assign_every_partition
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +69,8 @@ class Reader:
     async def start(self, timeout_s: float = 30.0) -> None:
         consumer = self.consumer
         topics = [self.events_topic, self.chunks_topic]
-        # Without a group, aiokafka assigns every partition of the subscribed topics itself.
-        consumer.subscribe(topics)
         await consumer.start()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while {tp.topic for tp in consumer.assignment()} != set(topics):
-            if loop.time() > deadline:
-                raise TimeoutError(f"no partitions of {topics} after {timeout_s:g} s")
-            await asyncio.sleep(0.05)
-        self._partitions = sorted(consumer.assignment())
+        self._partitions = await assign_every_partition(consumer, topics, timeout_s=timeout_s)
         since_ms = int((time.time() - self.lookback_s) * 1000)
         found = await consumer.offsets_for_times(dict.fromkeys(self._partitions, since_ms))
         ends = await consumer.end_offsets(self._partitions)
