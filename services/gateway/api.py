@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from services.gateway.dashboard import dashboard_handler
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import build_document
 from services.gateway.proxy import ResultsClient, SseClient, Unreachable
@@ -290,6 +291,12 @@ class Api:
             )
         self.metrics.publish_latency.observe(time.perf_counter() - started)
         self.metrics.submitted.labels(sub.job_type, sub.priority.value).inc()
+        log.info(
+            "job queued (%s, %s)",
+            sub.job_type,
+            sub.priority.value,
+            extra={"job_id": job_id, "trace_id": trace_id},
+        )
         entry = self.view.job(job_id)
         assert entry is not None
         return self._accepted_answer(job_id, entry, trace_id, replayed=False)
@@ -525,4 +532,5 @@ def build_app(
     r.add_get("/healthz", healthz, allow_head=False)
     r.add_get("/readyz", readyz, allow_head=False)
     r.add_get("/metrics", metrics, allow_head=False)
+    r.add_get("/dashboard", dashboard_handler(api.ws_url or ""), allow_head=False)
     return app

@@ -338,6 +338,20 @@ def build_document(*, sse: bool = False, max_prompt_chars: int | None = None) ->
                 },
             }
         },
+        "/dashboard": {
+            "get": {
+                "operationId": "dashboard",
+                "summary": "The live dashboard: a page that reads this API with the token given",
+                "security": [],
+                "tags": ["ops"],
+                "responses": {
+                    "200": {
+                        "description": "an HTML page",
+                        "content": _content({"type": "string"}, "text/html"),
+                    }
+                },
+            }
+        },
     }
     if sse:
         paths[f"{job}/events"] = {
