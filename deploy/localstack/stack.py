@@ -93,6 +93,7 @@ class Stack:
             "RESULTS_URL": urls["results"],
             "NOTIFIER_PORT": str(p.notifier),
             "NOTIFIER_SSE_PORT": str(p.notifier_sse),
+            "NOTIFIER_SSE_URL": f"http://127.0.0.1:{p.notifier_sse}",
             "GATEWAY_PUBLIC_WS_URL": urls["notifier_ws"],
             "STREAMER_PORT": str(p.streamer),
             "PYTHONUNBUFFERED": "1",
