@@ -8,6 +8,7 @@ no chunk can slip between them (no gap) or be both replayed and sent live
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from services.notifier.frames import Frame, control
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.state import JobState
 from shared.contracts import LifecycleEvent, TokenChunk
+
+log = logging.getLogger(__name__)
 
 FORBIDDEN = "no such job, or not yours"
 
@@ -103,6 +106,15 @@ class Hub:
         if frame is not None:
             if frame.final:
                 self._finish(state, frame, now)
+                watchers = len(self.job_subs.get(record.job_id, ()))
+                if watchers:
+                    # One line per finished job someone watched: a trace ends here.
+                    log.info(
+                        "%s sent to %d subscribers",
+                        record.type,
+                        watchers,
+                        extra={"job_id": record.job_id, "trace_id": record.trace_id},
+                    )
             else:
                 self._deliver(state, frame)
         elif state.held is not None:
