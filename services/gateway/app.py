@@ -7,8 +7,6 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Coroutine
-from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
@@ -22,6 +20,7 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.view import EventsView
 from shared.contracts import Envelope
 from shared.kafka import ensure_topics, make_producer, publish
+from shared.runtime import BackgroundTasks, start_or_unwind
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ class GatewayService:
         self._producer: AIOKafkaProducer | None = None
         self._reader: EventsReader | None = None
         self._stack = contextlib.AsyncExitStack()
-        self._background: list[asyncio.Task[None]] = []
+        self._background = BackgroundTasks()
         self._started = False
 
     @property
@@ -55,11 +54,7 @@ class GatewayService:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        try:
-            await self._start()
-        except BaseException:
-            await self._stack.aclose()
-            raise
+        await start_or_unwind(self._stack, self._start)
 
     async def _start(self) -> None:
         s = self.settings
@@ -79,7 +74,7 @@ class GatewayService:
         stack.push_async_callback(reader.stop)
         await reader.start()
         self._reader = reader
-        self._spawn(reader.loop())
+        self._background.spawn(reader.loop())
         try:
             async with asyncio.timeout(s.gateway_view_catchup_timeout_s):
                 await reader.caught_up()
@@ -114,16 +109,8 @@ class GatewayService:
             await self._stack.aclose()
             return
         self._started = False
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._background.clear()
+        await self._background.cancel()
         await self._stack.aclose()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._background.append(asyncio.create_task(coro))
 
     async def _ready(self) -> dict[str, bool]:
         return {

@@ -8,8 +8,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Coroutine
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -23,6 +21,7 @@ from services.notifier.sse import SseEndpoint
 from services.notifier.ws import WebSocketEndpoint
 from shared.http import add_ops_routes
 from shared.kafka import ensure_topics
+from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import chunks_topic, events_topic
 
 log = logging.getLogger(__name__)
@@ -53,15 +52,11 @@ class NotifierService:
         self.sse_port = 0
         self._server: Server | None = None
         self._stack = contextlib.AsyncExitStack()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._background = BackgroundTasks()
         self._started = False
 
     async def start(self) -> None:
-        try:
-            await self._start()
-        except BaseException:
-            await self.stop()
-            raise
+        await start_or_unwind(self._stack, self._start)
 
     async def _start(self) -> None:
         s = self.settings
@@ -80,7 +75,7 @@ class NotifierService:
         self.reader = reader
         self._stack.push_async_callback(reader.stop)
         await reader.start()
-        self._spawn(reader.run())
+        self._background.spawn(reader.run())
 
         server = await serve(
             self.ws.handler,
@@ -107,7 +102,7 @@ class NotifierService:
         site = web.TCPSite(runner, s.notifier_host, s.notifier_sse_port)
         await site.start()
         self.sse_port = runner.addresses[0][1]
-        self._spawn(self._sweep_loop())
+        self._background.spawn(self._sweep_loop())
 
         # Rebuild: the lookback window is replayed before the notifier says it is ready.
         async with asyncio.timeout(s.notifier_rebuild_timeout_s):
@@ -130,16 +125,8 @@ class NotifierService:
         if not self._started:
             return
         self._started = False
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self._background.cancel()
         await self._stack.aclose()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._tasks.append(asyncio.create_task(coro))
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -7,8 +7,6 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Coroutine
-from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -23,6 +21,7 @@ from services.results.retention import sweep
 from services.results.settings import ResultsSettings
 from shared.http import add_ops_routes
 from shared.kafka import ensure_topics, make_producer
+from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import chunks_topic, events_topic
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ class ResultsService:
         self._observer = observer
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._background: list[asyncio.Task[None]] = []
+        self._background = BackgroundTasks()
         self._stack = contextlib.AsyncExitStack()
         self._started = False
 
@@ -55,11 +54,7 @@ class ResultsService:
         return self._pool
 
     async def start(self) -> None:
-        try:
-            await self._start()
-        except BaseException:
-            await self._stack.aclose()
-            raise
+        await start_or_unwind(self._stack, self._start)
 
     async def _start(self) -> None:
         s = self.settings
@@ -104,9 +99,9 @@ class ResultsService:
         self.port = runner.addresses[0][1]
 
         self._started = True
-        self._spawn(self._persist_loop())
+        self._background.spawn(self._persist_loop())
         if s.results_retention_days > 0:
-            self._spawn(self._retention_loop())
+            self._background.spawn(self._retention_loop())
         log.info("results %s up: port %d", self.instance, self.port)
 
     async def _connect(self) -> asyncpg.Pool:
@@ -137,16 +132,8 @@ class ResultsService:
             return
         self._started = False
         # A batch cut short is neither committed to Kafka nor to PostgreSQL: it comes again.
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._background.clear()
+        await self._background.cancel()
         await self._stack.aclose()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._background.append(asyncio.create_task(coro))
 
     async def _persist_loop(self) -> None:
         assert self.persister is not None

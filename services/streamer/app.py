@@ -10,8 +10,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Coroutine
-from typing import Any
 
 import openai
 from aiohttp import web
@@ -35,6 +33,7 @@ from shared.contracts import CancelJobData
 from shared.deadletter import poison_record
 from shared.http import add_ops_routes
 from shared.kafka import ensure_topics, make_producer, publish
+from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import PRIORITY_ORDER, dlq_topic, job_topic, retry_topic
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ class StreamerService:
         self._counter = itertools.count()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._background: list[asyncio.Task[None]] = []
+        self._background = BackgroundTasks()
         self._stack = contextlib.AsyncExitStack()
         self._producer: AIOKafkaProducer | None = None
         self._intakes: dict[str, Intake] = {}
@@ -69,12 +68,7 @@ class StreamerService:
         self._started = False
 
     async def start(self) -> None:
-        try:
-            await self._start()
-        except BaseException:
-            # Whatever did start is stopped again, in reverse order.
-            await self._stack.aclose()
-            raise
+        await start_or_unwind(self._stack, self._start)
 
     async def _start(self) -> None:
         s = self.settings
@@ -127,12 +121,12 @@ class StreamerService:
 
         self._accepting = True
         self._started = True
-        self._spawn(self._dispatch_loop())
-        self._spawn(self._control.loop())
+        self._background.spawn(self._dispatch_loop())
+        self._background.spawn(self._control.loop())
         for intake in self._intakes.values():
-            self._spawn(intake.fetch_loop())
-            self._spawn(intake.commit_loop())
-        self._spawn(self._lag_loop())
+            self._background.spawn(intake.fetch_loop())
+            self._background.spawn(intake.commit_loop())
+        self._background.spawn(self._lag_loop())
         log.info("streamer %s up: %d slots, port %d", self.worker, s.streamer_slots, self.port)
 
     async def stop(self) -> None:
@@ -141,12 +135,7 @@ class StreamerService:
         self._started = False
         self._accepting = False
         # No new jobs: the fetch and dispatch loops go first.
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._background.clear()
+        await self._background.cancel()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=self.settings.streamer_grace_s)
             # Cut short: no final event and no commit, so another instance runs them again.
@@ -172,9 +161,6 @@ class StreamerService:
                 for topic, lag in lags.items():
                     self.metrics.consumer_lag.labels(topic, bands.get(topic, "")).set(lag)
             await asyncio.sleep(self.settings.streamer_lag_interval_s)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._background.append(asyncio.create_task(coro))
 
     def _deps(self, producer: AIOKafkaProducer, client: openai.AsyncOpenAI) -> Deps:
         s = self.settings
