@@ -46,7 +46,7 @@ run: install ## start Kafka, PostgreSQL, the LLM simulator and the four services
 	@echo "  make status / make logs  # health of each process / where the logs are"
 	@echo "  make stop                # stop everything"
 	@echo "  make doctor              # check every part end to end with a live test job"
-	@echo "Live dashboard: http://127.0.0.1:8080/dashboard (paste STREAMJOBS_ADMIN_TOKEN from $(STACK_ENV))"
+	@. ./$(STACK_ENV) && echo "Live dashboard: $$STREAMJOBS_URL/dashboard#token=$$STREAMJOBS_ADMIN_TOKEN"
 	@echo "Metrics:   http://127.0.0.1:8080/metrics (gateway) :8081 (results) :8082 (notifier) :8083 (streamer)"
 	@echo "Health:    /healthz and /readyz on the same ports"
 	@echo "Grafana dashboard: deploy/grafana/  Prometheus config and alerts: deploy/prometheus/"

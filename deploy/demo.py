@@ -108,9 +108,9 @@ async def run(args: argparse.Namespace) -> int:
         f"  tokens            {usage['prompt_tokens']} prompt"
         f" + {usage['completion_tokens']} completion = {usage['total_tokens']}\n"
         f"  estimated cost    ${float(result['estimated_cost_usd']):.6f}\n"
-        f"  time to 1st token {result['time_to_first_token_ms']} ms\n"
-        f"  processing time   {result['processing_time_ms']} ms"
-        f" ({result['tokens_per_second']} tokens/s)\n"
+        f"  time to 1st token {result['time_to_first_token_ms'] or 0:.1f} ms\n"
+        f"  processing time   {result['processing_time_ms'] or 0:.1f} ms"
+        f" ({result['tokens_per_second'] or 0:.1f} tokens/s)\n"
         f"  matches stream    {result['response'] == final['data'].get('response')}\n"
     )
     return 0
