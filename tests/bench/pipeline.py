@@ -6,11 +6,11 @@ import asyncio
 import time
 import uuid
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from deploy.localstack.stack import Stack
 from shared.contracts import ModelConfig, RunJob, RunJobData, parse_record, utcnow
-from shared.kafka import make_producer, publish
+from shared.kafka import assign_every_partition, make_producer, publish
 from shared.topics import Priority, chunks_topic, events_topic, job_topic
 from tests.bench.figures import Figure, cpu_seconds
 
@@ -43,13 +43,7 @@ class Watch:
 
     async def start(self) -> None:
         await self.consumer.start()
-        await self.consumer.topics()  # load metadata of every topic
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in self.topics
-            for p in self.consumer.partitions_for_topic(topic) or ()
-        ]
-        self.consumer.assign(partitions)
+        partitions = await assign_every_partition(self.consumer, list(self.topics))
         await self.consumer.seek_to_end(*partitions)
         for tp in partitions:  # resolve positions now, before any job is published
             await self.consumer.position(tp)
