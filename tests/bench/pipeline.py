@@ -30,7 +30,10 @@ def run_job(prompt: str, priority: Priority, max_tokens: int) -> RunJob:
 
 
 class Watch:
-    """Reads the events and chunks topics from their end and remembers what each job did."""
+    """Reads the events and chunks topics from their end and remembers what each job did.
+
+    `started` and `finished` hold epoch seconds of the events (`occurred_at`).
+    """
 
     def __init__(self, bootstrap: str, prefix: str) -> None:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -55,10 +58,12 @@ class Watch:
             if event.type == "job.chunk":
                 self.chunk_records += 1
                 self.tokens += event.data.tokens  # type: ignore[union-attr]
+            # When it happened by the streamer's clock: this reader may lag behind a busy
+            # streamer, and its own receipt order would misstate what started first.
             elif event.type == "job.started":
-                self.started.setdefault(event.job_id, time.perf_counter())
+                self.started.setdefault(event.job_id, event.occurred_at.timestamp())
             elif event.type in ("job.completed", "job.failed", "job.cancelled"):
-                self.finished[event.job_id] = time.perf_counter()
+                self.finished[event.job_id] = event.occurred_at.timestamp()
 
     async def wait(self, job_ids: list[str], timeout: float) -> None:
         deadline = time.perf_counter() + timeout
@@ -131,7 +136,7 @@ async def measure(stack: Stack, bootstrap: str, streams: int, tokens: int) -> li
         )
         await asyncio.sleep(1.0)
         urgent = run_job("urgent [[sim tokens=5]]", Priority.URGENT, 5)
-        sent = time.perf_counter()
+        sent = time.time()
         await publish(producer, job_topic(Priority.URGENT, prefix), urgent)
         await watch.wait([urgent.job_id], timeout=120)
         urgent_start = watch.started[urgent.job_id]
