@@ -117,6 +117,21 @@ async def test_a_half_published_job_is_not_accepted_and_is_closed_as_failed(
     assert (await resp.json())["job_id"] == kafka.sent[0][1].job_id
 
 
+async def test_a_queued_job_whose_accepted_event_failed_is_accepted_and_the_event_retried(
+    client: tuple[TestClient[Any, Any], Api], kafka: FakeKafka
+) -> None:
+    c, api = client
+    kafka.fail = {"job.accepted"}
+    resp = await c.post("/api/v1/jobs", json={"prompt": "x"}, headers=auth())
+    assert resp.status == 202, "the job is queued: the client must not submit it again"
+    job_id = (await resp.json())["job_id"]
+    assert [e.type for _, e in kafka.sent] == ["job.run"]
+    kafka.fail = set()  # the broker is back: the fact follows, with its original event id
+    await api.drain()
+    assert [e.type for _, e in kafka.sent] == ["job.run", "job.accepted"]
+    assert kafka.sent[1][1].job_id == job_id
+
+
 async def test_an_unexpected_error_is_a_500_problem_without_internals(
     client: tuple[TestClient[Any, Any], Api], kafka: FakeKafka, caplog: pytest.LogCaptureFixture
 ) -> None:
