@@ -281,8 +281,9 @@ class Api:
                 run_error,
                 extra={"job_id": job_id, "trace_id": trace_id},
             )
-            if accepted_error is None:
-                self.spawn(self._compensate(job_id, trace_id))
+            # The records may still reach the broker later (an unacknowledged send is not
+            # a lost one): the job is voided, so a 503 never turns into a job that runs.
+            self.spawn(self._void(job_id, trace_id, who.user_id))
             return problem(
                 503,
                 "kafka-unavailable",
@@ -329,39 +330,49 @@ class Api:
 
     async def _republish(self, record: Envelope) -> None:
         """Publish a job's accepted fact until the broker has it (the event id dedupes)."""
+        await self._publish_until_taken(events_topic(self.prefix), record)
+
+    async def _void(self, job_id: str, trace_id: str, owner: str) -> None:
+        """Void a job whose command was not acknowledged: cancel it and close it as failed.
+
+        Tried until the broker takes both or `drain` gives up at shutdown.
+        """
+        reason = "not queued: the job command was not acknowledged"
+        cancel = CancelJob(
+            job_id=job_id,
+            trace_id=trace_id,
+            data=CancelJobData(user_id=owner, admin=True, reason=reason),
+        )
+        closed = JobFailed(
+            job_id=job_id,
+            trace_id=trace_id,
+            data=JobFailedData(
+                attempt=0, reason=reason, error_type="PublishFailed", retriable=True
+            ),
+        )
+        for topic, record in (
+            (control_topic(self.prefix), cancel),
+            (events_topic(self.prefix), closed),
+        ):
+            await self._publish_until_taken(topic, record)
+
+    async def _publish_until_taken(self, topic: str, record: Envelope) -> None:
         delay = 0.2
         while True:
             try:
                 async with asyncio.timeout(self.settings.gateway_publish_timeout_s):
-                    await self.publish(events_topic(self.prefix), record)
+                    await self.publish(topic, record)
                 return
             except PUBLISH_ERRORS as exc:
                 log.warning(
-                    "accepted event not published yet (%r); retry in %.1fs",
+                    "%s not published yet (%r); retry in %.1fs",
+                    record.type,
                     exc,
                     delay,
                     extra={"job_id": record.job_id, "trace_id": record.trace_id},
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-
-    async def _compensate(self, job_id: str, trace_id: str) -> None:
-        """Close a job whose acceptance went out but whose command did not."""
-        failed = JobFailed(
-            job_id=job_id,
-            trace_id=trace_id,
-            data=JobFailedData(
-                attempt=0,
-                reason="not queued: the job command was not acknowledged",
-                error_type="PublishFailed",
-                retriable=True,
-            ),
-        )
-        try:
-            async with asyncio.timeout(self.settings.gateway_publish_timeout_s):
-                await self.publish(events_topic(self.prefix), failed)
-        except PUBLISH_ERRORS:
-            log.warning("job %s: its failure could not be published either", job_id)
 
     # -- POST /api/v1/jobs/{job_id}/cancel -----------------------------------------------
 

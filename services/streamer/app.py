@@ -24,12 +24,12 @@ from services.streamer.control import ControlReader
 from services.streamer.intake import Intake
 from services.streamer.job import Deps, RetryPolicy, Running
 from services.streamer.metrics import StreamerMetrics
-from services.streamer.outcomes import publish_cancelled
+from services.streamer.outcomes import failed, publish_cancelled
 from services.streamer.runner import run_job
 from services.streamer.scheduler import Scheduler
 from services.streamer.settings import StreamerSettings
-from services.streamer.upstream import make_client
-from shared.contracts import CancelJobData
+from services.streamer.upstream import InternalError, make_client
+from shared.contracts import CancelJobData, RunJob
 from shared.deadletter import poison_record
 from shared.http import add_ops_routes
 from shared.kafka import ensure_topics, make_producer, publish
@@ -283,19 +283,62 @@ class StreamerService:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, running: Running) -> None:
+        job = running.job
+        lost = False
         try:
-            await run_job(running, self.deps)
+            try:
+                await run_job(running, self.deps)
+            except KafkaError:
+                raise
+            except Exception as exc:  # a process boundary: one job's bug must not stop us
+                log.exception("attempt %d crashed", job.data.attempt)
+                await failed(self.deps, job, InternalError(repr(exc)), _labels(job), time.time())
         except asyncio.CancelledError:
             raise  # shutdown: neither final event nor commit
-        except Exception:  # a process boundary: one job's bug must not stop the streamer
-            log.exception("job %s crashed; its offset is released", running.job.job_id)
+        except KafkaError as exc:
+            # Kafka failed under the attempt: nothing final was said, so the offset stays
+            # in flight and the job runs again here, as the next attempt, once Kafka answers.
+            log.warning("attempt %d lost to Kafka (%r); it runs again", job.data.attempt, exc)
+            self.metrics.attempts_lost_to_kafka.inc()
+            lost = True
         finally:
-            self.running.pop(running.job.job_id, None)
+            self.running.pop(job.job_id, None)
             self.scheduler.release()
             self._wake.set()
-        intake = self._intakes[running.source]
+        if lost:
+            self._spawn_rerun(running)
+            return
         if running.tp is not None:
-            intake.done(running.tp, running.offset)
+            self._intakes[running.source].done(running.tp, running.offset)
+
+    def _spawn_rerun(self, running: Running) -> None:
+        task = asyncio.create_task(self._rerun_when_kafka_answers(running))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _rerun_when_kafka_answers(self, running: Running) -> None:
+        """Offer a job whose attempt Kafka lost again, as the next attempt, once Kafka answers.
+
+        Waiting first keeps an outage from burning the job's attempts one after another.
+        """
+        delay = self.settings.streamer_retry_base_s or 0.5
+        while True:
+            try:
+                await self._admin.list_topics()
+                break
+            except KafkaError as exc:
+                log.info("Kafka still unavailable (%r); retry in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.streamer_retry_max_s)
+        job = running.job
+        data = job.data.model_copy(update={"attempt": job.data.attempt + 1})
+        again = Running(
+            job=job.model_copy(update={"data": data}),
+            source=running.source,
+            tp=running.tp,
+            offset=running.offset,
+        )
+        self._offer(again, data.priority.rank)
 
     def _on_cancel(self, job_id: str, cancel: CancelJobData) -> None:
         running = self.running.get(job_id)
@@ -355,3 +398,7 @@ def create_service(
     settings: StreamerSettings, *, registry: CollectorRegistry | None = None
 ) -> StreamerService:
     return StreamerService(settings, registry if registry is not None else CollectorRegistry())
+
+
+def _labels(job: RunJob) -> tuple[str, str]:
+    return job.data.job_type, job.data.priority.value

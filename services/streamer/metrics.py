@@ -73,6 +73,11 @@ class StreamerMetrics:
             ("reason",),
             registry=registry,
         )
+        self.attempts_lost_to_kafka = Counter(
+            "streamjobs_streamer_attempts_lost_to_kafka_total",
+            "Attempts abandoned because Kafka failed under them; each job runs again",
+            registry=registry,
+        )
         self.jobs_deferred = Counter(
             "streamjobs_streamer_jobs_deferred_total",
             "Jobs re-queued untried because the upstream's circuit breaker was open",

@@ -46,6 +46,13 @@ class UpstreamRejected(UpstreamError):
     kind = "rejected"
 
 
+class InternalError(UpstreamError):
+    """Our own code failed under the attempt: reported as a failure, not run again blindly."""
+
+    retriable = False
+    kind = "internal"
+
+
 class AttemptsExhausted(UpstreamError):
     """Reruns after crashes used up every attempt before this one could start."""
 
