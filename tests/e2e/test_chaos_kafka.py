@@ -13,10 +13,11 @@ import pytest
 
 from deploy.localstack.kafka import KafkaNode
 from deploy.localstack.procs import free_port
-from deploy.localstack.stack import Ports, Stack
+from deploy.localstack.stack import Stack
 from shared.auth import issue_token
 from shared.kafka import ensure_topics
 from tests.conftest import STATE
+from tests.e2e.conftest import running_system
 from tests.e2e.test_pipeline import submit
 from tests.support import wait_for
 
@@ -42,25 +43,14 @@ def own_kafka(test_state_dir: Path) -> Iterator[KafkaNode]:
 @pytest.fixture
 def chaos_system(own_kafka: KafkaNode, database_url: str, test_state_dir: Path) -> Iterator[Stack]:
     asyncio.run(ensure_topics(own_kafka.bootstrap_servers, "streamjobs", 4))
-    ports = Ports(
-        **{n: free_port() for n in ("simulator", "gateway", "results", "notifier", "streamer")},
-        notifier_sse=free_port(),
-    )
-    stack = Stack(
-        state_dir=test_state_dir / f"chaos-{uuid.uuid4().hex[:6]}",
-        cache_dir=STATE / "cache",
-        ports=ports,
-        kafka_bootstrap=own_kafka.bootstrap_servers,
-        database_url=database_url,
-        extra_env={"SIM_TTFT_MS": "20", "GATEWAY_PUBLISH_TIMEOUT_S": "3"},
-    )
-    try:
-        stack.start_simulator()
-        for name in ("results", "streamer", "notifier", "gateway"):
-            stack.start_service(name)
+    # Publishes give up after 3 s, so the gateway answers quickly while the broker is away.
+    with running_system(
+        test_state_dir,
+        own_kafka.bootstrap_servers,
+        database_url,
+        env={"SIM_TOKENS_PER_SECOND": "200", "GATEWAY_PUBLISH_TIMEOUT_S": "3"},
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 async def get(url: str, token: str) -> tuple[int, Any]:
