@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 from aiohttp import web
@@ -55,3 +56,21 @@ def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Rea
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+
+
+async def serve_http(
+    app: web.Application,
+    host: str,
+    port: int,
+    stack: AsyncExitStack,
+    *,
+    shutdown_timeout: float = 60.0,
+) -> int:
+    """Serve `app` on host:port until `stack` closes; returns the port bound (for port 0)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound: int = runner.addresses[0][1]
+    return bound

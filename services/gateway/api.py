@@ -56,6 +56,7 @@ from shared.http import problem
 from shared.jobtypes import JOB_TYPES
 from shared.kafka import traceparent
 from shared.lifecycle import JobStatus
+from shared.retry import retry_until_done
 from shared.topics import HEADER_TRACEPARENT, control_topic, events_topic, job_topic
 
 log = logging.getLogger(__name__)
@@ -357,22 +358,16 @@ class Api:
             await self._publish_until_taken(topic, record)
 
     async def _publish_until_taken(self, topic: str, record: Envelope) -> None:
-        delay = 0.2
-        while True:
-            try:
-                async with asyncio.timeout(self.settings.gateway_publish_timeout_s):
-                    await self.publish(topic, record)
-                return
-            except PUBLISH_ERRORS as exc:
-                log.warning(
-                    "%s not published yet (%r); retry in %.1fs",
-                    record.type,
-                    exc,
-                    delay,
-                    extra={"job_id": record.job_id, "trace_id": record.trace_id},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        async def once() -> None:
+            async with asyncio.timeout(self.settings.gateway_publish_timeout_s):
+                await self.publish(topic, record)
+
+        await retry_until_done(
+            once,
+            PUBLISH_ERRORS,
+            what=f"publishing {record.type}",
+            log_extra={"job_id": record.job_id, "trace_id": record.trace_id},
+        )
 
     # -- POST /api/v1/jobs/{job_id}/cancel -----------------------------------------------
 

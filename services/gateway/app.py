@@ -8,7 +8,6 @@ import logging
 import os
 import socket
 
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
@@ -19,6 +18,7 @@ from services.gateway.proxy import ResultsClient, SseClient
 from services.gateway.settings import GatewaySettings
 from services.gateway.view import EventsView
 from shared.contracts import Envelope
+from shared.http import serve_http
 from shared.kafka import ensure_topics, make_producer, publish
 from shared.runtime import BackgroundTasks, start_or_unwind
 
@@ -95,12 +95,7 @@ class GatewayService:
         self.api = Api(s, self.metrics, self.view, send, self.results, sse=self.sse)
         stack.push_async_callback(self.api.drain)
         app = build_app(self.api, self.registry, ready=self._ready, info=self._info)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, s.gateway_host, s.gateway_port)
-        await site.start()
-        self.port = runner.addresses[0][1]
+        self.port = await serve_http(app, s.gateway_host, s.gateway_port, stack)
         self._started = True
         log.info("gateway %s up on port %d", self.instance, self.port)
 

@@ -19,7 +19,7 @@ from services.notifier.reader import Reader
 from services.notifier.settings import NotifierSettings
 from services.notifier.sse import SseEndpoint
 from services.notifier.ws import WebSocketEndpoint
-from shared.http import add_ops_routes
+from shared.http import add_ops_routes, serve_http
 from shared.kafka import ensure_topics
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import chunks_topic, events_topic
@@ -96,12 +96,9 @@ class NotifierService:
         app = web.Application()
         add_ops_routes(app, self.registry, self._ready)
         self.sse.routes(app)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        self._stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, s.notifier_host, s.notifier_sse_port)
-        await site.start()
-        self.sse_port = runner.addresses[0][1]
+        self.sse_port = await serve_http(
+            app, s.notifier_host, s.notifier_sse_port, self._stack, shutdown_timeout=1.0
+        )
         self._background.spawn(self._sweep_loop())
 
         # Rebuild: the lookback window is replayed before the notifier says it is ready.

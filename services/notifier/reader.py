@@ -18,12 +18,7 @@ from pydantic import ValidationError
 
 from services.notifier.metrics import NotifierMetrics
 from shared.contracts import (
-    JobAccepted,
-    JobCancelled,
-    JobCompleted,
-    JobFailed,
-    JobRetrying,
-    JobStarted,
+    LIFECYCLE_TYPES,
     LifecycleEvent,
     TokenChunk,
     parse_record,
@@ -31,8 +26,6 @@ from shared.contracts import (
 from shared.kafka import assign_every_partition
 
 log = logging.getLogger(__name__)
-
-_LIFECYCLE = (JobAccepted, JobStarted, JobRetrying, JobCompleted, JobFailed, JobCancelled)
 
 
 class Reader:
@@ -134,7 +127,7 @@ class Reader:
         except ValidationError:
             log.warning("unreadable record on %s skipped", self.events_topic)
             return
-        if not isinstance(event, _LIFECYCLE):
+        if not isinstance(event, LIFECYCLE_TYPES):
             return
         try:
             self.on_event(event, now)

@@ -19,7 +19,7 @@ from services.results.metrics import ResultsMetrics
 from services.results.migrations import migrate
 from services.results.retention import sweep
 from services.results.settings import ResultsSettings
-from shared.http import add_ops_routes
+from shared.http import add_ops_routes, serve_http
 from shared.kafka import ensure_topics, make_producer
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import chunks_topic, events_topic
@@ -91,12 +91,7 @@ class ResultsService:
         app = web.Application()
         add_ops_routes(app, self.registry, self._ready)
         ReadApi(pool, s.streamjobs_auth_secret.get_secret_value(), self.metrics).install(app)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, s.results_host, s.results_port)
-        await site.start()
-        self.port = runner.addresses[0][1]
+        self.port = await serve_http(app, s.results_host, s.results_port, stack)
 
         self._started = True
         self._background.spawn(self._persist_loop())

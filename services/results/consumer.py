@@ -23,24 +23,22 @@ from services.results.metrics import ResultsMetrics
 from services.results.settings import ResultsSettings
 from services.results.store import write_batch
 from shared.contracts import (
-    JobAccepted,
+    LIFECYCLE_TYPES,
     JobCancelled,
     JobCompleted,
     JobDeadLettered,
     JobFailed,
-    JobRetrying,
-    JobStarted,
     LifecycleEvent,
     TokenChunk,
     parse_record,
 )
 from shared.deadletter import poison_record
 from shared.kafka import publish
+from shared.retry import retry_until_done
 from shared.topics import dlq_topic
 
 log = logging.getLogger(__name__)
 
-_LIFECYCLE = (JobAccepted, JobStarted, JobRetrying, JobCompleted, JobFailed, JobCancelled)
 # Failures of the connection itself: the server is down, restarting or unreachable.
 CONNECTION_ERRORS = (
     OSError,
@@ -132,7 +130,7 @@ class Persister:
             return
         if isinstance(parsed, TokenChunk):
             batch.chunks.append(parsed)
-        elif isinstance(parsed, _LIFECYCLE):
+        elif isinstance(parsed, LIFECYCLE_TYPES):
             batch.events.append(parsed)
         else:
             self._poison(record, batch, f"unexpected record type {parsed.type}", "WrongType")
@@ -157,20 +155,19 @@ class Persister:
     async def _dead_letter(self, records: list[JobDeadLettered]) -> None:
         """Publish the batch's poison records; its offsets are committed only after them."""
         topic = dlq_topic(self.settings.topic_prefix)
-        failures = 0
-        while True:
-            try:
-                for record in records:
-                    await publish(self.producer, topic, record)
-            except KafkaError as exc:
-                # A replay after a failure may publish a record twice: the DLQ is for
-                # people, who see the same source offset.
-                failures += 1
-                delay = min(self.settings.results_retry_max_s, 0.2 * 2**failures)
-                log.warning("dead-letter publish failed (%r); retry in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-            else:
-                return
+
+        async def once() -> None:
+            # A retry after a failure may publish a record twice: the DLQ is for people,
+            # who see the same source offset.
+            for record in records:
+                await publish(self.producer, topic, record)
+
+        await retry_until_done(
+            once,
+            (KafkaError,),
+            what="dead-letter publish",
+            max_delay_s=self.settings.results_retry_max_s,
+        )
 
     async def _flush(self, batch: Batch) -> None:
         if batch.size:

@@ -10,6 +10,8 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import openai
 from aiohttp import web
@@ -31,8 +33,9 @@ from services.streamer.settings import StreamerSettings
 from services.streamer.upstream import InternalError, make_client
 from shared.contracts import CancelJobData, RunJob
 from shared.deadletter import poison_record
-from shared.http import add_ops_routes
+from shared.http import add_ops_routes, serve_http
 from shared.kafka import ensure_topics, make_producer, publish
+from shared.retry import retry_until_done
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import PRIORITY_ORDER, dlq_topic, job_topic, retry_topic
 
@@ -112,12 +115,7 @@ class StreamerService:
 
         app = web.Application()
         add_ops_routes(app, self.registry, self._ready)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, s.streamer_host, s.streamer_port)
-        await site.start()
-        self.port = runner.addresses[0][1]
+        self.port = await serve_http(app, s.streamer_host, s.streamer_port, stack)
 
         self._accepting = True
         self._started = True
@@ -236,7 +234,7 @@ class StreamerService:
         if pending is not None:
             # Cancelled before it was fetched: skip it now, without waiting for a slot.
             running.cancel = pending
-            self._spawn_skip(running)
+            self._track(self._skip_cancelled(running))
             return
         if running.due > now:
             heapq.heappush(self._delayed, (running.due, next(self._counter), running, rank))
@@ -278,9 +276,7 @@ class StreamerService:
             self._intakes[running.source].started(
                 running.tp, running.offset, job.job_id, job.data.attempt
             )
-        task = asyncio.create_task(self._run(running))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._track(self._run(running))
 
     async def _run(self, running: Running) -> None:
         job = running.job
@@ -306,13 +302,14 @@ class StreamerService:
             self.scheduler.release()
             self._wake.set()
         if lost:
-            self._spawn_rerun(running)
+            self._track(self._rerun_when_kafka_answers(running))
             return
         if running.tp is not None:
             self._intakes[running.source].done(running.tp, running.offset)
 
-    def _spawn_rerun(self, running: Running) -> None:
-        task = asyncio.create_task(self._rerun_when_kafka_answers(running))
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a job's coroutine as a task that stop() waits for within the grace period."""
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -321,15 +318,13 @@ class StreamerService:
 
         Waiting first keeps an outage from burning the job's attempts one after another.
         """
-        delay = self.settings.streamer_retry_base_s or 0.5
-        while True:
-            try:
-                await self._admin.list_topics()
-                break
-            except KafkaError as exc:
-                log.info("Kafka still unavailable (%r); retry in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.streamer_retry_max_s)
+        await retry_until_done(
+            self._admin.list_topics,
+            (KafkaError,),
+            what="reaching Kafka",
+            first_delay_s=self.settings.streamer_retry_base_s or 0.5,
+            max_delay_s=self.settings.streamer_retry_max_s,
+        )
         job = running.job
         data = job.data.model_copy(update={"attempt": job.data.attempt + 1})
         again = Running(
@@ -365,15 +360,10 @@ class StreamerService:
             dropped.extend(d[2] for d in delayed)
         for waiting in dropped:
             waiting.cancel = cancel
-            self._spawn_skip(waiting)
+            self._track(self._skip_cancelled(waiting))
         if dropped:
             self.metrics.jobs_waiting.set(self.scheduler.waiting())
         return bool(dropped)
-
-    def _spawn_skip(self, waiting: Running) -> None:
-        task = asyncio.create_task(self._skip_cancelled(waiting))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _skip_cancelled(self, waiting: Running) -> None:
         """Publish the cancelled event of a job that never started, then release its offset."""

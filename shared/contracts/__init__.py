@@ -36,6 +36,8 @@ from shared.contracts.jobs import (
 )
 
 LifecycleEvent = JobAccepted | JobStarted | JobRetrying | JobCompleted | JobFailed | JobCancelled
+# The same types as a tuple, for isinstance checks on a parsed record.
+LIFECYCLE_TYPES = (JobAccepted, JobStarted, JobRetrying, JobCompleted, JobFailed, JobCancelled)
 AnyRecord = Annotated[
     RunJob
     | CancelJob
@@ -75,6 +77,7 @@ def parse_record(raw: bytes | str) -> AnyRecord:
 
 
 __all__ = [
+    "LIFECYCLE_TYPES",
     "RECORD_TYPES",
     "AnyRecord",
     "CancelJob",
