@@ -21,6 +21,7 @@ from shared.contracts import Envelope
 from shared.http import serve_http
 from shared.kafka import ensure_topics, make_producer, publish
 from shared.runtime import BackgroundTasks, start_or_unwind
+from shared.topics import control_topic, events_topic, job_topics
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,16 @@ class GatewayService:
 
     async def _start(self) -> None:
         s = self.settings
+        prefix = s.topic_prefix
         stack = self._stack
         await ensure_topics(s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions)
         producer = make_producer(s.kafka_bootstrap_servers, client_id=f"gateway-{self.instance}")
         stack.push_async_callback(producer.stop)
         await producer.start()
+        # Know every partition we write to now: in a broker outage a send must be queued at
+        # once, not wait for metadata, so a void (cancel) follows its job's records closely.
+        for topic in (events_topic(prefix), control_topic(prefix), *job_topics(prefix)):
+            await producer.partitions_for(topic)
         self._producer = producer
 
         reader = EventsReader(
