@@ -77,6 +77,15 @@ class JobFailedData(_Body):
     reason: str
     error_type: str
     retriable: bool = False
+    # What the failed attempt had streamed before it ended (optional: older producers omit it).
+    last_seq: int = -1
+    model: str | None = None
+    usage: TokenUsage | None = Field(
+        default=None, description="tokens of what was streamed; the upstream's when it sent them"
+    )
+    usage_estimated: bool = Field(
+        default=False, description="true when usage was counted from the stream, not reported"
+    )
 
 
 class JobFailed(Envelope):
@@ -88,6 +97,14 @@ class JobCancelledData(_Body):
     attempt: int = 0
     reason: str = "cancelled by user"
     last_seq: int = -1
+    # What the cancelled attempt had streamed (optional: older producers omit it).
+    model: str | None = None
+    usage: TokenUsage | None = Field(
+        default=None, description="tokens of what was streamed; the upstream's when it sent them"
+    )
+    usage_estimated: bool = Field(
+        default=False, description="true when usage was counted from the stream, not reported"
+    )
 
 
 class JobCancelled(Envelope):
