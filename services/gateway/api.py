@@ -191,7 +191,9 @@ class Api:
     async def submit(self, request: web.Request) -> web.Response:
         who = self.principal(request, SCOPE_WRITE)
         parsed = parse_submission(
-            await request.read(), max_prompt_chars=self.settings.gateway_max_prompt_chars
+            await request.read(),
+            max_prompt_chars=self.settings.gateway_max_prompt_chars,
+            max_depth=self.settings.gateway_max_json_depth,
         )
         if isinstance(parsed, Rejection):
             self.metrics.rejected.labels(parsed.kind).inc()
@@ -540,7 +542,9 @@ def build_app(
     )
     document = json.dumps(
         build_document(
-            sse=api.sse is not None, max_prompt_chars=api.settings.gateway_max_prompt_chars
+            sse=api.sse is not None,
+            max_prompt_chars=api.settings.gateway_max_prompt_chars,
+            max_json_depth=api.settings.gateway_max_json_depth,
         )
     ).encode()
 

@@ -32,6 +32,11 @@ from shared.topics import Priority
 REF = "#/components/schemas/{model}"
 NO_NUL = "^[^\\u0000]*$"
 PROBLEM_JSON = "application/problem+json"
+STORABLE_RULE = (
+    "no string (key or value, anywhere) may contain U+0000 or a lone surrogate, nor in config"
+    " and metadata the text \\u0000; integers fit in signed 64 bits; numbers are finite"
+    " (no NaN, no Infinity)"
+)
 
 
 class ProblemError(BaseModel):
@@ -127,7 +132,9 @@ _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 _READ_ERRORS = (401, 403, 404, 503)
 
 
-def build_document(*, sse: bool = False, max_prompt_chars: int | None = None) -> dict[str, Any]:
+def build_document(
+    *, sse: bool = False, max_prompt_chars: int | None = None, max_json_depth: int = 32
+) -> dict[str, Any]:
     refs, schemas = _schemas()
 
     def ref(model: type[BaseModel], mode: JsonSchemaMode = "serialization") -> dict[str, Any]:
@@ -142,7 +149,12 @@ def build_document(*, sse: bool = False, max_prompt_chars: int | None = None) ->
     for name, schema in schemas.items():
         if name.startswith("ModelConfig"):
             schema["properties"]["model"]["pattern"] = NO_NUL
-    submission["properties"]["metadata"]["description"] += "; no string in it may contain U+0000"
+    submission["properties"]["metadata"]["description"] += "; " + STORABLE_RULE
+    submission["description"] = (
+        submission.get("description", "").rstrip(".") + ". Refused with 422 unless "
+        f"every consumer can store it: {STORABLE_RULE} (nesting counts the body object as 1,"
+        f" at most {max_json_depth} levels)."
+    )
 
     def ok(model: type[BaseModel] | None, description: str, code: str = "200") -> dict[str, Any]:
         response: dict[str, Any] = {"description": description}

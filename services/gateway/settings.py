@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from services.gateway.storable import ENVELOPE_LEVELS, PARSER_DEPTH_LIMIT
 from shared.settings import CommonSettings
 
 
@@ -26,6 +27,13 @@ class GatewaySettings(CommonSettings):
     )
     gateway_max_prompt_chars: int = Field(default=32_000, ge=1)
     gateway_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    gateway_max_json_depth: int = Field(
+        default=32,
+        ge=2,
+        le=PARSER_DEPTH_LIMIT - ENVELOPE_LEVELS - 64,
+        description="nesting levels of a submission's JSON (the body object is 1); kept far"
+        " below what the envelope, pydantic, json and jsonb accept downstream",
+    )
     gateway_submissions_per_minute: int = Field(
         default=60, ge=0, description="per user, across every gateway instance; 0 = off"
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.gateway.storable import Unstorable, check_json, check_text
 from shared.api import JobSubmission
 from shared.contracts import JobAccepted, JobAcceptedData, RunJob, RunJobData
 from shared.jobtypes import JOB_TYPES
@@ -39,18 +40,22 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+def _unstorable(submission: JobSubmission, max_depth: int) -> Unstorable | None:
+    """The first value of the decoded body a consumer downstream could not read or store."""
+    for name in ("prompt", "job_type"):
+        if bad := check_text(getattr(submission, name), (name,)):
+            return bad
+    for name in ("config", "metadata"):  # both stored as jsonb
+        value = submission.config.model_dump() if name == "config" else submission.metadata
+        if bad := check_json(value, (name,), depth=2, max_depth=max_depth):
+            return bad
+    return None
 
 
-def parse_submission(raw: bytes, *, max_prompt_chars: int) -> JobSubmission | Rejection:
-    """Validate the body of `POST /api/v1/jobs`."""
+def parse_submission(
+    raw: bytes, *, max_prompt_chars: int, max_depth: int = 32
+) -> JobSubmission | Rejection:
+    """Validate the body of `POST /api/v1/jobs`; `max_depth` bounds its JSON nesting."""
     try:
         submission = JobSubmission.model_validate_json(raw)
     except ValidationError as exc:
@@ -62,14 +67,15 @@ def parse_submission(raw: bytes, *, max_prompt_chars: int) -> JobSubmission | Re
         return Rejection(
             422, "invalid-submission", "Invalid submission", "the body does not validate", errors
         )
-    # PostgreSQL stores no NUL character in text or jsonb: refused here, not poison downstream.
-    if b"\\u0000" in raw.lower() and _has_nul(submission.model_dump(mode="json")):
+    # Checked after decoding: an escape such as \u0000 is a NUL like any other.
+    bad = _unstorable(submission, max_depth)
+    if bad is not None:
         return Rejection(
             422,
             "invalid-submission",
             "Invalid submission",
-            "strings may not contain the NUL character (U+0000)",
-            [{"loc": ["body"], "msg": "NUL character (U+0000)", "type": "nul_character"}],
+            f"{'.'.join(map(str, bad.loc))}: {bad.msg}",
+            [bad.as_error()],
         )
     if len(submission.prompt) > max_prompt_chars:
         return Rejection(

@@ -111,6 +111,59 @@ BAD: list[tuple[str, bytes, int, str]] = [
     ("bad config", b'{"prompt": "x", "config": {"max_tokens": 0}}', 422, "invalid-submission"),
     ("unknown job type", b'{"prompt": "x", "job_type": "poetry"}', 422, "unknown-job-type"),
     ("oversized prompt", json.dumps({"prompt": "y" * 101}).encode(), 413, "prompt-too-large"),
+    # What consumers downstream could not store: checked after JSON decoding, everywhere.
+    (
+        "NUL escape in metadata",
+        rb'{"prompt":"x","metadata":{"n":"\u0000"}}',
+        422,
+        "invalid-submission",
+    ),
+    (
+        "NUL text in metadata",
+        rb'{"prompt":"x","metadata":{"n":"\\u0000"}}',
+        422,
+        "invalid-submission",
+    ),
+    (
+        "NUL in a metadata key",
+        rb'{"prompt":"x","metadata":{"a\u0000":1}}',
+        422,
+        "invalid-submission",
+    ),
+    (
+        "NUL deep in metadata",
+        rb'{"prompt":"x","metadata":{"a":[{"b":"\u0000"}]}}',
+        422,
+        "invalid-submission",
+    ),
+    ("NUL in the prompt", rb'{"prompt":"x\u0000"}', 422, "invalid-submission"),
+    ("lone surrogate", rb'{"prompt":"x","metadata":{"s":"\ud800"}}', 400, "malformed-json"),
+    ("NaN in metadata", b'{"prompt":"x","metadata":{"n":NaN}}', 422, "invalid-submission"),
+    ("Infinity in metadata", b'{"prompt":"x","metadata":{"n":1e400}}', 422, "invalid-submission"),
+    (
+        "huge int in metadata",
+        b'{"prompt":"x","metadata":{"n":9223372036854775808}}',
+        422,
+        "invalid-submission",
+    ),
+    (
+        "huge seed",
+        b'{"prompt":"x","config":{"seed":-9223372036854775809}}',
+        422,
+        "invalid-submission",
+    ),
+    (
+        "too deep",
+        b'{"prompt":"x","metadata":' + b"[" * 40 + b"]" * 40 + b"}",
+        422,
+        "invalid-submission",
+    ),
+    (
+        "past the parser",
+        b'{"prompt":"x","metadata":' + b"[" * 300 + b"]" * 300 + b"}",
+        400,
+        "malformed-json",
+    ),
 ]
 
 
