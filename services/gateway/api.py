@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from services.gateway.dashboard import dashboard_handler
+from services.gateway.idempotency import Remembered, short_digest
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import build_document
 from services.gateway.proxy import ResultsClient, SseClient, Unreachable
@@ -152,7 +153,7 @@ class Api:
         )
 
     def _accepted_answer(
-        self, job_id: str, entry: JobEntry, trace_id: str, *, replayed: bool
+        self, job_id: str, entry: JobEntry | Remembered, trace_id: str, *, replayed: bool
     ) -> web.Response:
         links = self.links(job_id)
         body = JobAcceptedView(
@@ -218,9 +219,14 @@ class Api:
         # One publish per key in this instance: a second request waits for the first.
         while (pending := self._pending.get(job_id)) is not None:
             await asyncio.wait([pending])
-        entry = self.view.job(job_id)
-        if entry is not None:
-            if entry.fingerprint != digest:
+        known = self.view.job(job_id) or self.view.remembered(job_id)
+        if known is not None:
+            same = (
+                known.fingerprint == digest
+                if isinstance(known, JobEntry)
+                else known.digest == short_digest(digest)
+            )
+            if not same:
                 self.metrics.rejected.labels("idempotency-key-reused").inc()
                 return problem(
                     409,
@@ -230,7 +236,18 @@ class Api:
                     job_id=job_id,
                 )
             self.metrics.replayed.inc()
-            return self._accepted_answer(job_id, entry, trace_id, replayed=True)
+            return self._accepted_answer(job_id, known, trace_id, replayed=True)
+        if self.view.keys.full:
+            # Remembering no more keys must not mean forgetting old ones: refuse new ones.
+            self.metrics.rejected.labels("idempotency-memory-full").inc()
+            return problem(
+                503,
+                "idempotency-memory-full",
+                "Idempotency-Keys unavailable",
+                "the gateway holds as many Idempotency-Keys as it may; submit without one"
+                " or try again later",
+                headers={"Retry-After": str(self.view.keys.retry_after_s(time.time()))},
+            )
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending[job_id] = done
         try:

@@ -39,6 +39,7 @@ class GatewayService:
             final_retention_s=settings.gateway_view_final_retention_s,
             max_jobs=settings.gateway_view_max_jobs,
             in_flight_retry_after_s=settings.gateway_in_flight_retry_after_s,
+            max_idempotency_keys=settings.gateway_idempotency_max_keys,
         )
         self.results = ResultsClient(settings.results_url, timeout_s=settings.results_timeout_s)
         self.sse = SseClient(settings.notifier_sse_url) if settings.notifier_sse_url else None

@@ -43,13 +43,22 @@ class GatewaySettings(CommonSettings):
     gateway_idempotency_window_s: float = Field(
         default=24 * 3600.0, gt=0, description="how long an Idempotency-Key names the same job"
     )
+    gateway_idempotency_max_keys: int = Field(
+        default=2_000_000,
+        ge=1,
+        description="Idempotency-Keys held within the window (about 150 bytes each); when"
+        " full, new keyed submissions answer 503 rather than an old key being forgotten",
+    )
     gateway_events_lookback_s: float = Field(
         default=24 * 3600.0,
         ge=0,
         description="how far back the events view reads on start; cover the idempotency window",
     )
     gateway_view_max_jobs: int = Field(
-        default=200_000, ge=1, description="jobs the events view remembers at most"
+        default=200_000,
+        ge=1,
+        description="jobs the events view holds in full at most (limits, ownership);"
+        " Idempotency-Keys are held apart, by time",
     )
     gateway_view_final_retention_s: float = Field(
         default=600.0, ge=0, description="how long a final job without an idempotency key is kept"

@@ -5,7 +5,9 @@ Every gateway instance reads every partition of the events topic, so each one ho
 same view: rate limits, cancel ownership and idempotency hold across instances without a
 call to another service. Applying the same event twice changes nothing (keyed by job id),
 so an instance applies its own acceptances at once and again when it reads them back.
-Every operation is O(1) amortised; memory is bounded by `max_jobs`.
+Every operation is O(1) amortised; memory is bounded by `max_jobs` full entries plus the
+compact `IdempotencyMemory` of keyed jobs, which forgets a key only after its window.
+Ownership is fixed by a job's first acceptance: a later accepted fact never moves it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from services.gateway.idempotency import IdempotencyMemory, Remembered
 from shared.lifecycle import EVENT_STATUS, JobStatus
 from shared.topics import Priority
 
@@ -101,6 +104,7 @@ class EventsView:
         final_retention_s: float,
         max_jobs: int,
         in_flight_retry_after_s: int = 5,
+        max_idempotency_keys: int = 2_000_000,
     ) -> None:
         self.submissions_per_minute = submissions_per_minute
         self.max_in_flight = max_in_flight
@@ -112,11 +116,16 @@ class EventsView:
         self._users: dict[str, UserState] = {}
         self._finals: deque[tuple[float, str]] = deque()  # (final at, job id) of unkeyed jobs
         self.events_applied = 0
+        self.keys = IdempotencyMemory(window_s=window_s, max_keys=max_idempotency_keys)
 
     # -- reading -------------------------------------------------------------------------
 
     def job(self, job_id: str) -> JobEntry | None:
         return self._jobs.get(job_id)
+
+    def remembered(self, job_id: str) -> Remembered | None:
+        """A keyed job accepted within the window whose full entry may be gone."""
+        return self.keys.recall(job_id) if is_keyed(job_id) else None
 
     def in_flight(self, user_id: str) -> int:
         state = self._users.get(user_id)
@@ -165,9 +174,24 @@ class EventsView:
         digest: bytes,
         at: float,
     ) -> bool:
-        """Record an accepted job; False when it was known already (a replay)."""
+        """Record an accepted job; False when it was known already (a replay).
+
+        The first acceptance wins: a later one, whoever it names, changes nothing.
+        """
         if job_id in self._jobs:
             return False
+        keyed = is_keyed(job_id)
+        if keyed and self.keys.recall(job_id) is not None:
+            return False  # its entry left the view, but the job is the one accepted first
+        if keyed:
+            self.keys.remember(
+                job_id,
+                fingerprint=digest,
+                job_type=job_type,
+                priority=priority,
+                submitted_at=submitted_at,
+                at=at,
+            )
         self.events_applied += 1
         self._jobs[job_id] = JobEntry(
             owner, JobStatus.QUEUED, job_type, priority, submitted_at, digest, at
@@ -189,17 +213,28 @@ class EventsView:
         """Apply a lifecycle event other than acceptance; unknown jobs are ignored."""
         entry = self._jobs.get(job_id)
         target = EVENT_STATUS.get(event_type)
-        if entry is None or target is None or target is JobStatus.QUEUED:
+        if target is None or target is JobStatus.QUEUED:
+            return
+        if entry is None:
+            if is_keyed(job_id):
+                self._remembered_status(job_id, target)
             return
         self.events_applied += 1
         if entry.status.is_final:
             return  # final is final, whatever arrives late
         entry.status = target
+        if is_keyed(job_id):
+            self.keys.set_status(job_id, target)
         if target.is_final:
             state = self._users[entry.owner]
             state.in_flight -= 1
-            if not is_keyed(job_id):
-                self._finals.append((at, job_id))
+            # Keyed or not: a keyed job's key outlives its entry in `keys`.
+            self._finals.append((at, job_id))
+
+    def _remembered_status(self, job_id: str, target: JobStatus) -> None:
+        known = self.keys.recall(job_id)
+        if known is not None and not known.status.is_final:
+            self.keys.set_status(job_id, target)
 
     def withdraw(self, job_id: str, at: float) -> None:
         """Undo `accepted` of a job that was not published after all."""
@@ -210,9 +245,12 @@ class EventsView:
         with contextlib.suppress(ValueError):
             state.recent.remove(at)  # at most `per_minute` long
         self._forget(job_id, entry)
+        if is_keyed(job_id):
+            self.keys.forget(job_id)
 
     def expire(self, now: float) -> None:
-        """Forget jobs past the window, and final unkeyed jobs past their retention."""
+        """Forget jobs past the window, final jobs past their retention, keys past the window."""
+        self.keys.expire(now)
         jobs = self._jobs
         while jobs:
             job_id, entry = next(iter(jobs.items()))

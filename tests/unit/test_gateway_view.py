@@ -95,7 +95,7 @@ def test_events_of_unknown_jobs_are_ignored() -> None:
     assert view.jobs == 0 and view.users == 0
 
 
-def test_final_unkeyed_jobs_expire_after_their_retention_keyed_ones_after_the_window() -> None:
+def test_final_jobs_leave_after_their_retention_and_keys_only_after_the_window() -> None:
     view = make(max_in_flight=0, submissions_per_minute=0)
     keyed = idempotent_job_id("alice", "k1")
     accept(view, "00000000-0000-4000-8000-000000000001")
@@ -104,9 +104,13 @@ def test_final_unkeyed_jobs_expire_after_their_retention_keyed_ones_after_the_wi
         view.status_event(job_id, "job.completed", T0)
     view.expire(T0 + 61)
     assert view.job("00000000-0000-4000-8000-000000000001") is None
-    assert view.job(keyed) is not None
-    view.expire(T0 + 3600)
     assert view.job(keyed) is None
+    remembered = view.remembered(keyed)
+    assert remembered is not None and remembered.status is JobStatus.COMPLETED
+    view.expire(T0 + 3599)
+    assert view.remembered(keyed) is not None
+    view.expire(T0 + 3600 + 3600 / 24)
+    assert view.remembered(keyed) is None
     assert view.users == 0
 
 
@@ -157,3 +161,19 @@ def test_fingerprint_tells_bodies_apart_but_not_key_order() -> None:
     assert base != fingerprint("p2", "analysis", "normal", config, {"a": 1, "b": 2})
     assert base != fingerprint("p", "analysis", "high", config, {"a": 1, "b": 2})
     assert base != fingerprint("p", "analysis", "normal", config, {})
+
+
+def test_the_first_acceptance_fixes_the_owner_whatever_arrives_later() -> None:
+    view = make(max_in_flight=0, submissions_per_minute=0, max_jobs=1)
+    keyed = idempotent_job_id("alice", "k1")
+    for job_id in ("00000000-0000-4000-8000-000000000001", keyed):
+        assert accept(view, job_id, owner="alice") is True
+        assert accept(view, job_id, owner="mallory", at=T0 + 1) is False
+        entry = view.job(job_id)
+        assert entry is not None and entry.owner == "alice"
+    assert view.in_flight("mallory") == 0
+    # The keyed job's entry leaves the view; a later fact still does not bring it back.
+    accept(view, "00000000-0000-4000-8000-000000000002", owner="bob")
+    assert view.job(keyed) is None
+    assert accept(view, keyed, owner="mallory", at=T0 + 2) is False
+    assert view.job(keyed) is None and view.in_flight("mallory") == 0
