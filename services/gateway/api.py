@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from services.gateway.dashboard import dashboard_handler
 from services.gateway.idempotency import Remembered, short_digest
+from services.gateway.limits import PerMinute, StreamSlots, StreamsRefused
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import build_document
 from services.gateway.proxy import ResultsClient, SseClient, Unreachable
@@ -112,6 +113,14 @@ class Api:
         self.ws_url = settings.gateway_public_ws_url or None
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Submissions publishing now: each may turn into one background task if it fails.
+        self._publishing = 0
+        self.cancel_limit = PerMinute(settings.gateway_cancels_per_minute)
+        self.streams = StreamSlots(
+            capacity=settings.gateway_sse_max_streams,
+            per_user=settings.gateway_sse_max_streams_per_user,
+            wait_s=settings.gateway_sse_wait_s,
+        )
         self.job_types_body = json.dumps(
             [
                 JobTypeView(
@@ -176,6 +185,15 @@ class Api:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @property
+    def background_tasks(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def background_full(self) -> bool:
+        """Whether one more failed submission could exceed the bound of background tasks."""
+        return len(self._tasks) + self._publishing >= self.settings.gateway_max_background_publishes
 
     async def drain(self) -> None:
         """Wait for the background publishes to end; cancel those still trying after that."""
@@ -274,6 +292,18 @@ class Api:
                 limit=limited.limit.value,
                 allowed=limited.allowed,
             )
+        if self.background_full:
+            # Kafka has been failing: every failed submission leaves a void to retry. Past
+            # the bound, refuse before publishing rather than grow the set without end.
+            self.metrics.background_full.inc()
+            self.metrics.rejected.labels("background-full").inc()
+            return problem(
+                503,
+                "kafka-unavailable",
+                "Job queue unavailable",
+                "the gateway is still repairing earlier failed submissions; try again",
+                headers={"Retry-After": "5"},
+            )
         accepted, run = build_records(
             sub, user_id=who.user_id, job_id=job_id, trace_id=trace_id, submitted_at=submitted_at
         )
@@ -288,9 +318,37 @@ class Api:
             at=at,
         )
         started = time.perf_counter()
-        accepted_error, run_error = await self._publish_pair(
-            (events_topic(self.prefix), accepted), (job_topic(sub.priority, self.prefix), run)
-        )
+        self._publishing += 1
+        try:
+            return self._published(
+                sub,
+                who,
+                job_id,
+                trace_id,
+                at,
+                started,
+                accepted,
+                await self._publish_pair(
+                    (events_topic(self.prefix), accepted),
+                    (job_topic(sub.priority, self.prefix), run),
+                ),
+            )
+        finally:
+            self._publishing -= 1
+
+    def _published(
+        self,
+        sub: JobSubmission,
+        who: Principal,
+        job_id: str,
+        trace_id: str,
+        at: float,
+        started: float,
+        accepted: Envelope,
+        errors: tuple[BaseException | None, BaseException | None],
+    ) -> web.Response:
+        """The answer once both records were handed over; failures leave a background task."""
+        accepted_error, run_error = errors
         if run_error is not None:
             self.view.withdraw(job_id, at)
             self.metrics.publish_failures.inc()
@@ -392,6 +450,18 @@ class Api:
 
     async def cancel(self, request: web.Request) -> web.Response:
         who = self.principal(request, SCOPE_WRITE)
+        wait = self.cancel_limit.take(who.user_id, time.monotonic())
+        if wait is not None:
+            self.metrics.rate_limited.labels("cancels-per-minute").inc()
+            return problem(
+                429,
+                "rate-limit-cancels-per-minute",
+                "Too many requests",
+                f"at most {self.cancel_limit.allowed} cancels per minute per user",
+                headers={"Retry-After": str(wait)},
+                limit="cancels-per-minute",
+                allowed=self.cancel_limit.allowed,
+            )
         job_id = request.match_info["job_id"]
         status = await self._status_for(who, job_id, request)
         if status in (JobStatus.COMPLETED, JobStatus.FAILED):
@@ -478,10 +548,28 @@ class Api:
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Proxy the notifier's SSE stream of one job, chunk by chunk."""
-        self.principal(request, SCOPE_READ)
+        who = self.principal(request, SCOPE_READ)
         assert self.sse is not None
         try:
-            return await self.sse.stream(request)
+            async with self.streams.hold(who.user_id):
+                return await self.sse.stream(request)
+        except StreamsRefused as refused:
+            self.metrics.sse_refused.labels(refused.reason).inc()
+            if refused.reason == StreamSlots.PER_USER:
+                return problem(
+                    429,
+                    "too-many-streams",
+                    "Too many live streams",
+                    f"at most {self.streams.per_user} live streams per user; close one",
+                    headers={"Retry-After": str(refused.retry_after_s)},
+                )
+            return problem(
+                503,
+                "streams-busy",
+                "Live streams busy",
+                "no live stream slot came free in time; try again",
+                headers={"Retry-After": str(refused.retry_after_s)},
+            )
         except Unreachable:
             return problem(
                 503,
@@ -583,6 +671,9 @@ def build_app(
     async def metrics(_: web.Request) -> web.Response:
         api.metrics.view_jobs.set(api.view.jobs)
         api.metrics.view_users.set(api.view.users)
+        api.metrics.background_publishes.set(api.background_tasks)
+        api.metrics.sse_streams.set(api.streams.open)
+        api.metrics.idempotency_keys.set(len(api.view.keys))
         resp = web.Response(body=generate_latest(registry))
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp

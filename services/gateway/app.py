@@ -42,7 +42,11 @@ class GatewayService:
             max_idempotency_keys=settings.gateway_idempotency_max_keys,
         )
         self.results = ResultsClient(settings.results_url, timeout_s=settings.results_timeout_s)
-        self.sse = SseClient(settings.notifier_sse_url) if settings.notifier_sse_url else None
+        self.sse = (
+            SseClient(settings.notifier_sse_url, max_connections=settings.gateway_sse_max_streams)
+            if settings.notifier_sse_url
+            else None
+        )
         self.port = 0
         self.api: Api | None = None
         self._producer: AIOKafkaProducer | None = None

@@ -72,3 +72,29 @@ class GatewayMetrics:
         self.view_users = Gauge(
             "streamjobs_gateway_view_users", "Users held in the events view", registry=registry
         )
+        self.background_publishes = Gauge(
+            "streamjobs_gateway_background_publishes",
+            "Voids and republishes being retried in the background (bounded)",
+            registry=registry,
+        )
+        self.background_full = Counter(
+            "streamjobs_gateway_background_full_total",
+            "Submissions refused with 503 because the background publishes reached their bound",
+            registry=registry,
+        )
+        self.sse_streams = Gauge(
+            "streamjobs_gateway_sse_streams",
+            "Proxied SSE streams open now",
+            registry=registry,
+        )
+        self.sse_refused = Counter(
+            "streamjobs_gateway_sse_refused_total",
+            "SSE streams refused: per-user (the user's cap) or busy (no free slot in time)",
+            ("reason",),
+            registry=registry,
+        )
+        self.idempotency_keys = Gauge(
+            "streamjobs_gateway_idempotency_keys",
+            "Idempotency-Keys held within their window (bounded; full means new keys get 503)",
+            registry=registry,
+        )

@@ -7,6 +7,7 @@ failure of anything else the gateway does.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -85,15 +86,21 @@ class SseClient:
 
     FORWARDED = ("Authorization", "Accept", "Last-Event-ID", "traceparent")
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(
+        self, base_url: str, *, max_connections: int = 1000, idle_check_s: float = 1.0
+    ) -> None:
         self.base = base_url.rstrip("/")
+        self.max_connections = max_connections
+        self.idle_check_s = idle_check_s
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         if self._session is None:
-            # No total bound: a stream lasts as long as its job.
+            # No total bound: a stream lasts as long as its job. The pool is bounded; the
+            # caller holds a slot per stream, so a request never queues inside the pool.
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+                connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0),
             )
 
     async def stop(self) -> None:
@@ -128,8 +135,24 @@ class SseClient:
             )
             await response.prepare(request)
             try:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
+                await self._copy(upstream, request, response)
             except (aiohttp.ClientError, ConnectionResetError) as exc:
                 log.info("SSE stream of %s ended: %s", request.path, exc)
             return response
+
+    async def _copy(
+        self, upstream: aiohttp.ClientResponse, request: web.Request, response: web.StreamResponse
+    ) -> None:
+        """Copy until either side ends; a caller gone while the stream is idle frees its slot."""
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_check_s):
+                    chunk = await upstream.content.readany()
+            except TimeoutError:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    return
+                continue
+            if not chunk:
+                return
+            await response.write(chunk)

@@ -70,3 +70,21 @@ class GatewaySettings(CommonSettings):
     gateway_in_flight_retry_after_s: int = Field(
         default=5, ge=1, description="Retry-After of a 429 for too many jobs in flight"
     )
+    gateway_cancels_per_minute: int = Field(
+        default=60, ge=0, description="cancel requests per user per minute, per instance; 0 = off"
+    )
+    gateway_max_background_publishes: int = Field(
+        default=10_000,
+        ge=1,
+        description="voids and republishes retried in the background during a Kafka outage;"
+        " past it submissions answer 503",
+    )
+    gateway_sse_max_streams: int = Field(
+        default=1_000, ge=1, description="proxied SSE streams open at once (the pool's bound)"
+    )
+    gateway_sse_max_streams_per_user: int = Field(
+        default=8, ge=1, description="proxied SSE streams one user may hold open; past it 429"
+    )
+    gateway_sse_wait_s: float = Field(
+        default=2.0, gt=0, description="how long a new SSE stream waits for a free slot; then 503"
+    )

@@ -36,11 +36,14 @@ class FakeKafka:
         self.sent.append((topic, envelope))
 
 
-def make_api(kafka: FakeKafka, *, sse: bool = False) -> tuple[Api, CollectorRegistry]:
+def make_api(
+    kafka: FakeKafka, *, sse: bool = False, **overrides: Any
+) -> tuple[Api, CollectorRegistry]:
     settings = GatewaySettings(
         streamjobs_auth_secret=SECRET,
         results_url="http://127.0.0.1:1",
         notifier_sse_url="http://127.0.0.1:1" if sse else "",
+        **overrides,
     )
     registry = CollectorRegistry()
     view = EventsView(
