@@ -27,6 +27,7 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import build_document
 from services.gateway.proxy import ResultsClient, SseClient, Unreachable
 from services.gateway.settings import GatewaySettings
+from services.gateway.storable import check_text
 from services.gateway.submit import (
     Rejection,
     build_records,
@@ -539,7 +540,9 @@ class Api:
     async def forward(self, request: web.Request) -> web.Response:
         self.principal(request, SCOPE_READ)
         try:
-            answer = await self.results.forward(request.method, request.raw_path, request.headers)
+            answer = await self.results.forward(
+                request.method, request.rel_url.raw_path_qs, request.headers
+            )
         except Unreachable as exc:
             self.metrics.forward_failures.inc()
             log.warning("results service unreachable: %s", exc)
@@ -591,6 +594,36 @@ _HTTP_KINDS = {
     405: "method-not-allowed",
     413: "body-too-large",
 }
+# What the HTTP parser itself accepts, set well above the bounds the middleware answers with
+# problem JSON (a longer request line or header is refused by the parser, as plain text).
+PARSER_LIMITS = {"max_line_size": 64 * 1024, "max_field_size": 64 * 1024}
+
+
+def bounds_middleware(max_target_bytes: int) -> Any:
+    @web.middleware
+    async def bound(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        # The read side's own parser refuses long targets as plain text: answered here.
+        if len(request.raw_path) > max_target_bytes:
+            return problem(
+                414,
+                "target-too-long",
+                "URI Too Long",
+                f"the request target is longer than {max_target_bytes} bytes",
+            )
+        # No job id, cursor or filter holds NUL or a lone surrogate: PostgreSQL refuses them.
+        values = [*request.match_info.values(), *request.query.keys(), *request.query.values()]
+        if any(check_text(value, ()) for value in values):
+            return problem(
+                400,
+                "bad-request",
+                "Bad request",
+                "the path or query holds NUL or a character that is not valid UTF-8",
+            )
+        return await handler(request)
+
+    return bound
 
 
 @web.middleware
@@ -642,8 +675,13 @@ def build_app(
     info: InfoCheck,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[metrics_middleware(api.metrics), problems_middleware],
+        middlewares=[
+            metrics_middleware(api.metrics),
+            problems_middleware,
+            bounds_middleware(api.settings.gateway_max_target_bytes),
+        ],
         client_max_size=api.settings.gateway_max_body_bytes,
+        handler_args=PARSER_LIMITS,
     )
     document = json.dumps(
         build_document(

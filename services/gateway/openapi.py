@@ -73,15 +73,18 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
 ]
 
 _PROBLEM_TITLES = {
-    400: "Malformed request (e.g. the body is not JSON)",
+    400: "Malformed request (e.g. the body is not JSON, or NUL in the path or query)",
     401: "Missing, malformed or expired bearer token",
     403: "The token lacks the scope this needs",
     404: "No such job, or not the caller's",
     409: "Conflict with the job's state or an Idempotency-Key's first use",
     413: "Body or prompt too large",
+    414: "Request target (path and query) too long",
     422: "The request does not validate",
-    429: "Rate limited: submissions per minute or jobs in flight (see Retry-After)",
-    503: "A dependency (Kafka, the read side) is unavailable; see Retry-After",
+    429: "Rate limited: submissions or cancels per minute, jobs in flight, live streams"
+    " per user (see Retry-After)",
+    503: "A dependency (Kafka, the read side, the notifier) is unavailable, or the gateway is"
+    " at a bound (Idempotency-Keys, repairs, live stream slots); see Retry-After",
 }
 
 
@@ -129,7 +132,7 @@ _JOB_ID = {
     "schema": {"type": "string", "minLength": 1},
 }
 _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
-_READ_ERRORS = (401, 403, 404, 503)
+_READ_ERRORS = (400, 401, 403, 404, 414, 503)
 
 
 def build_document(
@@ -195,7 +198,7 @@ def build_document(
                 },
                 "responses": {
                     **ok(JobAcceptedView, "Accepted: the job is queued", "202"),
-                    **_problems(400, 401, 403, 409, 413, 422, 429, 503),
+                    **_problems(400, 401, 403, 409, 413, 414, 422, 429, 503),
                 },
             },
             "get": {
@@ -218,7 +221,7 @@ def build_document(
                 ],
                 "responses": {
                     **ok(JobPage, "A page of jobs"),
-                    **_problems(400, 401, 403, 422, 503),
+                    **_problems(400, 401, 403, 414, 422, 503),
                 },
             },
         },
@@ -251,7 +254,7 @@ def build_document(
                 "parameters": [_JOB_ID],
                 "responses": {
                     **ok(JobResult, "The result"),
-                    **_problems(401, 403, 404, 409, 503),
+                    **_problems(400, 401, 403, 404, 409, 414, 503),
                 },
             }
         },
@@ -263,7 +266,7 @@ def build_document(
                 "parameters": [_JOB_ID],
                 "responses": {
                     **ok(CancelAccepted, "The cancel is on its way", "202"),
-                    **_problems(401, 403, 404, 409, 503),
+                    **_problems(400, 401, 403, 404, 409, 414, 429, 503),
                 },
             }
         },
@@ -288,7 +291,7 @@ def build_document(
                 ],
                 "responses": {
                     **ok(Analytics, "The figures"),
-                    **_problems(400, 401, 403, 422, 503),
+                    **_problems(400, 401, 403, 414, 422, 503),
                 },
             }
         },
@@ -377,7 +380,7 @@ def build_document(
                         "description": "an event stream until the job is final",
                         "content": _content({"type": "string"}, "text/event-stream"),
                     },
-                    **_problems(*_READ_ERRORS),
+                    **_problems(*_READ_ERRORS, 429),
                 },
             }
         }

@@ -114,7 +114,7 @@ class SseClient:
         out = {name: request.headers[name] for name in self.FORWARDED if name in request.headers}
         try:
             upstream = await self._session.get(
-                URL(f"{self.base}{request.raw_path}", encoded=True), headers=out
+                URL(f"{self.base}{request.rel_url.raw_path_qs}", encoded=True), headers=out
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Unreachable(f"{type(exc).__name__}: {exc}") from exc

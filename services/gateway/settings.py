@@ -27,6 +27,12 @@ class GatewaySettings(CommonSettings):
     )
     gateway_max_prompt_chars: int = Field(default=32_000, ge=1)
     gateway_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    gateway_max_target_bytes: int = Field(
+        default=4096,
+        ge=256,
+        le=8000,
+        description="request line target (path and query) at most; longer answers 414",
+    )
     gateway_max_json_depth: int = Field(
         default=32,
         ge=2,
