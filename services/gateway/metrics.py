@@ -41,7 +41,7 @@ class GatewayMetrics:
         )
         self.rate_limited = Counter(
             "streamjobs_gateway_rate_limited_total",
-            "Submissions refused by a rate limit",
+            "Submissions and cancels refused by a rate limit",
             ("limit",),
             registry=registry,
         )
