@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from services.gateway.dashboard import dashboard_handler
+from services.gateway.dashboard import dashboard_routes, security_headers
 from services.gateway.idempotency import Remembered, short_digest
 from services.gateway.limits import PerMinute, StreamSlots, StreamsRefused
 from services.gateway.metrics import GatewayMetrics
@@ -732,5 +732,7 @@ def build_app(
     r.add_get("/healthz", healthz, allow_head=False)
     r.add_get("/readyz", readyz, allow_head=False)
     r.add_get("/metrics", metrics, allow_head=False)
-    r.add_get("/dashboard", dashboard_handler(api.ws_url or ""), allow_head=False)
+    for path, handler in dashboard_routes(api.ws_url or "").items():
+        r.add_get(path, handler, allow_head=False)
+    app.on_response_prepare.append(security_headers)
     return app

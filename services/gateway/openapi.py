@@ -368,6 +368,21 @@ def build_document(
             }
         },
     }
+    for path, media, what in (
+        ("/dashboard.js", "text/javascript", "script"),
+        ("/dashboard.css", "text/css", "styles"),
+    ):
+        paths[path] = {
+            "get": {
+                "operationId": "dashboard" + path.rsplit(".", 1)[1].capitalize(),
+                "summary": f"The dashboard's {what}",
+                "security": [],
+                "tags": ["ops"],
+                "responses": {
+                    "200": {"description": what, "content": _content({"type": "string"}, media)}
+                },
+            }
+        }
     if sse:
         paths[f"{job}/events"] = {
             "get": {
