@@ -1,4 +1,4 @@
-"""The gateway's HTTP handlers and middlewares: submit, cancel, job types, forwarded reads.
+"""The gateway's HTTP handlers: submit, cancel, job types, forwarded reads, live streams.
 
 `build_app` wires them into an aiohttp application; the Kafka side (producer, events
 reader) is passed in as plain callables, so a unit test runs the handlers with fakes.
@@ -24,10 +24,16 @@ from services.gateway.dashboard import dashboard_routes, security_headers
 from services.gateway.idempotency import Remembered, short_digest
 from services.gateway.limits import PerMinute, StreamSlots, StreamsRefused
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.middlewares import (
+    PARSER_LIMITS,
+    Refused,
+    bounds_middleware,
+    metrics_middleware,
+    problems_middleware,
+)
 from services.gateway.openapi import build_document
 from services.gateway.proxy import ResultsClient, SseClient, Unreachable
 from services.gateway.settings import GatewaySettings
-from services.gateway.storable import check_text
 from services.gateway.submit import (
     Rejection,
     build_records,
@@ -70,14 +76,6 @@ InfoCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 JSON = "application/json"
 PUBLISH_ERRORS = (KafkaError, TimeoutError, OSError)
-
-
-class Refused(Exception):
-    """A request refused before any work: carries the problem response to answer."""
-
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
 
 
 def _rejection(r: Rejection) -> web.Response:
@@ -321,35 +319,12 @@ class Api:
         started = time.perf_counter()
         self._publishing += 1
         try:
-            return self._published(
-                sub,
-                who,
-                job_id,
-                trace_id,
-                at,
-                started,
-                accepted,
-                await self._publish_pair(
-                    (events_topic(self.prefix), accepted),
-                    (job_topic(sub.priority, self.prefix), run),
-                ),
+            accepted_error, run_error = await self._publish_pair(
+                (events_topic(self.prefix), accepted), (job_topic(sub.priority, self.prefix), run)
             )
         finally:
+            # No await from here to `spawn`: a failure's task replaces its count at once.
             self._publishing -= 1
-
-    def _published(
-        self,
-        sub: JobSubmission,
-        who: Principal,
-        job_id: str,
-        trace_id: str,
-        at: float,
-        started: float,
-        accepted: Envelope,
-        errors: tuple[BaseException | None, BaseException | None],
-    ) -> web.Response:
-        """The answer once both records were handed over; failures leave a background task."""
-        accepted_error, run_error = errors
         if run_error is not None:
             self.view.withdraw(job_id, at)
             self.metrics.publish_failures.inc()
@@ -584,87 +559,6 @@ class Api:
 
     async def job_types(self, _: web.Request) -> web.Response:
         return web.Response(body=self.job_types_body, content_type=JSON)
-
-
-# -- middlewares -------------------------------------------------------------------------
-
-_HTTP_KINDS = {
-    400: "bad-request",
-    404: "not-found",
-    405: "method-not-allowed",
-    413: "body-too-large",
-}
-# What the HTTP parser itself accepts, set well above the bounds the middleware answers with
-# problem JSON (a longer request line or header is refused by the parser, as plain text).
-PARSER_LIMITS = {"max_line_size": 64 * 1024, "max_field_size": 64 * 1024}
-
-
-def bounds_middleware(max_target_bytes: int) -> Any:
-    @web.middleware
-    async def bound(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        # The read side's own parser refuses long targets as plain text: answered here.
-        if len(request.raw_path) > max_target_bytes:
-            return problem(
-                414,
-                "target-too-long",
-                "URI Too Long",
-                f"the request target is longer than {max_target_bytes} bytes",
-            )
-        # No job id, cursor or filter holds NUL or a lone surrogate: PostgreSQL refuses them.
-        values = [*request.match_info.values(), *request.query.keys(), *request.query.values()]
-        if any(check_text(value, ()) for value in values):
-            return problem(
-                400,
-                "bad-request",
-                "Bad request",
-                "the path or query holds NUL or a character that is not valid UTF-8",
-            )
-        return await handler(request)
-
-    return bound
-
-
-@web.middleware
-async def problems_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every error leaves as problem JSON; an unexpected one says nothing of the internals."""
-    try:
-        return await handler(request)
-    except Refused as refused:
-        return refused.response
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return problem(
-            exc.status, _HTTP_KINDS.get(exc.status, "http-error"), exc.reason, headers=headers
-        )
-    except Exception:
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        return problem(500, "internal", "Internal Server Error")
-
-
-def metrics_middleware(metrics: GatewayMetrics) -> Any:
-    @web.middleware
-    async def measure(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        started = time.perf_counter()
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        finally:
-            metrics.requests.labels(request.method, route, str(status)).inc()
-            metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
-
-    return measure
 
 
 def build_app(
