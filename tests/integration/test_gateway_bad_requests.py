@@ -23,6 +23,7 @@ from tests.integration.gateway_harness import (
     tokens,
 )
 from tests.integration.results_kit import running, settings_for
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 __all__ = ["http", "start_gateway", "tokens"]  # fixtures
@@ -166,3 +167,36 @@ async def test_bad_cursors_and_dates_are_4xx_problems_through_the_real_read_side
         async with http.get(f"{gw.url}{path}", headers=headers) as resp:
             assert 400 <= resp.status < 500, (path, resp.status, await resp.text())
             assert resp.content_type == "application/problem+json", path
+
+
+async def test_the_edge_of_what_is_accepted_is_stored_and_read_back_by_the_read_side(
+    start_gateway: StartGateway,
+    tokens: Tokens,
+    results: ResultsService,
+    http: aiohttp.ClientSession,
+) -> None:
+    gw = await start_gateway(
+        results_url=f"http://127.0.0.1:{results.port}", gateway_max_json_depth=32
+    )
+    headers = bearer(tokens("edge"))
+    deep: Any = "bottom"
+    for _ in range(30):  # metadata is level 2: its innermost list is level 32
+        deep = [deep]
+    metadata = {
+        "deep": deep,
+        "backslashes": "C:\\temp\\u000 \\\\",
+        "emoji 😀": "😀 ünïcödé",
+        "edges": [2**63 - 1, -(2**63), 0.25, True, None],
+    }
+    async with http.post(
+        f"{gw.url}/api/v1/jobs", json={"prompt": "edge 😀", "metadata": metadata}, headers=headers
+    ) as resp:
+        assert resp.status == 202, await resp.text()
+        job_id = (await resp.json())["job_id"]
+
+    async def stored() -> dict[str, Any] | None:
+        async with http.get(f"{gw.url}/api/v1/jobs/{job_id}", headers=headers) as resp:
+            return await resp.json() if resp.status == 200 else None
+
+    view = await wait_for(stored, message="the results service stores the accepted job")
+    assert view["metadata"] == metadata

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import annotated_types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.gateway.settings import GatewaySettings
 from services.gateway.submit import Rejection, build_records, parse_submission
 from services.gateway.view import idempotent_job_id
 from shared.api import JobSubmission
@@ -56,6 +58,15 @@ def test_the_deepest_body_allowed_still_parses_inside_its_envelope() -> None:
     too_deep = refusal({"prompt": "x", "metadata": {"n": nested(DEPTH - 1)}})
     assert too_deep.status == 422
     assert too_deep.errors[0]["type"] == "json_too_deep"
+
+
+def test_the_largest_depth_setting_still_leaves_room_for_the_envelope_downstream() -> None:
+    field = GatewaySettings.model_fields["gateway_max_json_depth"]
+    most = next(m.le for m in field.metadata if isinstance(m, annotated_types.Le))
+    raw = json.dumps({"prompt": "x", "metadata": {"n": nested(most - 2)}}).encode()
+    parsed = parse_submission(raw, max_prompt_chars=100, max_depth=most)
+    assert isinstance(parsed, JobSubmission)
+    downstream_reads(parsed)  # pydantic in every consumer, json for jsonb
 
 
 def test_nul_is_refused_in_every_string_including_keys_after_json_decoding() -> None:
