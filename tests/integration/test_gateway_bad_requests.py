@@ -131,11 +131,19 @@ async def test_huge_targets_tokens_and_deep_json_are_4xx_problems(
     )
     assert long_query.status == 414
     assert long_query.problem()["type"].endswith("/target-too-long")
-    for bad in ("é" * 40, "\u2603.\u2603.\u2603", "a" * 20_000, "x." * 5000):
-        refused = await send_raw(gw.port, request("/api/v1/jobs", token=bad))
-        assert refused.status == 401, (bad[:20], refused)
-        assert refused.problem()["type"].endswith("/unauthorized")
-        assert refused.headers["www-authenticate"].startswith("Bearer")
+    job = "/api/v1/jobs/00000000-0000-4000-8000-000000000001"
+    for bad in ("é" * 40, "\u2603.\u2603.\u2603", "a" * 20_000, "x." * 5000, "\udcff" * 10):
+        for target, body in (
+            ("/api/v1/jobs", b""),
+            ("/api/v1/jobs", b'{"prompt":"x"}'),
+            (f"{job}/cancel", b"{}"),
+            (f"{job}/result", b""),
+            ("/api/v1/analytics", b""),
+        ):
+            refused = await send_raw(gw.port, request(target, token=bad, body=body))
+            assert refused.status == 401, (bad[:20], target, refused)
+            assert refused.problem()["type"].endswith("/unauthorized")
+            assert refused.headers["www-authenticate"].startswith("Bearer")
     deep = b'{"prompt":"x","metadata":' + b"[" * 5000 + b"]" * 5000 + b"}"
     nested = await send_raw(gw.port, request("/api/v1/jobs", token=token, body=deep))
     assert nested.status in (400, 422)
