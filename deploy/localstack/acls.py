@@ -116,11 +116,26 @@ def apply_acls(
         )
         for acl in acls
     ]
+    everything = ck.AclBindingFilter(
+        ck.ResourceType.ANY,
+        None,
+        ck.ResourcePatternType.ANY,
+        None,
+        None,
+        ck.AclOperation.ANY,
+        ck.AclPermissionType.ANY,
+    )
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             for future in admin.create_acls(bindings, request_timeout=10).values():
                 future.result()
+            # The controller has them; wait until the broker's authorizer does too, or a
+            # client started right after this could still be refused.
+            while not set(bindings) <= set(admin.describe_acls(everything).result()):
+                if time.monotonic() > deadline:
+                    raise StartupError(f"Kafka ACLs not in force after {timeout_s:g}s")
+                time.sleep(0.05)
             return
         except kafka_exception as exc:  # the broker may still be starting: retry
             if time.monotonic() > deadline:
