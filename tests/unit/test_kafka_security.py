@@ -1,15 +1,17 @@
 """Kafka client security settings: what each KAFKA_SECURITY_PROTOCOL turns into for aiokafka,
-wrong combinations refused at start-up, and the local broker's SASL configuration."""
+wrong combinations refused at start-up, the local broker's SASL configuration, and the ACL
+table docs/security.md shows."""
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from deploy.localstack.acls import ADMIN_USER
+from deploy.localstack.acls import ADMIN_USER, service_acls
 from deploy.localstack.kafka import KafkaNode
 from deploy.localstack.stack import Stack
 from services.results.settings import ResultsSettings
@@ -125,3 +127,27 @@ def test_local_stack_reaches_every_service_over_loopback(tmp_path: Path) -> None
     for key in ("RESULTS_URL", "NOTIFIER_SSE_URL", "GATEWAY_PUBLIC_WS_URL", "OPENAI_BASE_URL"):
         assert "//127.0.0.1:" in env[key], key
     assert not {"RESULTS_HOST", "NOTIFIER_HOST"} & set(env)
+
+
+def documented_grants() -> set[tuple[str, str, str]]:
+    """(principal, operation, topic) from the table in docs/security.md, with P = streamjobs."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    grants: set[tuple[str, str, str]] = set()
+    for row in re.findall(r"^\| `(\w+)` \|(.*)$", doc, re.MULTILINE):
+        principal, rest = row
+        writes, reads = rest.split("|")[:2]
+        for operation, cell in (("write", writes), ("read", reads)):
+            for name in re.findall(r"`(P\.[^`]+)`", cell):
+                base, _, bands = name.partition("{")
+                for band in bands.rstrip("}").split(",") if bands else [""]:
+                    grants.add((principal, operation, (base + band).replace("P.", "streamjobs.")))
+    return grants
+
+
+def test_the_documented_acl_table_is_the_one_applied() -> None:
+    applied = {
+        (acl.principal, acl.operation, acl.name)
+        for acl in service_acls()
+        if acl.resource == "topic" and acl.operation != "describe"
+    }
+    assert documented_grants() == applied
