@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from deploy.localstack.__main__ import UsageError, build_stack
 from deploy.localstack.acls import ADMIN_USER, service_acls
 from deploy.localstack.kafka import KafkaNode
 from deploy.localstack.stack import Stack
@@ -151,3 +152,33 @@ def test_the_documented_acl_table_is_the_one_applied() -> None:
         if acl.resource == "topic" and acl.operation != "describe"
     }
     assert documented_grants() == applied
+
+
+def test_the_stacks_own_urls_in_the_environment_still_mean_its_own_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shell that sourced .state/stack.env exports the stack's own URLs.
+    monkeypatch.setenv("STREAMJOBS_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("STREAMJOBS_STACK_PORTS", "kafka=29092,postgres=25432")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:29092")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:25432/postgres")
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://api.openai.com/v1")
+    stack = build_stack()
+    assert (stack.kafka_bootstrap, stack.database_url) == (None, None)
+    assert stack.openai_base_url == "https://api.openai.com/v1"  # someone else's: kept
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db.internal:5432/jobs")
+    assert build_stack().database_url == "postgresql://app@db.internal:5432/jobs"
+
+
+def test_the_kafka_security_choice_is_remembered_with_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMJOBS_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("STREAMJOBS_KAFKA_SECURITY", raising=False)
+    assert build_stack().kafka_security == "plaintext"
+    (tmp_path / "stack" / "kafka").mkdir(parents=True)
+    (tmp_path / "stack" / "kafka" / "security").write_text("sasl")
+    assert build_stack().kafka_security == "sasl"
+    monkeypatch.setenv("STREAMJOBS_KAFKA_SECURITY", "kerberos")
+    with pytest.raises(UsageError, match="plaintext or sasl"):
+        build_stack()
