@@ -3,8 +3,10 @@ behind `make run` / `make stop` owns what its state directory holds and fails in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,11 +17,13 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from deploy.localstack.postgres import PostgresNode
 from deploy.localstack.procs import (
     KILL_WAIT_S,
     ManagedProcess,
     StartupError,
     free_port,
+    pid_alive,
     port_free,
 )
 from deploy.localstack.stack import Ports, Stack
@@ -235,3 +239,21 @@ def test_stopping_a_process_that_ignores_sigterm_kills_it_in_bounded_time(tmp_pa
     assert time.monotonic() - started < 0.5 + KILL_WAIT_S
     assert not stubborn.alive()
     assert not (tmp_path / "stubborn.pid").exists()
+
+
+@pytest.mark.timeout(90)
+def test_stopping_a_postgres_that_does_not_answer_kills_it_in_bounded_time(
+    tmp_path: Path,
+) -> None:
+    node = PostgresNode(tmp_path / "pg", free_port())
+    node.start()
+    pid = int((node.pgdata / "postmaster.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGSTOP)  # alive, holding its port, deaf to pg_ctl's SIGINT
+    try:
+        started = time.monotonic()
+        node.stop(grace_s=1)
+        assert time.monotonic() - started < 1 + KILL_WAIT_S + 5
+        assert not pid_alive(pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
