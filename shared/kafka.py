@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
 from shared.contracts import Envelope
@@ -27,6 +27,20 @@ log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
 KafkaOptions = Mapping[str, Any]
+
+
+class TopicsUnavailable(RuntimeError):
+    """Topics are missing and could not be created (under ACLs: this principal may not)."""
+
+    retriable = False
+
+    def __init__(self, refused: Mapping[str, str]) -> None:
+        self.refused = dict(refused)
+        super().__init__(
+            "streamjobs topics missing and not created: "
+            + ", ".join(f"{t} ({err})" for t, err in sorted(self.refused.items()))
+            + "; create them as an administrator, or let this principal describe them"
+        )
 
 
 def client_options(settings: KafkaSecuritySettings) -> dict[str, Any]:
@@ -122,12 +136,20 @@ async def ensure_topics(
             if missing:
                 # Another service may create them first.
                 with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(
+                    response = await admin.create_topics(
                         [
                             NewTopic(t, num_partitions=partitions, replication_factor=1)
                             for t in missing
                         ]
                     )
+                    # The broker answers per topic; a refusal is not an exception here.
+                    refused = {
+                        topic: for_code(code).__name__
+                        for topic, code, *_ in response.topic_errors
+                        if code not in (0, TopicAlreadyExistsError.errno)
+                    }
+                    if refused:
+                        raise TopicsUnavailable(refused)
                 log.info("created topics %s", missing)
             return
         except KafkaConnectionError:

@@ -34,10 +34,11 @@ from services.gateway.app import create_service as create_gateway
 from services.gateway.settings import GatewaySettings
 from shared.auth import issue_token
 from shared.contracts import parse_record
-from shared.kafka import client_options, ensure_topics, make_producer
+from shared.kafka import TopicsUnavailable, client_options, ensure_topics, make_producer
 from shared.settings import KafkaSecuritySettings
 from shared.topics import (
     Priority,
+    all_topics,
     chunks_topic,
     control_topic,
     dlq_topic,
@@ -353,3 +354,17 @@ async def test_gateway_and_results_services_work_end_to_end_over_sasl(
             timeout=40,
             message="the job persisted by the results service over SASL",
         )
+
+
+async def test_a_service_that_may_not_see_its_topics_stops_naming_them(
+    sasl_kafka: KafkaNode,
+) -> None:
+    # Under another prefix the notifier has no grant at all: nothing may pass as created.
+    with pytest.raises(TopicsUnavailable) as refused:
+        await ensure_topics(
+            sasl_kafka.bootstrap_servers, "other", 2, security=as_user("notifier"), timeout_s=10
+        )
+    assert refused.value.refused == dict.fromkeys(
+        all_topics("other"), "TopicAuthorizationFailedError"
+    )
+    assert not refused.value.retriable
