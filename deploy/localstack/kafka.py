@@ -204,7 +204,8 @@ class KafkaNode:
                 f"clients, not {self.security}: make clean first"
             )
         props = self.state_dir / "server.properties"
-        props.touch(mode=0o600)  # holds the admin's password under SASL
+        props.touch()
+        props.chmod(0o600)  # holds the admin's password under SASL
         props.write_text(self._config())
         log4j = self.state_dir / "log4j2.properties"
         log4j.write_text(LOG4J2.format(log=self.state_dir / "server.log"))
