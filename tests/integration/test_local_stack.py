@@ -3,6 +3,7 @@ behind `make run` / `make stop` owns what its state directory holds and fails in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -257,3 +258,35 @@ def test_stopping_a_postgres_that_does_not_answer_kills_it_in_bounded_time(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def start_sasl_services(stack: Stack) -> None:
+    """What `make run KAFKA_SECURITY=sasl` does, minus the simulator, streamer and notifier."""
+    stack.start_infrastructure()
+    for name in ("results", "gateway"):  # ready means: consuming and producing as itself
+        proc = stack.start_service(name)
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        assert f"KAFKA_SASL_USERNAME={name}".encode() in environ
+        assert b"KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT" in environ
+    kafka_state = stack.state_dir / "kafka"
+    assert (kafka_state / "server.properties").stat().st_mode & 0o777 == 0o600
+    assert (kafka_state / "security").read_text() == "sasl"
+
+
+@pytest.mark.timeout(180)
+async def test_sasl_stack_runs_each_service_as_its_own_principal(
+    tmp_path: Path, database_url: str
+) -> None:
+    state = tmp_path / "state"
+    link_cache(state)
+    stack = Stack(
+        state_dir=state / "stack",
+        cache_dir=state / "cache",
+        ports=free_ports(),
+        database_url=database_url,
+        kafka_security="sasl",
+    )
+    try:
+        await asyncio.to_thread(start_sasl_services, stack)
+    finally:
+        await asyncio.to_thread(stack.stop)
