@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-STACK_ENV := .state/stack.env
+STACK_ENV ?= .state/stack.env
 
 .DEFAULT_GOAL := help
 .PHONY: help install system-deps run demo stop status logs doctor test test-unit lint format bench schemas token clean
@@ -36,9 +36,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-run: install ## start Kafka, PostgreSQL, the LLM simulator and the four services; stream a demo job
-	$(PY) -m deploy.localstack up
-	@. ./$(STACK_ENV) && $(PY) -m deploy.demo
+run: install ## start Kafka, PostgreSQL, the LLM simulator and the four services; stream a demo job (KAFKA_SECURITY=sasl: SASL and ACLs)
+	$(if $(KAFKA_SECURITY),STREAMJOBS_KAFKA_SECURITY=$(KAFKA_SECURITY)) $(PY) -m deploy.localstack up
+	@. $(abspath $(STACK_ENV)) && $(PY) -m deploy.demo
 	@echo ""
 	@echo "The stack keeps running. Try:"
 	@echo "  source $(STACK_ENV)      # STREAMJOBS_URL, STREAMJOBS_TOKEN, ..."
@@ -46,14 +46,14 @@ run: install ## start Kafka, PostgreSQL, the LLM simulator and the four services
 	@echo "  make status / make logs  # health of each process / where the logs are"
 	@echo "  make stop                # stop everything"
 	@echo "  make doctor              # check every part end to end with a live test job"
-	@. ./$(STACK_ENV) && echo "Live dashboard: $$STREAMJOBS_URL/dashboard#token=$$STREAMJOBS_ADMIN_TOKEN"
+	@. $(abspath $(STACK_ENV)) && echo "Live dashboard: $$STREAMJOBS_URL/dashboard#token=$$STREAMJOBS_ADMIN_TOKEN"
 	@echo "Metrics:   http://127.0.0.1:8080/metrics (gateway) :8081 (results) :8082 (notifier) :8083 (streamer)"
 	@echo "Health:    /healthz and /readyz on the same ports"
 	@echo "Grafana dashboard: deploy/grafana/  Prometheus config and alerts: deploy/prometheus/"
 	@echo "Operations guide:  docs/operations.md"
 
 demo: install ## stream one more demo job through the running stack
-	@. ./$(STACK_ENV) && $(PY) -m deploy.demo
+	@. $(abspath $(STACK_ENV)) && $(PY) -m deploy.demo
 
 stop: ## stop everything `make run` started
 	@test -x $(PY) && $(PY) -m deploy.localstack down || true
@@ -88,8 +88,10 @@ bench: install ## measure the pipeline against the simulator; writes bench-resul
 schemas: install ## regenerate docs/asyncapi.json and docs/schemas/ from the models
 	$(PY) -m shared.asyncapi docs
 
+# Without SCOPES the CLI's own default (jobs:read,jobs:write) applies: a default written
+# inside $(or ...) would be split at its comma into two arguments.
 token: install ## print an API token: make token USER_ID=alice [SCOPES=jobs:read,jobs:write]
-	@. ./$(STACK_ENV) && $(PY) -m shared.token_cli $(or $(USER_ID),demo) --scopes $(or $(SCOPES),jobs:read,jobs:write)
+	@. $(abspath $(STACK_ENV)) && $(PY) -m shared.token_cli '$(or $(USER_ID),demo)' $(if $(SCOPES),--scopes '$(SCOPES)')
 
 clean: stop ## stop the stack and delete its data (keeps the Kafka jar cache)
 	rm -rf .state/stack .state/stack.env .state/test

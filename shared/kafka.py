@@ -1,16 +1,21 @@
-"""Kafka helpers: topic creation, a producer tuned for our records, record headers."""
+"""Kafka helpers: client security options, topic creation, a producer tuned for our records,
+record headers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
+from aiokafka.helpers import create_ssl_context
 
 from shared.contracts import Envelope
+from shared.settings import KafkaSecuritySettings
 from shared.topics import (
     HEADER_SCHEMA_VERSION,
     HEADER_TRACEPARENT,
@@ -21,6 +26,40 @@ from shared.topics import (
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+KafkaOptions = Mapping[str, Any]
+
+
+class TopicsUnavailable(RuntimeError):
+    """Topics are missing and could not be created (under ACLs: this principal may not)."""
+
+    retriable = False
+
+    def __init__(self, refused: Mapping[str, str]) -> None:
+        self.refused = dict(refused)
+        super().__init__(
+            "streamjobs topics missing and not created: "
+            + ", ".join(f"{t} ({err})" for t, err in sorted(self.refused.items()))
+            + "; create them as an administrator, or let this principal describe them"
+        )
+
+
+def client_options(settings: KafkaSecuritySettings) -> dict[str, Any]:
+    """The aiokafka keyword arguments that authenticate (and encrypt) a client as `settings` say.
+
+    Every producer, consumer and admin client a service builds takes these, so a service runs
+    as its own Kafka principal; PLAINTEXT gives no arguments at all.
+    """
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile or None)
+    if protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
 
 
 def traceparent(trace_id: str) -> bytes:
@@ -46,10 +85,15 @@ def headers_for(envelope: Envelope) -> Headers:
 
 
 def make_producer(
-    bootstrap_servers: str, *, linger_ms: int = 2, client_id: str = ""
+    bootstrap_servers: str,
+    *,
+    linger_ms: int = 2,
+    client_id: str = "",
+    security: KafkaOptions | None = None,
 ) -> AIOKafkaProducer:
     """A producer that does not lose or duplicate records on broker retries."""
     return AIOKafkaProducer(
+        **(security or {}),
         bootstrap_servers=bootstrap_servers,
         client_id=client_id or "streamjobs",
         acks="all",
@@ -75,11 +119,16 @@ async def ensure_topics(
     partitions: int,
     *,
     timeout_s: float = 30.0,
+    security: KafkaOptions | None = None,
 ) -> None:
-    """Create every streamjobs topic that is missing (same partition count each)."""
+    """Create every streamjobs topic that is missing (same partition count each).
+
+    Under ACLs a service sees the topics it may describe; where they all exist already (an
+    operator created them) nothing is created, so services need no Create permission.
+    """
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+        admin = AIOKafkaAdminClient(**(security or {}), bootstrap_servers=bootstrap_servers)
         try:
             await admin.start()
             existing = set(await admin.list_topics())
@@ -87,12 +136,20 @@ async def ensure_topics(
             if missing:
                 # Another service may create them first.
                 with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(
+                    response = await admin.create_topics(
                         [
                             NewTopic(t, num_partitions=partitions, replication_factor=1)
                             for t in missing
                         ]
                     )
+                    # The broker answers per topic; a refusal is not an exception here.
+                    refused = {
+                        topic: for_code(code).__name__
+                        for topic, code, *_ in response.topic_errors
+                        if code not in (0, TopicAlreadyExistsError.errno)
+                    }
+                    if refused:
+                        raise TopicsUnavailable(refused)
                 log.info("created topics %s", missing)
             return
         except KafkaConnectionError:

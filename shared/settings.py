@@ -6,11 +6,49 @@ Each service subclasses `CommonSettings` with its own fields, builds it once in
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# --- Kafka client security: how every producer, consumer and admin client authenticates ---
 
-class CommonSettings(BaseSettings):
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class KafkaSecuritySettings(BaseSettings):
+    """`KAFKA_SECURITY_PROTOCOL` and friends; `shared.kafka.client_options` turns them into
+    aiokafka arguments. Wrong combinations stop the service at start-up, not at first send."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: KafkaSaslMechanism = Field(
+        default="SCRAM-SHA-512", description="used with SASL_PLAINTEXT and SASL_SSL"
+    )
+    kafka_sasl_username: str = Field(default="", description="this service's Kafka principal")
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: str = Field(
+        default="", description="PEM bundle that signs the brokers' certificates; empty: system CAs"
+    )
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSecuritySettings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+
+# --- end of the Kafka client security block ---
+
+
+class CommonSettings(KafkaSecuritySettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     kafka_bootstrap_servers: str = Field(

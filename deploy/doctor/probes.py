@@ -28,6 +28,7 @@ from deploy.doctor.report import (
     topics_check,
 )
 from deploy.doctor.settings import DoctorSettings
+from shared.kafka import client_options
 from shared.topics import all_topics
 
 Say = Callable[[str], None]
@@ -55,7 +56,9 @@ def check_java() -> Check:
 async def check_kafka(settings: DoctorSettings) -> list[Check]:
     bootstrap = settings.kafka_bootstrap_servers
     expected = all_topics(settings.topic_prefix)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    admin = AIOKafkaAdminClient(
+        **client_options(settings), bootstrap_servers=bootstrap, request_timeout_ms=5000
+    )
     try:
         async with asyncio.timeout(15):
             await admin.start()

@@ -5,10 +5,12 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import KafkaSecuritySettings
 
 
-class DoctorSettings(BaseSettings):
+class DoctorSettings(KafkaSecuritySettings):
     """Read from the environment first, then from `.state/stack.env` when it exists."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)

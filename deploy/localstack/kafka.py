@@ -10,7 +10,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.localstack.procs import ManagedProcess, wait_for_port
+from deploy.localstack.acls import ADMIN_USER, SCRAM_MECHANISM
+from deploy.localstack.procs import ManagedProcess, StartupError, wait_for_port
 
 KAFKA_VERSION = os.environ.get("STREAMJOBS_KAFKA_VERSION", "4.3.1")
 POM = Path(__file__).with_name("kafka-runtime.pom.xml")
@@ -43,12 +44,12 @@ def ensure_jars(cache_dir: Path) -> Path:
         return libs
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise RuntimeError(
+        raise StartupError(
             "Maven (mvn) is needed once to fetch the Kafka jars: apt-get install maven"
         )
     tmp = libs.with_name("libs.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    subprocess.run(
+    done = subprocess.run(
         [
             mvn, "-q", "-B", "-f", str(POM),
             f"-Dkafka.version={KAFKA_VERSION}",
@@ -56,8 +57,13 @@ def ensure_jars(cache_dir: Path) -> Path:
             f"-DoutputDirectory={tmp}",
             "-DincludeScope=runtime",
         ],
-        check=True,
+        check=False,
     )  # fmt: skip
+    if done.returncode != 0:
+        raise StartupError(
+            f"Maven could not fetch the Kafka {KAFKA_VERSION} jars (exit {done.returncode}); "
+            "is Maven Central reachable?"
+        )
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)
     marker.touch()
@@ -70,7 +76,7 @@ def java_bin() -> str:
         return str(Path(home) / "bin" / "java")
     found = shutil.which("java")
     if found is None:
-        raise RuntimeError(
+        raise StartupError(
             "Java 17+ is needed to run Kafka: apt-get install openjdk-17-jre-headless"
         )
     return found
@@ -78,7 +84,14 @@ def java_bin() -> str:
 
 @dataclass
 class KafkaNode:
-    """One broker+controller; data and logs live under `state_dir`."""
+    """One broker+controller; data and logs live under `state_dir`.
+
+    With `scram_users` (name -> password, the admin among them) the client listener takes
+    SASL/SCRAM-SHA-512 only, the users are written into the metadata when the storage is
+    formatted, and the StandardAuthorizer denies whatever no ACL allows; the admin is the
+    one super user. The controller listener takes SASL/PLAIN for the admin alone (KRaft
+    controllers do not take SCRAM), so no one reaches the quorum anonymously either.
+    """
 
     state_dir: Path
     cache_dir: Path
@@ -86,7 +99,29 @@ class KafkaNode:
     controller_port: int = 9093
     heap: str = "512m"
     extra_config: dict[str, str] = field(default_factory=dict)
+    scram_users: dict[str, str] | None = None
     process: ManagedProcess | None = None
+
+    @property
+    def security(self) -> str:
+        return "sasl" if self.scram_users else "plaintext"
+
+    @property
+    def admin_password(self) -> str:
+        if not self.scram_users:
+            raise ValueError("a PLAINTEXT broker has no admin principal")
+        return self.scram_users[ADMIN_USER]
+
+    def admin_options(self) -> dict[str, str]:
+        """aiokafka arguments of the admin principal (empty for a PLAINTEXT broker)."""
+        if not self.scram_users:
+            return {}
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": SCRAM_MECHANISM,
+            "sasl_plain_username": ADMIN_USER,
+            "sasl_plain_password": self.admin_password,
+        }
 
     @property
     def bootstrap_servers(self) -> str:
@@ -112,9 +147,43 @@ class KafkaNode:
             "share.coordinator.state.topic.replication.factor": "1",
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.hours": "168",
+            **(self._sasl_config() if self.scram_users else {}),
             **self.extra_config,
         }
         return "".join(f"{k}={v}\n" for k, v in config.items())
+
+    def _sasl_config(self) -> dict[str, str]:
+        password = self.admin_password
+        return {
+            "listeners": f"SASL_PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map": (
+                "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+            ),
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{ADMIN_USER}" password="{password}";'
+            ),
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{ADMIN_USER}" password="{password}" user_{ADMIN_USER}="{password}";'
+            ),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{ADMIN_USER}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
+    def _format_args(self) -> list[str]:
+        """`--add-scram` for each user: KRaft stores SCRAM credentials in its metadata log."""
+        args: list[str] = []
+        for name, password in sorted((self.scram_users or {}).items()):
+            args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
+        return args
 
     def start(self, timeout_s: float = 60.0) -> None:
         running = ManagedProcess.from_pid_file(
@@ -124,23 +193,41 @@ class KafkaNode:
             self.process = running
             wait_for_port("127.0.0.1", self.port, timeout_s, alive=running.alive)
             return
+        java = java_bin()
         libs = ensure_jars(self.cache_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        formatted = (self.state_dir / "data" / "meta.properties").exists()
+        marker = self.state_dir / "security"
+        if formatted and marker.exists() and marker.read_text().strip() != self.security:
+            raise StartupError(
+                f"the Kafka data in {self.state_dir} was made for {marker.read_text().strip()} "
+                f"clients, not {self.security}: make clean first"
+            )
         props = self.state_dir / "server.properties"
+        props.touch()
+        props.chmod(0o600)  # holds the admin's password under SASL
         props.write_text(self._config())
         log4j = self.state_dir / "log4j2.properties"
         log4j.write_text(LOG4J2.format(log=self.state_dir / "server.log"))
         classpath = f"{libs}/*"
-        java = java_bin()
-        if not (self.state_dir / "data" / "meta.properties").exists():
-            subprocess.run(
+        if not formatted:
+            done = subprocess.run(
                 [
                     java, "-cp", classpath, "kafka.tools.StorageTool", "format",
                     "--standalone", "-t", _cluster_id(self.state_dir), "-c", str(props),
+                    *self._format_args(),
                 ],
-                check=True,
+                check=False,
                 stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )  # fmt: skip
+            if done.returncode != 0:
+                err = done.stderr.decode(errors="replace").strip().splitlines()
+                raise StartupError(
+                    f"formatting Kafka storage in {self.state_dir} failed: "
+                    f"{err[-1] if err else done.returncode}"
+                )
+            marker.write_text(self.security)
         self.process = ManagedProcess.spawn(
             "kafka",
             [

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import signal
 import stat
 import subprocess
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from deploy.localstack.procs import wait_for_port
+from deploy.localstack.procs import KILL_WAIT_S, StartupError, pid_alive, wait_for_port
 
 SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
 
@@ -82,6 +85,15 @@ class PostgresNode:
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def start(self, timeout_s: float = 30.0) -> None:
+        try:
+            self._start(timeout_s)
+        except subprocess.CalledProcessError as exc:
+            raise StartupError(
+                f"PostgreSQL did not start ({exc.cmd[0] if exc.cmd else 'pg_ctl'} exited "
+                f"{exc.returncode}); log: {self.state_dir / 'postgres.log'}"
+            ) from exc
+
+    def _start(self, timeout_s: float) -> None:
         user = _run_as()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._chown(user, self.state_dir)
@@ -121,8 +133,31 @@ class PostgresNode:
             return False  # a stale pid file left by a crash
         return True
 
-    def stop(self, mode: str = "fast") -> None:
-        """Stop the server; `mode="immediate"` is a crash-like stop. Safe to call twice."""
+    def stop(self, mode: str = "fast", grace_s: float = 15.0) -> None:
+        """Stop the server; `mode="immediate"` is a crash-like stop. Safe to call twice.
+
+        A server that has not stopped after `grace_s` is killed, so stopping never hangs.
+        """
         if not self.is_running():
             return
-        _pg().pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.pgdata, **_as_user(_run_as()))
+        pid = self._postmaster_pid()
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _pg().pg_ctl(
+                ["-w", "-t", str(int(grace_s)), "-m", mode, "stop"],
+                pgdata=self.pgdata,
+                **_as_user(_run_as()),
+            )
+        if pid is None or not pid_alive(pid):
+            return
+        # Its backends notice the postmaster's death and exit; the next start recovers.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + KILL_WAIT_S
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _postmaster_pid(self) -> int | None:
+        try:
+            return int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None

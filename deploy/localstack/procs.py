@@ -16,7 +16,17 @@ from pathlib import Path
 
 
 class StartupError(RuntimeError):
-    """A process of the stack did not come up; the message names its log."""
+    """A part of the stack did not come up. The first line of the message names the cause
+    (and the log to read); the lines after it, if any, are the end of that log."""
+
+    @property
+    def summary(self) -> str:
+        return str(self).splitlines()[0] if str(self) else "unknown cause"
+
+
+# After SIGKILL the kernel frees a process at once; a wait longer than this means it is
+# stuck in the kernel (or is a zombie no one reaps) and waiting longer would hang `down`.
+KILL_WAIT_S = 5.0
 
 
 @dataclass
@@ -63,32 +73,31 @@ class ManagedProcess:
     def alive(self) -> bool:
         if self.popen is not None:
             return self.popen.poll() is None
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(self.pid)
 
     def signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `grace_s`; safe to call twice."""
+        """SIGTERM, then SIGKILL after `grace_s`, never waiting without bound; safe twice."""
         if self.alive():
             self.signal(signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while self.alive() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self.alive():
+            if not self._wait_gone(grace_s):
                 self.signal(signal.SIGKILL)
-                while self.alive():
-                    time.sleep(0.02)
+                self._wait_gone(KILL_WAIT_S)
         if self.popen is not None:
-            self.popen.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=KILL_WAIT_S)
         self.pid_path.unlink(missing_ok=True)
+
+    def _wait_gone(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def kill(self) -> None:
         """SIGKILL at once, as a crash would."""
@@ -96,6 +105,62 @@ class ManagedProcess:
         if self.popen is not None:
             self.popen.wait()
         self.pid_path.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (dead, not yet reaped by its parent) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust the signal
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        # A socket of a stopped process in TIME_WAIT must not count as busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def port_holder(port: int) -> str | None:
+    """`pid N (command)` of the process listening on TCP `port`, when /proc tells."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+            if any(os.readlink(fd) in wanted for fd in fds):
+                argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                command = " ".join(" ".join(argv).split())  # one line, also for `-c` scripts
+                return f"pid {proc.name} ({command[:80] or '?'})"
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return None
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -127,9 +192,9 @@ def wait_for_port(
         except OSError:
             pass
         if not alive():
-            raise StartupError(f"process exited before {host}:{port} opened; log:\n{_log(log)}")
+            raise StartupError(f"process exited before {host}:{port} opened; {_log(log)}")
         if time.monotonic() > deadline:
-            raise StartupError(f"{host}:{port} did not open in {timeout_s}s; log:\n{_log(log)}")
+            raise StartupError(f"{host}:{port} did not open in {timeout_s:g}s; {_log(log)}")
         time.sleep(0.1)
 
 
@@ -154,11 +219,14 @@ def wait_for_http(
         except (urllib.error.URLError, OSError) as exc:
             last = str(exc)
         if not alive():
-            raise StartupError(f"process exited before {url} was ready ({last}); log:\n{_log(log)}")
+            raise StartupError(f"process exited before {url} was ready ({last}); {_log(log)}")
         if time.monotonic() > deadline:
-            raise StartupError(f"{url} not ready in {timeout_s}s ({last}); log:\n{_log(log)}")
+            raise StartupError(f"{url} not ready in {timeout_s:g}s ({last}); {_log(log)}")
         time.sleep(0.1)
 
 
 def _log(path: Path | None) -> str:
-    return f"{path}\n{tail(path)}" if path else "(none)"
+    """`log: PATH` and, on the lines below, its end (the summary is the first line only)."""
+    if path is None:
+        return "no log"
+    return f"log: {path}\n{tail(path)}"

@@ -1,23 +1,49 @@
 """The whole system on one machine: Kafka, PostgreSQL, the LLM simulator and the four services.
 
 Every piece is a child process with its log under `<state>/logs/` and its pid
-under `<state>/run/`, so `down` can stop what an earlier `up` started. An
-existing Kafka, database or LLM endpoint is used instead when its URL is given.
+under `<state>/run/`, so `down` can stop what an earlier `up` started: what the stack
+owns is what its state directory holds, whatever the environment says. An existing
+Kafka, database or LLM endpoint is used instead when its URL is given.
+
+With `kafka_security="sasl"` the stack's own broker takes SASL/SCRAM-SHA-512 only, each
+service connects as its own principal, and the ACLs of `deploy.localstack.acls` decide
+what each may read and write.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from aiokafka.errors import KafkaError
+
+from deploy.localstack.acls import (
+    ADMIN_USER,
+    DOCTOR_PRINCIPAL,
+    SCRAM_MECHANISM,
+    SERVICE_PRINCIPALS,
+    apply_acls,
+    service_acls,
+)
 from deploy.localstack.kafka import KafkaNode
 from deploy.localstack.postgres import PostgresNode
-from deploy.localstack.procs import ManagedProcess, wait_for_http
+from deploy.localstack.procs import (
+    ManagedProcess,
+    StartupError,
+    port_free,
+    port_holder,
+    wait_for_http,
+)
+from shared.kafka import ensure_topics
 
 SERVICES = ("results", "streamer", "notifier", "gateway")
+KafkaSecurity = Literal["plaintext", "sasl"]
 
 
 @dataclass
@@ -42,6 +68,7 @@ class Stack:
     database_url: str | None = None  # an existing server; None starts one
     openai_base_url: str | None = None  # a real endpoint; None starts the simulator
     topic_prefix: str = "streamjobs"
+    kafka_security: KafkaSecurity = "plaintext"  # of the stack's own broker
     extra_env: dict[str, str] = field(default_factory=dict)
     kafka: KafkaNode | None = None
     postgres: PostgresNode | None = None
@@ -63,6 +90,49 @@ class Stack:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    def kafka_users(self) -> dict[str, str]:
+        """SCRAM passwords of the admin, each service and the doctor, made once (mode 0600)."""
+        path = self.state_dir / "kafka-users.json"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            names = (ADMIN_USER, *SERVICE_PRINCIPALS, DOCTOR_PRINCIPAL)
+            path.touch(mode=0o600)
+            path.write_text(json.dumps({n: secrets.token_hex(16) for n in names}, indent=1))
+        users: dict[str, str] = json.loads(path.read_text())
+        return users
+
+    @property
+    def sasl(self) -> bool:
+        """Whether the services talk SASL to the stack's own broker."""
+        return self.kafka_security == "sasl" and self.kafka_bootstrap is None
+
+    def kafka_credentials(self, principal: str) -> dict[str, str]:
+        """The client settings (shared.settings) that make a process `principal`.
+
+        For the stack's own broker they are always explicit, so a shell that sourced another
+        stack's settings cannot make a service speak the wrong protocol; for an existing
+        cluster the environment's settings pass through untouched.
+        """
+        if self.kafka_bootstrap is not None:
+            return {}
+        if not self.sasl:
+            return {"KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
+        return {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_MECHANISM": SCRAM_MECHANISM,
+            "KAFKA_SASL_USERNAME": principal,
+            "KAFKA_SASL_PASSWORD": self.kafka_users()[principal],
+        }
+
+    def own_urls(self) -> dict[str, str]:
+        """What `service_env` names for the parts this stack runs itself."""
+        p = self.ports
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{p.kafka}",
+            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{p.postgres}/postgres",
+            "OPENAI_BASE_URL": f"{self.urls()['simulator']}/v1",
+        }
+
     def urls(self) -> dict[str, str]:
         p = self.ports
         return {
@@ -78,11 +148,11 @@ class Stack:
         """The environment every service process reads its settings from."""
         p = self.ports
         urls = self.urls()
+        own = self.own_urls()
         return {
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap or f"127.0.0.1:{p.kafka}",
-            "DATABASE_URL": self.database_url
-            or f"postgresql://postgres@127.0.0.1:{p.postgres}/postgres",
-            "OPENAI_BASE_URL": self.openai_base_url or f"{urls['simulator']}/v1",
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap or own["KAFKA_BOOTSTRAP_SERVERS"],
+            "DATABASE_URL": self.database_url or own["DATABASE_URL"],
+            "OPENAI_BASE_URL": self.openai_base_url or own["OPENAI_BASE_URL"],
             "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "sim")
             if self.openai_base_url
             else "sim",
@@ -100,18 +170,45 @@ class Stack:
             **self.extra_env,
         }
 
+    def _kafka_node(self) -> KafkaNode:
+        return KafkaNode(
+            self.state_dir / "kafka",
+            self.cache_dir,
+            self.ports.kafka,
+            self.ports.kafka_controller,
+            scram_users=self.kafka_users() if self.sasl else None,
+        )
+
     def start_infrastructure(self) -> None:
         if self.kafka_bootstrap is None:
-            self.kafka = KafkaNode(
-                self.state_dir / "kafka",
-                self.cache_dir,
-                self.ports.kafka,
-                self.ports.kafka_controller,
-            )
+            self.kafka = self._kafka_node()
             self.kafka.start()
+            if self.sasl:
+                self._grant(self.kafka)
         if self.database_url is None:
             self.postgres = PostgresNode(self.state_dir / "postgres", self.ports.postgres)
             self.postgres.start()
+
+    def _grant(self, kafka: KafkaNode) -> None:
+        """As the admin: create the topics (services may not) and every service's ACLs."""
+        partitions = int(self.service_env().get("JOB_PARTITIONS", "4"))
+        try:
+            asyncio.run(
+                ensure_topics(
+                    kafka.bootstrap_servers,
+                    self.topic_prefix,
+                    partitions,
+                    security=kafka.admin_options(),
+                )
+            )
+        except KafkaError as exc:
+            raise StartupError(f"could not create the Kafka topics as {ADMIN_USER}: {exc}") from exc
+        apply_acls(
+            kafka.bootstrap_servers,
+            ADMIN_USER,
+            kafka.admin_password,
+            service_acls(self.topic_prefix),
+        )
 
     def start_simulator(self) -> None:
         if self.openai_base_url is not None:
@@ -134,7 +231,7 @@ class Stack:
             ["-m", f"services.{name}"],
             ready_url=f"http://127.0.0.1:{ops}/readyz",
             timeout_s=timeout_s,
-            env=env,
+            env={**self.kafka_credentials(name), **env},
         )
 
     def spawn(
@@ -163,17 +260,63 @@ class Stack:
             cwd=Path(__file__).resolve().parents[2],
         )
         self.processes[name] = proc
-        wait_for_http(ready_url, timeout_s, alive=proc.alive, log=log_path)
+        try:
+            wait_for_http(ready_url, timeout_s, alive=proc.alive, log=log_path)
+        except StartupError as exc:
+            raise StartupError(f"{name} did not become ready: {exc}") from None
         return proc
 
     def start(self) -> None:
-        self.start_infrastructure()
-        self.start_simulator()
+        """Start every part that is not running yet; on any failure stop them all again."""
+        try:
+            self.check_ports()
+            self.start_infrastructure()
+            self.start_simulator()
+            for name in SERVICES:
+                self.start_service(name)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _running(self, name: str) -> bool:
+        if name == "kafka":
+            pid_path = self.state_dir / "kafka" / "kafka.pid"
+        elif name == "postgres":
+            return PostgresNode(self.state_dir / "postgres", self.ports.postgres).is_running()
+        else:
+            pid_path = self.run_dir / f"{name}.pid"
+        proc = ManagedProcess.from_pid_file(name, pid_path, pid_path)
+        return proc is not None and proc.alive()
+
+    def check_ports(self) -> None:
+        """Before starting anything: every port a part not yet running will bind is free."""
+        p = self.ports
+        wanted: list[tuple[str, int]] = []
+        if self.kafka_bootstrap is None and not self._running("kafka"):
+            wanted += [("Kafka", p.kafka), ("the Kafka controller", p.kafka_controller)]
+        if self.database_url is None and not self._running("postgres"):
+            wanted.append(("PostgreSQL", p.postgres))
+        if self.openai_base_url is None and not self._running("simulator"):
+            wanted.append(("the LLM simulator", p.simulator))
         for name in SERVICES:
-            self.start_service(name)
+            if not self._running(name):
+                wanted.append((name, getattr(p, name)))
+        if not self._running("notifier"):
+            wanted.append(("the notifier's SSE", p.notifier_sse))
+        for what, port in wanted:
+            if not port_free(port):
+                holder = port_holder(port)
+                raise StartupError(
+                    f"port {port} (for {what}) is in use"
+                    + (f" by {holder}" if holder else " by another process")
+                )
 
     def stop(self) -> None:
-        """Stop every process this stack or an earlier `up` started, services first."""
+        """Stop every process this stack or an earlier `up` started, services first.
+
+        Kafka and PostgreSQL are ours when their data lives in our state directory, also
+        when the environment names them (a shell that sourced `.state/stack.env` does).
+        """
         for name in (*reversed(SERVICES), "simulator"):
             proc = self.processes.pop(name, None) or ManagedProcess.from_pid_file(
                 name, self.run_dir / f"{name}.pid", self.logs / f"{name}.log"
@@ -192,5 +335,6 @@ class Stack:
                 kafka.stop(grace_s=20)
         if self.postgres is not None:
             self.postgres.stop()
-        elif self.database_url is None:
+            self.postgres = None
+        elif (self.state_dir / "postgres").exists():
             PostgresNode(self.state_dir / "postgres", self.ports.postgres).stop()

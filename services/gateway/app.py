@@ -19,7 +19,7 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.view import EventsView
 from shared.contracts import Envelope
 from shared.http import serve_http
-from shared.kafka import ensure_topics, make_producer, publish
+from shared.kafka import client_options, ensure_topics, make_producer, publish
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import control_topic, events_topic, job_topics
 
@@ -66,8 +66,13 @@ class GatewayService:
         s = self.settings
         prefix = s.topic_prefix
         stack = self._stack
-        await ensure_topics(s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions)
-        producer = make_producer(s.kafka_bootstrap_servers, client_id=f"gateway-{self.instance}")
+        security = client_options(s)
+        await ensure_topics(
+            s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions, security=security
+        )
+        producer = make_producer(
+            s.kafka_bootstrap_servers, client_id=f"gateway-{self.instance}", security=security
+        )
         stack.push_async_callback(producer.stop)
         await producer.start()
         # Know every partition we write to now: in a broker outage a send must be queued at
@@ -81,6 +86,7 @@ class GatewayService:
             s.topic_prefix,
             self.view,
             lookback_s=s.gateway_events_lookback_s,
+            security=security,
         )
         stack.push_async_callback(reader.stop)
         await reader.start()

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from services.gateway.view import EventsView, fingerprint
 from shared.contracts import JobAccepted, LifecycleEvent, parse_record
-from shared.kafka import assign_every_partition
+from shared.kafka import KafkaOptions, assign_every_partition
 from shared.topics import events_topic
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,20 @@ def apply_event(view: EventsView, record: LifecycleEvent) -> None:
 
 
 class EventsReader:
-    def __init__(self, bootstrap: str, prefix: str, view: EventsView, *, lookback_s: float) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        prefix: str,
+        view: EventsView,
+        *,
+        lookback_s: float,
+        security: KafkaOptions | None = None,
+    ) -> None:
         self.topic = events_topic(prefix)
         self.view = view
         self.lookback_s = lookback_s
         self.consumer = AIOKafkaConsumer(
+            **(security or {}),
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

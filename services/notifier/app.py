@@ -20,7 +20,7 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.sse import SseEndpoint
 from services.notifier.ws import WebSocketEndpoint
 from shared.http import add_ops_routes, serve_http
-from shared.kafka import ensure_topics
+from shared.kafka import client_options, ensure_topics
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import chunks_topic, events_topic
 
@@ -61,7 +61,10 @@ class NotifierService:
     async def _start(self) -> None:
         s = self.settings
         self._started = True
-        await ensure_topics(s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions)
+        security = client_options(s)
+        await ensure_topics(
+            s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions, security=security
+        )
         reader = Reader(
             s.kafka_bootstrap_servers,
             events_topic(s.topic_prefix),
@@ -71,6 +74,7 @@ class NotifierService:
             on_chunk=self.hub.on_chunk,
             metrics=self.metrics,
             client_id=f"notifier-{self.instance}",
+            security=security,
         )
         self.reader = reader
         self._stack.push_async_callback(reader.stop)

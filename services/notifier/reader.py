@@ -23,7 +23,7 @@ from shared.contracts import (
     TokenChunk,
     parse_record,
 )
-from shared.kafka import assign_every_partition
+from shared.kafka import KafkaOptions, assign_every_partition
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class Reader:
         on_chunk: Callable[[TokenChunk, float], None],
         metrics: NotifierMetrics,
         client_id: str = "notifier",
+        security: KafkaOptions | None = None,
     ) -> None:
         self.events_topic = events_topic
         self.chunks_topic = chunks_topic
@@ -48,6 +49,7 @@ class Reader:
         self.on_chunk = on_chunk
         self.metrics = metrics
         self.consumer = AIOKafkaConsumer(
+            **(security or {}),
             bootstrap_servers=bootstrap,
             client_id=client_id,
             enable_auto_commit=False,

@@ -20,7 +20,7 @@ from services.results.migrations import migrate
 from services.results.retention import sweep
 from services.results.settings import ResultsSettings
 from shared.http import add_ops_routes, serve_http
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import client_options, ensure_topics, make_producer
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import chunks_topic, events_topic
 
@@ -64,11 +64,15 @@ class ResultsService:
         self._pool = pool
         async with pool.acquire() as conn:
             await migrate(conn)
-        await ensure_topics(s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions)
+        security = client_options(s)
+        await ensure_topics(
+            s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions, security=security
+        )
 
         consumer = AIOKafkaConsumer(
             events_topic(s.topic_prefix),
             chunks_topic(s.topic_prefix),
+            **security,
             bootstrap_servers=s.kafka_bootstrap_servers,
             group_id=s.results_group_id,
             client_id=f"results-{self.instance}",
@@ -81,7 +85,9 @@ class ResultsService:
         await consumer.start()
         stack.push_async_callback(consumer.stop)
         self._consumer = consumer
-        producer = make_producer(s.kafka_bootstrap_servers, client_id=f"results-{self.instance}")
+        producer = make_producer(
+            s.kafka_bootstrap_servers, client_id=f"results-{self.instance}", security=security
+        )
         await producer.start()
         stack.push_async_callback(producer.stop)
         self.persister = Persister(

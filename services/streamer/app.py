@@ -34,7 +34,7 @@ from services.streamer.upstream import InternalError, make_client
 from shared.contracts import CancelJobData, RunJob
 from shared.deadletter import poison_record
 from shared.http import add_ops_routes, serve_http
-from shared.kafka import ensure_topics, make_producer, publish
+from shared.kafka import client_options, ensure_topics, make_producer, publish
 from shared.retry import retry_until_done
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import PRIORITY_ORDER, dlq_topic, job_topic, retry_topic
@@ -76,9 +76,12 @@ class StreamerService:
     async def _start(self) -> None:
         s = self.settings
         prefix = s.topic_prefix
-        await ensure_topics(s.kafka_bootstrap_servers, prefix, s.job_partitions)
+        security = client_options(s)
+        await ensure_topics(s.kafka_bootstrap_servers, prefix, s.job_partitions, security=security)
         stack = self._stack
-        producer = make_producer(s.kafka_bootstrap_servers, client_id=f"streamer-{self.worker}")
+        producer = make_producer(
+            s.kafka_bootstrap_servers, client_id=f"streamer-{self.worker}", security=security
+        )
         await producer.start()
         stack.push_async_callback(producer.stop)
         self._producer = producer
@@ -89,11 +92,13 @@ class StreamerService:
         )
         stack.push_async_callback(client.close)
         self.deps = self._deps(producer, client)
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers)
+        self._admin = AIOKafkaAdminClient(**security, bootstrap_servers=s.kafka_bootstrap_servers)
         await self._admin.start()
         stack.push_async_callback(self._admin.close)
 
-        self._control = ControlReader(s.kafka_bootstrap_servers, prefix, self._on_cancel)
+        self._control = ControlReader(
+            s.kafka_bootstrap_servers, prefix, self._on_cancel, security=security
+        )
         await self._control.start()
         stack.push_async_callback(self._control.stop)
 
@@ -189,6 +194,7 @@ class StreamerService:
     ) -> Intake:
         s = self.settings
         consumer = AIOKafkaConsumer(
+            **client_options(s),
             bootstrap_servers=s.kafka_bootstrap_servers,
             group_id=group,
             client_id=f"streamer-{name}-{self.worker}",

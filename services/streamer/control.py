@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from shared.contracts import CancelJob, CancelJobData, parse_record
-from shared.kafka import assign_every_partition
+from shared.kafka import KafkaOptions, assign_every_partition
 from shared.topics import control_topic
 
 log = logging.getLogger(__name__)
@@ -17,12 +17,19 @@ log = logging.getLogger(__name__)
 
 class ControlReader:
     def __init__(
-        self, bootstrap: str, prefix: str, on_cancel: Callable[[str, CancelJobData], None]
+        self,
+        bootstrap: str,
+        prefix: str,
+        on_cancel: Callable[[str, CancelJobData], None],
+        *,
+        security: KafkaOptions | None = None,
     ) -> None:
         self.topic = control_topic(prefix)
         self.on_cancel = on_cancel
         # No group: each instance must see every cancel, whichever instance runs the job.
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self.consumer = AIOKafkaConsumer(
+            **(security or {}), bootstrap_servers=bootstrap, enable_auto_commit=False
+        )
         self._assigned = False
 
     async def start(self, timeout_s: float = 30.0) -> None:

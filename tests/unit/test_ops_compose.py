@@ -1,15 +1,19 @@
-"""deploy/docker: no Docker engine runs here, so the compose file and Dockerfile are checked
+"""deploy/docker: no Docker engine runs here, so the compose files and Dockerfile are checked
 for structure: every container builds or pulls, the services get their settings, ports and
-/readyz health checks, and Prometheus and Grafana mount our config."""
+/readyz health checks, Prometheus and Grafana mount our config, and the SASL overlay gives
+every service its own principal with the ACLs of deploy/localstack/acls.py."""
 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from deploy.localstack.acls import SERVICE_PRINCIPALS, Acl, service_acls
 
 DOCKER = Path(__file__).resolve().parents[2] / "deploy" / "docker"
 SERVICES = {"gateway": 8080, "results": 8081, "notifier": 8082, "streamer": 8083}
@@ -97,3 +101,108 @@ def test_dockerfile_is_slim_non_root_and_installs_the_project() -> None:
     assert user and user[-1] not in ("root", "0")
     assert "pip install ." in text
     assert re.search(r'^CMD \["python", "-m", "services\.\w+"\]', text, re.MULTILINE)
+
+
+# --- the Kafka image and data, bind addresses, and the SASL overlay ---------------------------
+
+
+def test_kafka_image_is_the_version_of_the_local_stacks_jars(compose: dict[str, Any]) -> None:
+    pom = (DOCKER.parent / "localstack" / "kafka-runtime.pom.xml").read_text()
+    jars = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom)
+    assert jars is not None
+    assert compose["services"]["kafka"]["image"] == f"apache/kafka:{jars.group(1)}"
+
+
+def test_kafka_writes_its_data_into_the_mounted_volume(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    mounted = {v.split(":")[1] for v in kafka["volumes"] if v.startswith("kafka-data:")}
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] in mounted
+
+
+@pytest.mark.parametrize("name", ["results", "notifier", "streamer", "gateway"])
+def test_services_listen_on_every_interface_inside_their_container(
+    compose: dict[str, Any], name: str
+) -> None:
+    # results and notifier bind 127.0.0.1 by default; in a container that would hide them
+    # from the gateway, Prometheus and the published ports.
+    assert compose["services"][name]["environment"][f"{name.upper()}_HOST"] == "0.0.0.0"
+
+
+def merged(base: Any, override: Any) -> Any:
+    """docker compose's merge of an override file: mappings merge, everything else replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merged(base[key], value) if key in base else value
+        return out
+    return override
+
+
+@pytest.fixture(scope="module")
+def sasl_compose(compose: dict[str, Any]) -> dict[str, Any]:
+    override = yaml.safe_load((DOCKER / "docker-compose.sasl.yml").read_text())
+    doc: dict[str, Any] = merged(compose, override)
+    return doc
+
+
+def test_sasl_overlay_leaves_no_plaintext_listener_and_denies_by_default(
+    sasl_compose: dict[str, Any],
+) -> None:
+    env = sasl_compose["services"]["kafka"]["environment"]
+    protocols = dict(
+        pair.split(":") for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    listeners = {item.split("://")[0] for item in env["KAFKA_LISTENERS"].split(",")}
+    assert listeners == set(protocols)
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert env["KAFKA_SUPER_USERS"] == "User:admin"
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    # Host clients and services use SCRAM; PLAIN (the admin alone) only inside.
+    assert env["KAFKA_LISTENER_NAME_HOST_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert "--command-config" in " ".join(sasl_compose["services"]["kafka"]["healthcheck"]["test"])
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_sasl_overlay_gives_each_service_its_own_principal_after_setup(
+    sasl_compose: dict[str, Any], name: str
+) -> None:
+    svc = sasl_compose["services"][name]
+    env = svc["environment"]
+    assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert env["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert env["KAFKA_SASL_USERNAME"] == name
+    assert env["KAFKA_SASL_PASSWORD"].startswith(f"${{KAFKA_{name.upper()}_PASSWORD:?")
+    assert svc["depends_on"]["kafka-setup"]["condition"] == "service_completed_successfully"
+    setup = sasl_compose["services"]["kafka-setup"]
+    assert setup["environment"][f"{name.upper()}_PASSWORD"] == env["KAFKA_SASL_PASSWORD"]
+
+
+def test_sasl_setup_runs_the_mounted_script_after_kafka_is_healthy(
+    sasl_compose: dict[str, Any],
+) -> None:
+    setup = sasl_compose["services"]["kafka-setup"]
+    assert setup["image"] == sasl_compose["services"]["kafka"]["image"]
+    source, target, *_ = setup["volumes"][0].split(":")
+    assert (DOCKER / source).is_file()
+    assert setup["entrypoint"][-1] == target
+    assert setup["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def script_grants(text: str, prefix: str) -> list[Acl]:
+    """The ACLs the setup script's `grant` lines create, with `$P` read as `prefix`."""
+    acls: list[Acl] = []
+    for line in text.splitlines():
+        if not line.startswith("grant "):
+            continue
+        principal, operation, resource, pattern, *names = shlex.split(line)[1:]
+        for name in names:
+            acls.append(Acl(principal, resource, name.replace("$P", prefix), pattern, operation))
+    return sorted(acls)
+
+
+def test_sasl_setup_script_grants_exactly_the_acl_table() -> None:
+    text = (DOCKER / "kafka-setup.sh").read_text()
+    assert script_grants(text, "streamjobs") == service_acls("streamjobs")
+    created = set(re.findall(r"^user (\w+) ", text, re.MULTILINE))
+    assert created == set(SERVICE_PRINCIPALS)

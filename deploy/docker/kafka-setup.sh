@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One-shot setup of a SASL Kafka for streamjobs (docker-compose.sasl.yml): as the admin,
+# create each service's SCRAM-SHA-512 user, the topics, and the ACLs of
+# deploy/localstack/acls.py (tests/unit/test_ops_compose.py checks both say the same).
+# Re-running it is harmless: users are upserted, topics --if-not-exists, ACLs idempotent.
+set -euo pipefail
+
+BIN=/opt/kafka/bin
+P="${TOPIC_PREFIX:-streamjobs}"
+CONFIG=/tmp/admin.properties
+printf 'security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\nsasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" password="%s";\n' \
+  "$ADMIN_PASSWORD" > "$CONFIG"
+
+user() {  # user NAME PASSWORD
+  "$BIN/kafka-configs.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
+    --alter --entity-type users --entity-name "$1" \
+    --add-config "SCRAM-SHA-512=[iterations=8192,password=$2]"
+}
+
+grant() {  # grant PRINCIPAL OPERATION topic|group literal|prefixed NAME...
+  local principal=$1 operation=$2 resource=$3 pattern=$4
+  shift 4
+  local names=()
+  for name in "$@"; do names+=("--$resource" "$name"); done
+  "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" --add \
+    --allow-principal "User:$principal" --operation "$operation" \
+    --resource-pattern-type "$pattern" "${names[@]}" >/dev/null
+}
+
+user gateway "$GATEWAY_PASSWORD"
+user streamer "$STREAMER_PASSWORD"
+user results "$RESULTS_PASSWORD"
+user notifier "$NOTIFIER_PASSWORD"
+
+for topic in "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" \
+  "$P.jobs.retry" "$P.jobs.dlq" "$P.control" "$P.events" "$P.chunks"; do
+  "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
+    --create --if-not-exists --topic "$topic" --partitions "${JOB_PARTITIONS:-4}" \
+    --replication-factor 1
+done
+
+# Every service may describe every topic, so its start-up check finds them all.
+grant gateway describe topic prefixed "$P."
+grant streamer describe topic prefixed "$P."
+grant results describe topic prefixed "$P."
+grant notifier describe topic prefixed "$P."
+grant doctor describe topic prefixed "$P."
+
+grant gateway write topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.control" "$P.events"
+grant gateway read topic literal "$P.events"
+
+grant streamer read topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.jobs.retry" "$P.control"
+grant streamer write topic literal "$P.chunks" "$P.jobs.retry" "$P.events" "$P.jobs.dlq"
+grant streamer read group prefixed streamjobs-streamer
+
+grant results read topic literal "$P.events" "$P.chunks"
+grant results write topic literal "$P.jobs.dlq"
+grant results read group literal streamjobs-results
+
+grant notifier read topic literal "$P.events" "$P.chunks"
+
+echo "streamjobs: Kafka users, topics and ACLs are in place"

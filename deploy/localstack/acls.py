@@ -1,0 +1,143 @@
+"""Kafka as a trust boundary: one principal per service and the least it needs on our topics.
+
+The table below is the contract; the local stack applies it through Kafka's admin API, the
+compose setup script (`deploy/docker/kafka-setup.sh`) runs the same grants with
+`kafka-acls.sh`, and `docs/security.md` prints it. Every service may describe every
+streamjobs topic, so its start-up check (`ensure_topics`) sees them all and never needs to
+create one: topics are created by the operator's admin principal.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from deploy.localstack.procs import StartupError
+from shared.topics import (
+    GROUP_RESULTS,
+    GROUP_STREAMER,
+    chunks_topic,
+    control_topic,
+    dlq_topic,
+    events_topic,
+    job_topics,
+    retry_topic,
+)
+
+ADMIN_USER = "admin"
+SERVICE_PRINCIPALS = ("gateway", "streamer", "results", "notifier")
+# The doctor (`make doctor`) only looks: it lists and describes the topics.
+DOCTOR_PRINCIPAL = "doctor"
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+
+Resource = Literal["topic", "group"]
+Pattern = Literal["literal", "prefixed"]
+Operation = Literal["read", "write", "describe"]
+
+
+@dataclass(frozen=True, order=True)
+class Acl:
+    """One ALLOW grant: `principal` may do `operation` on the named topic or group."""
+
+    principal: str
+    resource: Resource
+    name: str
+    pattern: Pattern
+    operation: Operation
+
+
+def service_acls(
+    prefix: str = "streamjobs",
+    *,
+    streamer_group: str = GROUP_STREAMER,
+    results_group: str = GROUP_RESULTS,
+) -> list[Acl]:
+    """Every grant of the four services and the doctor for topics under `prefix`.
+
+    `streamer_group` is a group-name prefix: the streamer's job and retry intakes use
+    `<group>` and `<group>-retry`. The gateway and the notifier read without a group.
+    """
+
+    def topics(principal: str, operation: Operation, *names: str) -> list[Acl]:
+        return [Acl(principal, "topic", n, "literal", operation) for n in names]
+
+    jobs = job_topics(prefix)
+    events, chunks = events_topic(prefix), chunks_topic(prefix)
+    retry, dlq, control = retry_topic(prefix), dlq_topic(prefix), control_topic(prefix)
+    acls = [
+        Acl(p, "topic", f"{prefix}.", "prefixed", "describe")
+        for p in (*SERVICE_PRINCIPALS, DOCTOR_PRINCIPAL)
+    ]
+    acls += topics("gateway", "write", *jobs, control, events)
+    acls += topics("gateway", "read", events)
+    acls += topics("streamer", "read", *jobs, retry, control)
+    acls += topics("streamer", "write", chunks, retry, events, dlq)
+    acls.append(Acl("streamer", "group", streamer_group, "prefixed", "read"))
+    acls += topics("results", "read", events, chunks)
+    acls += topics("results", "write", dlq)
+    acls.append(Acl("results", "group", results_group, "literal", "read"))
+    acls += topics("notifier", "read", events, chunks)
+    return sorted(acls)
+
+
+def apply_acls(
+    bootstrap: str, username: str, password: str, acls: list[Acl], *, timeout_s: float = 30.0
+) -> None:
+    """Create `acls` as the admin principal (idempotent: Kafka keeps one copy of a grant)."""
+    try:
+        # Typed loosely: the wheel's stubs do not export these names.
+        ck: Any = importlib.import_module("confluent_kafka.admin")
+        kafka_exception: type[Exception] = importlib.import_module("confluent_kafka").KafkaException
+    except ImportError as exc:  # a dev dependency; `make install` brings it
+        raise StartupError("creating Kafka ACLs needs confluent-kafka: run make install") from exc
+
+    admin: Any = ck.AdminClient(
+        {
+            "bootstrap.servers": bootstrap,
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": SCRAM_MECHANISM,
+            "sasl.username": username,
+            "sasl.password": password,
+        }
+    )
+    bindings = [
+        ck.AclBinding(
+            ck.ResourceType.TOPIC if acl.resource == "topic" else ck.ResourceType.GROUP,
+            acl.name,
+            ck.ResourcePatternType.LITERAL
+            if acl.pattern == "literal"
+            else ck.ResourcePatternType.PREFIXED,
+            f"User:{acl.principal}",
+            "*",
+            ck.AclOperation[acl.operation.upper()],
+            ck.AclPermissionType.ALLOW,
+        )
+        for acl in acls
+    ]
+    everything = ck.AclBindingFilter(
+        ck.ResourceType.ANY,
+        None,
+        ck.ResourcePatternType.ANY,
+        None,
+        None,
+        ck.AclOperation.ANY,
+        ck.AclPermissionType.ANY,
+    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            for future in admin.create_acls(bindings, request_timeout=10).values():
+                future.result()
+            # The controller has them; wait until the broker's authorizer does too, or a
+            # client started right after this could still be refused.
+            while not set(bindings) <= set(admin.describe_acls(everything).result()):
+                if time.monotonic() > deadline:
+                    raise StartupError(f"Kafka ACLs not in force after {timeout_s:g}s")
+                time.sleep(0.05)
+            return
+        except kafka_exception as exc:  # the broker may still be starting: retry
+            if time.monotonic() > deadline:
+                raise StartupError(f"Kafka ACLs not created in {timeout_s:g}s: {exc}") from exc
+            time.sleep(0.5)
