@@ -256,6 +256,17 @@ class KafkaNode:
 def _cluster_id(state_dir: Path) -> str:
     path = state_dir / "cluster.id"
     if not path.exists():
-        # Kafka cluster ids are 16 bytes, base64url without padding (22 chars).
-        path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
+        path.write_text(new_cluster_id())
     return path.read_text().strip()
+
+
+def new_cluster_id() -> str:
+    """16 random bytes, base64url without padding (22 chars), as Kafka's own tool makes them.
+
+    One in 64 such ids starts with "-", which StorageTool's argument parser takes for an
+    option ("-t expected one argument"): draw again, as Kafka's Uuid.randomUuid does.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id

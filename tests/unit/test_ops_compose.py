@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from deploy.localstack.acls import SERVICE_PRINCIPALS, Acl, service_acls
+from deploy.localstack.kafka import new_cluster_id
 
 DOCKER = Path(__file__).resolve().parents[2] / "deploy" / "docker"
 SERVICES = {"gateway": 8080, "results": 8081, "notifier": 8082, "streamer": 8083}
@@ -206,3 +207,9 @@ def test_sasl_setup_script_grants_exactly_the_acl_table() -> None:
     assert script_grants(text, "streamjobs") == service_acls("streamjobs")
     created = set(re.findall(r"^user (\w+) ", text, re.MULTILINE))
     assert created == set(SERVICE_PRINCIPALS)
+
+
+def test_local_kafka_cluster_ids_never_start_with_a_dash() -> None:
+    # StorageTool reads "-t -abc…" as a missing argument: such an id stops the broker's format.
+    ids = [new_cluster_id() for _ in range(5000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
