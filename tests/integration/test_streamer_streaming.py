@@ -389,7 +389,7 @@ async def test_poison_records_go_to_the_dlq_and_the_consumer_carries_on(
     bad_id = str(uuid.uuid4())
     await producer.send_and_wait(topic, b"\xffnot json at all", key=b"poison-1")
     await producer.send_and_wait(
-        topic, json.dumps({"type": "job.run", "job_id": bad_id, "data": {}}).encode(), key=b"x"
+        topic, json.dumps({"type": "job.run", "job_id": bad_id, "data": {}}).encode(), key=None
     )
     good = make_job("Still works. [[sim tokens=5]]")
     await submit(producer, topic_prefix, good)
