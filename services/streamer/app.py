@@ -343,6 +343,7 @@ class StreamerService:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_crash)
 
     async def _rerun_when_kafka_answers(self, running: Running) -> None:
         """Offer a job whose attempt Kafka lost again, as the next attempt, once Kafka answers.
@@ -409,7 +410,16 @@ class StreamerService:
         """Publish the cancelled event of a job that never started, then release its offset."""
         assert waiting.cancel is not None
         data = waiting.job.data
-        await publish_cancelled(self.deps, waiting.job, waiting.cancel)
+        cancel = waiting.cancel
+        # Retried until written: its offset stays uncommitted until the event is out.
+        await retry_until_done(
+            lambda: publish_cancelled(self.deps, waiting.job, cancel),
+            (KafkaError,),
+            what="publishing a cancel",
+            first_delay_s=self.settings.streamer_retry_base_s or 0.5,
+            max_delay_s=self.settings.streamer_retry_max_s or 10.0,
+            log_extra={"job_id": waiting.job.job_id},
+        )
         self.metrics.jobs_cancelled.labels(data.job_type, data.priority.value).inc()
         if waiting.tp is not None:
             self._intakes[waiting.source].done(waiting.tp, waiting.offset)
@@ -423,3 +433,12 @@ def create_service(
 
 def _labels(job: RunJob) -> tuple[str, str]:
     return job.data.job_type, job.data.priority.value
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A job task's unexpected error is logged at once, not when the task is collected.
+
+    Its offset stays uncommitted, so the job runs again after a restart or rebalance.
+    """
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("a job task crashed: %r", exc, exc_info=exc)
