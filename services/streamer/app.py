@@ -56,7 +56,7 @@ class StreamerService:
             settings.streamer_slots, aging_s=settings.streamer_aging_s
         )
         self.cancels = PendingCancels(
-            capacity=settings.streamer_cancel_capacity, ttl_s=settings.streamer_cancel_ttl_s
+            capacity=settings.streamer_max_remembered_cancels, ttl_s=settings.streamer_cancel_ttl_s
         )
         self.owners = Owners(capacity=settings.streamer_max_known_owners)
         self.running: dict[str, Running] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 
 from shared.settings import CommonSettings
 from shared.topics import GROUP_STREAMER
@@ -31,9 +31,13 @@ class StreamerSettings(CommonSettings):
     streamer_cancel_ttl_s: float = Field(
         default=3600.0, gt=0, description="how long a cancel of a job not fetched yet is kept"
     )
-    streamer_cancel_capacity: int = Field(
+    streamer_max_remembered_cancels: int = Field(
         default=10_000,
         ge=1,
+        # The older name still configures it.
+        validation_alias=AliasChoices(
+            "streamer_max_remembered_cancels", "streamer_cancel_capacity"
+        ),
         description="cancels of jobs not fetched yet kept at most, in all; oldest evicted first",
     )
     streamer_max_known_owners: int = Field(

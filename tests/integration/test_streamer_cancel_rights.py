@@ -127,7 +127,7 @@ async def test_remembered_cancels_stay_within_their_bound_and_the_oldest_go_firs
     producer: AIOKafkaProducer,
     start_streamer: StartStreamer,
 ) -> None:
-    service = await start_streamer(streamer_cancel_capacity=5)
+    service = await start_streamer(streamer_max_remembered_cancels=5)
     jobs = [make_job(f"Later {i}. [[sim tokens=3]]") for i in range(20)]
     for job in jobs:  # cancelled before any of them was submitted
         await cancel(producer, topic_prefix, job.job_id, "alice")

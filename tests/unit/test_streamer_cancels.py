@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.streamer.cancels import Owners, PendingCancels, may_cancel
+from services.streamer.settings import StreamerSettings
 from shared.contracts import CancelJobData
 
 OWNER = CancelJobData(user_id="alice")
@@ -91,3 +92,9 @@ def test_known_owners_are_bounded_and_the_least_recently_seen_go() -> None:
     assert len(owners) == 2
     assert owners.get("j2") is None
     assert owners.get("j1") == "a"
+
+
+def test_the_cancel_bound_setting_also_answers_to_its_older_name() -> None:
+    new = StreamerSettings(streamjobs_auth_secret="s", streamer_max_remembered_cancels=5)
+    old = StreamerSettings(streamjobs_auth_secret="s", streamer_cancel_capacity=6)
+    assert (new.streamer_max_remembered_cancels, old.streamer_max_remembered_cancels) == (5, 6)
