@@ -20,6 +20,7 @@ from services.streamer.job import Running
 from services.streamer.offsets import OffsetTracker
 from services.streamer.rejects import Rejected
 from shared.contracts import RunJob, parse_record
+from shared.deadletter import MAX_JOB_ID_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,6 @@ Offer = Callable[[Running, int], None]
 # Called with a record that cannot be run; returns once it is dead-lettered and its
 # failure published (retrying Kafka errors itself), so its offset may then be committed.
 DeadLetter = Callable[[Rejected], Awaitable[None]]
-
-MAX_JOB_ID_CHARS = 256
 
 
 class Unrunnable(Exception):
