@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from services.streamer.job import Deps, Outcome
+from services.streamer.rejects import MAX_ORIGINAL_BYTES
 from services.streamer.streamed import Streamed, nothing_streamed
 from services.streamer.upstream import UpstreamError
 from shared.contracts import (
@@ -131,7 +132,8 @@ async def failed(
                     else job_topic(data.priority, deps.prefix)
                 ),
                 attempts=data.attempt,
-                original=job.model_dump_json(),
+                # Bounded like every DLQ copy: the job itself stays in its source topic.
+                original=job.model_dump_json()[: MAX_ORIGINAL_BYTES // 2],
             ),
         ),
     )

@@ -20,7 +20,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.streamer.metrics import StreamerMetrics
-from shared.contracts import Envelope, JobFailed, JobFailedData, TokenUsage, new_trace_id
+from shared.contracts import (
+    Envelope,
+    JobDeadLettered,
+    JobFailed,
+    JobFailedData,
+    TokenUsage,
+    new_trace_id,
+)
 from shared.deadletter import poison_record, recover_job_id
 from shared.kafka import publish
 from shared.retry import retry_until_done
@@ -29,6 +36,9 @@ from shared.topics import dlq_topic, events_topic
 log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 500
+# The DLQ copy of a record must fit in one Kafka record (1 MiB by default) even when every
+# byte is escaped in JSON (up to six characters each); the rest stays in the source topic.
+MAX_ORIGINAL_BYTES = 128 * 1024
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 # Event ids derived from the record's position: every instance (and every re-read after a
 # restart) writes the same ids, so consumers deduplicate repeated rejections by event_id.
@@ -86,6 +96,23 @@ def failed_event(rejected: Rejected, job_id: str) -> JobFailed:
             usage=TokenUsage(),
         ),
     )
+
+
+def dead_letter_record(rejected: Rejected, job_id: str | None) -> JobDeadLettered:
+    """The DLQ record of a rejected record: its bytes (a bounded copy), where, and why."""
+    value = rejected.value or b""
+    reason = printable(rejected.reason)
+    if len(value) > MAX_ORIGINAL_BYTES:
+        reason += f" (original cut to {MAX_ORIGINAL_BYTES} of {len(value)} bytes)"
+    return poison_record(
+        value[:MAX_ORIGINAL_BYTES],
+        reason,
+        rejected.error_type,
+        rejected.topic,
+        rejected.partition,
+        rejected.offset,
+        job_id=job_id or "unknown",
+    ).model_copy(update={"event_id": rejected.event_id("dlq")})
 
 
 class Rejects:
@@ -154,15 +181,7 @@ class Rejects:
             await self._dead_letter(rejected, recover_job_id(rejected.key, rejected.value))
 
     async def _dead_letter(self, rejected: Rejected, job_id: str | None) -> None:
-        record = poison_record(
-            rejected.value,
-            printable(rejected.reason),
-            rejected.error_type,
-            rejected.topic,
-            rejected.partition,
-            rejected.offset,
-            job_id=job_id or "unknown",
-        ).model_copy(update={"event_id": rejected.event_id("dlq")})
+        record = dead_letter_record(rejected, job_id)
         await self._publish(dlq_topic(self.prefix), record, job_id)
         self.metrics.dead_lettered.labels(rejected.error_type).inc()
 

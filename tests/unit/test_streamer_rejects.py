@@ -9,7 +9,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.streamer.intake import Unrunnable, check_runnable
-from services.streamer.rejects import Rejected, failed_event, printable
+from services.streamer.rejects import (
+    MAX_ORIGINAL_BYTES,
+    Rejected,
+    dead_letter_record,
+    failed_event,
+    printable,
+)
 from services.streamer.streamed import estimate_prompt_tokens, nothing_streamed, streamed_so_far
 from services.streamer.upstream import UpstreamUsage, messages_for
 from shared.contracts import ModelConfig, RunJob, RunJobData, parse_record
@@ -121,3 +127,14 @@ def test_an_attempt_that_never_reached_the_upstream_used_nothing() -> None:
     streamed = nothing_streamed(job().data)
     assert streamed.last_seq == -1 and streamed.usage.total_tokens == 0
     assert not streamed.estimated and streamed.model == ModelConfig().model
+
+
+def test_the_dlq_copy_of_a_huge_record_is_bounded_and_says_so() -> None:
+    value = b'"\x00' * 400_000
+    rejected = Rejected(b"j1", value, "invalid record: too big", "ValidationError", "t", 1, 9)
+    record = dead_letter_record(rejected, "j1")
+    assert len(record.to_bytes()) < 1_000_000, "fits in one Kafka record"
+    assert record.data.reason.endswith(f"(original cut to {MAX_ORIGINAL_BYTES} of 800000 bytes)")
+    assert (record.data.source_partition, record.data.source_offset) == (1, 9)
+    assert record.job_id == "j1"
+    assert dead_letter_record(rejected, None).job_id == "unknown"
