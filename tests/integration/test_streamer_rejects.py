@@ -121,15 +121,18 @@ async def test_a_record_dead_lettered_at_intake_also_fails_its_job_for_its_owner
     )
 
 
+@pytest.mark.parametrize("failing", ["dlq", "events"])
 async def test_kafka_errors_while_dead_lettering_are_retried_and_no_record_is_skipped(
     kafka_bootstrap: str,
     topic_prefix: str,
     producer: AIOKafkaProducer,
     start_streamer: StartStreamer,
+    failing: str,
 ) -> None:
     service = await start_streamer(**FAST_RETRIES)
-    flaky_dlq = FlakyProducer(service.rejects.producer, dlq_topic(topic_prefix), failures=3)
-    service.rejects.producer = flaky_dlq  # type: ignore[assignment]
+    topic_of = {"dlq": dlq_topic, "events": events_topic}
+    flaky = FlakyProducer(service.rejects.producer, topic_of[failing](topic_prefix), failures=3)
+    service.rejects.producer = flaky  # type: ignore[assignment]
     topic = job_topic(Priority.NORMAL, topic_prefix)
     bad = [str(uuid.uuid4()) for _ in range(2)]
     good = [make_job(f"Good {i} [[sim tokens=5]]") for i in range(2)]
@@ -151,7 +154,7 @@ async def test_kafka_errors_while_dead_lettering_are_retried_and_no_record_is_sk
         until=lambda vs: set(bad) <= {d.job_id for d in dead_letters(vs)},
     )
     assert sorted(d.data.source_offset or 0 for d in dead_letters(dlq)) == [0, 2]
-    assert flaky_dlq.refused == 3
+    assert flaky.refused == 3
     tp = TopicPartition(topic, 0)
     await wait_for(
         lambda: _committed_is(service, tp, 4),
