@@ -126,15 +126,16 @@ class Rejects:
         *,
         first_delay_s: float,
         max_delay_s: float,
-        control_backlog: int = 1000,
+        control_backlog: int = 100,
     ) -> None:
         self.producer = producer
         self.prefix = prefix
         self.metrics = metrics
         self.first_delay_s = first_delay_s
         self.max_delay_s = max_delay_s
-        # The control reader must never wait on the DLQ: its rejections queue here, bounded.
-        self._control: asyncio.Queue[Rejected] = asyncio.Queue(maxsize=control_backlog)
+        # The control reader must never wait on the DLQ: its rejections queue here, bounded
+        # in count, each a bounded copy of its record.
+        self._control: asyncio.Queue[JobDeadLettered] = asyncio.Queue(maxsize=control_backlog)
 
     async def reject_job(self, rejected: Rejected) -> None:
         """Dead-letter a job record and publish its `job.failed`; returns once both are written.
@@ -152,7 +153,7 @@ class Rejects:
             printable(rejected.reason),
             extra={"job_id": job_id},
         )
-        await self._dead_letter(rejected, job_id)
+        await self._dead_letter(dead_letter_record(rejected, job_id))
         if job_id is None:
             self.metrics.rejected_without_job_id.inc()
             return
@@ -169,21 +170,22 @@ class Rejects:
             rejected.offset,
             printable(rejected.reason),
         )
+        job_id = recover_job_id(rejected.key, rejected.value)
         try:
-            self._control.put_nowait(rejected)
+            self._control.put_nowait(dead_letter_record(rejected, job_id))
         except asyncio.QueueFull:
             self.metrics.control_dead_letters_dropped.inc()
 
     async def control_loop(self) -> None:
         """Dead-letter queued control records one after another, retrying Kafka errors."""
         while True:
-            rejected = await self._control.get()
-            await self._dead_letter(rejected, recover_job_id(rejected.key, rejected.value))
+            record = await self._control.get()
+            await self._dead_letter(record)
 
-    async def _dead_letter(self, rejected: Rejected, job_id: str | None) -> None:
-        record = dead_letter_record(rejected, job_id)
+    async def _dead_letter(self, record: JobDeadLettered) -> None:
+        job_id = None if record.job_id == "unknown" else record.job_id
         await self._publish(dlq_topic(self.prefix), record, job_id)
-        self.metrics.dead_lettered.labels(rejected.error_type).inc()
+        self.metrics.dead_lettered.labels(record.data.error_type).inc()
 
     async def _publish(self, topic: str, record: Envelope, job_id: str | None) -> None:
         await retry_until_done(

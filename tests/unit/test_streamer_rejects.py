@@ -7,11 +7,14 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from services.streamer.intake import Unrunnable, check_runnable
+from services.streamer.metrics import StreamerMetrics
 from services.streamer.rejects import (
     MAX_ORIGINAL_BYTES,
     Rejected,
+    Rejects,
     dead_letter_record,
     failed_event,
     printable,
@@ -138,3 +141,18 @@ def test_the_dlq_copy_of_a_huge_record_is_bounded_and_says_so() -> None:
     assert (record.data.source_partition, record.data.source_offset) == (1, 9)
     assert record.job_id == "j1"
     assert dead_letter_record(rejected, None).job_id == "unknown"
+
+
+def test_bad_control_records_wait_for_the_dlq_in_a_bounded_queue_and_overflow_is_counted() -> None:
+    registry = CollectorRegistry()
+    # The writer loop is not running: nothing is sent, so no producer is needed.
+    rejects = Rejects(None, "p", StreamerMetrics(registry), first_delay_s=0.1, max_delay_s=1.0)  # type: ignore[arg-type]
+    for offset in range(150):
+        rejects.reject_control(
+            Rejected(None, b"x" * 1_000_000, "bad", "ValidationError", "c", 0, offset)
+        )
+    skipped = registry.get_sample_value(
+        "streamjobs_streamer_control_records_skipped_total", {"reason": "ValidationError"}
+    )
+    dropped = registry.get_sample_value("streamjobs_streamer_control_dead_letters_dropped_total")
+    assert (skipped, dropped) == (150, 50)
