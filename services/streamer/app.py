@@ -21,27 +21,28 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from services.streamer.breaker import CircuitBreaker
-from services.streamer.cancels import PendingCancels, may_cancel
+from services.streamer.cancels import Owners, PendingCancels, may_cancel
 from services.streamer.control import ControlReader
 from services.streamer.intake import Intake
 from services.streamer.job import Deps, RetryPolicy, Running
 from services.streamer.metrics import StreamerMetrics
 from services.streamer.outcomes import failed, publish_cancelled
+from services.streamer.rejects import Rejects
 from services.streamer.runner import run_job
 from services.streamer.scheduler import Scheduler
 from services.streamer.settings import StreamerSettings
 from services.streamer.upstream import InternalError, make_client
 from shared.contracts import CancelJobData, RunJob
-from shared.deadletter import poison_record
 from shared.http import add_ops_routes, serve_http
-from shared.kafka import client_options, ensure_topics, make_producer, publish
+from shared.kafka import client_options, ensure_topics, make_producer
 from shared.retry import retry_until_done
 from shared.runtime import BackgroundTasks, start_or_unwind
-from shared.topics import PRIORITY_ORDER, dlq_topic, job_topic, retry_topic
+from shared.topics import PRIORITY_ORDER, job_topic, retry_topic
 
 log = logging.getLogger(__name__)
 
 RETRY_BAND = -1  # pseudo band of the retry topic's partitions, for pausing
+LOOP_BACKOFF_S = (0.1, 5.0)  # a consumer loop's wait after a Kafka error: first, longest
 
 
 class StreamerService:
@@ -55,8 +56,9 @@ class StreamerService:
             settings.streamer_slots, aging_s=settings.streamer_aging_s
         )
         self.cancels = PendingCancels(
-            capacity=settings.streamer_cancel_capacity, ttl_s=settings.streamer_cancel_ttl_s
+            capacity=settings.streamer_max_remembered_cancels, ttl_s=settings.streamer_cancel_ttl_s
         )
+        self.owners = Owners(capacity=settings.streamer_max_known_owners)
         self.running: dict[str, Running] = {}
         self._delayed: list[tuple[float, int, Running, int]] = []  # (due, n, job, rank)
         self._counter = itertools.count()
@@ -96,8 +98,21 @@ class StreamerService:
         await self._admin.start()
         stack.push_async_callback(self._admin.close)
 
+        self.rejects = Rejects(
+            producer,
+            prefix,
+            self.metrics,
+            first_delay_s=s.streamer_retry_base_s or 0.5,
+            max_delay_s=s.streamer_retry_max_s or 10.0,
+        )
         self._control = ControlReader(
-            s.kafka_bootstrap_servers, prefix, self._on_cancel, security=security
+            s.kafka_bootstrap_servers,
+            prefix,
+            self._on_cancel,
+            self.rejects.reject_control,
+            on_kafka_error=self.metrics.loop_errors.labels("control").inc,
+            backoff_s=LOOP_BACKOFF_S,
+            security=security,
         )
         await self._control.start()
         stack.push_async_callback(self._control.stop)
@@ -126,6 +141,7 @@ class StreamerService:
         self._started = True
         self._background.spawn(self._dispatch_loop())
         self._background.spawn(self._control.loop())
+        self._background.spawn(self.rejects.control_loop())
         for intake in self._intakes.values():
             self._background.spawn(intake.fetch_loop())
             self._background.spawn(intake.commit_loop())
@@ -210,12 +226,15 @@ class StreamerService:
             topics,
             rank_of_topic=lambda _topic, job: job.data.priority.rank,
             offer=self._offer,
-            dead_letter=self._dead_letter,
+            dead_letter=self.rejects.reject_job,
             backlog=self._backlog,
             prefetch=prefetch,
             on_revoke=self._drop_revoked,
             admin=self._admin,
             group_id=group,
+            max_delay_s=s.streamer_max_not_before_s,
+            on_kafka_error=self.metrics.loop_errors.labels(f"intake_{name}").inc,
+            backoff_s=LOOP_BACKOFF_S,
         )
         intake.subscribe(bands)
         return intake
@@ -236,7 +255,15 @@ class StreamerService:
     def _offer(self, running: Running, rank: int) -> None:
         now = time.monotonic()
         job = running.job
-        pending = self.cancels.take(job.job_id, job.data.user_id, now)
+        running.owner = self.owners.record(job.job_id, job.data.user_id)
+        if running.owner != job.data.user_id:
+            log.warning(
+                "job %s claims owner %s; its first record said %s, who alone may cancel it",
+                job.job_id,
+                job.data.user_id,
+                running.owner,
+            )
+        pending = self._take_cancel(running, now)
         if pending is not None:
             # Cancelled before it was fetched: skip it now, without waiting for a slot.
             running.cancel = pending
@@ -274,7 +301,7 @@ class StreamerService:
 
     def _launch(self, running: Running, now: float) -> None:
         job = running.job
-        pending = self.cancels.take(job.job_id, job.data.user_id, now)
+        pending = self._take_cancel(running, now)
         if pending is not None:
             running.cancel = pending
         self.running[job.job_id] = running
@@ -294,7 +321,10 @@ class StreamerService:
                 raise
             except Exception as exc:  # a process boundary: one job's bug must not stop us
                 log.exception("attempt %d crashed", job.data.attempt)
-                await failed(self.deps, job, InternalError(repr(exc)), _labels(job), time.time())
+                streamed = running.stream.streamed() if running.stream is not None else None
+                await failed(
+                    self.deps, job, InternalError(repr(exc)), _labels(job), time.time(), streamed
+                )
         except asyncio.CancelledError:
             raise  # shutdown: neither final event nor commit
         except KafkaError as exc:
@@ -318,6 +348,7 @@ class StreamerService:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_crash)
 
     async def _rerun_when_kafka_answers(self, running: Running) -> None:
         """Offer a job whose attempt Kafka lost again, as the next attempt, once Kafka answers.
@@ -338,25 +369,34 @@ class StreamerService:
             source=running.source,
             tp=running.tp,
             offset=running.offset,
+            owner=running.owner,
         )
         self._offer(again, data.priority.rank)
 
+    def _take_cancel(self, running: Running, now: float) -> CancelJobData | None:
+        pending = self.cancels.take(running.job.job_id, running.owner, now)
+        self.metrics.cancels_remembered.set(len(self.cancels))
+        return pending
+
     def _on_cancel(self, job_id: str, cancel: CancelJobData) -> None:
         running = self.running.get(job_id)
-        if running is None:
-            if not self._cancel_waiting(job_id, cancel):
-                # Not fetched yet (or owned by another instance): applied when it starts.
-                self.cancels.remember(job_id, cancel, time.monotonic())
-        elif may_cancel(cancel, running.job.data.user_id):
-            running.request_cancel(cancel)
-        else:
+        owner = running.owner if running is not None else self.owners.get(job_id)
+        if owner is not None and not may_cancel(cancel, owner):
+            self.metrics.cancels_ignored.inc()
             log.warning("ignored a cancel of job %s by user %s", job_id, cancel.user_id)
+        elif running is not None:
+            running.request_cancel(cancel)
+        elif not self._cancel_waiting(job_id, cancel):
+            # Not fetched yet (or owned by another instance): applied when it starts.
+            evicted = self.cancels.remember(job_id, cancel, time.monotonic())
+            self.metrics.cancels_evicted.inc(evicted)
+            self.metrics.cancels_remembered.set(len(self.cancels))
 
     def _cancel_waiting(self, job_id: str, cancel: CancelJobData) -> bool:
         """Cancel a job fetched but waiting for a slot (or a retry) at once, without a slot."""
 
         def matches(r: Running) -> bool:
-            return r.job.job_id == job_id and may_cancel(cancel, r.job.data.user_id)
+            return r.job.job_id == job_id and may_cancel(cancel, r.owner)
 
         dropped = self.scheduler.drop(matches)
         delayed = [d for d in self._delayed if matches(d[2])]
@@ -375,19 +415,19 @@ class StreamerService:
         """Publish the cancelled event of a job that never started, then release its offset."""
         assert waiting.cancel is not None
         data = waiting.job.data
-        await publish_cancelled(self.deps, waiting.job, waiting.cancel, last_seq=-1)
+        cancel = waiting.cancel
+        # Retried until written: its offset stays uncommitted until the event is out.
+        await retry_until_done(
+            lambda: publish_cancelled(self.deps, waiting.job, cancel),
+            (KafkaError,),
+            what="publishing a cancel",
+            first_delay_s=self.settings.streamer_retry_base_s or 0.5,
+            max_delay_s=self.settings.streamer_retry_max_s or 10.0,
+            log_extra={"job_id": waiting.job.job_id},
+        )
         self.metrics.jobs_cancelled.labels(data.job_type, data.priority.value).inc()
         if waiting.tp is not None:
             self._intakes[waiting.source].done(waiting.tp, waiting.offset)
-
-    async def _dead_letter(
-        self, value: bytes | None, reason: str, error_type: str, tp: TopicPartition, offset: int
-    ) -> None:
-        log.warning("dead-lettering %s[%d]@%d: %s", tp.topic, tp.partition, offset, reason)
-        self.metrics.dead_lettered.labels(error_type).inc()
-        assert self._producer is not None
-        record = poison_record(value, reason, error_type, tp.topic, tp.partition, offset)
-        await publish(self._producer, dlq_topic(self.settings.topic_prefix), record)
 
 
 def create_service(
@@ -398,3 +438,12 @@ def create_service(
 
 def _labels(job: RunJob) -> tuple[str, str]:
     return job.data.job_type, job.data.priority.value
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A job task's unexpected error is logged at once, not when the task is collected.
+
+    Its offset stays uncommitted, so the job runs again after a restart or rebalance.
+    """
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("a job task crashed: %r", exc, exc_info=exc)

@@ -17,7 +17,7 @@ class Chunk:
 class Chunker:
     """Collects token deltas of one attempt and cuts them into numbered chunks (seq 0, 1, ...)."""
 
-    __slots__ = ("_first_at", "_parts", "_window_s", "max_tokens", "next_seq", "texts")
+    __slots__ = ("_first_at", "_parts", "_window_s", "max_tokens", "next_seq", "texts", "tokens")
 
     def __init__(self, *, window_ms: float = 30.0, max_tokens: int = 16) -> None:
         self._window_s = window_ms / 1000.0
@@ -26,6 +26,7 @@ class Chunker:
         self._first_at = 0.0
         self.next_seq = 0
         self.texts: list[str] = []  # every flushed chunk's text, for the final response
+        self.tokens = 0  # tokens of every flushed chunk: what a cut-short attempt streamed
 
     @property
     def pending(self) -> int:
@@ -66,6 +67,7 @@ class Chunker:
         chunk = Chunk(self.next_seq, text, len(self._parts), self._first_at, now)
         self._parts = []
         self.next_seq += 1
+        self.tokens += chunk.tokens  # per chunk, not per token
         self.texts.append(text)
         return chunk
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
+from services.streamer.rejects import Rejected
 from shared.contracts import CancelJob, CancelJobData, parse_record
 from shared.kafka import KafkaOptions, assign_every_partition
 from shared.topics import control_topic
@@ -16,16 +20,27 @@ log = logging.getLogger(__name__)
 
 
 class ControlReader:
+    """Obeys cancels; a record it cannot read or obey goes to `skip` and the reading goes on.
+
+    `skip` must not block: cancels of running jobs must not wait behind a slow DLQ.
+    """
+
     def __init__(
         self,
         bootstrap: str,
         prefix: str,
         on_cancel: Callable[[str, CancelJobData], None],
+        skip: Callable[[Rejected], None],
         *,
+        on_kafka_error: Callable[[], None] = lambda: None,
+        backoff_s: tuple[float, float] = (0.2, 10.0),
         security: KafkaOptions | None = None,
     ) -> None:
         self.topic = control_topic(prefix)
         self.on_cancel = on_cancel
+        self.skip = skip
+        self.on_kafka_error = on_kafka_error
+        self.backoff_s = backoff_s
         # No group: each instance must see every cancel, whichever instance runs the job.
         self.consumer = AIOKafkaConsumer(
             **(security or {}), bootstrap_servers=bootstrap, enable_auto_commit=False
@@ -49,16 +64,47 @@ class ControlReader:
         await self.consumer.stop()
 
     async def loop(self) -> None:
+        first_delay, max_delay = self.backoff_s
+        delay = first_delay
         while True:
-            batch = await self.consumer.getmany(timeout_ms=500)
+            try:
+                batch = await self.consumer.getmany(timeout_ms=500)
+            except KafkaError as exc:
+                self.on_kafka_error()
+                log.warning("control: fetch failed (%r); retry in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+                continue
+            delay = first_delay
             for records in batch.values():
                 for record in records:
-                    try:
-                        parsed = parse_record(record.value or b"")
-                    except ValidationError:
-                        # The control topic is shared by every instance; one bad record is
-                        # logged here, not dead-lettered N times.
-                        log.warning("unparseable control record at offset %d", record.offset)
-                        continue
-                    if isinstance(parsed, CancelJob):
-                        self.on_cancel(parsed.job_id, parsed.data)
+                    self._read(record)
+
+    def _read(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        def skip(reason: str, error_type: str) -> None:
+            self.skip(
+                Rejected(
+                    record.key,
+                    record.value,
+                    reason,
+                    error_type,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                )
+            )
+
+        try:
+            parsed = parse_record(record.value or b"")
+        except ValidationError as exc:
+            errors = exc.errors()
+            skip(f"invalid record: {errors[0]['msg'] if errors else exc}", "ValidationError")
+            return
+        if not isinstance(parsed, CancelJob):
+            skip(f"unexpected record type {parsed.type!r}", "WrongType")
+            return
+        try:
+            self.on_cancel(parsed.job_id, parsed.data)
+        except Exception as exc:  # a record boundary: one cancel must not stop every other
+            log.exception("control record at offset %d broke the reader", record.offset)
+            skip(repr(exc), type(exc).__name__)

@@ -18,14 +18,43 @@ from pydantic import ValidationError
 from services.streamer.claims import decode, encode
 from services.streamer.job import Running
 from services.streamer.offsets import OffsetTracker
+from services.streamer.rejects import Rejected
 from shared.contracts import RunJob, parse_record
+from shared.deadletter import MAX_JOB_ID_CHARS
 
 log = logging.getLogger(__name__)
 
 # Called with a job parsed from a record; the intake tracks its offset until `done`.
 Offer = Callable[[Running, int], None]
-# Called with (record value, reason, error type, tp, offset) for a poison record.
-DeadLetter = Callable[[bytes | None, str, str, TopicPartition, int], Awaitable[None]]
+# Called with a record that cannot be run; returns once it is dead-lettered and its
+# failure published (retrying Kafka errors itself), so its offset may then be committed.
+DeadLetter = Callable[[Rejected], Awaitable[None]]
+
+
+class Unrunnable(Exception):
+    """A job record the streamer cannot run; trying it again would not help."""
+
+    retriable = False
+
+
+class WrongType(Unrunnable):
+    """A valid record of another type than RunJob on a job topic."""
+
+
+def check_runnable(job: RunJob, now: datetime, max_delay_s: float) -> None:
+    """Raise `Unrunnable` for what validation lets through but the streamer cannot run."""
+    if not job.job_id or len(job.job_id) > MAX_JOB_ID_CHARS:
+        raise Unrunnable(f"job id must be 1 to {MAX_JOB_ID_CHARS} characters")
+    data = job.data
+    if data.submitted_at.tzinfo is None:
+        raise Unrunnable("submitted_at has no time zone")
+    not_before = data.not_before
+    if not_before is not None:
+        if not_before.tzinfo is None:
+            raise Unrunnable("not_before has no time zone")
+        # Its offset stays uncommitted while it waits: a far-off time would hold the partition.
+        if (not_before - now).total_seconds() > max_delay_s:
+            raise Unrunnable(f"not_before is more than {max_delay_s:g} s ahead")
 
 
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
@@ -59,7 +88,14 @@ class Intake:
         on_revoke: Callable[[set[TopicPartition]], None],
         admin: AIOKafkaAdminClient,
         group_id: str,
+        *,
+        max_delay_s: float = 3600.0,
+        on_kafka_error: Callable[[], None] = lambda: None,
+        backoff_s: tuple[float, float] = (0.2, 10.0),
     ) -> None:
+        self.max_delay_s = max_delay_s
+        self.on_kafka_error = on_kafka_error
+        self.backoff_s = backoff_s
         self.admin = admin
         self.group_id = group_id
         # Per partition: offset -> (job id, attempt) of attempts started and not final,
@@ -157,9 +193,20 @@ class Intake:
 
     async def fetch_loop(self) -> None:
         consumer = self.consumer
+        first_delay, max_delay = self.backoff_s
+        delay = first_delay
         while True:
-            self._pause_full_bands()
-            batch = await consumer.getmany(timeout_ms=100, max_records=500)
+            try:
+                self._pause_full_bands()
+                batch = await consumer.getmany(timeout_ms=100, max_records=500)
+            except KafkaError as exc:
+                # The loop outlives a broker hiccup; what was not fetched is fetched later.
+                self.on_kafka_error()
+                log.warning("%s: fetch failed (%r); retry in %.1fs", self.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+                continue
+            delay = first_delay
             for tp, records in batch.items():
                 for record in records:
                     self.offsets.track(tp, record.offset)
@@ -168,19 +215,27 @@ class Intake:
     async def _take(
         self, tp: TopicPartition, offset: int, key: bytes | None, value: bytes | None
     ) -> None:
+        def rejected(reason: str, error_type: str) -> Rejected:
+            return Rejected(key, value, reason, error_type, tp.topic, tp.partition, offset)
+
         try:
             parsed = parse_record(value or b"")
+            if not isinstance(parsed, RunJob):
+                raise WrongType(f"unexpected record type {parsed.type!r}")  # noqa: TRY301
+            check_runnable(parsed, datetime.now(UTC), self.max_delay_s)
         except ValidationError as exc:
             errors = exc.errors()
             reason = f"invalid record: {errors[0]['msg'] if errors else exc}"
-            await self.dead_letter(value, reason, "ValidationError", tp, offset)
-            self.done(tp, offset)
+            await self._reject(rejected(reason, "ValidationError"), tp, offset)
             return
-        if not isinstance(parsed, RunJob):
-            await self.dead_letter(
-                value, f"unexpected record type {parsed.type!r}", "WrongType", tp, offset
+        except Unrunnable as exc:
+            await self._reject(rejected(str(exc), type(exc).__name__), tp, offset)
+            return
+        except Exception as exc:  # a record boundary: nothing read from Kafka may stop the loop
+            log.exception(
+                "%s: record %s[%d]@%d broke the intake", self.name, tp.topic, tp.partition, offset
             )
-            self.done(tp, offset)
+            await self._reject(rejected(repr(exc), type(exc).__name__), tp, offset)
             return
         previous = self.previous_attempt(tp, offset, parsed.job_id)
         if previous >= parsed.data.attempt:
@@ -196,6 +251,11 @@ class Intake:
         if not_before is not None:
             running.due = time.monotonic() + (not_before - datetime.now(UTC)).total_seconds()
         self.offer(running, self.rank_of(tp.topic, parsed))
+
+    async def _reject(self, rejected: Rejected, tp: TopicPartition, offset: int) -> None:
+        # Only once the DLQ and the events topic have it may the offset move past it.
+        await self.dead_letter(rejected)
+        self.done(tp, offset)
 
     async def commit_loop(self) -> None:
         while True:

@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -17,6 +17,9 @@ from prometheus_client import Gauge
 from services.streamer.breaker import CircuitBreaker
 from services.streamer.metrics import StreamerMetrics
 from shared.contracts import CancelJobData, RunJob
+
+if TYPE_CHECKING:
+    from services.streamer.stream import AttemptStream
 
 CANCEL = object()  # queue marker: the user cancelled while streaming
 
@@ -76,6 +79,14 @@ class Running:
     cancel: CancelJobData | None = None
     reader: asyncio.Task[None] | None = None
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    # Whose cancels count: the owner of the first RunJob this instance saw for the job id,
+    # not whatever a later record claims.
+    owner: str = ""
+    stream: AttemptStream | None = None  # the attempt's stream once it reached the upstream
+
+    def __post_init__(self) -> None:
+        if not self.owner:
+            self.owner = self.job.data.user_id
 
     def request_cancel(self, cancel: CancelJobData) -> None:
         if self.cancel is not None:

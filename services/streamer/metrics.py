@@ -73,6 +73,49 @@ class StreamerMetrics:
             ("reason",),
             registry=registry,
         )
+        self.rejected_jobs_failed = Counter(
+            "streamjobs_streamer_rejected_jobs_failed_total",
+            "Job records rejected at intake whose job.failed was published, by error type",
+            ("reason",),
+            registry=registry,
+        )
+        self.rejected_without_job_id = Counter(
+            "streamjobs_streamer_rejected_without_job_id_total",
+            "Job records rejected at intake with no job id to report a failure under",
+            registry=registry,
+        )
+        self.control_records_skipped = Counter(
+            "streamjobs_streamer_control_records_skipped_total",
+            "Control records that could not be read or obeyed, by error type",
+            ("reason",),
+            registry=registry,
+        )
+        self.control_dead_letters_dropped = Counter(
+            "streamjobs_streamer_control_dead_letters_dropped_total",
+            "Skipped control records not dead-lettered because the DLQ backlog was full",
+            registry=registry,
+        )
+        self.cancels_ignored = Counter(
+            "streamjobs_streamer_cancels_ignored_total",
+            "Cancels ignored because they came from neither the job's owner nor an admin",
+            registry=registry,
+        )
+        self.cancels_evicted = Counter(
+            "streamjobs_streamer_remembered_cancels_evicted_total",
+            "Remembered cancels of unfetched jobs dropped, oldest first, to stay within bound",
+            registry=registry,
+        )
+        self.cancels_remembered = Gauge(
+            "streamjobs_streamer_remembered_cancels",
+            "Cancels remembered for jobs not fetched yet",
+            registry=registry,
+        )
+        self.loop_errors = Counter(
+            "streamjobs_streamer_loop_errors_total",
+            "Kafka errors a consumer loop survived by backing off, per loop",
+            ("loop",),
+            registry=registry,
+        )
         self.attempts_lost_to_kafka = Counter(
             "streamjobs_streamer_attempts_lost_to_kafka_total",
             "Attempts abandoned because Kafka failed under them; each job runs again",

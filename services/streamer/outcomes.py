@@ -6,6 +6,8 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from services.streamer.job import Deps, Outcome
+from services.streamer.rejects import MAX_ORIGINAL_BYTES
+from services.streamer.streamed import Streamed, nothing_streamed
 from services.streamer.upstream import UpstreamError
 from shared.contracts import (
     CancelJobData,
@@ -26,8 +28,10 @@ log = logging.getLogger(__name__)
 
 
 async def publish_cancelled(
-    deps: Deps, job: RunJob, cancel: CancelJobData, *, last_seq: int
+    deps: Deps, job: RunJob, cancel: CancelJobData, streamed: Streamed | None = None
 ) -> None:
+    """The cancelled fact, with what the attempt had streamed (nothing when it never ran)."""
+    so_far = streamed if streamed is not None else nothing_streamed(job.data)
     await publish(
         deps.producer,
         events_topic(deps.prefix),
@@ -35,7 +39,12 @@ async def publish_cancelled(
             job_id=job.job_id,
             trace_id=job.trace_id,
             data=JobCancelledData(
-                attempt=job.data.attempt, reason=cancel.reason, last_seq=last_seq
+                attempt=job.data.attempt,
+                reason=cancel.reason,
+                last_seq=so_far.last_seq,
+                model=so_far.model,
+                usage=so_far.usage,
+                usage_estimated=so_far.estimated,
             ),
         ),
     )
@@ -53,9 +62,19 @@ async def requeue(deps: Deps, job: RunJob, *, attempt: int, delay: float) -> dat
 
 
 async def failed(
-    deps: Deps, job: RunJob, exc: UpstreamError, labels: tuple[str, str], started: float
+    deps: Deps,
+    job: RunJob,
+    exc: UpstreamError,
+    labels: tuple[str, str],
+    started: float,
+    streamed: Streamed | None = None,
 ) -> Outcome:
+    """Retry a retriable failure while attempts remain; else the failed fact and the DLQ.
+
+    `streamed` is what the attempt had streamed; None when it never reached the upstream.
+    """
     data = job.data
+    so_far = streamed if streamed is not None else nothing_streamed(data)
     deps.metrics.job_duration.labels("failed").observe(deps.clock() - started)
     reason = f"{exc.kind}: {exc}"
     if exc.retriable and data.attempt < deps.retry.max_attempts:
@@ -91,6 +110,10 @@ async def failed(
                 reason=reason,
                 error_type=type(exc).__name__,
                 retriable=exc.retriable,
+                last_seq=so_far.last_seq,
+                model=so_far.model,
+                usage=so_far.usage,
+                usage_estimated=so_far.estimated,
             ),
         ),
     )
@@ -109,7 +132,8 @@ async def failed(
                     else job_topic(data.priority, deps.prefix)
                 ),
                 attempts=data.attempt,
-                original=job.model_dump_json(),
+                # Bounded like every DLQ copy: the job itself stays in its source topic.
+                original=job.model_dump_json()[: MAX_ORIGINAL_BYTES // 2],
             ),
         ),
     )

@@ -33,7 +33,7 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
     labels = (data.job_type, data.priority.value)
     events = events_topic(deps.prefix)
     if running.cancel is not None:
-        await publish_cancelled(deps, job, running.cancel, last_seq=-1)
+        await publish_cancelled(deps, job, running.cancel)
         deps.metrics.jobs_cancelled.labels(*labels).inc()
         return Outcome.CANCELLED
     if data.attempt > deps.retry.max_attempts:
@@ -64,6 +64,7 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
     )
     log.info("attempt %d started (%s, %s)", data.attempt, data.job_type, data.priority.value)
     stream = AttemptStream(running, deps, started)
+    running.stream = stream  # what it streamed, should the attempt crash past this point
     error: UpstreamError | None = None
     try:
         end = await stream.run()
@@ -77,11 +78,11 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
         deps.breaker_gauge.set(deps.breaker.state)
         deps.metrics.upstream_errors.labels(error.kind).inc()
         await stream.drain()
-        return await failed(deps, job, error, labels, started)
+        return await failed(deps, job, error, labels, started, stream.streamed())
     if end is None:
         await stream.drain()
         assert running.cancel is not None
-        await publish_cancelled(deps, job, running.cancel, last_seq=stream.chunker.last_seq)
+        await publish_cancelled(deps, job, running.cancel, stream.streamed())
         deps.metrics.jobs_cancelled.labels(*labels).inc()
         deps.metrics.job_duration.labels("cancelled").observe(deps.clock() - started)
         return Outcome.CANCELLED

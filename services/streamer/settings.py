@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 
 from shared.settings import CommonSettings
 from shared.topics import GROUP_STREAMER
@@ -28,8 +28,28 @@ class StreamerSettings(CommonSettings):
     streamer_retry_group_id: str = "streamjobs-streamer-retry"
     streamer_session_timeout_ms: int = Field(default=10_000, ge=1000)
     streamer_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
-    streamer_cancel_ttl_s: float = Field(default=3600.0, gt=0)
-    streamer_cancel_capacity: int = Field(default=10_000, ge=1)
+    streamer_cancel_ttl_s: float = Field(
+        default=3600.0, gt=0, description="how long a cancel of a job not fetched yet is kept"
+    )
+    streamer_max_remembered_cancels: int = Field(
+        default=10_000,
+        ge=1,
+        # The older name still configures it.
+        validation_alias=AliasChoices(
+            "streamer_max_remembered_cancels", "streamer_cancel_capacity"
+        ),
+        description="cancels of jobs not fetched yet kept at most, in all; oldest evicted first",
+    )
+    streamer_max_known_owners: int = Field(
+        default=100_000,
+        ge=1,
+        description="job ids whose first-seen owner is remembered to authorise their cancels",
+    )
+    streamer_max_not_before_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="a job record due later than this from now is rejected, not held",
+    )
     streamer_use_aiohttp_client: bool = Field(
         default=True, description="openai.DefaultAioHttpClient when available: faster at scale"
     )

@@ -11,11 +11,14 @@ from typing import Any
 
 from services.streamer.chunker import Chunk, Chunker
 from services.streamer.job import CANCEL, Deps, Running
+from services.streamer.streamed import Streamed, nothing_streamed, streamed_so_far
 from services.streamer.upstream import (
     StreamEnd,
     UpstreamError,
+    UpstreamModel,
     UpstreamServerError,
     UpstreamTimeout,
+    UpstreamUsage,
     stream_tokens,
 )
 from shared.contracts import TokenChunk, TokenChunkData
@@ -38,6 +41,8 @@ class AttemptStream:
         self.started = started
         self.chunker = Chunker(window_ms=deps.window_ms, max_tokens=deps.max_tokens)
         self.first_token_at: float | None = None
+        self.model = running.job.data.config.model
+        self.reported: UpstreamUsage | None = None
         self._sends: list[asyncio.Future[Any]] = []
         self._topic = chunks_topic(deps.prefix)
         self._key = running.job.job_id.encode()
@@ -81,8 +86,10 @@ class AttemptStream:
                     if chunk is not None:
                         await self._send(chunk)
                     if now >= job_deadline:
+                        await self._flush()  # what was read counts as streamed
                         raise UpstreamTimeout("job timeout") from None
                     if now >= idle_deadline:
+                        await self._flush()
                         raise UpstreamTimeout(f"no token for {idle_s:g} s") from None
                     continue
             if type(item) is str:
@@ -100,9 +107,26 @@ class AttemptStream:
             elif item is CANCEL:
                 await self._flush()
                 return None
+            elif isinstance(item, UpstreamModel):
+                self.model = item.model
+            elif isinstance(item, UpstreamUsage):
+                self.reported = item
             else:
                 await self._flush()
                 raise item
+
+    def streamed(self) -> Streamed:
+        """What this attempt has streamed so far (published chunks), for a cut-short end."""
+        if self.running.reader is None:  # cancelled before the upstream was asked
+            return nothing_streamed(self.running.job.data)
+        chunker = self.chunker
+        return streamed_so_far(
+            self.running.job.data,
+            model=self.model,
+            last_seq=chunker.last_seq,
+            tokens=chunker.tokens,
+            reported=self.reported,
+        )
 
     async def _flush(self) -> None:
         chunk = self.chunker.flush(self.deps.clock())

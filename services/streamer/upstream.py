@@ -71,6 +71,22 @@ class StreamEnd:
     total_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamModel:
+    """The model the upstream says it streams with, when it differs from the one asked for."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamUsage:
+    """The usage the upstream reported, as soon as it did (before the stream's end)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 def make_client(base_url: str, api_key: str, *, aiohttp_client: bool) -> openai.AsyncOpenAI:
     # Retries are ours (backoff, retry topic, breaker): the SDK must not retry on its own.
     http_client: Any = None
@@ -119,8 +135,11 @@ def messages_for(job: RunJobData) -> list[Any]:
 
 async def stream_tokens(
     client: openai.AsyncOpenAI, job: RunJobData
-) -> AsyncIterator[str | StreamEnd]:
+) -> AsyncIterator[str | StreamEnd | UpstreamModel | UpstreamUsage]:
     """Yield each content delta, then one `StreamEnd`; raises `UpstreamError`.
+
+    The model (when it differs from the one asked for) and the usage are also yielded
+    as they arrive, once each, so an attempt cut short can still report them.
 
     Closing the generator (task cancelled) closes the HTTP stream at once.
     """
@@ -150,8 +169,14 @@ async def stream_tokens(
         )
         async with stream:
             async for chunk in stream:
+                if chunk.model and chunk.model != model:
+                    model = chunk.model
+                    yield UpstreamModel(model)
                 if chunk.usage is not None:
                     usage = chunk.usage
+                    yield UpstreamUsage(
+                        usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
+                    )
                 if not chunk.choices:
                     continue
                 choice = chunk.choices[0]
@@ -161,7 +186,6 @@ async def stream_tokens(
                     yield text
                 if choice.finish_reason is not None:
                     finish_reason = choice.finish_reason
-                model = chunk.model or model
     except openai.OpenAIError as exc:
         raise classify(exc) from exc
     if finish_reason is None:

@@ -304,6 +304,9 @@ async def test_cancel_of_a_queued_job_skips_it_without_calling_the_llm(
     events = await events_until_final(kafka_bootstrap, topic_prefix, queued.job_id)
     assert [e.type for e in events] == ["job.cancelled"]
     assert events[0].data.last_seq == -1
+    usage = events[0].data.usage
+    assert usage is not None and usage.total_tokens == 0, "never asked, nothing used"
+    assert not events[0].data.usage_estimated
     blocker_events = await events_until_final(kafka_bootstrap, topic_prefix, blocker.job_id)
     assert events[0].occurred_at < blocker_events[-1].occurred_at, (
         "a waiting job is cancelled at once, not when a slot frees"
@@ -389,7 +392,7 @@ async def test_poison_records_go_to_the_dlq_and_the_consumer_carries_on(
     bad_id = str(uuid.uuid4())
     await producer.send_and_wait(topic, b"\xffnot json at all", key=b"poison-1")
     await producer.send_and_wait(
-        topic, json.dumps({"type": "job.run", "job_id": bad_id, "data": {}}).encode(), key=b"x"
+        topic, json.dumps({"type": "job.run", "job_id": bad_id, "data": {}}).encode(), key=None
     )
     good = make_job("Still works. [[sim tokens=5]]")
     await submit(producer, topic_prefix, good)

@@ -69,3 +69,12 @@ def test_an_empty_stream_has_last_seq_minus_one() -> None:
     assert c.flush(0.0) is None
     assert c.last_seq == -1
     assert c.response() == ""
+
+
+def test_the_chunker_counts_the_tokens_of_every_flushed_chunk() -> None:
+    c = Chunker(window_ms=1000, max_tokens=4)
+    for i, t in enumerate("abcdefg"):
+        c.add(t, 0.001 * i)
+    assert c.tokens == 5  # "a" alone, then "bcde"; "fg" still pending
+    c.flush(1.0)
+    assert c.tokens == 7 and c.last_seq == 2
