@@ -109,21 +109,26 @@ class RevocationFollower:
         self.prefix = prefix
         self.topic = revocations_topic(prefix)
         self.verifier = verifier
-        # No group: every instance of every service must see every revocation.
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id or "streamjobs-revocations",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        self._started = False
+        self.client_id = client_id or "streamjobs-revocations"
+        self._consumer: AIOKafkaConsumer | None = None
         self.caught_up = False
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        assert self._consumer is not None, "the follower is not started"
+        return self._consumer
 
     async def start(self, *, catchup_timeout_s: float = 15.0) -> None:
         """Join the topic and read it to its end, so no revoked token is served at start-up."""
         await ensure_revocations_topic(self.bootstrap, self.prefix)
-        await self.consumer.start()
-        self._started = True
+        # No group: every instance of every service must see every revocation.
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            client_id=self.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await self._consumer.start()
         tps = await assign_every_partition(self.consumer, [self.topic])
         await self.consumer.seek_to_beginning(*tps)
         ends = await self.consumer.end_offsets(tps)
@@ -176,9 +181,9 @@ class RevocationFollower:
             await self.poll()
 
     async def stop(self) -> None:
-        if self._started:
-            self._started = False
-            await self.consumer.stop()
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
 
 
 async def follow_revocations(

@@ -43,6 +43,7 @@ class TokenVerifier:
         self._cache: OrderedDict[str, VerifiedToken] = OrderedDict()
         self._revoked: dict[str, float] = {}  # jti -> the token's expiry
         self._since_prune = 0
+        self._listeners: list[Callable[[str], None]] = []
 
     @classmethod
     def from_settings(cls, settings: CommonSettings) -> TokenVerifier:
@@ -76,12 +77,18 @@ class TokenVerifier:
         """The principal of an `Authorization: Bearer <token>` header value."""
         return self.verify(bearer_token(authorization))
 
+    def on_revoke(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(token_id)` on each revocation: e.g. to close streams it opened."""
+        self._listeners.append(listener)
+
     def revoke(self, token_id: str, expires_at: float) -> None:
         """Refuse the token `token_id` from now on (until its own expiry makes it moot)."""
         now = self._clock()
         if expires_at <= now:
             return
         self._revoked[token_id] = expires_at
+        for listener in self._listeners:
+            listener(token_id)
         self._since_prune += 1
         if self._since_prune >= PRUNE_EVERY:
             self._since_prune = 0

@@ -52,6 +52,7 @@ class NotifierService:
             s, self.hub, self.metrics, registry, self._ready_now, verifier=self.verifier
         )
         self.sse = SseEndpoint(s, self.hub, self.metrics, verifier=self.verifier)
+        self.verifier.on_revoke(self.ws.close_revoked)
         self.reader: Reader | None = None
         self.port = 0
         self.sse_port = 0

@@ -218,6 +218,13 @@ class WebSocketEndpoint:
                 channel = message.channel if isinstance(message, Subscribe) else None
                 client.push([error_frame(exc.code, exc.message, channel=channel)])
 
+    def close_revoked(self, token_id: str) -> None:
+        """A revoked token ends the connections it opened, not only the next ones."""
+        for client in list(self.clients):
+            if client.principal is not None and client.principal.token_id == token_id:
+                client.push([error_frame("token_revoked", "the token was revoked")])
+                client.close(CLOSE_AUTH, "token revoked")
+
     def sweep(self, now: float) -> None:
         """Close connections whose send has been blocked too long (the client stopped reading)."""
         limit = self.settings.notifier_slow_consumer_s

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from deploy.localstack.procs import free_port
 from services.gateway.app import GatewayService
@@ -125,6 +126,9 @@ async def test_token_revoked_while_services_run_is_refused_everywhere_within_sec
         probe = Probe(http, gateway, results, notifier)
         # Used before the revocation: each service has it cached as valid.
         assert await probe.accepted_by(doomed) == everywhere
+        live = await stack.enter_async_context(connect(f"ws://127.0.0.1:{notifier.port}/ws"))
+        await live.send(json.dumps({"type": "auth", "token": doomed}))
+        assert json.loads(await asyncio.wait_for(live.recv(), 10))["type"] == "authenticated"
 
         verified = decode_token(auth_secret, doomed)
         await revoke(
@@ -141,6 +145,12 @@ async def test_token_revoked_while_services_run_is_refused_everywhere_within_sec
             message="the revoked token refused by gateway, results and notifier",
         )
         assert await probe.accepted_by(kept) == everywhere
+        # The connection it had opened is closed too, not left streaming.
+        frame = json.loads(await asyncio.wait_for(live.recv(), REVOKED_WITHIN_S))
+        assert frame["code"] == "token_revoked", frame
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(live.recv(), REVOKED_WITHIN_S)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
 
         # A gateway started after the revocation has read it before serving.
         late = gateway_for(kafka_bootstrap, topic_prefix, auth_secret)
