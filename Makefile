@@ -93,5 +93,10 @@ schemas: install ## regenerate docs/asyncapi.json and docs/schemas/ from the mod
 token: install ## print an API token: make token USER_ID=alice [SCOPES=jobs:read,jobs:write]
 	@. $(abspath $(STACK_ENV)) && $(PY) -m shared.token_cli '$(or $(USER_ID),demo)' $(if $(SCOPES),--scopes '$(SCOPES)')
 
+.PHONY: revoke
+revoke: install ## revoke a token by its id, honoured by every service within seconds: make revoke JTI=...
+	@test -n "$(JTI)" || { echo "usage: make revoke JTI=<token id printed by make token>" >&2; exit 2; }
+	@. ./$(STACK_ENV) && $(PY) -m shared.token_cli revoke $(JTI)
+
 clean: stop ## stop the stack and delete its data (keeps the Kafka jar cache)
 	rm -rf .state/stack .state/stack.env .state/test

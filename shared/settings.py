@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.auth import ADMIN_TOKEN_TTL_S, DEFAULT_LEEWAY_S, MIN_SECRET_BYTES, USER_TOKEN_TTL_S
 
 # --- Kafka client security: how every producer, consumer and admin client authenticates ---
 
@@ -57,8 +59,37 @@ class CommonSettings(KafkaSecuritySettings):
     topic_prefix: str = "streamjobs"
     job_partitions: int = Field(default=4, ge=1, description="partitions of each topic")
     streamjobs_auth_secret: SecretStr = Field(
-        description="HMAC key that signs API tokens; the same in every service"
+        description="HMAC-SHA256 key that signs API tokens (JWT HS256); the same in every"
+        f" service, at least {MIN_SECRET_BYTES} bytes"
+    )
+    streamjobs_auth_leeway_s: float = Field(
+        default=DEFAULT_LEEWAY_S, ge=0, description="clock skew allowed on a token's `iat`"
+    )
+    streamjobs_auth_cache_size: int = Field(
+        default=10_000, ge=0, description="verified tokens kept in memory (LRU); 0 disables"
+    )
+    streamjobs_auth_revocations_catchup_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="start-up waits this long to read every revocation before serving",
+    )
+    streamjobs_token_ttl_s: int = Field(
+        default=USER_TOKEN_TTL_S, gt=0, description="lifetime of a minted user token"
+    )
+    streamjobs_admin_token_ttl_s: int = Field(
+        default=ADMIN_TOKEN_TTL_S, gt=0, description="lifetime of a minted admin token"
     )
     log_level: str = "INFO"
     log_json: bool = True
     instance_id: str = Field(default="", description="defaults to host:pid")
+
+    @field_validator("streamjobs_auth_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr) -> SecretStr:
+        # HS256 is only as strong as its key: RFC 7518 asks for at least the hash size.
+        if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"STREAMJOBS_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes"
+                " (e.g. `openssl rand -hex 32`)"
+            )
+        return value

@@ -57,6 +57,11 @@ def chunks_topic(prefix: str = PREFIX) -> str:
     return f"{prefix}.chunks"
 
 
+def revocations_topic(prefix: str = PREFIX) -> str:
+    """Revoked token ids (key: jti), compacted, one partition; created by shared.revocation."""
+    return f"{prefix}.revocations"
+
+
 def all_topics(prefix: str = PREFIX) -> list[str]:
     return [
         *job_topics(prefix),

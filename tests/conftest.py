@@ -22,7 +22,7 @@ from shared.kafka import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".state"
-AUTH_SECRET = "test-secret-0123456789abcdef"
+AUTH_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture(scope="session")

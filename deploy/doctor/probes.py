@@ -174,7 +174,7 @@ async def round_trip(
                         "job round trip",
                         False,
                         f"POST /api/v1/jobs: HTTP {resp.status} {payload}",
-                        "a 401 means STREAMJOBS_TOKEN was signed with another secret",
+                        "a 401: STREAMJOBS_TOKEN has another secret, expired or was revoked",
                     )
             job_id = payload["job_id"]
             say(f"  submitted job {job_id} ({job_type}, priority {priority})")

@@ -51,7 +51,7 @@ from shared.api import (
     JobSubmission,
     JobTypeView,
 )
-from shared.auth import SCOPE_READ, SCOPE_WRITE, InvalidToken, Principal, principal_from_header
+from shared.auth import SCOPE_READ, SCOPE_WRITE, InvalidToken, Principal
 from shared.contracts import (
     CancelJob,
     CancelJobData,
@@ -67,6 +67,7 @@ from shared.kafka import traceparent
 from shared.lifecycle import JobStatus
 from shared.retry import retry_until_done
 from shared.topics import HEADER_TRACEPARENT, control_topic, events_topic, job_topic
+from shared.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class Api:
         publish: Publish,
         results: ResultsClient,
         *,
+        verifier: TokenVerifier,
         sse: SseClient | None = None,
     ) -> None:
         self.settings = settings
@@ -107,7 +109,7 @@ class Api:
         self.results = results
         self.sse = sse
         self.prefix = settings.topic_prefix
-        self.secret = settings.streamjobs_auth_secret.get_secret_value()
+        self.verifier = verifier
         self.base = settings.gateway_public_url.rstrip("/")
         self.ws_url = settings.gateway_public_ws_url or None
         self._pending: dict[str, asyncio.Future[None]] = {}
@@ -135,7 +137,7 @@ class Api:
 
     def principal(self, request: web.Request, scope: str) -> Principal:
         try:
-            who = principal_from_header(self.secret, request.headers.get("Authorization"))
+            who = self.verifier.from_header(request.headers.get("Authorization"))
         except InvalidToken as exc:
             raise Refused(
                 problem(

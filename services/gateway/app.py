@@ -20,8 +20,10 @@ from services.gateway.view import EventsView
 from shared.contracts import Envelope
 from shared.http import serve_http
 from shared.kafka import client_options, ensure_topics, make_producer, publish
+from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import control_topic, events_topic, job_topics
+from shared.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class GatewayService:
             if settings.notifier_sse_url
             else None
         )
+        self.verifier = TokenVerifier.from_settings(settings)
         self.port = 0
         self.api: Api | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -54,6 +57,10 @@ class GatewayService:
         self._stack = contextlib.AsyncExitStack()
         self._background = BackgroundTasks()
         self._started = False
+
+    @property
+    def background(self) -> BackgroundTasks:
+        return self._background
 
     @property
     def url(self) -> str:
@@ -106,10 +113,16 @@ class GatewayService:
             await self.sse.start()
             stack.push_async_callback(self.sse.stop)
 
+        await follow_revocations(
+            s, self.verifier, stack, self._background, client_id=f"gateway-{self.instance}"
+        )
+
         async def send(topic: str, envelope: Envelope) -> None:
             await publish(producer, topic, envelope)
 
-        self.api = Api(s, self.metrics, self.view, send, self.results, sse=self.sse)
+        self.api = Api(
+            s, self.metrics, self.view, send, self.results, verifier=self.verifier, sse=self.sse
+        )
         stack.push_async_callback(self.api.drain)
         app = build_app(self.api, self.registry, ready=self._ready, info=self._info)
         self.port = await serve_http(app, s.gateway_host, s.gateway_port, stack)
@@ -128,6 +141,7 @@ class GatewayService:
         return {
             "kafka_producer": self._producer is not None and self._started,
             "events_view": self._reader is not None and self._reader.ready(),
+            "background_loops": self._background.healthy(),
         }
 
     async def _info(self) -> dict[str, bool]:

@@ -21,8 +21,10 @@ from services.notifier.sse import SseEndpoint
 from services.notifier.ws import WebSocketEndpoint
 from shared.http import add_ops_routes, serve_http
 from shared.kafka import client_options, ensure_topics
+from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import chunks_topic, events_topic
+from shared.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,12 @@ class NotifierService:
             max_resyncs=s.notifier_max_resyncs,
             max_subscriptions=s.notifier_max_subscriptions,
         )
-        self.ws = WebSocketEndpoint(s, self.hub, self.metrics, registry, self._ready_now)
-        self.sse = SseEndpoint(s, self.hub, self.metrics)
+        self.verifier = TokenVerifier.from_settings(settings)
+        self.ws = WebSocketEndpoint(
+            s, self.hub, self.metrics, registry, self._ready_now, verifier=self.verifier
+        )
+        self.sse = SseEndpoint(s, self.hub, self.metrics, verifier=self.verifier)
+        self.verifier.on_revoke(self.ws.close_revoked)
         self.reader: Reader | None = None
         self.port = 0
         self.sse_port = 0
@@ -54,6 +60,10 @@ class NotifierService:
         self._stack = contextlib.AsyncExitStack()
         self._background = BackgroundTasks()
         self._started = False
+
+    @property
+    def background(self) -> BackgroundTasks:
+        return self._background
 
     async def start(self) -> None:
         await start_or_unwind(self._stack, self._start)
@@ -80,6 +90,9 @@ class NotifierService:
         self._stack.push_async_callback(reader.stop)
         await reader.start()
         self._background.spawn(reader.run())
+        await follow_revocations(
+            s, self.verifier, self._stack, self._background, client_id=f"notifier-{self.instance}"
+        )
 
         server = await serve(
             self.ws.handler,
@@ -142,6 +155,7 @@ class NotifierService:
         return {
             "started": self._started,
             "history_replayed": self.reader is not None and self.reader.caught_up.is_set(),
+            "background_loops": self._background.healthy(),
         }
 
     async def _ready(self) -> dict[str, bool]:

@@ -19,8 +19,9 @@ from services.notifier.hub import FORBIDDEN, Hub, SubscribeError
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.protocol import MAX_ID_LENGTH
 from services.notifier.settings import NotifierSettings
-from shared.auth import InvalidToken, Principal, principal_from_header, verify_token
+from shared.auth import InvalidToken, Principal
 from shared.http import problem
+from shared.verifier import TokenVerifier
 
 PING = b": ping\n\n"
 
@@ -39,11 +40,18 @@ def parse_last_event_id(value: str | None) -> tuple[int, int | None]:
 
 
 class SseEndpoint:
-    def __init__(self, settings: NotifierSettings, hub: Hub, metrics: NotifierMetrics) -> None:
+    def __init__(
+        self,
+        settings: NotifierSettings,
+        hub: Hub,
+        metrics: NotifierMetrics,
+        *,
+        verifier: TokenVerifier,
+    ) -> None:
         self.settings = settings
         self.hub = hub
         self.metrics = metrics
-        self.secret = settings.streamjobs_auth_secret.get_secret_value()
+        self.verifier = verifier
         self._sent = metrics.frames_sent.labels("sse")
         self._gauge = metrics.connections.labels("sse")
 
@@ -53,8 +61,8 @@ class SseEndpoint:
     def _principal(self, request: web.Request) -> Principal:
         token = request.query.get("token")
         if token:
-            return verify_token(self.secret, token)
-        return principal_from_header(self.secret, request.headers.get("Authorization"))
+            return self.verifier.verify(token)
+        return self.verifier.from_header(request.headers.get("Authorization"))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         job_id = request.match_info["job_id"]

@@ -28,7 +28,8 @@ from services.notifier.hub import Hub, SubscribeError, error_frame
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.protocol import Auth, BadMessage, Ping, Subscribe, parse_message
 from services.notifier.settings import NotifierSettings
-from shared.auth import InvalidToken, Principal, verify_token
+from shared.auth import InvalidToken, Principal
+from shared.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,15 @@ class WebSocketEndpoint:
         metrics: NotifierMetrics,
         registry: CollectorRegistry,
         ready: ReadyCheck,
+        *,
+        verifier: TokenVerifier,
     ) -> None:
         self.settings = settings
         self.hub = hub
         self.metrics = metrics
         self.registry = registry
         self.ready = ready
-        self.secret = settings.streamjobs_auth_secret.get_secret_value()
+        self.verifier = verifier
         self.clients: set[Client] = set()
         self._sent = metrics.frames_sent.labels("ws")
         self._gauge = metrics.connections.labels("ws")
@@ -121,7 +124,7 @@ class WebSocketEndpoint:
             await self._refuse(ws, "auth_required", detail)
             return None
         try:
-            principal = verify_token(self.secret, message.token)
+            principal = self.verifier.verify(message.token)
         except InvalidToken as exc:
             self.metrics.auth_failures.labels("invalid").inc()
             await self._refuse(ws, "bad_token", str(exc))
@@ -214,6 +217,13 @@ class WebSocketEndpoint:
             except SubscribeError as exc:
                 channel = message.channel if isinstance(message, Subscribe) else None
                 client.push([error_frame(exc.code, exc.message, channel=channel)])
+
+    def close_revoked(self, token_id: str) -> None:
+        """A revoked token ends the connections it opened, not only the next ones."""
+        for client in list(self.clients):
+            if client.principal is not None and client.principal.token_id == token_id:
+                client.push([error_frame("token_revoked", "the token was revoked")])
+                client.close(CLOSE_AUTH, "token revoked")
 
     def sweep(self, now: float) -> None:
         """Close connections whose send has been blocked too long (the client stopped reading)."""

@@ -15,10 +15,11 @@ from services.results import reads
 from services.results.analytics import BUCKETS, GROUP_KEYS, AnalyticsQuery, analytics
 from services.results.metrics import ResultsMetrics
 from shared.api import API_PREFIX
-from shared.auth import InvalidToken, Principal, principal_from_header
+from shared.auth import InvalidToken, Principal
 from shared.http import problem
 from shared.lifecycle import JobStatus
 from shared.topics import Priority
+from shared.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,11 @@ def _not_found(job_id: str) -> web.Response:
 
 
 class ReadApi:
-    def __init__(self, pool: asyncpg.Pool, secret: str, metrics: ResultsMetrics) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, verifier: TokenVerifier, metrics: ResultsMetrics
+    ) -> None:
         self.pool = pool
-        self.secret = secret
+        self.verifier = verifier
         self.metrics = metrics
 
     def install(self, app: web.Application) -> None:
@@ -106,9 +109,7 @@ class ReadApi:
     ) -> web.StreamResponse:
         try:
             if route.startswith(API_PREFIX):
-                request[PRINCIPAL] = principal_from_header(
-                    self.secret, request.headers.get("Authorization")
-                )
+                request[PRINCIPAL] = self.verifier.from_header(request.headers.get("Authorization"))
             return await handler(request)
         except InvalidToken as exc:
             return problem(

@@ -21,8 +21,10 @@ from services.results.retention import sweep
 from services.results.settings import ResultsSettings
 from shared.http import add_ops_routes, serve_http
 from shared.kafka import client_options, ensure_topics, make_producer
+from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import chunks_topic, events_topic
+from shared.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +44,16 @@ class ResultsService:
         self.instance = settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
         self.persister: Persister | None = None
         self._observer = observer
+        self.verifier = TokenVerifier.from_settings(settings)
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._background = BackgroundTasks()
         self._stack = contextlib.AsyncExitStack()
         self._started = False
+
+    @property
+    def background(self) -> BackgroundTasks:
+        return self._background
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -94,9 +101,12 @@ class ResultsService:
             s, consumer, producer, pool, self.metrics, observer=self._observer
         )
 
+        await follow_revocations(
+            s, self.verifier, stack, self._background, client_id=f"results-{self.instance}"
+        )
         app = web.Application()
         add_ops_routes(app, self.registry, self._ready)
-        ReadApi(pool, s.streamjobs_auth_secret.get_secret_value(), self.metrics).install(app)
+        ReadApi(pool, self.verifier, self.metrics).install(app)
         self.port = await serve_http(app, s.results_host, s.results_port, stack)
 
         self._started = True
@@ -171,6 +181,7 @@ class ResultsService:
         return {
             "database": database and persister_ok,
             "kafka_consumer": self._consumer is not None and self._started,
+            "background_loops": self._background.healthy(),
         }
 
 

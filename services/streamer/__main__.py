@@ -13,7 +13,9 @@ from shared.runtime import run_until_signal
 def main() -> None:
     settings = StreamerSettings()
     configure("streamer", settings.log_level, json_lines=settings.log_json)
-    asyncio.run(run_until_signal(create_service(settings), "streamer"))
+    service = create_service(settings)
+    # A non-zero exit when a background loop died: the supervisor restarts the process.
+    raise SystemExit(asyncio.run(run_until_signal(service, "streamer", loops=service.background)))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,10 @@ class StreamerService:
         self._accepting = False
         self._started = False
 
+    @property
+    def background(self) -> BackgroundTasks:
+        return self._background
+
     async def start(self) -> None:
         await start_or_unwind(self._stack, self._start)
 
@@ -245,6 +249,7 @@ class StreamerService:
             "kafka_producer": producer_ok,
             "jobs_consumer": "jobs" in self._intakes and self._intakes["jobs"].ready(),
             "control_consumer": self._control is not None and self._control.ready(),
+            "background_loops": self._background.healthy(),
         }
 
     def _backlog(self, rank: int) -> int:

@@ -36,7 +36,7 @@ from shared.topics import Priority, chunks_topic, events_topic
 from tests.bench.figures import Figure, percentile, rss_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = "bench-secret-0123456789"
+SECRET = "bench-secret-0123456789abcdef0123456789"
 TEXT = "token " * 4  # a chunk of a few tokens, as the streamer coalesces them
 
 

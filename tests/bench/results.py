@@ -161,7 +161,7 @@ async def measure(
         kafka_bootstrap_servers=bootstrap,
         topic_prefix=prefix,
         database_url=dsn,
-        streamjobs_auth_secret="bench",
+        streamjobs_auth_secret="bench-secret-0123456789abcdef0123456789",
         results_port=0,
         results_host="127.0.0.1",
         results_group_id=f"{prefix}-results",

@@ -110,7 +110,7 @@ async def test_missing_or_forged_token_is_401(
     async with http.get(f"{base}/jobs") as resp:
         assert resp.status == 401
         assert (await resp.json(content_type=None))["type"].endswith("/unauthorized")
-    forged = Reader(http, f"http://127.0.0.1:{service.port}", "another-secret", "alice")
+    forged = Reader(http, f"http://127.0.0.1:{service.port}", "forger" * 6, "alice")
     status, _body = await forged.get("/jobs/x")
     assert status == 401
 

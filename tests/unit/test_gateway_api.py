@@ -19,8 +19,9 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.view import EventsView
 from shared.auth import issue_token
 from shared.contracts import CancelJob, Envelope, JobAccepted, JobFailed
+from shared.verifier import TokenVerifier
 
-SECRET = "unit-secret"
+SECRET = "unit-secret-at-least-32-bytes-long"
 
 
 class FakeKafka:
@@ -59,6 +60,7 @@ def make_api(
         view,
         kafka.publish,
         ResultsClient(settings.results_url, timeout_s=1),
+        verifier=TokenVerifier.from_settings(settings),
     )
     return api, registry
 

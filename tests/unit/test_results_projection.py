@@ -17,7 +17,7 @@ from tests.integration.results_kit import T0, job_script
 
 
 def settings() -> ResultsSettings:
-    return ResultsSettings(streamjobs_auth_secret="s")
+    return ResultsSettings(streamjobs_auth_secret="x" * 32)
 
 
 def test_events_in_order_complete_the_job() -> None:
@@ -88,7 +88,7 @@ def test_unknown_models_cost_the_default_and_snapshots_their_family() -> None:
 
 def test_prices_are_read_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESULTS_PRICES", '{"m": {"prompt": 1, "completion": 2}}')
-    assert ResultsSettings(streamjobs_auth_secret="s").price_of("m") == ModelPrice(
+    assert ResultsSettings(streamjobs_auth_secret="x" * 32).price_of("m") == ModelPrice(
         prompt=1, completion=2
     )
 

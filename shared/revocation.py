@@ -1,0 +1,204 @@
+"""Token revocation over Kafka: a compacted topic keyed by token id, read whole by every service.
+
+`revoke()` publishes one record; every service's `RevocationFollower` reads the topic from
+the beginning at start-up (before it serves) and then follows it, feeding its
+`TokenVerifier`. Each record carries the token's expiry, so readers drop entries that no
+longer matter and a tombstone (null value) may prune the topic after that time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from contextlib import AsyncExitStack
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from shared.kafka import assign_every_partition, make_producer
+from shared.runtime import BackgroundTasks
+from shared.settings import CommonSettings
+from shared.topics import revocations_topic
+from shared.verifier import TokenVerifier
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 500  # how soon a new revocation is seen, at worst
+
+
+class TokenRevoked(BaseModel):
+    """The value of a revocations record; the key is the same `jti`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    jti: str
+    exp: int  # the token's own expiry (epoch seconds): after it the entry is moot
+    revoked_at: int
+
+
+async def ensure_revocations_topic(bootstrap: str, prefix: str, *, timeout_s: float = 30.0) -> str:
+    """Create the compacted revocations topic if it is missing; returns its name."""
+    topic = revocations_topic(prefix)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            await admin.start()
+            if topic not in set(await admin.list_topics()):
+                brokers = (await admin.describe_cluster()).get("brokers") or [None]
+                # One partition: revocations are few and every reader wants them all, in order.
+                new = NewTopic(
+                    topic,
+                    num_partitions=1,
+                    replication_factor=min(3, len(brokers)),
+                    topic_configs={"cleanup.policy": "compact"},
+                )
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([new])
+                    log.info("created topic %s", topic)
+            # A reader that asks for the topic's metadata before its leader is elected is told
+            # it does not exist, and would not ask again for minutes: wait for the leader here.
+            while not await _has_leaders(admin, topic):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"topic {topic} has no leader after {timeout_s:g} s")
+                await asyncio.sleep(0.1)
+            return topic
+        except KafkaConnectionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+
+
+async def _has_leaders(admin: AIOKafkaAdminClient, topic: str) -> bool:
+    for described in await admin.describe_topics([topic]):
+        partitions = described.get("partitions") or []
+        if described.get("error_code") or not partitions:
+            return False
+        if any(p.get("error_code") or p.get("leader", -1) < 0 for p in partitions):
+            return False
+    return True
+
+
+async def revoke(bootstrap: str, prefix: str, token_id: str, expires_at: int) -> None:
+    """Publish the revocation of `token_id` and wait until the broker has it."""
+    topic = await ensure_revocations_topic(bootstrap, prefix)
+    record = TokenRevoked(jti=token_id, exp=expires_at, revoked_at=int(time.time()))
+    producer = make_producer(bootstrap, linger_ms=0, client_id="streamjobs-revoke")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topic, key=token_id.encode(), value=record.model_dump_json().encode()
+        )
+    finally:
+        await producer.stop()
+
+
+class RevocationFollower:
+    """Reads every revocation into a verifier: the whole topic at start, then as it grows."""
+
+    def __init__(
+        self, bootstrap: str, prefix: str, verifier: TokenVerifier, *, client_id: str = ""
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.topic = revocations_topic(prefix)
+        self.verifier = verifier
+        self.client_id = client_id or "streamjobs-revocations"
+        self._consumer: AIOKafkaConsumer | None = None
+        self.caught_up = False
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        assert self._consumer is not None, "the follower is not started"
+        return self._consumer
+
+    async def start(self, *, catchup_timeout_s: float = 15.0) -> None:
+        """Join the topic and read it to its end, so no revoked token is served at start-up."""
+        await ensure_revocations_topic(self.bootstrap, self.prefix)
+        # No group: every instance of every service must see every revocation.
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            client_id=self.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await self._consumer.start()
+        tps = await assign_every_partition(self.consumer, [self.topic])
+        await self.consumer.seek_to_beginning(*tps)
+        ends = await self.consumer.end_offsets(tps)
+        try:
+            async with asyncio.timeout(catchup_timeout_s):
+                while not await self._reached(ends):
+                    await self.poll()
+        except TimeoutError:
+            log.warning(
+                "revocations not read to the end after %g s; serving with %d known",
+                catchup_timeout_s,
+                self.verifier.revoked_count,
+            )
+        else:
+            self.caught_up = True
+        log.info("revocations followed: %d tokens revoked", self.verifier.revoked_count)
+
+    async def _reached(self, ends: dict[TopicPartition, int]) -> bool:
+        for tp, end in ends.items():
+            if await self.consumer.position(tp) < end:
+                return False
+        return True
+
+    async def poll(self) -> None:
+        batch = await self.consumer.getmany(timeout_ms=POLL_MS)
+        for records in batch.values():
+            for record in records:
+                self._apply(record)
+
+    def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.key is None:
+            log.warning("revocation without a key at offset %d", record.offset)
+            return
+        token_id = record.key.decode(errors="replace")
+        if record.value is None:
+            self.verifier.unrevoke(token_id)
+            return
+        try:
+            revoked = TokenRevoked.model_validate_json(record.value)
+        except ValidationError:
+            # Every instance reads this topic: one bad record is logged, never fatal.
+            log.warning("unparseable revocation at offset %d", record.offset)
+            return
+        self.verifier.revoke(token_id, revoked.exp)
+        if self.caught_up:  # the start-up replay is summed up once, not logged per record
+            log.info("token %s revoked", token_id)
+
+    async def loop(self) -> None:
+        while True:
+            await self.poll()
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+
+async def follow_revocations(
+    settings: CommonSettings,
+    verifier: TokenVerifier,
+    stack: AsyncExitStack,
+    background: BackgroundTasks,
+    *,
+    client_id: str,
+) -> RevocationFollower:
+    """Wire a follower into a service being started: read to the end, then follow."""
+    follower = RevocationFollower(
+        settings.kafka_bootstrap_servers, settings.topic_prefix, verifier, client_id=client_id
+    )
+    stack.push_async_callback(follower.stop)
+    await follower.start(catchup_timeout_s=settings.streamjobs_auth_revocations_catchup_s)
+    background.spawn(follower.loop())
+    return follower
