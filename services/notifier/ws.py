@@ -120,6 +120,8 @@ class WebSocketEndpoint:
                 await self._refuse(ws, CLOSE_USER_CAP, "too_many_connections", str(exc))
                 return
             try:
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send(control("authenticated", user_id=principal.user_id).text)
                 await self._serve(ws, principal)
             finally:
                 self.limits.unbind(principal.user_id)
@@ -158,8 +160,6 @@ class WebSocketEndpoint:
             self.metrics.auth_failures.labels("scope").inc()
             await self._refuse(ws, CLOSE_SCOPE, "insufficient_scope", str(exc))
             return None
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(control("authenticated", user_id=principal.user_id).text)
         return principal
 
     async def _refuse(self, ws: ServerConnection, close_code: int, code: str, message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from services.notifier.app import NotifierService, create_service
 from services.notifier.settings import NotifierSettings
@@ -78,12 +80,21 @@ class Publisher:
     producer: AIOKafkaProducer
     prefix: str
     sent: list[asyncio.Future[Any]] = field(default_factory=list)
+    timestamp_ms: int | None = None  # set: records claim this time (e.g. older than the window)
 
     async def _send(self, topic: str, record: Envelope) -> None:
         fut = await self.producer.send(
-            topic, value=record.to_bytes(), key=record.job_id.encode(), headers=headers_for(record)
+            topic,
+            value=record.to_bytes(),
+            key=record.job_id.encode(),
+            headers=headers_for(record),
+            timestamp_ms=self.timestamp_ms,
         )
         self.sent.append(fut)
+
+    async def raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Any bytes at all, as a broken or hostile producer would write them."""
+        self.sent.append(await self.producer.send(topic, value=value, key=key))
 
     async def flush(self) -> None:
         await self.producer.flush()
@@ -126,9 +137,9 @@ class Publisher:
         )
         await self._send(events_topic(self.prefix), JobCompleted(job_id=job_id, data=data))
 
-    async def job(self, user_id: str, texts: list[str]) -> str:
+    async def job(self, user_id: str, texts: list[str], job_id: str | None = None) -> str:
         """A whole job at once: accepted, every chunk, completed."""
-        job_id = str(uuid.uuid4())
+        job_id = job_id or str(uuid.uuid4())
         await self.accepted(job_id, user_id)
         await self.chunks(job_id, texts)
         await self.completed(job_id, texts)
@@ -148,6 +159,20 @@ async def publisher(bootstrap: str, prefix: str) -> AsyncIterator[Publisher]:
 
 def token(secret: str, user: str, *scopes: str) -> str:
     return issue_token(secret, user, scopes or ("jobs:read", "jobs:write"))
+
+
+DOCUMENTED_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1007, 1009, 1013, 4001, 4003, 4008, 4029, 4400, 4403}
+)
+
+
+async def closed_with(ws: ClientConnection, timeout: float = 10.0) -> int | None:
+    """Read until the server closes the connection; its close code."""
+    async with asyncio.timeout(timeout):
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.recv()
+    return ws.close_code
 
 
 async def open_ws(url: str, tok: str, **kwargs: Any) -> ClientConnection:
