@@ -207,6 +207,8 @@ class Hub:
 
     def _overflow(self, client: Client) -> None:
         """The client fell `limit` frames behind: drop its backlog and tell it to resync."""
+        if client.closing is not None:
+            return  # already on its way out: nothing more is queued for it
         client.resyncs += 1
         self.metrics.resyncs.inc()
         channels = sorted(client.channels)

@@ -220,6 +220,8 @@ class WebSocketEndpoint:
 
         client.on_subscribe = on_subscribe
         async for raw in ws:
+            if client.closing is not None:
+                continue  # being closed by the server: what the client still sends is ignored
             try:
                 message = parse_message(raw)
                 if isinstance(message, Subscribe):
