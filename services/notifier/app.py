@@ -13,8 +13,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server, serve
 
+from services.notifier.access import TokenCheck
+from services.notifier.connection import BoundedConnection
 from services.notifier.hub import Hub
+from services.notifier.limits import ConnectionLimits
 from services.notifier.metrics import NotifierMetrics
+from services.notifier.owners import OwnerIndex
 from services.notifier.reader import Reader
 from services.notifier.settings import NotifierSettings
 from services.notifier.sse import SseEndpoint
@@ -29,6 +33,9 @@ from shared.verifier import TokenVerifier
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 0.25
+# Socket bytes a send may leave unsent before it waits (the library's default); past it,
+# BoundedConnection also stops reading the client.
+WRITE_LIMIT = 2**15
 
 
 class NotifierService:
@@ -46,12 +53,18 @@ class NotifierService:
             final_wait_s=s.notifier_final_wait_s,
             max_resyncs=s.notifier_max_resyncs,
             max_subscriptions=s.notifier_max_subscriptions,
+            owners=OwnerIndex(s.notifier_max_owners),
+        )
+        # One cap for both transports: a process holds so many sockets, whatever they speak.
+        self.limits = ConnectionLimits(
+            s.notifier_max_connections, s.notifier_max_connections_per_user
         )
         self.verifier = TokenVerifier.from_settings(settings)
+        tokens = TokenCheck(self.verifier)
         self.ws = WebSocketEndpoint(
-            s, self.hub, self.metrics, registry, self._ready_now, verifier=self.verifier
+            s, self.hub, self.metrics, registry, self._ready_now, self.limits, tokens
         )
-        self.sse = SseEndpoint(s, self.hub, self.metrics, verifier=self.verifier)
+        self.sse = SseEndpoint(s, self.hub, self.metrics, self.limits, tokens)
         self.verifier.on_revoke(self.ws.close_revoked)
         self.reader: Reader | None = None
         self.port = 0
@@ -82,6 +95,7 @@ class NotifierService:
             lookback_s=s.notifier_lookback_s,
             on_event=self.hub.on_event,
             on_chunk=self.hub.on_chunk,
+            on_history=self.hub.on_history,
             metrics=self.metrics,
             client_id=f"notifier-{self.instance}",
             security=security,
@@ -99,12 +113,14 @@ class NotifierService:
             s.notifier_host,
             s.notifier_port,
             process_request=self.ws.process_request,
+            create_connection=BoundedConnection,  # bounds the library's automatic pongs
             compression=None,  # a deflate context per connection costs ~300 KB
             ping_interval=s.notifier_ping_interval_s,
             ping_timeout=s.notifier_ping_timeout_s,
             close_timeout=2,
             max_size=s.notifier_max_message_bytes,
             max_queue=8,
+            write_limit=WRITE_LIMIT,
         )
         self._server = server
         self._stack.push_async_callback(self._close_websockets)

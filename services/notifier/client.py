@@ -2,7 +2,9 @@
 
 The hub puts frames in the outbox without awaiting; one writer task per
 connection takes them out and sends them, so a slow client only ever fills its
-own outbox.
+own outbox. Every frame, replies included, goes through the bound: a client
+that does not read cannot make the outbox grow past `limit` frames plus one
+subscription's replay.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ class Client:
         "_wake",
         "channels",
         "id",
+        "inflight_chars",
         "kill",
         "limit",
         "on_subscribe",
         "pending",
         "principal",
+        "queued_chars",
         "resyncs",
         "send_started",
     )
@@ -52,6 +56,8 @@ class Client:
         self.kill = kill or (lambda _code, _reason: None)
         self.on_subscribe = on_subscribe or (lambda _channel, _ok: None)
         self._frames: deque[Frame] = deque()
+        self.queued_chars = 0  # text characters in the outbox (len of a str is O(1))
+        self.inflight_chars = 0  # ...and in the batch the writer took and is sending
         self._wake = asyncio.Event()
         self._closing: tuple[int, str] | None = None
 
@@ -69,19 +75,33 @@ class Client:
         if len(self._frames) >= self.limit:
             return False
         self._frames.append(frame)
+        self.queued_chars += len(frame.text)
         self._wake.set()
         return True
 
-    def push(self, frames: Iterable[Frame]) -> None:
-        """Queue frames whatever the bound: replies and a subscription's replay."""
-        self._frames.extend(frames)
+    def push(self, frames: Iterable[Frame]) -> bool:
+        """Queue replies or a subscription's replay, which may go past the bound once.
+
+        False (nothing queued) when the outbox is already full: the client is
+        not reading, and the caller treats it as a slow consumer.
+        """
+        if len(self._frames) >= self.limit:
+            return False
+        self._extend(frames)
+        return True
+
+    def _extend(self, frames: Iterable[Frame]) -> None:
+        for frame in frames:
+            self._frames.append(frame)
+            self.queued_chars += len(frame.text)
         self._wake.set()
 
     def reset(self, frames: Iterable[Frame]) -> int:
         """Drop everything queued and queue `frames` instead; returns how many were dropped."""
         dropped = len(self._frames)
         self._frames.clear()
-        self.push(frames)
+        self.queued_chars = 0
+        self._extend(frames)
         return dropped
 
     def close(self, code: int, reason: str) -> None:
@@ -98,6 +118,7 @@ class Client:
             await self._wake.wait()
         frames = list(self._frames)
         self._frames.clear()
+        self.inflight_chars, self.queued_chars = self.queued_chars, 0
         return frames
 
     @property

@@ -14,14 +14,16 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from services.notifier.client import Client
-from services.notifier.frames import Frame, control
+from services.notifier.frames import FINAL_EVENTS, Frame, control
 from services.notifier.metrics import NotifierMetrics
-from services.notifier.state import JobState
-from shared.contracts import LifecycleEvent, TokenChunk
+from services.notifier.owners import OwnerIndex
+from services.notifier.state import STATUS_OF, JobState
+from shared.contracts import JobAccepted, LifecycleEvent, TokenChunk
 
 log = logging.getLogger(__name__)
 
 FORBIDDEN = "no such job, or not yours"
+FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
 @dataclass(slots=True)
@@ -53,6 +55,7 @@ class Hub:
         final_wait_s: float = 5.0,
         max_resyncs: int = 3,
         max_subscriptions: int = 100,
+        owners: OwnerIndex | None = None,
     ) -> None:
         self.metrics = metrics
         self.ttl_s = ttl_s
@@ -61,6 +64,7 @@ class Hub:
         self.final_wait_s = final_wait_s
         self.max_resyncs = max_resyncs
         self.max_subscriptions = max_subscriptions
+        self.owners = owners if owners is not None else OwnerIndex(max_jobs * 10)
         self.jobs: OrderedDict[str, JobState] = OrderedDict()
         self.job_subs: dict[str, set[Client]] = {}
         self.user_subs: dict[str, set[Client]] = {}
@@ -74,13 +78,33 @@ class Hub:
 
     # -- records ---------------------------------------------------------------------------
 
-    def _state(self, job_id: str) -> JobState:
+    def _state(self, job_id: str, now: float | None = None) -> JobState:
         state = self.jobs.get(job_id)
         if state is None:
             if len(self.jobs) >= self.max_jobs:
                 self._evict(next(iter(self.jobs)))
             state = self.jobs[job_id] = JobState(job_id)
+            owner = self.owners.owner(job_id)
+            if owner is not None:
+                # Known from before the replayed history: its owner is fixed, its start is not here.
+                state.owner, state.partial = owner, True
+                ended = self.owners.status(job_id)
+                if ended is not None:
+                    state.status = ended
+                    state.finished_at = now if now is not None else time.monotonic()
+                    self._finished.append((state.finished_at, job_id))
         return state
+
+    def on_history(self, record: LifecycleEvent) -> None:
+        """An event older than the replayed window: only who owns the job and how it ended."""
+        if isinstance(record, JobAccepted):
+            owner = self.owners.accepted(record.job_id, record.data.user_id)
+            state = self.jobs.get(record.job_id)
+            if state is not None and state.owner is None:
+                # Its live chunks were read before this older fact: the job began earlier.
+                state.owner, state.partial = owner, True
+        elif record.type in FINAL_EVENTS:
+            self.owners.ended(record.job_id, STATUS_OF[record.type])
 
     def on_chunk(self, record: TokenChunk, now: float) -> None:
         state = self._state(record.job_id)
@@ -100,8 +124,16 @@ class Hub:
             self._finish(state, released, now)
 
     def on_event(self, record: LifecycleEvent, now: float) -> None:
-        state = self._state(record.job_id)
+        state = self._state(record.job_id, now)
         had_owner = state.owner is not None
+        if isinstance(record, JobAccepted):
+            owner = self.owners.accepted(record.job_id, record.data.user_id)
+            if owner != record.data.user_id:
+                log.warning(
+                    "job.accepted naming another owner ignored", extra={"job_id": record.job_id}
+                )
+        elif record.type in FINAL_EVENTS:
+            self.owners.ended(record.job_id, STATUS_OF[record.type])
         frame = state.apply_event(record, now)
         if frame is not None:
             if frame.final:
@@ -164,8 +196,19 @@ class Hub:
             for client in overflowed:
                 self._overflow(client)
 
+    def reply(self, client: Client, frames: list[Frame]) -> None:
+        """Queue an answer to the client; one that left its outbox full is a slow consumer."""
+        if not client.push(frames):
+            self._overflow(client)
+
+    def finished(self, job_id: str) -> bool:
+        state = self.jobs.get(job_id)
+        return state is not None and state.status in FINAL_STATUSES
+
     def _overflow(self, client: Client) -> None:
         """The client fell `limit` frames behind: drop its backlog and tell it to resync."""
+        if client.closing is not None:
+            return  # already on its way out: nothing more is queued for it
         client.resyncs += 1
         self.metrics.resyncs.inc()
         channels = sorted(client.channels)
@@ -220,6 +263,8 @@ class Hub:
         self._detach(client, channel)
         self._drop_pending(client, channel)
         state = self.jobs.get(job_id)
+        if state is None and self.owners.owner(job_id) is not None:
+            state = self._state(job_id, now)  # older than the history: known by its owner only
         principal = client.principal
         assert principal is not None
         if state is not None and state.owner is not None and principal.may_see(state.owner):
@@ -242,7 +287,7 @@ class Hub:
             client.channels.add(channel)
             self.user_subs.setdefault(user_id, set()).add(client)
             self._subscriptions += 1
-        client.push([control("subscribed", channel=channel)])
+        self.reply(client, [control("subscribed", channel=channel)])
         client.on_subscribe(channel, True)
 
     def _attach(self, client: Client, state: JobState, last_seq: int, attempt: int | None) -> None:
@@ -272,7 +317,6 @@ class Hub:
                 )
             )
         frames.extend(replay.frames)
-        client.push(frames)
         if state.is_ahead(last_seq, attempt):
             key = attempt if attempt is not None else max(state.attempt, 1)
             self._ahead.setdefault(state.job_id, {})[client] = (key, last_seq)
@@ -280,6 +324,8 @@ class Hub:
         self.job_subs.setdefault(state.job_id, set()).add(client)
         self._subscriptions += 1
         client.on_subscribe(channel, True)
+        # Registered first, so that a client too far behind for the replay is told to resync it.
+        self.reply(client, frames)
 
     def _resolve_pending(self, state: JobState) -> None:
         waiting = self.pending.get(state.job_id, [])
@@ -300,7 +346,7 @@ class Hub:
         channel = f"job:{p.job_id}"
         p.client.pending.discard(channel)
         self.metrics.auth_failures.labels("forbidden").inc()
-        p.client.push([error_frame("forbidden", FORBIDDEN, channel=channel)])
+        self.reply(p.client, [error_frame("forbidden", FORBIDDEN, channel=channel)])
         p.client.on_subscribe(channel, False)
 
     def unsubscribe(self, client: Client, channel: str) -> bool:
@@ -372,6 +418,7 @@ class Hub:
             if done_at is not None and done_at + self.ttl_s <= now:
                 self._evict(job_id)
         self.metrics.jobs_tracked.set(len(self.jobs))
+        self.metrics.owners_known.set(len(self.owners))
         self.metrics.subscriptions.set(self._subscriptions)
 
     def _evict(self, job_id: str) -> None:

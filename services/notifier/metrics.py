@@ -45,6 +45,22 @@ class NotifierMetrics:
             ("reason",),
             registry=registry,
         )
+        self.connections_refused = Counter(
+            "streamjobs_notifier_connections_refused_total",
+            "Connections refused at a cap (process_cap: 1013 / 503, user_cap: 4029 / 429)",
+            ("reason",),
+            registry=registry,
+        )
+        self.buffered_bytes = Gauge(
+            "streamjobs_notifier_buffered_bytes",
+            "What is held for WebSocket clients: outboxes, batches being sent, socket buffers",
+            registry=registry,
+        )
+        self.owners_known = Gauge(
+            "streamjobs_notifier_owners_known",
+            "Jobs whose owner is known, beyond the lookback window included",
+            registry=registry,
+        )
         self.bad_messages = Counter(
             "streamjobs_notifier_bad_messages_total",
             "Client messages that could not be understood",

@@ -7,10 +7,18 @@ sentence the client can act on; it never ends the connection by itself.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 MAX_ID_LENGTH = 200
+MAX_PING_ID_LENGTH = 64  # a pong echoes the id: a short one keeps every reply small
+MAX_SAFE_INT = 2**53  # what any JSON reader holds exactly
+
+
+def clean_text(text: str) -> bool:
+    """Printable and encodable: no control characters, no lone surrogates (unsendable as UTF-8)."""
+    return text.isprintable()
 
 
 class BadMessage(Exception):
@@ -54,7 +62,13 @@ def parse_channel(channel: object) -> tuple[str, str]:
     if not isinstance(channel, str):
         raise BadMessage("bad_channel", "'channel' must be a string like 'job:<id>' or 'user:<id>'")
     kind, sep, ident = channel.partition(":")
-    if not sep or kind not in ("job", "user") or not ident or len(ident) > MAX_ID_LENGTH:
+    if (
+        not sep
+        or kind not in ("job", "user")
+        or not ident
+        or len(ident) > MAX_ID_LENGTH
+        or not clean_text(ident)
+    ):
         raise BadMessage(
             "bad_channel", f"unknown channel {channel[:80]!r}: use 'job:<id>' or 'user:<id>'"
         )
@@ -70,12 +84,27 @@ def _int(body: dict[str, Any], key: str, default: int | None, minimum: int) -> i
     return value
 
 
+def _ping_id(value: object) -> object:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, int) and -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+        return value
+    if isinstance(value, str) and len(value) <= MAX_PING_ID_LENGTH and clean_text(value):
+        return value
+    raise BadMessage(
+        "bad_message",
+        f"'id' must be a number or a printable string of at most {MAX_PING_ID_LENGTH} characters",
+    )
+
+
 def parse_message(raw: str | bytes) -> Message:
     if isinstance(raw, bytes):
         raise BadMessage("bad_message", "send JSON text frames, not binary frames")
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
         raise BadMessage("bad_json", "the message is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadMessage("bad_message", "a message is a JSON object with a 'type'")
@@ -94,7 +123,7 @@ def parse_message(raw: str | bytes) -> Message:
         channel_kind, ident = parse_channel(body.get("channel"))
         return Unsubscribe(f"{channel_kind}:{ident}")
     if kind == "ping":
-        return Ping(body.get("id"))
+        return Ping(_ping_id(body.get("id")))
     shown = kind[:40] if isinstance(kind, str) else kind
     raise BadMessage(
         "unknown_type",

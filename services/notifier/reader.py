@@ -1,9 +1,11 @@
 """Reads the events and chunks topics, with no consumer group, into the hub.
 
 Every notifier instance reads every partition (each one serves its own
-clients). On start it seeks to a lookback window and replays up to the end
-offsets it saw then, so jobs already running are resumable before it reports
-ready; after that it follows the topics live.
+clients). On start it replays the chunks of a lookback window and the whole
+events topic (events are few) up to the end offsets it saw then: events within
+the window rebuild the jobs, older ones only who owns each job and how it
+ended. So jobs already running are resumable, and older jobs' owners known,
+before it reports ready; after that it follows the topics live.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Reader:
         lookback_s: float,
         on_event: Callable[[LifecycleEvent, float], None],
         on_chunk: Callable[[TokenChunk, float], None],
+        on_history: Callable[[LifecycleEvent], None] | None = None,
         metrics: NotifierMetrics,
         client_id: str = "notifier",
         security: KafkaOptions | None = None,
@@ -47,6 +50,7 @@ class Reader:
         self.lookback_s = lookback_s
         self.on_event = on_event
         self.on_chunk = on_chunk
+        self.on_history = on_history
         self.metrics = metrics
         self.consumer = AIOKafkaConsumer(
             **(security or {}),
@@ -60,6 +64,8 @@ class Reader:
         self._targets: dict[TopicPartition, int] = {}
         self._partitions: list[TopicPartition] = []
         self._next: dict[TopicPartition, int] = {}  # offset after the last record read
+        # Per events partition: records before this offset are older than the window.
+        self._window: dict[TopicPartition, int] = {}
 
     async def start(self, timeout_s: float = 30.0) -> None:
         consumer = self.consumer
@@ -69,9 +75,14 @@ class Reader:
         since_ms = int((time.time() - self.lookback_s) * 1000)
         found = await consumer.offsets_for_times(dict.fromkeys(self._partitions, since_ms))
         ends = await consumer.end_offsets(self._partitions)
+        firsts = await consumer.beginning_offsets(self._partitions)
         for tp in self._partitions:
             at = found.get(tp)
-            consumer.seek(tp, at.offset if at is not None else ends[tp])
+            window = at.offset if at is not None else ends[tp]
+            if tp.topic == self.events_topic and self.on_history is not None:
+                self._window[tp] = window
+                window = firsts[tp]
+            consumer.seek(tp, window)
         self._targets = {tp: end for tp, end in ends.items() if end > 0}
         for tp in self._partitions:
             self._next[tp] = await consumer.position(tp)
@@ -108,8 +119,9 @@ class Reader:
                         self._chunk(record.value or b"", now)
                 else:
                     records_events.inc(len(records))
+                    window = self._window.get(tp, 0)
                     for record in records:
-                        self._event(record.value or b"", now)
+                        self._event(record.value or b"", now, record.offset < window)
             await self._check_caught_up()
 
     def _chunk(self, value: bytes, now: float) -> None:
@@ -123,7 +135,7 @@ class Reader:
         except Exception:  # a process boundary: one bad job must not stop the fan-out
             log.exception("chunk of job %s not delivered", chunk.job_id)
 
-    def _event(self, value: bytes, now: float) -> None:
+    def _event(self, value: bytes, now: float, old: bool) -> None:
         try:
             event = parse_record(value)
         except ValidationError:
@@ -132,7 +144,10 @@ class Reader:
         if not isinstance(event, LIFECYCLE_TYPES):
             return
         try:
-            self.on_event(event, now)
+            if old and self.on_history is not None:
+                self.on_history(event)
+            else:
+                self.on_event(event, now)
         except Exception:  # a process boundary: one bad job must not stop the fan-out
             log.exception("event %s of job %s not delivered", event.type, event.job_id)
 

@@ -8,7 +8,10 @@ from shared.settings import CommonSettings
 
 
 class NotifierSettings(CommonSettings):
-    notifier_host: str = "0.0.0.0"
+    notifier_host: str = Field(
+        default="127.0.0.1",
+        description="address both ports bind: loopback unless set; the gateway is the public entry",
+    )
     notifier_port: int = Field(
         default=8082, ge=0, le=65535, description="WebSocket /ws and ops HTTP; 0 = any"
     )
@@ -44,4 +47,19 @@ class NotifierSettings(CommonSettings):
     )
     notifier_ping_interval_s: float = Field(default=20.0, gt=0)
     notifier_ping_timeout_s: float = Field(default=20.0, gt=0)
-    notifier_max_message_bytes: int = Field(default=65_536, ge=1024)
+    notifier_max_message_bytes: int = Field(
+        default=65_536, ge=1024, description="largest client message; bigger closes 1009"
+    )
+    notifier_max_connections: int = Field(
+        default=25_000,
+        ge=1,
+        description="open WebSocket + SSE connections per process, not yet authenticated included",
+    )
+    notifier_max_connections_per_user: int = Field(
+        default=500, ge=1, description="open WebSocket + SSE connections of one user"
+    )
+    notifier_max_owners: int = Field(
+        default=500_000,
+        ge=1,
+        description="jobs whose owner is remembered beyond the lookback window (~240 B each)",
+    )

@@ -14,14 +14,15 @@ import time
 
 from aiohttp import web
 
+from services.notifier.access import MissingScope, TokenCheck
 from services.notifier.client import Client
 from services.notifier.hub import FORBIDDEN, Hub, SubscribeError
+from services.notifier.limits import ConnectionLimits, TooManyConnections
 from services.notifier.metrics import NotifierMetrics
-from services.notifier.protocol import MAX_ID_LENGTH
+from services.notifier.protocol import MAX_ID_LENGTH, clean_text
 from services.notifier.settings import NotifierSettings
 from shared.auth import InvalidToken, Principal
 from shared.http import problem
-from shared.verifier import TokenVerifier
 
 PING = b": ping\n\n"
 
@@ -45,13 +46,14 @@ class SseEndpoint:
         settings: NotifierSettings,
         hub: Hub,
         metrics: NotifierMetrics,
-        *,
-        verifier: TokenVerifier,
+        limits: ConnectionLimits,
+        tokens: TokenCheck,
     ) -> None:
         self.settings = settings
         self.hub = hub
         self.metrics = metrics
-        self.verifier = verifier
+        self.limits = limits
+        self.tokens = tokens
         self._sent = metrics.frames_sent.labels("sse")
         self._gauge = metrics.connections.labels("sse")
 
@@ -61,10 +63,27 @@ class SseEndpoint:
     def _principal(self, request: web.Request) -> Principal:
         token = request.query.get("token")
         if token:
-            return self.verifier.verify(token)
-        return self.verifier.from_header(request.headers.get("Authorization"))
+            return self.tokens.reader(token)
+        return self.tokens.reader_from_header(request.headers.get("Authorization"))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self.limits.open()
+        except TooManyConnections as exc:
+            self.metrics.connections_refused.labels("process_cap").inc()
+            return problem(
+                503,
+                "too-many-connections",
+                "Too many connections",
+                str(exc),
+                headers={"Retry-After": "5"},
+            )
+        try:
+            return await self._authorised(request)
+        finally:
+            self.limits.close()
+
+    async def _authorised(self, request: web.Request) -> web.StreamResponse:
         job_id = request.match_info["job_id"]
         try:
             principal = self._principal(request)
@@ -77,13 +96,37 @@ class SseEndpoint:
                 str(exc),
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        except MissingScope as exc:
+            self.metrics.auth_failures.labels("scope").inc()
+            return problem(
+                403,
+                "insufficient-scope",
+                "Insufficient scope",
+                str(exc),
+                headers={
+                    "WWW-Authenticate": 'Bearer error="insufficient_scope", scope="jobs:read"'
+                },
+            )
+        try:
+            self.limits.bind(principal.user_id)
+        except TooManyConnections as exc:
+            self.metrics.connections_refused.labels("user_cap").inc()
+            return problem(429, "too-many-connections", "Too many connections", str(exc))
+        try:
+            return await self._serve(request, job_id, principal)
+        finally:
+            self.limits.unbind(principal.user_id)
+
+    async def _serve(
+        self, request: web.Request, job_id: str, principal: Principal
+    ) -> web.StreamResponse:
         try:
             last_seq, attempt = parse_last_event_id(
                 request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
             )
         except ValueError as exc:
             return problem(400, "bad-last-event-id", "Bad Last-Event-ID", str(exc))
-        if len(job_id) > MAX_ID_LENGTH:
+        if len(job_id) > MAX_ID_LENGTH or not clean_text(job_id):
             return problem(404, "job-not-found", "Job not found", FORBIDDEN)
 
         loop = asyncio.get_running_loop()
@@ -118,13 +161,13 @@ class SseEndpoint:
                 }
             )
             await resp.prepare(request)
-            await self._stream(resp, client)
+            await self._stream(resp, client, job_id)
             return resp
         finally:
             self.hub.drop(client)
             self._gauge.dec()
 
-    async def _stream(self, resp: web.StreamResponse, client: Client) -> None:
+    async def _stream(self, resp: web.StreamResponse, client: Client, job_id: str) -> None:
         interval = self.settings.notifier_ping_interval_s
         while True:
             try:
@@ -137,7 +180,13 @@ class SseEndpoint:
                 return
             await resp.write(b"".join(f.sse for f in frames))
             self._sent.inc(len(frames))
-            if client.resyncs or any(f.final for f in frames):
+            # A resync ends the stream (the browser reconnects with its last id), and so
+            # does a job that ended beyond the history held here: nothing more will come.
+            if (
+                client.resyncs
+                or any(f.final for f in frames)
+                or (any(f.event == "resync" for f in frames) and self.hub.finished(job_id))
+            ):
                 with contextlib.suppress(ConnectionResetError):
                     await resp.write_eof()
                 return

@@ -44,7 +44,9 @@ class Replay:
 @dataclass(slots=True)
 class JobState:
     job_id: str
-    owner: str | None = None
+    owner: str | None = None  # fixed by the first job.accepted, never changed after
+    accepted: bool = False  # a job.accepted was applied (a second one is not sent again)
+    partial: bool = False  # the job began before the replayed history: earlier chunks are not here
     status: str = "unknown"
     attempt: int = 0
     first_seq: int = 0  # seq of chunks[0]; > 0 when history began mid-attempt
@@ -101,7 +103,10 @@ class JobState:
         if self.final is not None or self.held is not None:
             return None  # a redelivered final, or an event after the end
         if isinstance(record, JobAccepted):
+            if self.accepted or (self.owner is not None and self.owner != record.data.user_id):
+                return None  # redelivered, or a later fact claiming the job for someone else
             self.owner = record.data.user_id
+            self.accepted = True
             if self.status == "unknown":
                 self.status = "queued"
             return event_frame(record, self.attempt, self.last_seq)
@@ -152,6 +157,9 @@ class JobState:
 
     def replay(self, last_seq: int, attempt: int | None) -> Replay:
         """Frames a client that saw up to `last_seq` of `attempt` (None: current) is owed."""
+        if self.partial and not self.chunks:
+            # Known from before the replayed history only: whatever it streamed is not here.
+            return Replay([self.final] if self.final is not None else [], False, True)
         if attempt is not None and attempt > self.attempt:
             # The client is ahead of what was read here so far: nothing to replay yet.
             return Replay([self.final] if self.final is not None else [], False, False)

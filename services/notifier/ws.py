@@ -3,6 +3,8 @@
 One handler task reads the client's messages; one writer task per connection
 sends what the hub queued for it. Plain HTTP requests for `/healthz`,
 `/readyz` and `/metrics` are answered in `process_request` without an upgrade.
+Every close the server makes carries one of the codes below (documented in
+docs/websocket-protocol.md), and every reply goes through the bounded outbox.
 """
 
 from __future__ import annotations
@@ -22,21 +24,26 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from services.notifier.access import MissingScope, TokenCheck
 from services.notifier.client import Client
-from services.notifier.frames import control
+from services.notifier.connection import BoundedConnection
+from services.notifier.frames import Frame, control
 from services.notifier.hub import Hub, SubscribeError, error_frame
+from services.notifier.limits import ConnectionLimits, TooManyConnections
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.protocol import Auth, BadMessage, Ping, Subscribe, parse_message
 from services.notifier.settings import NotifierSettings
 from shared.auth import InvalidToken, Principal
-from shared.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
 
+CLOSE_TRY_AGAIN = 1013  # the notifier is at its connection cap: retry later, or elsewhere
 CLOSE_AUTH = 4001
 CLOSE_FORBIDDEN = 4003
-CLOSE_BAD_MESSAGE = 4400
 CLOSE_SLOW = 4008
+CLOSE_USER_CAP = 4029
+CLOSE_BAD_MESSAGE = 4400
+CLOSE_SCOPE = 4403
 MAX_BAD_MESSAGES = 20  # in a row: a client that only sends garbage is cut off (4400)
 MAX_REFUSED = 50  # refused job subscriptions per connection: stops id guessing (4003)
 
@@ -62,16 +69,17 @@ class WebSocketEndpoint:
         metrics: NotifierMetrics,
         registry: CollectorRegistry,
         ready: ReadyCheck,
-        *,
-        verifier: TokenVerifier,
+        limits: ConnectionLimits,
+        tokens: TokenCheck,
     ) -> None:
         self.settings = settings
         self.hub = hub
         self.metrics = metrics
         self.registry = registry
         self.ready = ready
-        self.verifier = verifier
-        self.clients: set[Client] = set()
+        self.limits = limits
+        self.tokens = tokens
+        self.clients: dict[Client, ServerConnection] = {}
         self._sent = metrics.frames_sent.labels("ws")
         self._gauge = metrics.connections.labels("ws")
 
@@ -93,14 +101,33 @@ class WebSocketEndpoint:
         return _response(404, b"not found\n", "text/plain")
 
     async def handler(self, ws: ServerConnection) -> None:
+        try:
+            self.limits.open()  # before auth: sockets that never authenticate count too
+        except TooManyConnections as exc:
+            self.metrics.connections_refused.labels("process_cap").inc()
+            with contextlib.suppress(ConnectionClosed):
+                await ws.close(CLOSE_TRY_AGAIN, str(exc))
+            return
         self._gauge.inc()
         try:
             principal = await self._authenticate(ws)
             if principal is None:
                 return
-            await self._serve(ws, principal)
+            try:
+                self.limits.bind(principal.user_id)
+            except TooManyConnections as exc:
+                self.metrics.connections_refused.labels("user_cap").inc()
+                await self._refuse(ws, CLOSE_USER_CAP, "too_many_connections", str(exc))
+                return
+            try:
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send(control("authenticated", user_id=principal.user_id).text)
+                await self._serve(ws, principal)
+            finally:
+                self.limits.unbind(principal.user_id)
         finally:
             self._gauge.dec()
+            self.limits.close()
 
     async def _authenticate(self, ws: ServerConnection) -> Principal | None:
         try:
@@ -121,22 +148,24 @@ class WebSocketEndpoint:
             detail = "the first message must be {'type': 'auth', 'token': ...}"
         if not isinstance(message, Auth):
             self.metrics.auth_failures.labels("missing").inc()
-            await self._refuse(ws, "auth_required", detail)
+            await self._refuse(ws, CLOSE_AUTH, "auth_required", detail)
             return None
         try:
-            principal = self.verifier.verify(message.token)
+            principal = self.tokens.reader(message.token)
         except InvalidToken as exc:
             self.metrics.auth_failures.labels("invalid").inc()
-            await self._refuse(ws, "bad_token", str(exc))
+            await self._refuse(ws, CLOSE_AUTH, "bad_token", str(exc))
             return None
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(control("authenticated", user_id=principal.user_id).text)
+        except MissingScope as exc:
+            self.metrics.auth_failures.labels("scope").inc()
+            await self._refuse(ws, CLOSE_SCOPE, "insufficient_scope", str(exc))
+            return None
         return principal
 
-    async def _refuse(self, ws: ServerConnection, code: str, message: str) -> None:
+    async def _refuse(self, ws: ServerConnection, close_code: int, code: str, message: str) -> None:
         with contextlib.suppress(ConnectionClosed):
             await ws.send(error_frame(code, message).text)
-            await ws.close(CLOSE_AUTH, code)
+            await ws.close(close_code, code)
 
     async def _serve(self, ws: ServerConnection, principal: Principal) -> None:
         def kill(code: int, reason: str) -> None:
@@ -147,13 +176,13 @@ class WebSocketEndpoint:
 
         client = Client(principal, self.settings.notifier_queue_frames, kill=kill)
         writer = asyncio.create_task(self._write(ws, client))
-        self.clients.add(client)
+        self.clients[client] = ws
         try:
             await self._read(ws, client)
         except ConnectionClosed:
             pass
         finally:
-            self.clients.discard(client)
+            self.clients.pop(client, None)
             self.hub.drop(client)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
@@ -171,6 +200,7 @@ class WebSocketEndpoint:
                 client.send_started = time.monotonic()
                 await ws.send(frame.text)
             client.send_started = None
+            client.inflight_chars = 0
             sent.inc(len(frames))
 
     async def _read(self, ws: ServerConnection, client: Client) -> None:
@@ -185,8 +215,13 @@ class WebSocketEndpoint:
                 if refused >= MAX_REFUSED:
                     client.close(CLOSE_FORBIDDEN, "too many refused subscriptions")
 
+        def reply(frame: Frame) -> None:
+            hub.reply(client, [frame])
+
         client.on_subscribe = on_subscribe
         async for raw in ws:
+            if client.closing is not None:
+                continue  # being closed by the server: what the client still sends is ignored
             try:
                 message = parse_message(raw)
                 if isinstance(message, Subscribe):
@@ -201,22 +236,31 @@ class WebSocketEndpoint:
                     else:
                         hub.subscribe_user(client, message.ident)
                 elif isinstance(message, Ping):
-                    client.push([control("pong", id=message.ident)])
+                    reply(control("pong", id=message.ident))
                 elif isinstance(message, Auth):
-                    client.push([error_frame("bad_message", "already authenticated")])
+                    reply(error_frame("bad_message", "already authenticated"))
                 else:
                     ok = hub.unsubscribe(client, message.channel)
-                    client.push([control("unsubscribed", channel=message.channel, existed=ok)])
+                    reply(control("unsubscribed", channel=message.channel, existed=ok))
                 bad_in_a_row = 0
             except BadMessage as exc:
                 self.metrics.bad_messages.inc()
                 bad_in_a_row += 1
-                client.push([error_frame(exc.code, exc.message)])
+                reply(error_frame(exc.code, exc.message))
                 if bad_in_a_row >= MAX_BAD_MESSAGES:
                     client.close(CLOSE_BAD_MESSAGE, "too many bad messages")
             except SubscribeError as exc:
                 channel = message.channel if isinstance(message, Subscribe) else None
-                client.push([error_frame(exc.code, exc.message, channel=channel)])
+                reply(error_frame(exc.code, exc.message, channel=channel))
+
+    def buffered_bytes(self) -> int:
+        """What the server holds for its WebSocket clients: outboxes, batches in flight, sockets."""
+        total = 0
+        for client, ws in self.clients.items():
+            total += client.queued_chars + client.inflight_chars
+            if isinstance(ws, BoundedConnection):
+                total += ws.buffered_bytes()
+        return total
 
     def close_revoked(self, token_id: str) -> None:
         """A revoked token ends the connections it opened, not only the next ones."""
@@ -228,6 +272,7 @@ class WebSocketEndpoint:
     def sweep(self, now: float) -> None:
         """Close connections whose send has been blocked too long (the client stopped reading)."""
         limit = self.settings.notifier_slow_consumer_s
+        self.metrics.buffered_bytes.set(self.buffered_bytes())
         for client in list(self.clients):
             started = client.send_started
             if started is not None and now - started > limit:

@@ -163,6 +163,8 @@ async def measure(
         "NOTIFIER_SSE_PORT": str(sse_port),
         "NOTIFIER_QUEUE_FRAMES": str(max(1024, burst_chunks * 2)),
         "NOTIFIER_PING_INTERVAL_S": "60",
+        # Every bench client is one user: lift the per-user cap, not the process cap.
+        "NOTIFIER_MAX_CONNECTIONS_PER_USER": str(clients + streams + 10),
         "LOG_LEVEL": "WARNING",
     }
     proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, not a blocking call

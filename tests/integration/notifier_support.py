@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +16,11 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from services.notifier.app import NotifierService, create_service
 from services.notifier.settings import NotifierSettings
@@ -78,12 +85,21 @@ class Publisher:
     producer: AIOKafkaProducer
     prefix: str
     sent: list[asyncio.Future[Any]] = field(default_factory=list)
+    timestamp_ms: int | None = None  # set: records claim this time (e.g. older than the window)
 
     async def _send(self, topic: str, record: Envelope) -> None:
         fut = await self.producer.send(
-            topic, value=record.to_bytes(), key=record.job_id.encode(), headers=headers_for(record)
+            topic,
+            value=record.to_bytes(),
+            key=record.job_id.encode(),
+            headers=headers_for(record),
+            timestamp_ms=self.timestamp_ms,
         )
         self.sent.append(fut)
+
+    async def raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Any bytes at all, as a broken or hostile producer would write them."""
+        self.sent.append(await self.producer.send(topic, value=value, key=key))
 
     async def flush(self) -> None:
         await self.producer.flush()
@@ -126,9 +142,9 @@ class Publisher:
         )
         await self._send(events_topic(self.prefix), JobCompleted(job_id=job_id, data=data))
 
-    async def job(self, user_id: str, texts: list[str]) -> str:
+    async def job(self, user_id: str, texts: list[str], job_id: str | None = None) -> str:
         """A whole job at once: accepted, every chunk, completed."""
-        job_id = str(uuid.uuid4())
+        job_id = job_id or str(uuid.uuid4())
         await self.accepted(job_id, user_id)
         await self.chunks(job_id, texts)
         await self.completed(job_id, texts)
@@ -148,6 +164,20 @@ async def publisher(bootstrap: str, prefix: str) -> AsyncIterator[Publisher]:
 
 def token(secret: str, user: str, *scopes: str) -> str:
     return issue_token(secret, user, scopes or ("jobs:read", "jobs:write"))
+
+
+DOCUMENTED_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1007, 1009, 1013, 4001, 4003, 4008, 4029, 4400, 4403}
+)
+
+
+async def closed_with(ws: ClientConnection, timeout: float = 10.0) -> int | None:
+    """Read until the server closes the connection; its close code."""
+    async with asyncio.timeout(timeout):
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.recv()
+    return ws.close_code
 
 
 async def open_ws(url: str, tok: str, **kwargs: Any) -> ClientConnection:
@@ -215,3 +245,64 @@ async def read_until(
             else:
                 into.other.append(msg)
     return into
+
+
+class StalledClient:
+    """A WebSocket client over a bare socket that writes frames and never reads after auth.
+
+    Built on the library's sans-I/O protocol, so what it sends is exactly
+    what a hostile client would: nothing reads the server's pongs or replies.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.protocol = ClientProtocol(parse_uri("ws://127.0.0.1/ws"))
+        self.sent = 0
+
+    @classmethod
+    async def connect(cls, port: int, tok: str) -> StalledClient:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        client = cls(reader, writer)
+        p = client.protocol
+        p.send_request(p.connect())
+        client._flush_to_socket()
+        async with asyncio.timeout(10):
+            while p.state is not State.OPEN:
+                p.receive_data(await reader.read(65536))
+                p.events_received()
+            p.send_text(json.dumps({"type": "auth", "token": tok}).encode())
+            client._flush_to_socket()
+            while not any(
+                isinstance(e, Frame) and b"authenticated" in e.data for e in p.events_received()
+            ):
+                p.receive_data(await reader.read(65536))
+        return client
+
+    def _flush_to_socket(self) -> None:
+        data = b"".join(self.protocol.data_to_send())
+        self.sent += len(data)
+        self.writer.write(data)
+
+    async def send(
+        self, *, pings: int = 0, ping_data: bytes = b"", texts: list[str] | None = None
+    ) -> bool:
+        """Write frames; False once the server stopped taking them for 2 s (or closed)."""
+        p = self.protocol
+        for _ in range(pings):
+            p.send_ping(ping_data)
+        for text in texts or ():
+            p.send_text(text.encode())
+        try:
+            self._flush_to_socket()
+            await asyncio.wait_for(self.writer.drain(), 2.0)
+        except (TimeoutError, ConnectionError):
+            return False
+        return True
+
+    async def close(self) -> None:
+        self.writer.transport.abort()
