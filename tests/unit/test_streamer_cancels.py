@@ -95,6 +95,6 @@ def test_known_owners_are_bounded_and_the_least_recently_seen_go() -> None:
 
 
 def test_the_cancel_bound_setting_also_answers_to_its_older_name() -> None:
-    new = StreamerSettings(streamjobs_auth_secret="s", streamer_max_remembered_cancels=5)
-    old = StreamerSettings(streamjobs_auth_secret="s", streamer_cancel_capacity=6)
+    new = StreamerSettings(streamjobs_auth_secret="s" * 32, streamer_max_remembered_cancels=5)
+    old = StreamerSettings(streamjobs_auth_secret="s" * 32, streamer_cancel_capacity=6)
     assert (new.streamer_max_remembered_cancels, old.streamer_max_remembered_cancels) == (5, 6)
