@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.kafka import assign_every_partition, make_producer
+from shared.kafka import KafkaOptions, assign_every_partition, client_options, make_producer
 from shared.runtime import BackgroundTasks
 from shared.settings import CommonSettings
 from shared.topics import revocations_topic
@@ -40,12 +40,22 @@ class TokenRevoked(BaseModel):
     revoked_at: int
 
 
-async def ensure_revocations_topic(bootstrap: str, prefix: str, *, timeout_s: float = 30.0) -> str:
-    """Create the compacted revocations topic if it is missing; returns its name."""
+async def ensure_revocations_topic(
+    bootstrap: str,
+    prefix: str,
+    *,
+    timeout_s: float = 30.0,
+    security: KafkaOptions | None = None,
+) -> str:
+    """Create the compacted revocations topic if it is missing; returns its name.
+
+    Under Kafka ACLs services may not create topics: the operator's admin creates this one
+    with the others, and a service only finds it here.
+    """
     topic = revocations_topic(prefix)
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**(security or {}), bootstrap_servers=bootstrap)
         try:
             await admin.start()
             if topic not in set(await admin.list_topics()):
@@ -85,11 +95,20 @@ async def _has_leaders(admin: AIOKafkaAdminClient, topic: str) -> bool:
     return True
 
 
-async def revoke(bootstrap: str, prefix: str, token_id: str, expires_at: int) -> None:
+async def revoke(
+    bootstrap: str,
+    prefix: str,
+    token_id: str,
+    expires_at: int,
+    *,
+    security: KafkaOptions | None = None,
+) -> None:
     """Publish the revocation of `token_id` and wait until the broker has it."""
-    topic = await ensure_revocations_topic(bootstrap, prefix)
+    topic = await ensure_revocations_topic(bootstrap, prefix, security=security)
     record = TokenRevoked(jti=token_id, exp=expires_at, revoked_at=int(time.time()))
-    producer = make_producer(bootstrap, linger_ms=0, client_id="streamjobs-revoke")
+    producer = make_producer(
+        bootstrap, linger_ms=0, client_id="streamjobs-revoke", security=security
+    )
     await producer.start()
     try:
         await producer.send_and_wait(
@@ -103,9 +122,16 @@ class RevocationFollower:
     """Reads every revocation into a verifier: the whole topic at start, then as it grows."""
 
     def __init__(
-        self, bootstrap: str, prefix: str, verifier: TokenVerifier, *, client_id: str = ""
+        self,
+        bootstrap: str,
+        prefix: str,
+        verifier: TokenVerifier,
+        *,
+        client_id: str = "",
+        security: KafkaOptions | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.security = security or {}
         self.prefix = prefix
         self.topic = revocations_topic(prefix)
         self.verifier = verifier
@@ -120,9 +146,10 @@ class RevocationFollower:
 
     async def start(self, *, catchup_timeout_s: float = 15.0) -> None:
         """Join the topic and read it to its end, so no revoked token is served at start-up."""
-        await ensure_revocations_topic(self.bootstrap, self.prefix)
+        await ensure_revocations_topic(self.bootstrap, self.prefix, security=self.security)
         # No group: every instance of every service must see every revocation.
         self._consumer = AIOKafkaConsumer(
+            **self.security,
             bootstrap_servers=self.bootstrap,
             client_id=self.client_id,
             enable_auto_commit=False,
@@ -196,7 +223,11 @@ async def follow_revocations(
 ) -> RevocationFollower:
     """Wire a follower into a service being started: read to the end, then follow."""
     follower = RevocationFollower(
-        settings.kafka_bootstrap_servers, settings.topic_prefix, verifier, client_id=client_id
+        settings.kafka_bootstrap_servers,
+        settings.topic_prefix,
+        verifier,
+        client_id=client_id,
+        security=client_options(settings),
     )
     stack.push_async_callback(follower.stop)
     await follower.start(catchup_timeout_s=settings.streamjobs_auth_revocations_catchup_s)

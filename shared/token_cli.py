@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from shared.auth import DEFAULT_SCOPES, InvalidToken, decode_token, default_ttl_s, issue_token
+from shared.kafka import client_options
 from shared.revocation import revoke
 from shared.settings import CommonSettings
 
@@ -94,7 +95,15 @@ def revoke_command(argv: list[str]) -> int:
         jti, expires_at = args.jti, args.expires_at or int(time.time()) + longest
     else:
         parser.error("give a JTI or --token")
-    asyncio.run(revoke(settings.kafka_bootstrap_servers, settings.topic_prefix, jti, expires_at))
+    asyncio.run(
+        revoke(
+            settings.kafka_bootstrap_servers,
+            settings.topic_prefix,
+            jti,
+            expires_at,
+            security=client_options(settings),
+        )
+    )
     sys.stderr.write(
         f"revoked jti={jti} (kept until {datetime.fromtimestamp(expires_at, UTC).isoformat()})\n"
     )

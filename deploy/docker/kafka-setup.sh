@@ -38,6 +38,10 @@ for topic in "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" \
     --create --if-not-exists --topic "$topic" --partitions "${JOB_PARTITIONS:-4}" \
     --replication-factor 1
 done
+# Token revocations: compacted, one partition, read whole by every service that checks tokens.
+"$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
+  --create --if-not-exists --topic "$P.revocations" --partitions 1 --replication-factor 1 \
+  --config cleanup.policy=compact
 
 # Every service may describe every topic, so its start-up check finds them all.
 grant gateway describe topic prefixed "$P."
@@ -47,16 +51,16 @@ grant notifier describe topic prefixed "$P."
 grant doctor describe topic prefixed "$P."
 
 grant gateway write topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.control" "$P.events"
-grant gateway read topic literal "$P.events"
+grant gateway read topic literal "$P.events" "$P.revocations"
 
 grant streamer read topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.jobs.retry" "$P.control"
 grant streamer write topic literal "$P.chunks" "$P.jobs.retry" "$P.events" "$P.jobs.dlq"
 grant streamer read group prefixed streamjobs-streamer
 
-grant results read topic literal "$P.events" "$P.chunks"
+grant results read topic literal "$P.events" "$P.chunks" "$P.revocations"
 grant results write topic literal "$P.jobs.dlq"
 grant results read group literal streamjobs-results
 
-grant notifier read topic literal "$P.events" "$P.chunks"
+grant notifier read topic literal "$P.events" "$P.chunks" "$P.revocations"
 
 echo "streamjobs: Kafka users, topics and ACLs are in place"

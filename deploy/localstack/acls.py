@@ -24,6 +24,7 @@ from shared.topics import (
     events_topic,
     job_topics,
     retry_topic,
+    revocations_topic,
 )
 
 ADMIN_USER = "admin"
@@ -70,15 +71,16 @@ def service_acls(
         Acl(p, "topic", f"{prefix}.", "prefixed", "describe")
         for p in (*SERVICE_PRINCIPALS, DOCTOR_PRINCIPAL)
     ]
+    revocations = revocations_topic(prefix)
     acls += topics("gateway", "write", *jobs, control, events)
-    acls += topics("gateway", "read", events)
+    acls += topics("gateway", "read", events, revocations)
     acls += topics("streamer", "read", *jobs, retry, control)
     acls += topics("streamer", "write", chunks, retry, events, dlq)
     acls.append(Acl("streamer", "group", streamer_group, "prefixed", "read"))
-    acls += topics("results", "read", events, chunks)
+    acls += topics("results", "read", events, chunks, revocations)
     acls += topics("results", "write", dlq)
     acls.append(Acl("results", "group", results_group, "literal", "read"))
-    acls += topics("notifier", "read", events, chunks)
+    acls += topics("notifier", "read", events, chunks, revocations)
     return sorted(acls)
 
 

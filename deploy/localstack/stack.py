@@ -41,6 +41,7 @@ from deploy.localstack.procs import (
     wait_for_http,
 )
 from shared.kafka import ensure_topics
+from shared.revocation import ensure_revocations_topic
 
 SERVICES = ("results", "streamer", "notifier", "gateway")
 KafkaSecurity = Literal["plaintext", "sasl"]
@@ -192,15 +193,18 @@ class Stack:
     def _grant(self, kafka: KafkaNode) -> None:
         """As the admin: create the topics (services may not) and every service's ACLs."""
         partitions = int(self.service_env().get("JOB_PARTITIONS", "4"))
-        try:
-            asyncio.run(
-                ensure_topics(
-                    kafka.bootstrap_servers,
-                    self.topic_prefix,
-                    partitions,
-                    security=kafka.admin_options(),
-                )
+        admin = kafka.admin_options()
+
+        async def create() -> None:
+            await ensure_topics(
+                kafka.bootstrap_servers, self.topic_prefix, partitions, security=admin
             )
+            await ensure_revocations_topic(
+                kafka.bootstrap_servers, self.topic_prefix, security=admin
+            )
+
+        try:
+            asyncio.run(create())
         except KafkaError as exc:
             raise StartupError(f"could not create the Kafka topics as {ADMIN_USER}: {exc}") from exc
         apply_acls(
