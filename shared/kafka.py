@@ -142,14 +142,7 @@ async def ensure_topics(
                             for t in missing
                         ]
                     )
-                    # The broker answers per topic; a refusal is not an exception here.
-                    refused = {
-                        topic: for_code(code).__name__
-                        for topic, code, *_ in response.topic_errors
-                        if code not in (0, TopicAlreadyExistsError.errno)
-                    }
-                    if refused:
-                        raise TopicsUnavailable(refused)
+                    raise_refused(response)
                 log.info("created topics %s", missing)
             return
         except KafkaConnectionError:
@@ -158,6 +151,20 @@ async def ensure_topics(
             await asyncio.sleep(0.5)
         finally:
             await admin.close()
+
+
+def raise_refused(response: Any) -> None:
+    """Raise `TopicsUnavailable` for the topics a CreateTopics answer refused.
+
+    The broker answers per topic (under ACLs: not authorised), and aiokafka does not raise.
+    """
+    refused = {
+        topic: for_code(code).__name__
+        for topic, code, *_ in response.topic_errors
+        if code not in (0, TopicAlreadyExistsError.errno)
+    }
+    if refused:
+        raise TopicsUnavailable(refused)
 
 
 async def assign_every_partition(

@@ -19,7 +19,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.kafka import KafkaOptions, assign_every_partition, client_options, make_producer
+from shared.kafka import (
+    KafkaOptions,
+    assign_every_partition,
+    client_options,
+    make_producer,
+    raise_refused,
+)
 from shared.runtime import BackgroundTasks
 from shared.settings import CommonSettings
 from shared.topics import revocations_topic
@@ -68,7 +74,7 @@ async def ensure_revocations_topic(
                     topic_configs={"cleanup.policy": "compact"},
                 )
                 with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([new])
+                    raise_refused(await admin.create_topics([new]))
                     log.info("created topic %s", topic)
             # A reader that asks for the topic's metadata before its leader is elected is told
             # it does not exist, and would not ask again for minutes: wait for the leader here.

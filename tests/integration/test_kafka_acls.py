@@ -35,6 +35,7 @@ from services.gateway.settings import GatewaySettings
 from shared.auth import issue_token
 from shared.contracts import parse_record
 from shared.kafka import TopicsUnavailable, client_options, ensure_topics, make_producer
+from shared.revocation import ensure_revocations_topic
 from shared.settings import KafkaSecuritySettings
 from shared.topics import (
     Priority,
@@ -71,7 +72,13 @@ def sasl_kafka(test_state_dir: Path) -> Iterator[KafkaNode]:
     )
     node.start()
     try:
-        asyncio.run(ensure_topics(node.bootstrap_servers, PREFIX, 2, security=node.admin_options()))
+        admin = node.admin_options()
+
+        async def create() -> None:
+            await ensure_topics(node.bootstrap_servers, PREFIX, 2, security=admin)
+            await ensure_revocations_topic(node.bootstrap_servers, PREFIX, security=admin)
+
+        asyncio.run(create())
         apply_acls(
             node.bootstrap_servers,
             ADMIN_USER,
@@ -368,3 +375,14 @@ async def test_a_service_that_may_not_see_its_topics_stops_naming_them(
         all_topics("other"), "TopicAuthorizationFailedError"
     )
     assert not refused.value.retriable
+
+
+async def test_a_service_may_not_create_the_revocations_topic_and_is_told_so(
+    sasl_kafka: KafkaNode,
+) -> None:
+    # Without this, a refused creation looked like a topic still electing its leader.
+    with pytest.raises(TopicsUnavailable) as refused:
+        await ensure_revocations_topic(
+            sasl_kafka.bootstrap_servers, "other", security=as_user("gateway"), timeout_s=10
+        )
+    assert refused.value.refused == {"other.revocations": "TopicAuthorizationFailedError"}
