@@ -91,7 +91,12 @@ class ResultsService:
 
         app = web.Application()
         add_ops_routes(app, self.registry, self._ready)
-        ReadApi(pool, s.streamjobs_auth_secret.get_secret_value(), self.metrics).install(app)
+        ReadApi(
+            pool,
+            s.streamjobs_auth_secret.get_secret_value(),
+            self.metrics,
+            max_page_bytes=s.results_max_page_bytes,
+        ).install(app)
         self.port = await serve_http(app, s.results_host, s.results_port, stack)
 
         self._started = True
