@@ -33,6 +33,6 @@ def job_id_of(value: bytes | None) -> str:
     """The job id of a record too broken to parse, if its JSON still says it."""
     try:
         job_id = json.loads(value or b"").get("job_id")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested too deep
         return "unknown"
     return job_id if isinstance(job_id, str) and job_id else "unknown"

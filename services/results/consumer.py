@@ -19,7 +19,12 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    MessageSizeTooLargeError,
+)
 from pydantic import ValidationError
 
 from services.results.faults import CONNECTION_ERRORS, WriteFault, classify
@@ -39,7 +44,7 @@ from shared.contracts import (
 from shared.deadletter import poison_record
 from shared.kafka import publish
 from shared.retry import retry_until_done
-from shared.text import clean_json
+from shared.text import clean_json, clean_text
 from shared.topics import dlq_topic
 
 log = logging.getLogger(__name__)
@@ -194,7 +199,7 @@ class Persister:
         )
         self.metrics.poison_records.labels(record.topic).inc()
         batch.poison.append(
-            poison_record(
+            _dead_record(
                 record.value, reason, error_type, record.topic, record.partition, record.offset
             )
         )
@@ -207,7 +212,12 @@ class Persister:
             # A retry after a failure may publish a record twice: the DLQ is for people,
             # who see the same source offset.
             for record in records:
-                await publish(self.producer, topic, record)
+                try:
+                    await publish(self.producer, topic, record)
+                except MessageSizeTooLargeError:
+                    # Retrying the same size can never succeed: keep the head of the original;
+                    # the source offset still names where the whole of it is.
+                    await publish(self.producer, topic, _shortened(record))
 
         await retry_until_done(
             once,
@@ -310,7 +320,7 @@ class Persister:
         )
         self.metrics.records_rejected.labels(item.topic).inc()
         batch.poison.append(
-            poison_record(
+            _dead_record(
                 item.value,
                 fault.reason,
                 fault.error_type,
@@ -345,6 +355,34 @@ class Persister:
                 lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - position)
         for topic, value in lag.items():
             self.metrics.lag_records.labels(topic).set(value)
+
+
+def _dead_record(
+    value: bytes | None, reason: str, error_type: str, topic: str, partition: int, offset: int
+) -> JobDeadLettered:
+    """The DLQ record, its strings cleaned: a job id or reason read from a broken record may
+    hold a lone surrogate, which cannot be encoded to publish it (and would stall the batch)."""
+    dead = poison_record(value, clean_text(reason), error_type, topic, partition, offset)
+    job_id = clean_text(dead.job_id)
+    return dead if job_id == dead.job_id else dead.model_copy(update={"job_id": job_id})
+
+
+_ORIGINAL_HEAD_CHARS = 64 * 1024
+
+
+def _shortened(dead: JobDeadLettered) -> JobDeadLettered:
+    data = dead.data
+    note = f" (original of {len(data.original)} characters cut to its first {_ORIGINAL_HEAD_CHARS})"
+    return dead.model_copy(
+        update={
+            "data": data.model_copy(
+                update={
+                    "original": data.original[:_ORIGINAL_HEAD_CHARS],
+                    "reason": data.reason + note,
+                }
+            )
+        }
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -162,3 +162,24 @@ async def test_an_error_escaping_a_batch_rewinds_so_no_record_is_skipped(
     assert dead.data.original == "{not json"  # read again after the rewind, not skipped
     assert await _status(database_url, "before") == "completed"
     assert await _status(database_url, "after") == "completed"
+
+
+async def test_a_record_too_big_to_dead_letter_whole_is_dead_lettered_cut_and_the_rest_stored(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    database_url: str,
+    auth_secret: str,
+    producer: AIOKafkaProducer,
+) -> None:
+    # Near the size limit, and every byte doubles when escaped inside the DLQ record's JSON.
+    huge = b'"' * 900_000
+    settings = settings_for(kafka_bootstrap, topic_prefix, database_url, auth_secret)
+    async with running(settings) as service:
+        await producer.send_and_wait(events_topic(topic_prefix), value=huge, key=b"huge")
+        await publish_script(producer, topic_prefix, job_script("after"))
+        await wait_for(lambda: caught_up(service), message="the persister stalled")
+    (dead,) = await _dead(kafka_bootstrap, topic_prefix, 1)
+    assert dead.data.original == '"' * len(dead.data.original)
+    assert 0 < len(dead.data.original) < len(huge)
+    assert "cut" in dead.data.reason
+    assert await _status(database_url, "after") == "completed"
