@@ -19,10 +19,14 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
 )
 # The server is there but could not take the transaction now (deadlock, serialization,
-# too many connections): the same records succeed later.
+# too many connections, a full disk), or it is not the database we expect (a missing table
+# or column, no privilege, a read-only standby): records are parameters, never SQL text,
+# so none of these is a record's doing, and dead-lettering for them would empty the topics.
 _BUSY_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TransactionRollbackError,
     asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.SyntaxOrAccessError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
 _REASON_CHARS = 1000
 

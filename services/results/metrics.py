@@ -81,7 +81,7 @@ class ResultsMetrics:
         )
         self.write_failures = Counter(
             "streamjobs_results_db_write_failures_total",
-            "Batch transactions that failed, by kind (connection, database)",
+            "Batch writes that failed, by kind (connection: retried; database, record: bisected)",
             ("kind",),
             registry=registry,
         )

@@ -33,9 +33,13 @@ PRICE = ModelPrice(prompt=1.0, completion=2.0)
         asyncpg.exceptions.AdminShutdownError("shutdown"),
         asyncpg.exceptions.DeadlockDetectedError("deadlock"),
         asyncpg.exceptions.TooManyConnectionsError("busy"),
+        asyncpg.exceptions.DiskFullError("no space left"),
+        asyncpg.exceptions.UndefinedColumnError('column "usage_estimated" does not exist'),
+        asyncpg.exceptions.InsufficientPrivilegeError("permission denied for table jobs"),
+        asyncpg.exceptions.ReadOnlySQLTransactionError("read-only transaction"),
     ],
 )
-def test_lost_or_busy_connections_are_retried(exc: Exception) -> None:
+def test_lost_busy_or_wrong_databases_are_retried_not_blamed_on_records(exc: Exception) -> None:
     assert classify(exc).retriable
 
 
