@@ -39,7 +39,7 @@ from shared.contracts import (
     TokenChunk,
     parse_record,
 )
-from shared.jobtypes import parse_response
+from shared.jobtypes import ParsedResponse, parse_response
 from shared.lifecycle import JobStatus
 from shared.text import clean_json, clean_optional, clean_text
 
@@ -395,7 +395,12 @@ async def _reparse(conn: asyncpg.Connection, jobs: list[JobRow]) -> None:
     for job in jobs:
         if job.job_id not in stored:
             continue
-        parsed = parse_response(job.job_type or "", stored[job.job_id])
+        try:
+            parsed = parse_response(job.job_type or "", stored[job.job_id])
+        except RecursionError:
+            # The completion is stored already: refusing the accepted fact for it would leave
+            # the job without an owner, so the response just stays unparsed.
+            parsed = ParsedResponse(error="not JSON: nested too deeply to parse")
         rows.append(
             (
                 job.job_id,

@@ -183,3 +183,32 @@ async def test_a_record_too_big_to_dead_letter_whole_is_dead_lettered_cut_and_th
     assert 0 < len(dead.data.original) < len(huge)
     assert "cut" in dead.data.reason
     assert await _status(database_url, "after") == "completed"
+
+
+async def test_a_late_accepted_fact_for_a_stored_too_deep_response_keeps_the_job_owned(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    database_url: str,
+    auth_secret: str,
+    producer: AIOKafkaProducer,
+) -> None:
+    script = job_script("deep", job_type="security_analysis", response=_deep(50_000))
+    accepted, rest = script.events[0], script.events[1:]
+    settings = settings_for(kafka_bootstrap, topic_prefix, database_url, auth_secret)
+    async with running(settings) as service:
+        # Without its job type the completion is stored unparsed; the type comes later.
+        script.events = rest
+        await publish_script(producer, topic_prefix, script)
+        await wait_for(lambda: caught_up(service), message="completion not written")
+        script.events, script.chunks = [accepted], []
+        await publish_script(producer, topic_prefix, script)
+        await wait_for(lambda: caught_up(service), message="late accepted not written")
+        assert service.metrics.records_rejected.labels(events_topic(topic_prefix))._value.get() == 0
+    conn = await asyncpg.connect(database_url)
+    try:
+        job = await conn.fetchrow("SELECT user_id, status FROM jobs WHERE job_id = 'deep'")
+        error = await conn.fetchval("SELECT parse_error FROM results WHERE job_id = 'deep'")
+    finally:
+        await conn.close()
+    assert (job["user_id"], job["status"]) == ("alice", "completed")
+    assert "too deeply" in error
