@@ -121,6 +121,11 @@ class JobResult(_Out):
     )
     finish_reason: str | None = None
     usage: TokenUsage = Field(default_factory=TokenUsage)
+    usage_estimated: bool = Field(
+        default=False,
+        description="true when usage was counted from the streamed chunks, not reported by the"
+        " upstream (a failed or cancelled attempt's partial result)",
+    )
     estimated_cost_usd: float = 0.0
     processing_time_ms: float | None = None
     time_to_first_token_ms: float | None = None

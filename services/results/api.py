@@ -1,4 +1,9 @@
-"""The read API (aiohttp): authentication, query parameters, problem JSON, request metrics."""
+"""The read API (aiohttp): authentication, query parameters, problem JSON, request metrics.
+
+Every input is untrusted: a token, cursor, date or limit that cannot be read answers
+a 4xx problem, never a 500; strings are cleaned (shared.text) as the stored ones were,
+so a NUL in a query matches what was stored instead of breaking the query.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,10 @@ from services.results import reads
 from services.results.analytics import BUCKETS, GROUP_KEYS, AnalyticsQuery, analytics
 from services.results.metrics import ResultsMetrics
 from shared.api import API_PREFIX
-from shared.auth import InvalidToken, Principal
+from shared.auth import SCOPE_READ, InvalidToken, Principal
 from shared.http import problem
 from shared.lifecycle import JobStatus
+from shared.text import clean_text
 from shared.topics import Priority
 from shared.verifier import TokenVerifier
 
@@ -25,6 +31,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PRINCIPAL = web.RequestKey("principal", Principal)
+# Moments PostgreSQL and datetime arithmetic (a day either side) both handle.
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+MAX_LIMIT = 200
 
 
 class BadParameter(Exception):
@@ -42,15 +52,24 @@ def _json(model: BaseModel) -> web.Response:
     return web.Response(text=model.model_dump_json(), content_type="application/json")
 
 
+def _text(request: web.Request, name: str) -> str | None:
+    raw = request.query.get(name)
+    return clean_text(raw) if raw else None
+
+
 def _moment(request: web.Request, name: str) -> datetime | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
     try:
         moment = datetime.fromisoformat(raw.replace(" ", "+"))  # a '+' arrives as a space
-    except ValueError:
+        moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        in_range = EARLIEST <= moment <= LATEST
+    except (ValueError, OverflowError):
         raise BadParameter(name, f"{name} must be an ISO 8601 date-time") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    if not in_range:
+        raise BadParameter(name, f"{name} must lie between years 1 and 9999")
+    return moment
 
 
 def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
@@ -64,13 +83,20 @@ def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | 
 
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", "50")
+    rule = f"limit must be an integer from 1 to {MAX_LIMIT}"
+    if len(raw) > 12:
+        raise BadParameter("limit", rule)  # before int(): a huge number is costly to read
     try:
         limit = int(raw)
     except ValueError:
-        raise BadParameter("limit", "limit must be an integer from 1 to 200") from None
-    if not 1 <= limit <= 200:
-        raise BadParameter("limit", "limit must be an integer from 1 to 200")
+        raise BadParameter("limit", rule) from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadParameter("limit", rule)
     return limit
+
+
+def _job_id(request: web.Request) -> str:
+    return clean_text(request.match_info["job_id"])
 
 
 def _not_found(job_id: str) -> web.Response:
@@ -79,11 +105,17 @@ def _not_found(job_id: str) -> web.Response:
 
 class ReadApi:
     def __init__(
-        self, pool: asyncpg.Pool, verifier: TokenVerifier, metrics: ResultsMetrics
+        self,
+        pool: asyncpg.Pool,
+        verifier: TokenVerifier,
+        metrics: ResultsMetrics,
+        *,
+        max_page_bytes: int,
     ) -> None:
         self.pool = pool
         self.verifier = verifier
         self.metrics = metrics
+        self.max_page_bytes = max_page_bytes
 
     def install(self, app: web.Application) -> None:
         app.middlewares.append(self._middleware)
@@ -109,7 +141,13 @@ class ReadApi:
     ) -> web.StreamResponse:
         try:
             if route.startswith(API_PREFIX):
-                request[PRINCIPAL] = self.verifier.from_header(request.headers.get("Authorization"))
+                # The verifier raises only InvalidToken, whatever the header holds.
+                principal = self.verifier.from_header(request.headers.get("Authorization"))
+                if not principal.can(SCOPE_READ):
+                    return problem(
+                        403, "forbidden", "Forbidden", f"reading jobs needs the {SCOPE_READ} scope"
+                    )
+                request[PRINCIPAL] = principal
             return await handler(request)
         except InvalidToken as exc:
             return problem(
@@ -145,19 +183,19 @@ class ReadApi:
             return problem(500, "internal-error", "Internal error")
 
     async def get_job(self, request: web.Request) -> web.Response:
-        job_id = request.match_info["job_id"]
+        job_id = _job_id(request)
         async with self.pool.acquire() as conn:
             view = await reads.get_job(conn, _principal(request), job_id)
         return _not_found(job_id) if view is None else _json(view)
 
     async def stream(self, request: web.Request) -> web.Response:
-        job_id = request.match_info["job_id"]
+        job_id = _job_id(request)
         async with self.pool.acquire() as conn:
             snapshot = await reads.stream_snapshot(conn, _principal(request), job_id)
         return _not_found(job_id) if snapshot is None else _json(snapshot)
 
     async def result(self, request: web.Request) -> web.Response:
-        job_id = request.match_info["job_id"]
+        job_id = _job_id(request)
         try:
             async with self.pool.acquire() as conn:
                 result = await reads.get_result(conn, _principal(request), job_id)
@@ -173,7 +211,7 @@ class ReadApi:
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         principal = _principal(request)
-        user_id = request.query.get("user_id") or None
+        user_id = _text(request, "user_id")
         if user_id is not None and not principal.is_admin and user_id != principal.user_id:
             return problem(403, "forbidden", "Forbidden", "only admins list other users' jobs")
         status = _choice(request, "status", tuple(s.value for s in JobStatus))
@@ -181,7 +219,7 @@ class ReadApi:
         since, until = _moment(request, "since"), _moment(request, "until")
         flt = reads.ListFilter(
             status=JobStatus(status) if status else None,
-            job_type=request.query.get("job_type") or None,
+            job_type=_text(request, "job_type"),
             priority=Priority(priority) if priority else None,
             since=since,
             until=until,
@@ -190,7 +228,7 @@ class ReadApi:
             cursor=request.query.get("cursor") or None,
         )
         async with self.pool.acquire() as conn:
-            page = await reads.list_jobs(conn, principal, flt)
+            page = await reads.list_jobs(conn, principal, flt, max_bytes=self.max_page_bytes)
         return _json(page)
 
     async def analytics(self, request: web.Request) -> web.Response:

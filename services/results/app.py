@@ -14,7 +14,8 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
 from services.results.api import ReadApi
-from services.results.consumer import CONNECTION_ERRORS, CommitObserver, Persister
+from services.results.consumer import CommitObserver, Persister
+from services.results.faults import CONNECTION_ERRORS
 from services.results.metrics import ResultsMetrics
 from services.results.migrations import migrate
 from services.results.retention import sweep
@@ -106,7 +107,9 @@ class ResultsService:
         )
         app = web.Application()
         add_ops_routes(app, self.registry, self._ready)
-        ReadApi(pool, self.verifier, self.metrics).install(app)
+        ReadApi(pool, self.verifier, self.metrics, max_page_bytes=s.results_max_page_bytes).install(
+            app
+        )
         self.port = await serve_http(app, s.results_host, s.results_port, stack)
 
         self._started = True
@@ -148,13 +151,21 @@ class ResultsService:
 
     async def _persist_loop(self) -> None:
         assert self.persister is not None
+        rewind = False
         while True:
             try:
+                if rewind:
+                    # The records of the batch the error cut short were neither stored nor
+                    # dead-lettered: read them again rather than commit past them.
+                    await self.persister.rewind()
+                    rewind = False
                 await self.persister.run()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the consumer loop's boundary: log, pause, go on
-                log.exception("persister loop crashed; restarting it")
+            except Exception:  # the consumer loop's boundary: log, rewind, go on
+                log.exception("persister loop crashed; rewinding to the committed offsets")
+                self.metrics.persister_restarts.inc()
+                rewind = True
                 await asyncio.sleep(1)
 
     async def _retention_loop(self) -> None:

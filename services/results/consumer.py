@@ -1,9 +1,12 @@
 """The persister: reads events and chunks, writes them in batches, then commits their offsets.
 
-Offsets are committed only after the batch's transaction committed, so a crash
-or an outage loses nothing; the writes are idempotent, so what comes again is
-harmless. While PostgreSQL is away the batch is retried with capped backoff
-and no further record is read.
+Offsets are committed only after every record of the batch was either stored or
+dead-lettered, so a crash or an outage loses nothing; the writes are idempotent,
+so what comes again is harmless. While PostgreSQL is away the batch is retried
+with capped backoff and no further record is read. A write the database refuses
+for what a record holds is split in halves until the record that causes it is
+alone: that one goes to the DLQ topic with its reason, the others are stored, so
+no record can stall a partition.
 """
 
 from __future__ import annotations
@@ -16,12 +19,18 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    MessageSizeTooLargeError,
+)
 from pydantic import ValidationError
 
+from services.results.faults import CONNECTION_ERRORS, WriteFault, classify
 from services.results.metrics import ResultsMetrics
 from services.results.settings import ResultsSettings
-from services.results.store import write_batch
+from services.results.store import BatchOutcome, write_batch
 from shared.contracts import (
     LIFECYCLE_TYPES,
     JobCancelled,
@@ -35,34 +44,58 @@ from shared.contracts import (
 from shared.deadletter import poison_record
 from shared.kafka import publish
 from shared.retry import retry_until_done
+from shared.text import clean_json, clean_text
 from shared.topics import dlq_topic
 
 log = logging.getLogger(__name__)
 
-# Failures of the connection itself: the server is down, restarting or unreachable.
-CONNECTION_ERRORS = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,
-)
+__all__ = ["CONNECTION_ERRORS", "Batch", "CommitObserver", "Item", "Persister"]
+
+# The one way an unstorable character reaches us: the JSON parser refuses raw NULs and
+# lone surrogate escapes, but decodes `\u0000` to NUL. Records without it skip the cleaning.
+_NUL_ESCAPE = b"\\u0000"
 
 # (Kafka timestamps of the batch's records in ms, wall time of the commit in s)
 CommitObserver = Callable[[list[int], float], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One readable record of a batch, with where it came from (for the DLQ)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    record: LifecycleEvent | TokenChunk
+
+
 @dataclass
 class Batch:
-    events: list[LifecycleEvent]
-    chunks: list[TokenChunk]
+    items: list[Item]  # in the order they were read
     offsets: dict[TopicPartition, int]  # next offset to read, per partition
     timestamps: list[int]
     poison: list[JobDeadLettered] = field(default_factory=list)
 
     @property
     def size(self) -> int:
-        return len(self.events) + len(self.chunks)
+        return len(self.items)
+
+
+def _split(items: Sequence[Item]) -> tuple[list[LifecycleEvent], list[TokenChunk]]:
+    events: list[LifecycleEvent] = []
+    chunks: list[TokenChunk] = []
+    for item in items:
+        if isinstance(item.record, TokenChunk):
+            chunks.append(item.record)
+        else:
+            events.append(item.record)
+    return events, chunks
+
+
+def _cleaned(record: LifecycleEvent | TokenChunk) -> LifecycleEvent | TokenChunk:
+    """The same record with its NULs replaced (shared.text), so every column can hold it."""
+    return type(record).model_validate(clean_json(record.model_dump()))
 
 
 class Persister:
@@ -92,10 +125,24 @@ class Persister:
             if batch.offsets:
                 await self._flush(batch)
 
+    async def rewind(self) -> None:
+        """Seek every assigned partition back to its committed offset.
+
+        After an error escaped a batch, its records were neither stored nor dead-lettered;
+        reading on from the consumer's position would commit past them.
+        """
+        for tp in self.consumer.assignment():
+            committed = await self.consumer.committed(tp)
+            if committed is None:
+                await self.consumer.seek_to_beginning(tp)  # as auto_offset_reset=earliest
+            else:
+                self.consumer.seek(tp, committed)
+            self._positions.pop(tp, None)
+
     async def _collect(self) -> Batch:
         """Read until the batch is full or its first record waited the longest allowed."""
         s = self.settings
-        batch = Batch([], [], {}, [])
+        batch = Batch([], {}, [])
         received = 0
         deadline: float | None = None
         while received < s.results_batch_size:
@@ -125,15 +172,20 @@ class Persister:
             return
         try:
             parsed = parse_record(record.value)
+            if not isinstance(parsed, (TokenChunk, *LIFECYCLE_TYPES)):
+                self._poison(record, batch, f"unexpected record type {parsed.type}", "WrongType")
+                return
+            if _NUL_ESCAPE in record.value:
+                parsed = _cleaned(parsed)
         except ValidationError as exc:
-            self._poison(record, batch, str(exc).splitlines()[0], "ValidationError")
+            self._poison(record, batch, _first_line(exc), "ValidationError")
             return
-        if isinstance(parsed, TokenChunk):
-            batch.chunks.append(parsed)
-        elif isinstance(parsed, LIFECYCLE_TYPES):
-            batch.events.append(parsed)
-        else:
-            self._poison(record, batch, f"unexpected record type {parsed.type}", "WrongType")
+        except Exception as exc:  # noqa: BLE001  # the record's fault: dead-lettered, not a stall
+            self._poison(record, batch, _first_line(exc), type(exc).__name__)
+            return
+        batch.items.append(
+            Item(record.topic, record.partition, record.offset, record.value, parsed)
+        )
 
     def _poison(
         self, record: ConsumerRecord[bytes, bytes], batch: Batch, reason: str, error_type: str
@@ -147,7 +199,7 @@ class Persister:
         )
         self.metrics.poison_records.labels(record.topic).inc()
         batch.poison.append(
-            poison_record(
+            _dead_record(
                 record.value, reason, error_type, record.topic, record.partition, record.offset
             )
         )
@@ -160,7 +212,12 @@ class Persister:
             # A retry after a failure may publish a record twice: the DLQ is for people,
             # who see the same source offset.
             for record in records:
-                await publish(self.producer, topic, record)
+                try:
+                    await publish(self.producer, topic, record)
+                except MessageSizeTooLargeError:
+                    # Retrying the same size can never succeed: keep the head of the original;
+                    # the source offset still names where the whole of it is.
+                    await publish(self.producer, topic, _shortened(record))
 
         await retry_until_done(
             once,
@@ -184,43 +241,94 @@ class Persister:
         self._report_lag(batch.offsets)
 
     async def _write(self, batch: Batch) -> None:
+        """Store the batch's records; those the database refuses alone are dead-lettered."""
+        pending: list[list[Item]] = [batch.items]
+        stored: list[Item] = []
+        while pending:
+            items = pending.pop()
+            fault = await self._write_items(items)
+            if fault is None:
+                stored.extend(items)
+                continue
+            if len(items) == 1:
+                self._reject(items[0], batch, fault)
+                continue
+            # Bisect: the halves go in read order (the stack pops the first half first).
+            middle = len(items) // 2
+            pending.append(items[middle:])
+            pending.append(items[:middle])
+        _log_final(stored)
+
+    async def _write_items(self, items: list[Item]) -> WriteFault | None:
+        """Write `items` in one transaction, waiting out lost connections; the refusal if any."""
         s = self.settings
+        events, chunks = _split(items)
         failures = 0
         while True:
             started = time.perf_counter()
             try:
                 async with self.pool.acquire() as conn:
-                    outcome = await write_batch(conn, batch.events, batch.chunks, s.price_of)
-            except CONNECTION_ERRORS as exc:
-                kind, detail = "connection", f"{type(exc).__name__}: {exc}"
-            except asyncpg.PostgresError as exc:
-                # Not the connection: still retried, as skipping would lose the batch.
-                kind, detail = "database", f"{type(exc).__name__}: {exc}"
-                log.exception("batch write failed (jobs %s)", _job_ids(batch))
+                    outcome = await write_batch(conn, events, chunks, s.price_of)
+            except Exception as exc:  # noqa: BLE001  # sorted below: retried, or isolated
+                fault = classify(exc)
             else:
-                self.metrics.write_latency.observe(time.perf_counter() - started)
-                self.metrics.batch_size.observe(batch.size)
-                for kind_, count in outcome.events.items():
-                    self.metrics.events_persisted.labels(kind_).inc(count)
-                self.metrics.chunks_persisted.inc(outcome.chunks)
-                for result in outcome.results:
-                    model = s.model_label(result.model)
-                    self.metrics.tokens.labels(model, "prompt").inc(result.prompt_tokens)
-                    self.metrics.tokens.labels(model, "completion").inc(result.completion_tokens)
-                    self.metrics.cost.labels(model).inc(float(result.estimated_cost_usd))
-                self.metrics.events_ignored.inc(outcome.ignored)
+                self._count(outcome, len(items), time.perf_counter() - started)
                 if failures:
                     log.info("batch written after %d failed tries", failures)
                 self.db_ok = True
-                _log_final(batch.events)
-                return
+                return None
+            self.metrics.write_failures.labels(fault.kind).inc()
+            if not fault.retriable:
+                log.warning(
+                    "write of %d records refused (%s); splitting (jobs %s)",
+                    len(items),
+                    fault,
+                    _job_ids(items),
+                )
+                self.db_ok = True  # the database answered: it is the records
+                return fault
             self.db_ok = False
-            self.metrics.write_failures.labels(kind).inc()
             delay = min(s.results_retry_max_s, s.results_retry_base_s * 2**failures)
             failures += 1
-            log.warning("batch write failed (%s); retry %d in %.2fs", detail, failures, delay)
+            log.warning("batch write failed (%s); retry %d in %.2fs", fault, failures, delay)
             self.metrics.write_retries.inc()
             await asyncio.sleep(delay)
+
+    def _count(self, outcome: BatchOutcome, size: int, seconds: float) -> None:
+        s = self.settings
+        self.metrics.write_latency.observe(seconds)
+        self.metrics.batch_size.observe(size)
+        for kind_, count in outcome.events.items():
+            self.metrics.events_persisted.labels(kind_).inc(count)
+        self.metrics.chunks_persisted.inc(outcome.chunks)
+        for result in outcome.results:
+            model = s.model_label(result.model)
+            self.metrics.tokens.labels(model, "prompt").inc(result.prompt_tokens)
+            self.metrics.tokens.labels(model, "completion").inc(result.completion_tokens)
+            self.metrics.cost.labels(model).inc(float(result.estimated_cost_usd))
+        self.metrics.events_ignored.inc(outcome.ignored)
+        self.metrics.owner_changes_refused.inc(outcome.owner_conflicts)
+
+    def _reject(self, item: Item, batch: Batch, fault: WriteFault) -> None:
+        log.warning(
+            "dead-lettering record %s[%d]@%d the database refused: %s",
+            item.topic,
+            item.partition,
+            item.offset,
+            fault.reason,
+            extra={"job_id": item.record.job_id},
+        )
+        self.metrics.records_rejected.labels(item.topic).inc()
+        batch.poison.append(
+            _dead_record(
+                item.value,
+                fault.reason,
+                fault.error_type,
+                item.topic,
+                item.partition,
+                item.offset,
+            )
+        )
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assigned = self.consumer.assignment()
@@ -249,19 +357,53 @@ class Persister:
             self.metrics.lag_records.labels(topic).set(value)
 
 
-def _job_ids(batch: Batch) -> str:
-    ids: Sequence[str] = sorted({e.job_id for e in batch.events})
+def _dead_record(
+    value: bytes | None, reason: str, error_type: str, topic: str, partition: int, offset: int
+) -> JobDeadLettered:
+    """The DLQ record, its strings cleaned: a job id or reason read from a broken record may
+    hold a lone surrogate, which cannot be encoded to publish it (and would stall the batch)."""
+    dead = poison_record(value, clean_text(reason), error_type, topic, partition, offset)
+    job_id = clean_text(dead.job_id)
+    return dead if job_id == dead.job_id else dead.model_copy(update={"job_id": job_id})
+
+
+_ORIGINAL_HEAD_CHARS = 64 * 1024
+
+
+def _shortened(dead: JobDeadLettered) -> JobDeadLettered:
+    data = dead.data
+    note = f" (original of {len(data.original)} characters cut to its first {_ORIGINAL_HEAD_CHARS})"
+    return dead.model_copy(
+        update={
+            "data": data.model_copy(
+                update={
+                    "original": data.original[:_ORIGINAL_HEAD_CHARS],
+                    "reason": data.reason + note,
+                }
+            )
+        }
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _job_ids(items: Sequence[Item]) -> str:
+    ids: Sequence[str] = sorted({i.record.job_id for i in items})
     return ", ".join(ids[:10]) + (" …" if len(ids) > 10 else "")
 
 
 _FINAL = (JobCompleted, JobFailed, JobCancelled)
 
 
-def _log_final(events: list[LifecycleEvent]) -> None:
+def _log_final(items: list[Item]) -> None:
     """One line per job that reached a final state: operators follow a trace id to here."""
     if not log.isEnabledFor(logging.INFO):
         return
-    for event in events:
+    for item in items:
+        event = item.record
         if isinstance(event, _FINAL):
             log.info(
                 "stored %s of attempt %d",

@@ -33,6 +33,23 @@ class ResultsMetrics:
             ("topic",),
             registry=registry,
         )
+        self.records_rejected = Counter(
+            "streamjobs_results_records_rejected_total",
+            "Records the database refused or whose rows could not be built, isolated from their"
+            " batch and sent to the DLQ topic with their reason, by topic",
+            ("topic",),
+            registry=registry,
+        )
+        self.persister_restarts = Counter(
+            "streamjobs_results_persister_restarts_total",
+            "Persister loops restarted after an unexpected error, rewound to the committed offsets",
+            registry=registry,
+        )
+        self.owner_changes_refused = Counter(
+            "streamjobs_results_owner_changes_refused_total",
+            "Later job.accepted facts naming another owner than the job's first one, not applied",
+            registry=registry,
+        )
         self.tokens = Counter(
             "streamjobs_results_tokens_total",
             "Tokens of completed jobs as the LLM reported them, by model and kind",
@@ -64,7 +81,7 @@ class ResultsMetrics:
         )
         self.write_failures = Counter(
             "streamjobs_results_db_write_failures_total",
-            "Batch transactions that failed, by kind (connection, database)",
+            "Batch writes that failed, by kind (connection: retried; database, record: bisected)",
             ("kind",),
             registry=registry,
         )

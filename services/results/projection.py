@@ -70,13 +70,14 @@ class ResultRow:
     completion_tokens: int
     total_tokens: int
     estimated_cost_usd: Decimal
-    processing_time_ms: float
+    processing_time_ms: float | None
     ttft_ms: float | None
     tokens_per_second: float | None
     queue_wait_ms: float | None
     chunks: int
     severity_breakdown: dict[str, int] | None
     completed_at: datetime
+    usage_estimated: bool = False
 
 
 def _queue_wait(job: JobRow, queued_for_ms: float | None = None) -> None:
@@ -88,9 +89,21 @@ def _queue_wait(job: JobRow, queued_for_ms: float | None = None) -> None:
         job.queue_wait_ms = max(0.0, (job.started_at - job.submitted_at).total_seconds() * 1000)
 
 
+def owner_conflict(job: JobRow, event: LifecycleEvent) -> bool:
+    """`event` is an accepted fact naming another owner than the job's first one."""
+    return (
+        isinstance(event, JobAccepted)
+        and job.user_id is not None
+        and event.data.user_id != job.user_id
+    )
+
+
 def apply(job: JobRow, event: LifecycleEvent) -> bool:
     """Apply `event` to `job` in place; False when it is an illegal or out-of-date move."""
     if isinstance(event, JobAccepted):
+        if owner_conflict(job, event):
+            # The first accepted fact fixed the owner; a later one may not hand the job over.
+            return False
         spec = event.data
         job.user_id = spec.user_id
         job.job_type = spec.job_type
@@ -191,4 +204,56 @@ def result_of(job: JobRow, event: JobCompleted, price: ModelPrice) -> ResultRow:
         chunks=data.chunks,
         severity_breakdown=parsed.severity_breakdown,
         completed_at=aware(event.occurred_at),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """The stored chunks of one attempt: their text in seq order, tokens and count."""
+
+    text: str = ""
+    tokens: int = 0
+    chunks: int = 0
+
+
+def partial_result_of(
+    job: JobRow, event: JobFailed | JobCancelled, streamed: Streamed, price: ModelPrice
+) -> ResultRow:
+    """What a failed or cancelled attempt streamed before it ended, and what that cost.
+
+    Usage is the event's when it carries one (the streamer's, estimated or not); else the
+    completion tokens are counted from the stored chunks and marked estimated. Latency
+    figures stay empty: they describe completions.
+    """
+    data = event.data
+    usage = data.usage
+    if usage is not None:
+        prompt, completion, estimated = (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            data.usage_estimated,
+        )
+    else:
+        prompt, completion, estimated = 0, streamed.tokens, True
+    model = data.model or job.model or ""
+    return ResultRow(
+        job_id=event.job_id,
+        attempt=data.attempt,
+        model=model,
+        response=streamed.text,
+        parsed_response=None,
+        parse_error=None,
+        finish_reason=None,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=(usage.total_tokens if usage is not None else 0) or prompt + completion,
+        estimated_cost_usd=cost_usd(price, prompt, completion),
+        processing_time_ms=None,
+        ttft_ms=None,
+        tokens_per_second=None,
+        queue_wait_ms=job.queue_wait_ms,
+        chunks=streamed.chunks,
+        severity_breakdown=None,
+        completed_at=aware(event.occurred_at),
+        usage_estimated=estimated,
     )

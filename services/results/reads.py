@@ -20,7 +20,11 @@ from shared.api import JobPage, JobResult, JobView, Progress, StreamSnapshot
 from shared.auth import Principal
 from shared.contracts import TokenUsage
 from shared.lifecycle import JobStatus
+from shared.text import clean_text
 from shared.topics import Priority
+
+# A served cursor is ~100 characters; anything far longer was not served by us.
+MAX_CURSOR_CHARS = 1024
 
 
 class BadCursor(ValueError):
@@ -45,13 +49,19 @@ def encode_cursor(submitted_at: datetime, job_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise BadCursor("cursor is not valid")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        moment, job_id = json.loads(raw)
+        decoded = json.loads(raw)
+        if not isinstance(decoded, list) or len(decoded) != 2:
+            raise BadCursor("cursor is not valid")
+        moment, job_id = decoded
         at = datetime.fromisoformat(moment)
-    except (binascii.Error, ValueError, TypeError) as exc:
+    except (binascii.Error, ValueError, TypeError, RecursionError) as exc:
         raise BadCursor("cursor is not valid") from exc
-    if not isinstance(job_id, str) or at.tzinfo is None:
+    # Our cursors hold stored (clean) job ids; a NUL or lone surrogate could not reach SQL.
+    if not isinstance(job_id, str) or at.tzinfo is None or clean_text(job_id) != job_id:
         raise BadCursor("cursor is not valid")
     return at, job_id
 
@@ -142,7 +152,10 @@ async def get_job(conn: asyncpg.Connection, principal: Principal, job_id: str) -
     return _view(row, progress=progress, position=position)
 
 
-async def list_jobs(conn: asyncpg.Connection, principal: Principal, f: ListFilter) -> JobPage:
+async def list_jobs(
+    conn: asyncpg.Connection, principal: Principal, f: ListFilter, *, max_bytes: int
+) -> JobPage:
+    """A page of at most `f.limit` items and about `max_bytes` of JSON (at least one item)."""
     where, args = _visible(principal, 1)
     clauses = [where]
 
@@ -170,10 +183,17 @@ async def list_jobs(conn: asyncpg.Connection, principal: Principal, f: ListFilte
             ORDER BY j.submitted_at DESC, j.job_id DESC LIMIT {param(f.limit + 1)}""",
         *args,
     )
-    items = [_view(r) for r in rows[: f.limit]]
+    items: list[JobView] = []
+    size = 0
+    for row in rows[: f.limit]:
+        view = _view(row)
+        size += len(view.model_dump_json()) + 1  # the comma between items
+        if items and size > max_bytes:
+            break  # the rest comes with the next page
+        items.append(view)
     next_cursor = None
-    if len(rows) > f.limit:
-        last = rows[f.limit - 1]
+    if len(rows) > len(items):
+        last = rows[len(items) - 1]
         next_cursor = encode_cursor(last["submitted_at"], last["job_id"])
     return JobPage(items=items, next_cursor=next_cursor)
 
@@ -243,6 +263,7 @@ async def get_result(
             completion_tokens=r["completion_tokens"],
             total_tokens=r["total_tokens"],
         ),
+        usage_estimated=r["usage_estimated"],
         estimated_cost_usd=float(r["estimated_cost_usd"]),
         processing_time_ms=r["processing_time_ms"],
         time_to_first_token_ms=r["ttft_ms"],

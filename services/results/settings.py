@@ -29,7 +29,10 @@ class ResultsSettings(CommonSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     database_pool_size: int = Field(default=8, ge=2)
     results_port: int = Field(default=8081, ge=0, le=65535, description="HTTP; 0 = any")
-    results_host: str = "0.0.0.0"
+    results_host: str = Field(
+        default="127.0.0.1",
+        description="bind address; the gateway is the public entry, so loopback by default",
+    )
     results_group_id: str = GROUP_RESULTS
     results_batch_size: int = Field(default=2000, ge=1, description="records per transaction")
     results_batch_delay_ms: float = Field(
@@ -44,6 +47,11 @@ class ResultsSettings(CommonSettings):
         description="per model, USD per 1M prompt/completion tokens (JSON in the environment)",
     )
     results_default_price: ModelPrice = ModelPrice(prompt=2.50, completion=10.00)
+    results_max_page_bytes: int = Field(
+        default=1_000_000,
+        ge=1024,
+        description="a list page stops early (with a next_cursor) once its items reach this size",
+    )
     results_retention_days: float = Field(
         default=0, ge=0, description="null prompts/responses of jobs finished before; 0 = keep"
     )

@@ -3,11 +3,15 @@
 Chunks go in with one array INSERT … ON CONFLICT DO NOTHING; lifecycle events are
 deduplicated by event_id, applied to the jobs they touch (locked for the
 transaction), and the changed jobs and new results are upserted with executemany.
+A failed or cancelled job's result is what its last attempt streamed, rebuilt
+whenever a chunk of that attempt arrives after the final fact. Every string is
+cleaned by `shared.text` on its way in: PostgreSQL refuses NUL and lone surrogates.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,11 +19,31 @@ from typing import Any
 
 import asyncpg
 
-from services.results.projection import JobRow, ResultRow, apply, aware, result_of
+from services.results.projection import (
+    JobRow,
+    ResultRow,
+    Streamed,
+    apply,
+    aware,
+    owner_conflict,
+    partial_result_of,
+    result_of,
+)
 from services.results.settings import ModelPrice
-from shared.contracts import JobAccepted, JobCompleted, LifecycleEvent, TokenChunk
-from shared.jobtypes import parse_response
+from shared.contracts import (
+    JobAccepted,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    LifecycleEvent,
+    TokenChunk,
+    parse_record,
+)
+from shared.jobtypes import ParsedResponse, parse_response
 from shared.lifecycle import JobStatus
+from shared.text import clean_json, clean_optional, clean_text
+
+log = logging.getLogger(__name__)
 
 JOB_COLUMNS = (
     "job_id",
@@ -47,7 +71,13 @@ _UPSERT_JOB = "INSERT INTO jobs ({cols}) VALUES ({vals}) ON CONFLICT (job_id) DO
     vals=", ".join(
         f"${i}::jsonb" if c in _JSON_COLUMNS else f"${i}" for i, c in enumerate(JOB_COLUMNS, 1)
     ),
-    sets=", ".join(f"{c} = EXCLUDED.{c}" for c in JOB_COLUMNS[1:]),
+    # The first accepted fact fixed the owner; no later write may change it.
+    sets=", ".join(
+        "user_id = COALESCE(jobs.user_id, EXCLUDED.user_id)"
+        if c == "user_id"
+        else f"{c} = EXCLUDED.{c}"
+        for c in JOB_COLUMNS[1:]
+    ),
 )
 RESULT_COLUMNS = (
     "job_id",
@@ -68,6 +98,7 @@ RESULT_COLUMNS = (
     "chunks",
     "severity_breakdown",
     "completed_at",
+    "usage_estimated",
 )
 _UPSERT_RESULT = "INSERT INTO results ({cols}) VALUES ({vals}) ON CONFLICT (job_id) DO UPDATE SET {sets}".format(  # noqa: E501
     cols=", ".join(RESULT_COLUMNS),
@@ -101,16 +132,34 @@ WHERE jobs.job_id = c.job_id AND jobs.attempt = c.attempt AND jobs.first_token_a
 """
 
 
+# The final facts whose attempt's chunks make a partial result.
+_PARTIAL_TYPES = ("job.failed", "job.cancelled")
+_STREAMED = """
+SELECT c.job_id, c.attempt, string_agg(c.text, '' ORDER BY c.seq) AS text,
+       coalesce(sum(c.tokens), 0)::bigint AS tokens, count(*)::int AS chunks
+FROM chunks c JOIN unnest($1::text[], $2::int[]) AS k(job_id, attempt)
+  ON c.job_id = k.job_id AND c.attempt = k.attempt
+GROUP BY c.job_id, c.attempt
+"""
+# Jobs that already ended failed or cancelled, with the fact that ended them.
+_ENDED = """
+SELECT j.*, e.payload AS final_payload FROM jobs j
+JOIN LATERAL (SELECT payload FROM events e
+              WHERE e.job_id = j.job_id AND e.applied AND e.type = ANY($2::text[])
+              ORDER BY e.occurred_at DESC LIMIT 1) e ON true
+WHERE j.job_id = ANY($1::text[]) AND j.status IN ('failed', 'cancelled')
+"""
+
+
 def _text(value: str | None) -> str | None:
-    # PostgreSQL text cannot hold NUL; a model may still emit one.
-    return value.replace("\x00", "") if value is not None and "\x00" in value else value
+    return clean_optional(value)
 
 
 def _json(value: Any) -> str | None:
+    """jsonb text of `value`, its strings cleaned; NaN and infinities are refused (ValueError)."""
     if value is None:
         return None
-    # jsonb rejects \u0000 as well.
-    return json.dumps(value, default=str).replace("\\u0000", "")
+    return json.dumps(clean_json(value), default=str, allow_nan=False)
 
 
 @dataclass
@@ -120,7 +169,9 @@ class BatchOutcome:
     events: Counter[str] = field(default_factory=Counter)
     chunks: int = 0
     ignored: int = 0
+    owner_conflicts: int = 0  # accepted facts that named another owner, refused
     results: list[ResultRow] = field(default_factory=list)  # completions new to the store
+    partial_results: int = 0  # failed or cancelled jobs' results (re)written
 
 
 def _job_from_record(record: asyncpg.Record) -> JobRow:
@@ -141,8 +192,8 @@ def _job_args(job: JobRow) -> tuple[Any, ...]:
             value = _json(value)
         elif column == "status":
             value = value.value if value is not None else None
-        elif column == "prompt":
-            value = _text(value)
+        elif isinstance(value, str):
+            value = clean_text(value)
         row.append(value)
     return tuple(row)
 
@@ -153,8 +204,8 @@ def _result_args(result: ResultRow) -> tuple[Any, ...]:
         value = getattr(result, column)
         if column in ("parsed_response", "severity_breakdown"):
             value = _json(value)
-        elif column in ("response", "parse_error"):
-            value = _text(value)
+        elif isinstance(value, str):
+            value = clean_text(value)
         row.append(value)
     return tuple(row)
 
@@ -170,9 +221,13 @@ async def write_batch(
     async with conn.transaction():
         if chunks:
             outcome.chunks = await _write_chunks(conn, chunks)
+        partials: set[str] = set()
         if events:
-            await _write_events(conn, events, price_of, outcome)
+            partials = await _write_events(conn, events, price_of, outcome)
         if chunks:
+            late = {c.job_id for c in chunks} - partials
+            if late:
+                await _rebuild_partials(conn, sorted(late), chunks, price_of, outcome)
             firsts = [c for c in chunks if c.data.seq == 0]
             if firsts:
                 await conn.execute(
@@ -189,10 +244,10 @@ async def _write_chunks(conn: asyncpg.Connection, chunks: Sequence[TokenChunk]) 
     rows = list(unique.values())
     status = await conn.execute(
         _INSERT_CHUNKS,
-        [c.job_id for c in rows],
+        [clean_text(c.job_id) for c in rows],
         [c.data.attempt for c in rows],
         [c.data.seq for c in rows],
-        [_text(c.data.text) or "" for c in rows],
+        [clean_text(c.data.text) for c in rows],
         [c.data.tokens for c in rows],
         [aware(c.data.first_token_at) for c in rows],
         [aware(c.data.emitted_at) for c in rows],
@@ -205,7 +260,8 @@ async def _write_events(
     events: Sequence[LifecycleEvent],
     price_of: Callable[[str | None], ModelPrice],
     outcome: BatchOutcome,
-) -> None:
+) -> set[str]:
+    """Apply and store `events`; returns the jobs whose partial result it wrote."""
     job_ids = sorted({e.job_id for e in events})
     await conn.execute(_LOCK_JOBS, job_ids)
     seen = {
@@ -223,12 +279,22 @@ async def _write_events(
     changed: dict[str, JobRow] = {}
     results: dict[str, ResultRow] = {}
     late_accepted: set[str] = set()
+    ended: dict[str, JobFailed | JobCancelled] = {}
     for event in events:
         if event.event_id in seen:
             continue  # a replay: already applied, or already refused
         seen.add(event.event_id)
         job = jobs.setdefault(event.job_id, JobRow(event.job_id))
         was_typed = job.job_type is not None
+        if owner_conflict(job, event):
+            outcome.owner_conflicts += 1
+            assert isinstance(event, JobAccepted)
+            log.warning(
+                "refused accepted fact naming owner %r: the job belongs to %r",
+                event.data.user_id,
+                job.user_id,
+                extra={"job_id": job.job_id, "trace_id": event.trace_id},
+            )
         applied = apply(job, event)
         fresh.append((event, applied))
         if not applied:
@@ -239,6 +305,8 @@ async def _write_events(
         if isinstance(event, JobCompleted):
             results[job.job_id] = result_of(job, event, price_of(event.data.model))
             late_accepted.discard(job.job_id)
+        elif isinstance(event, JobFailed | JobCancelled):
+            ended[job.job_id] = event
         elif (
             isinstance(event, JobAccepted)
             and not was_typed
@@ -254,7 +322,8 @@ async def _write_events(
             [e.type for e, _ in fresh],
             [aware(e.occurred_at) for e, _ in fresh],
             [applied for _, applied in fresh],
-            [_text(e.model_dump_json()) for e, _ in fresh],
+            # Built from the python dump: a lone surrogate cannot pass model_dump_json.
+            [_json(e.model_dump(mode="json")) for e, _ in fresh],
         )
     if changed:
         await conn.executemany(_UPSERT_JOB, [_job_args(j) for j in changed.values()])
@@ -263,6 +332,54 @@ async def _write_events(
         outcome.results.extend(results.values())
     if late_accepted:
         await _reparse(conn, [jobs[j] for j in sorted(late_accepted)])
+    if ended:
+        await _write_partials(conn, [(jobs[j], e) for j, e in ended.items()], price_of, outcome)
+    return set(ended)
+
+
+async def _write_partials(
+    conn: asyncpg.Connection,
+    ended: Sequence[tuple[JobRow, JobFailed | JobCancelled]],
+    price_of: Callable[[str | None], ModelPrice],
+    outcome: BatchOutcome,
+) -> None:
+    """Store what each ended attempt streamed: its chunks' text, tokens and cost."""
+    streamed = {
+        (r["job_id"], r["attempt"]): Streamed(r["text"], int(r["tokens"]), r["chunks"])
+        for r in await conn.fetch(
+            _STREAMED, [j.job_id for j, _ in ended], [e.data.attempt for _, e in ended]
+        )
+    }
+    rows = []
+    for job, event in ended:
+        got = streamed.get((job.job_id, event.data.attempt), Streamed())
+        if got.chunks == 0 and event.data.usage is None:
+            continue  # nothing was streamed: no result to keep
+        model = event.data.model or job.model
+        rows.append(partial_result_of(job, event, got, price_of(model)))
+    if rows:
+        await conn.executemany(_UPSERT_RESULT, [_result_args(r) for r in rows])
+        outcome.partial_results += len(rows)
+
+
+async def _rebuild_partials(
+    conn: asyncpg.Connection,
+    job_ids: list[str],
+    chunks: Sequence[TokenChunk],
+    price_of: Callable[[str | None], ModelPrice],
+    outcome: BatchOutcome,
+) -> None:
+    """Chunks that reached us after their job failed or was cancelled join its result."""
+    touched = {(c.job_id, c.data.attempt) for c in chunks}
+    ended: list[tuple[JobRow, JobFailed | JobCancelled]] = []
+    for record in await conn.fetch(_ENDED, job_ids, list(_PARTIAL_TYPES)):
+        final = parse_record(record["final_payload"])
+        if not isinstance(final, JobFailed | JobCancelled):
+            continue
+        if (record["job_id"], final.data.attempt) in touched:
+            ended.append((_job_from_record(record), final))
+    if ended:
+        await _write_partials(conn, ended, price_of, outcome)
 
 
 async def _reparse(conn: asyncpg.Connection, jobs: list[JobRow]) -> None:
@@ -278,7 +395,12 @@ async def _reparse(conn: asyncpg.Connection, jobs: list[JobRow]) -> None:
     for job in jobs:
         if job.job_id not in stored:
             continue
-        parsed = parse_response(job.job_type or "", stored[job.job_id])
+        try:
+            parsed = parse_response(job.job_type or "", stored[job.job_id])
+        except RecursionError:
+            # The completion is stored already: refusing the accepted fact for it would leave
+            # the job without an owner, so the response just stays unparsed.
+            parsed = ParsedResponse(error="not JSON: nested too deeply to parse")
         rows.append(
             (
                 job.job_id,

@@ -140,13 +140,15 @@ async def test_analytics_match_figures_computed_by_hand(
             for q in (50, 95, 99):
                 assert totals[key][f"p{q}"] == pytest.approx(percentile(values, q)), (key, q)
         assert totals["prompt_tokens"] == 10 + 20 + 30 + 100
-        assert totals["completion_tokens"] == 2 + 4 + 8 + 5
-        assert totals["total_tokens"] == 60 + 100 + 19
+        # The failed job streamed two one-token chunks before it failed: billed, so counted.
+        assert totals["completion_tokens"] == 2 + 4 + 8 + 5 + 2
+        assert totals["total_tokens"] == 60 + 100 + 19 + 2
         expected_cost = (
             cost("gpt-4o-mini", 10, 2)
             + cost("gpt-4o-mini", 20, 4)
             + cost("gpt-4o-mini", 30, 8)
             + cost("gpt-4o", 100, 5)
+            + cost("gpt-4o-mini", 0, 2)
         )
         assert totals["cost_usd"] == pytest.approx(expected_cost)
         assert body["severity_breakdown"] == {
