@@ -33,9 +33,8 @@ REF = "#/components/schemas/{model}"
 NO_NUL = "^[^\\u0000]*$"
 PROBLEM_JSON = "application/problem+json"
 STORABLE_RULE = (
-    "no string (key or value, anywhere) may contain U+0000 or a lone surrogate, nor in config"
-    " and metadata the text \\u0000; integers fit in signed 64 bits; numbers are finite"
-    " (no NaN, no Infinity)"
+    "no string (key or value, anywhere) may contain U+0000 (raw or as the JSON escape) or a"
+    " lone surrogate; integers fit in signed 64 bits; numbers are finite (no NaN, no Infinity)"
 )
 
 

@@ -16,9 +16,6 @@ from typing import Any
 
 # NUL and the UTF-16 surrogate range: after decoding, a surrogate in a str is a lone one.
 _UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
-# The text `\u0000` inside a jsonb value: the results store strips that escape from the
-# encoded JSON, which breaks the encoding of a string that spells it out.
-_NUL_ESCAPE_TEXT = re.compile(r"\\u0000", re.IGNORECASE)
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 # pydantic's JSON parser stops at 200 levels; the envelope adds its own above the body.
 ENVELOPE_LEVELS = 2
@@ -52,10 +49,7 @@ def check_json(
 ) -> Unstorable | None:
     """A decoded JSON value stored as jsonb, at nesting `depth` (the body object is 1)."""
     if isinstance(value, str):
-        bad = check_text(value, loc)
-        if bad is None and _NUL_ESCAPE_TEXT.search(value):
-            bad = Unstorable(loc, "the text \\u0000 cannot be stored in JSON columns", "nul_escape")
-        return bad
+        return check_text(value, loc)
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):

@@ -212,3 +212,31 @@ async def test_a_late_accepted_fact_for_a_stored_too_deep_response_keeps_the_job
         await conn.close()
     assert (job["user_id"], job["status"]) == ("alice", "completed")
     assert "too deeply" in error
+
+
+async def test_the_text_of_a_nul_escape_in_metadata_is_stored_as_it_came(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    database_url: str,
+    auth_secret: str,
+    producer: AIOKafkaProducer,
+) -> None:
+    # {"prompt":"x","metadata":{"n":"\\u0000"}}: a backslash and five characters, not a NUL.
+    # Once the store stripped "\u0000" from its encoded JSON and left it unreadable.
+    text = {"n": "\\u0000", "\\u0000": ["a\\u0000b", "\\\\u0000"]}
+    script = job_script("text", metadata=text)
+    settings = settings_for(kafka_bootstrap, topic_prefix, database_url, auth_secret)
+    async with running(settings) as service:
+        await publish_script(producer, topic_prefix, script)
+        await publish_script(producer, topic_prefix, job_script("after"))
+        await wait_for(lambda: caught_up(service), message="the persister stalled")
+        assert await _status(database_url, "text") == "completed"
+        assert await _status(database_url, "after") == "completed"
+    conn = await asyncpg.connect(database_url)
+    try:
+        metadata = json.loads(
+            await conn.fetchval("SELECT metadata FROM jobs WHERE job_id = 'text'")
+        )
+    finally:
+        await conn.close()
+    assert metadata == text

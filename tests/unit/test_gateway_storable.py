@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import annotated_types
@@ -16,6 +17,8 @@ from shared.api import JobSubmission
 from shared.contracts import JobAccepted, RunJob, parse_record, utcnow
 
 DEPTH = 32
+# A \u0000 escape that is not itself escaped: an odd number of backslashes before the u.
+NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
 
 
 def nested(levels: int) -> Any:
@@ -43,9 +46,10 @@ def downstream_reads(submission: JobSubmission) -> None:
         parsed = parse_record(wire)
         assert isinstance(parsed, JobAccepted | RunJob)
         assert parsed.data.metadata == submission.metadata
-        # As the results store encodes jsonb: strict JSON, and no NUL escape to strip.
+        # As the results store encodes jsonb: strict JSON with no NUL escape (jsonb refuses
+        # one); the text backslash-u-0000 may be there, escaped like any other text.
         text = json.dumps(parsed.data.metadata, allow_nan=False)
-        assert "\\u0000" not in text.lower()
+        assert not NUL_ESCAPE.search(text)
         text.encode("utf-8")
 
 
@@ -80,8 +84,15 @@ def test_nul_is_refused_in_every_string_including_keys_after_json_decoding() -> 
         assert rejection.status == 422
         assert rejection.errors[0]["type"] == "nul_character"
         assert rejection.errors[0]["loc"] == where
-    # The text \u0000 (a backslash, not a NUL) in a jsonb column breaks the results store.
-    assert refusal(rb'{"prompt":"x","metadata":{"t":"\\U0000"}}').errors[0]["type"] == "nul_escape"
+    # The JSON escape decodes to the same NUL; the text \u0000 (a backslash) is only text.
+    assert (
+        refusal(rb'{"prompt":"x","metadata":{"t":"\u0000"}}').errors[0]["type"] == "nul_character"
+    )
+    text = parse_submission(
+        rb'{"prompt":"x","metadata":{"t":"\\u0000"}}', max_prompt_chars=100, max_depth=DEPTH
+    )
+    assert isinstance(text, JobSubmission) and text.metadata == {"t": "\\u0000"}
+    downstream_reads(text)
 
 
 def test_lone_surrogates_and_unstorable_numbers_are_refused() -> None:
