@@ -71,8 +71,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def test_the_read_api_binds_loopback_unless_told_otherwise() -> None:
-    assert ResultsSettings(streamjobs_auth_secret="s").results_host == "127.0.0.1"
-    told = ResultsSettings(streamjobs_auth_secret="s", results_host="0.0.0.0")
+    assert ResultsSettings(streamjobs_auth_secret="s" * 32).results_host == "127.0.0.1"
+    told = ResultsSettings(streamjobs_auth_secret="s" * 32, results_host="0.0.0.0")
     assert told.results_host == "0.0.0.0"
 
 

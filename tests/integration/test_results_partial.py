@@ -76,7 +76,7 @@ def ended(job_id: str, final: LifecycleEvent | None = None) -> JobScript:
 
 
 def cost(model: str, prompt: int, completion: int) -> float:
-    settings = ResultsSettings(streamjobs_auth_secret="s")
+    settings = ResultsSettings(streamjobs_auth_secret="s" * 32)
     return float(cost_usd(settings.price_of(model), prompt, completion))
 
 
