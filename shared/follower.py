@@ -86,7 +86,8 @@ class PartitionFollower:
         self.assigned = False
         self.partitions: list[TopicPartition] = []
         self.next_offsets: dict[TopicPartition, int] = {}  # the offset after the last one read
-        # With a lookback: per partition, the first offset inside the window (the end if none).
+        # Per partition, the first offset inside the lookback window (without one, or with no
+        # record inside it: the end offset seen at start).
         self.window_starts: dict[TopicPartition, int] = {}
         self.caught_up = asyncio.Event()  # set once every partition is read to its start end
         self._targets: dict[TopicPartition, int] = {}
