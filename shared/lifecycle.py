@@ -48,6 +48,14 @@ _ALLOWED: dict[JobStatus | None, frozenset[JobStatus]] = {
 }
 
 
+def status_after(event_type: str) -> JobStatus | None:
+    """The status a job has after an event of `event_type`; None for a type that is no move.
+
+    This is the one mapping from event types to statuses: services read it instead of their own.
+    """
+    return EVENT_STATUS.get(event_type)
+
+
 class IllegalTransition(Exception):
     def __init__(self, current: JobStatus | None, target: JobStatus) -> None:
         super().__init__(f"illegal job transition {current} -> {target}")

@@ -14,14 +14,14 @@ import logging
 import time
 from contextlib import AsyncExitStack
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from shared.follower import PartitionFollower, StartAt, each_record
 from shared.kafka import (
     KafkaOptions,
-    assign_every_partition,
     client_options,
     make_producer,
     raise_refused,
@@ -142,33 +142,31 @@ class RevocationFollower:
         self.topic = revocations_topic(prefix)
         self.verifier = verifier
         self.client_id = client_id or "streamjobs-revocations"
-        self._consumer: AIOKafkaConsumer | None = None
+        # No group: every instance of every service must see every revocation.
+        self._follower = PartitionFollower(
+            bootstrap,
+            [self.topic],
+            each_record(self._apply),
+            start=StartAt.BEGINNING,
+            poll_ms=POLL_MS,
+            name="revocations",
+            security=self.security,
+            client_id=self.client_id,
+            auto_offset_reset="earliest",
+        )
         self.caught_up = False
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
-        assert self._consumer is not None, "the follower is not started"
-        return self._consumer
+        return self._follower.consumer
 
     async def start(self, *, catchup_timeout_s: float = 15.0) -> None:
         """Join the topic and read it to its end, so no revoked token is served at start-up."""
         await ensure_revocations_topic(self.bootstrap, self.prefix, security=self.security)
-        # No group: every instance of every service must see every revocation.
-        self._consumer = AIOKafkaConsumer(
-            **self.security,
-            bootstrap_servers=self.bootstrap,
-            client_id=self.client_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        await self._consumer.start()
-        tps = await assign_every_partition(self.consumer, [self.topic])
-        await self.consumer.seek_to_beginning(*tps)
-        ends = await self.consumer.end_offsets(tps)
+        await self._follower.start()
         try:
             async with asyncio.timeout(catchup_timeout_s):
-                while not await self._reached(ends):
-                    await self.poll()
+                await self._follower.catch_up()
         except TimeoutError:
             log.warning(
                 "revocations not read to the end after %g s; serving with %d known",
@@ -179,17 +177,8 @@ class RevocationFollower:
             self.caught_up = True
         log.info("revocations followed: %d tokens revoked", self.verifier.revoked_count)
 
-    async def _reached(self, ends: dict[TopicPartition, int]) -> bool:
-        for tp, end in ends.items():
-            if await self.consumer.position(tp) < end:
-                return False
-        return True
-
     async def poll(self) -> None:
-        batch = await self.consumer.getmany(timeout_ms=POLL_MS)
-        for records in batch.values():
-            for record in records:
-                self._apply(record)
+        await self._follower.poll()
 
     def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.key is None:
@@ -210,13 +199,10 @@ class RevocationFollower:
             log.info("token %s revoked", token_id)
 
     async def loop(self) -> None:
-        while True:
-            await self.poll()
+        await self._follower.run()
 
     async def stop(self) -> None:
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.stop()
+        await self._follower.stop()
 
 
 async def follow_revocations(

@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from services.gateway.idempotency import IdempotencyMemory, Remembered
-from shared.lifecycle import EVENT_STATUS, JobStatus
+from shared.lifecycle import JobStatus, status_after
 from shared.topics import Priority
 
 MINUTE_S = 60.0
@@ -212,7 +212,7 @@ class EventsView:
     def status_event(self, job_id: str, event_type: str, at: float) -> None:
         """Apply a lifecycle event other than acceptance; unknown jobs are ignored."""
         entry = self._jobs.get(job_id)
-        target = EVENT_STATUS.get(event_type)
+        target = status_after(event_type)
         if target is None or target is JobStatus.QUEUED:
             return
         if entry is None:

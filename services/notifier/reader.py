@@ -25,7 +25,8 @@ from shared.contracts import (
     TokenChunk,
     parse_record,
 )
-from shared.kafka import KafkaOptions, assign_every_partition
+from shared.follower import Batch, PartitionFollower, StartAt
+from shared.kafka import KafkaOptions
 
 log = logging.getLogger(__name__)
 
@@ -52,77 +53,63 @@ class Reader:
         self.on_chunk = on_chunk
         self.on_history = on_history
         self.metrics = metrics
-        self.consumer = AIOKafkaConsumer(
-            **(security or {}),
-            bootstrap_servers=bootstrap,
+        events_start = StartAt.LOOKBACK if on_history is None else StartAt.BEGINNING
+        self.follower = PartitionFollower(
+            bootstrap,
+            [events_topic, chunks_topic],
+            self._handle,
+            start={events_topic: events_start, chunks_topic: StartAt.LOOKBACK},
+            lookback_s=lookback_s,
+            poll_ms=200,
+            max_records=2000,
+            name=client_id,
+            security=security,
             client_id=client_id,
-            enable_auto_commit=False,
             auto_offset_reset="latest",
             fetch_max_wait_ms=20,
         )
-        self.caught_up = asyncio.Event()
-        self._targets: dict[TopicPartition, int] = {}
-        self._partitions: list[TopicPartition] = []
-        self._next: dict[TopicPartition, int] = {}  # offset after the last record read
+        self._records_chunks = metrics.records.labels(chunks_topic)
+        self._records_events = metrics.records.labels(events_topic)
         # Per events partition: records before this offset are older than the window.
         self._window: dict[TopicPartition, int] = {}
 
-    async def start(self, timeout_s: float = 30.0) -> None:
-        consumer = self.consumer
-        topics = [self.events_topic, self.chunks_topic]
-        await consumer.start()
-        self._partitions = await assign_every_partition(consumer, topics, timeout_s=timeout_s)
-        since_ms = int((time.time() - self.lookback_s) * 1000)
-        found = await consumer.offsets_for_times(dict.fromkeys(self._partitions, since_ms))
-        ends = await consumer.end_offsets(self._partitions)
-        firsts = await consumer.beginning_offsets(self._partitions)
-        for tp in self._partitions:
-            at = found.get(tp)
-            window = at.offset if at is not None else ends[tp]
-            if tp.topic == self.events_topic and self.on_history is not None:
-                self._window[tp] = window
-                window = firsts[tp]
-            consumer.seek(tp, window)
-        self._targets = {tp: end for tp, end in ends.items() if end > 0}
-        for tp in self._partitions:
-            self._next[tp] = await consumer.position(tp)
-        await self._check_caught_up()
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        return self.follower.consumer
 
-    async def _check_caught_up(self) -> None:
-        if self.caught_up.is_set():
-            return
-        left = {}
-        for tp, end in self._targets.items():
-            if self._next.get(tp, 0) < end and await self.consumer.position(tp) < end:
-                left[tp] = end
-        self._targets = left
-        if not left:
-            self.caught_up.set()
+    @property
+    def caught_up(self) -> asyncio.Event:
+        return self.follower.caught_up
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        follower = self.follower
+        await follower.start(timeout_s)
+        if self.on_history is not None:
+            self._window = {
+                tp: offset
+                for tp, offset in follower.window_starts.items()
+                if tp.topic == self.events_topic
+            }
 
     async def stop(self) -> None:
-        await self.consumer.stop()
+        await self.follower.stop()
 
     async def run(self) -> None:
-        consumer = self.consumer
+        await self.follower.run()
+
+    def _handle(self, batch: Batch) -> None:
         chunks_topic = self.chunks_topic
-        records_chunks = self.metrics.records.labels(chunks_topic)
-        records_events = self.metrics.records.labels(self.events_topic)
-        while True:
-            batch = await consumer.getmany(timeout_ms=200, max_records=2000)
-            for tp, records in batch.items():
-                now = time.monotonic()
-                if records:
-                    self._next[tp] = records[-1].offset + 1
-                if tp.topic == chunks_topic:
-                    records_chunks.inc(len(records))
-                    for record in records:
-                        self._chunk(record.value or b"", now)
-                else:
-                    records_events.inc(len(records))
-                    window = self._window.get(tp, 0)
-                    for record in records:
-                        self._event(record.value or b"", now, record.offset < window)
-            await self._check_caught_up()
+        for tp, records in batch.items():
+            now = time.monotonic()
+            if tp.topic == chunks_topic:
+                self._records_chunks.inc(len(records))
+                for record in records:
+                    self._chunk(record.value or b"", now)
+            else:
+                self._records_events.inc(len(records))
+                window = self._window.get(tp, 0)
+                for record in records:
+                    self._event(record.value or b"", now, record.offset < window)
 
     def _chunk(self, value: bytes, now: float) -> None:
         try:
@@ -153,10 +140,11 @@ class Reader:
 
     def update_lag(self) -> None:
         """Set the lag gauge per topic from the fetcher's high watermarks."""
+        follower = self.follower
         lag: dict[str, int] = {self.events_topic: 0, self.chunks_topic: 0}
-        for tp in self._partitions:
-            high = self.consumer.highwater(tp)
-            if high is not None and tp in self._next:
-                lag[tp.topic] += max(0, high - self._next[tp])
+        for tp in follower.partitions:
+            high = follower.consumer.highwater(tp)
+            if high is not None and tp in follower.next_offsets:
+                lag[tp.topic] += max(0, high - follower.next_offsets[tp])
         for topic, value in lag.items():
             self.metrics.consumer_lag.labels(topic).set(value)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from services.streamer.rejects import Rejected
 from shared.contracts import CancelJob, CancelJobData, parse_record
-from shared.kafka import KafkaOptions, assign_every_partition
+from shared.follower import PartitionFollower, StartAt, each_record
+from shared.kafka import KafkaOptions
 from shared.topics import control_topic
 
 log = logging.getLogger(__name__)
@@ -39,46 +38,34 @@ class ControlReader:
         self.topic = control_topic(prefix)
         self.on_cancel = on_cancel
         self.skip = skip
-        self.on_kafka_error = on_kafka_error
-        self.backoff_s = backoff_s
         # No group: each instance must see every cancel, whichever instance runs the job.
-        self.consumer = AIOKafkaConsumer(
-            **(security or {}), bootstrap_servers=bootstrap, enable_auto_commit=False
+        self.follower = PartitionFollower(
+            bootstrap,
+            [self.topic],
+            each_record(self._read),
+            start=StartAt.END,
+            poll_ms=500,
+            backoff_s=backoff_s,
+            on_kafka_error=on_kafka_error,
+            name="control",
+            security=security,
         )
-        self._assigned = False
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        return self.follower.consumer
 
     async def start(self, timeout_s: float = 30.0) -> None:
-        consumer = self.consumer
-        await consumer.start()
-        tps = await assign_every_partition(consumer, [self.topic], timeout_s=timeout_s)
-        await consumer.seek_to_end(*tps)
-        # Resolve the end offsets now: a cancel sent right after start must not be skipped.
-        for tp in tps:
-            await consumer.position(tp)
-        self._assigned = True
+        await self.follower.start(timeout_s)
 
     def ready(self) -> bool:
-        return self._assigned
+        return self.follower.assigned
 
     async def stop(self) -> None:
-        await self.consumer.stop()
+        await self.follower.stop()
 
     async def loop(self) -> None:
-        first_delay, max_delay = self.backoff_s
-        delay = first_delay
-        while True:
-            try:
-                batch = await self.consumer.getmany(timeout_ms=500)
-            except KafkaError as exc:
-                self.on_kafka_error()
-                log.warning("control: fetch failed (%r); retry in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, max_delay)
-                continue
-            delay = first_delay
-            for records in batch.values():
-                for record in records:
-                    self._read(record)
+        await self.follower.run()
 
     def _read(self, record: ConsumerRecord[bytes, bytes]) -> None:
         def skip(reason: str, error_type: str) -> None:

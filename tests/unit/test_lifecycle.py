@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.lifecycle import IllegalTransition, JobStatus, next_status
+from shared.lifecycle import IllegalTransition, JobStatus, can_move, next_status, status_after
 
 
 def test_happy_path_reaches_completed() -> None:
@@ -38,3 +38,15 @@ FINAL_MOVES = [
 def test_final_states_are_final(final: JobStatus, event: str) -> None:
     with pytest.raises(IllegalTransition):
         next_status(final, event)
+
+
+def test_each_lifecycle_event_type_leads_to_its_status_and_other_types_to_none() -> None:
+    assert status_after("job.accepted") is JobStatus.QUEUED
+    assert status_after("job.retrying") is JobStatus.RETRYING
+    assert status_after("job.cancelled") is JobStatus.CANCELLED
+    assert status_after("job.chunk") is None
+
+
+def test_the_final_statuses_are_exactly_those_no_move_leaves() -> None:
+    finals = {s for s in JobStatus if not any(can_move(s, t) for t in JobStatus)}
+    assert finals == {s for s in JobStatus if s.is_final}
