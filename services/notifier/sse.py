@@ -15,8 +15,9 @@ import time
 from aiohttp import web
 
 from services.notifier.access import MissingScope, TokenCheck
+from services.notifier.authorisation import FORBIDDEN, SubscribeError
 from services.notifier.client import Client
-from services.notifier.hub import FORBIDDEN, Hub, SubscribeError
+from services.notifier.hub import Hub
 from services.notifier.limits import ConnectionLimits, TooManyConnections
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.protocol import MAX_ID_LENGTH, clean_text
