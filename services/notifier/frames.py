@@ -18,7 +18,10 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class Frame:
-    """One encoded server message; `sse_id` is `attempt:seq` for chunks and events."""
+    """One encoded server message; `sse_id` is `attempt:seq` for chunks and events.
+
+    A reconnecting SSE client sends that id back (`resume.parse_last_event_id`).
+    """
 
     __slots__ = ("_sse", "event", "sse_id", "text")
 

@@ -4,7 +4,9 @@ The answer to a job subscription is a `subscribed` frame, then the chunks the
 client lacks and the final event if the job ended; or, when those chunks are no
 longer held here, a `resync` saying where the history held here begins. A
 client that claims chunks not read here yet is "ahead": live chunks up to its
-`last_seq` are left out for it, so it gets none of them twice.
+`last_seq` are left out for it, so it gets none of them twice. A WebSocket
+client says where it stopped in its `subscribe` (`protocol.py`), an SSE client
+in `Last-Event-ID` (read here).
 
 Pure logic over `JobState`, no I/O.
 """
@@ -83,6 +85,23 @@ def answer(state: JobState, last_seq: int, attempt: int | None) -> list[Frame]:
         )
     frames.extend(owed.frames)
     return frames
+
+
+def parse_last_event_id(value: str | None) -> tuple[int, int | None]:
+    """SSE's `Last-Event-ID: attempt:seq` → (last_seq, attempt); absent → (-1, None).
+
+    The `id` of every SSE chunk and event is written in this form (`frames.py`).
+    Raises ValueError.
+    """
+    if not value:
+        return -1, None
+    attempt, sep, seq = value.partition(":")
+    if not (sep and attempt.isdigit() and seq.lstrip("-").isdigit()):
+        raise ValueError("Last-Event-ID must be '<attempt>:<seq>'")
+    a, s = int(attempt), int(seq)
+    if s < -1:
+        raise ValueError("Last-Event-ID must be '<attempt>:<seq>' with attempt >= 0, seq >= -1")
+    return s, (a if a > 0 else None)
 
 
 class Ahead:
