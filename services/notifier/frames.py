@@ -10,14 +10,18 @@ import json
 from typing import Any
 
 from shared.contracts import LifecycleEvent, TokenChunk
+from shared.lifecycle import EVENT_STATUS
 
-FINAL_EVENTS = frozenset({"job.completed", "job.failed", "job.cancelled"})
+FINAL_EVENTS = frozenset(kind for kind, status in EVENT_STATUS.items() if status.is_final)
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class Frame:
-    """One encoded server message; `sse_id` is `attempt:seq` for chunks and events."""
+    """One encoded server message; `sse_id` is `attempt:seq` for chunks and events.
+
+    A reconnecting SSE client sends that id back (`resume.parse_last_event_id`).
+    """
 
     __slots__ = ("_sse", "event", "sse_id", "text")
 
@@ -45,6 +49,10 @@ class Frame:
 def control(kind: str, **fields: Any) -> Frame:
     """A frame that is not part of a job's stream: subscribed, error, resync, pong…"""
     return Frame(_dumps({"type": kind, **fields}), kind)
+
+
+def error_frame(code: str, message: str, **fields: object) -> Frame:
+    return control("error", code=code, message=message, **fields)
 
 
 def chunk_frame(record: TokenChunk) -> Frame:

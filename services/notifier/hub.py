@@ -1,4 +1,9 @@
-"""Subscriptions and fan-out: which clients get which frames, and the jobs they come from.
+"""The hub: records in, frames out; it routes between the parts and holds no rule of its own.
+
+Records go to the jobs (`jobs.py`, `state.py`), their frames to the subscribers
+(`fanout.py`); a subscription is checked (`authorisation.py`), answered from
+where the client stopped (`resume.py`), and a client that falls behind is
+told to resync (`backpressure.py`).
 
 Everything here runs on the event loop without awaiting, so a subscription's
 replay snapshot and its registration for live frames happen in one step:
@@ -10,38 +15,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass
+from collections import OrderedDict
 
+from services.notifier import resume
+from services.notifier.authorisation import Authorisation
+from services.notifier.backpressure import Backpressure
 from services.notifier.client import Client
+from services.notifier.fanout import Fanout
 from services.notifier.frames import FINAL_EVENTS, Frame, control
+from services.notifier.jobs import JobTable
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.owners import OwnerIndex
-from services.notifier.state import STATUS_OF, JobState
+from services.notifier.state import JobState
 from shared.contracts import JobAccepted, LifecycleEvent, TokenChunk
+from shared.lifecycle import EVENT_STATUS
 
 log = logging.getLogger(__name__)
-
-FORBIDDEN = "no such job, or not yours"
-FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-
-
-@dataclass(slots=True)
-class Pending:
-    client: Client
-    job_id: str
-    last_seq: int
-    attempt: int | None
-    deadline: float
-
-
-class SubscribeError(Exception):
-    """A subscription refused at once (not the job-ownership answer, which is delayed)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Hub:
@@ -58,64 +47,67 @@ class Hub:
         owners: OwnerIndex | None = None,
     ) -> None:
         self.metrics = metrics
-        self.ttl_s = ttl_s
-        self.max_jobs = max_jobs
-        self.pending_s = pending_s
-        self.final_wait_s = final_wait_s
-        self.max_resyncs = max_resyncs
-        self.max_subscriptions = max_subscriptions
         self.owners = owners if owners is not None else OwnerIndex(max_jobs * 10)
-        self.jobs: OrderedDict[str, JobState] = OrderedDict()
-        self.job_subs: dict[str, set[Client]] = {}
-        self.user_subs: dict[str, set[Client]] = {}
-        self.pending: dict[str, list[Pending]] = {}
+        self.table = JobTable(
+            self.owners,
+            max_jobs=max_jobs,
+            ttl_s=ttl_s,
+            final_wait_s=final_wait_s,
+            on_evict=self._evicted,
+        )
+        self.backpressure = Backpressure(
+            metrics, max_resyncs, detach=self._detach, job=self.table.states.get
+        )
+        self.fanout = Fanout(self.backpressure.overflow)
+        self.auth = Authorisation(
+            metrics,
+            pending_s=pending_s,
+            max_subscriptions=max_subscriptions,
+            reply=self.backpressure.reply,
+        )
+        self.ahead = resume.Ahead()
+        self.reply = self.backpressure.reply
         self.live = False  # history replayed: chunks now are live (latency is measured)
-        self._finished: deque[tuple[float, str]] = deque()
-        self._held: set[str] = set()
-        self._subscriptions = 0
-        # Clients that resumed past what was read here: job → client → (attempt, last seq).
-        self._ahead: dict[str, dict[Client, tuple[int, int]]] = {}
+        # Used per chunk: bound once, so the hot path is one lookup away from each.
+        self._state = self.table.state
+        self._send = self.fanout.send
+        self._job_subs = self.fanout.jobs
+        self._ahead = self.ahead.by_job
+
+    @property
+    def jobs(self) -> OrderedDict[str, JobState]:
+        return self.table.states
+
+    @property
+    def subscriptions(self) -> int:
+        return self.fanout.count
+
+    def finished(self, job_id: str) -> bool:
+        return self.table.finished(job_id)
 
     # -- records ---------------------------------------------------------------------------
-
-    def _state(self, job_id: str, now: float | None = None) -> JobState:
-        state = self.jobs.get(job_id)
-        if state is None:
-            if len(self.jobs) >= self.max_jobs:
-                self._evict(next(iter(self.jobs)))
-            state = self.jobs[job_id] = JobState(job_id)
-            owner = self.owners.owner(job_id)
-            if owner is not None:
-                # Known from before the replayed history: its owner is fixed, its start is not here.
-                state.owner, state.partial = owner, True
-                ended = self.owners.status(job_id)
-                if ended is not None:
-                    state.status = ended
-                    state.finished_at = now if now is not None else time.monotonic()
-                    self._finished.append((state.finished_at, job_id))
-        return state
 
     def on_history(self, record: LifecycleEvent) -> None:
         """An event older than the replayed window: only who owns the job and how it ended."""
         if isinstance(record, JobAccepted):
             owner = self.owners.accepted(record.job_id, record.data.user_id)
-            state = self.jobs.get(record.job_id)
+            state = self.table.states.get(record.job_id)
             if state is not None and state.owner is None:
                 # Its live chunks were read before this older fact: the job began earlier.
                 state.owner, state.partial = owner, True
         elif record.type in FINAL_EVENTS:
-            self.owners.ended(record.job_id, STATUS_OF[record.type])
+            self.owners.ended(record.job_id, EVENT_STATUS[record.type])
 
     def on_chunk(self, record: TokenChunk, now: float) -> None:
         state = self._state(record.job_id)
         frame, released = state.apply_chunk(record)
         if frame is not None:
-            subs = self.job_subs.get(record.job_id)
+            subs = self._job_subs.get(record.job_id)
             if subs:
                 ahead = self._ahead.get(record.job_id)
                 if ahead:
-                    subs = self._not_ahead(record, ahead, subs)
-                self._fanout(subs, frame)
+                    subs = self.ahead.skip(record, ahead, subs)
+                self._send(subs, frame)
             if self.live:
                 self.metrics.delivery_latency.observe(
                     time.time() - record.data.emitted_at.timestamp()
@@ -124,7 +116,7 @@ class Hub:
             self._finish(state, released, now)
 
     def on_event(self, record: LifecycleEvent, now: float) -> None:
-        state = self._state(record.job_id, now)
+        state = self.table.state(record.job_id, now)
         had_owner = state.owner is not None
         if isinstance(record, JobAccepted):
             owner = self.owners.accepted(record.job_id, record.data.user_id)
@@ -133,12 +125,12 @@ class Hub:
                     "job.accepted naming another owner ignored", extra={"job_id": record.job_id}
                 )
         elif record.type in FINAL_EVENTS:
-            self.owners.ended(record.job_id, STATUS_OF[record.type])
+            self.owners.ended(record.job_id, EVENT_STATUS[record.type])
         frame = state.apply_event(record, now)
         if frame is not None:
             if frame.final:
                 self._finish(state, frame, now)
-                watchers = len(self.job_subs.get(record.job_id, ()))
+                watchers = len(self._job_subs.get(record.job_id, ()))
                 if watchers:
                     # One line per finished job someone watched: a trace ends here.
                     log.info(
@@ -148,292 +140,81 @@ class Hub:
                         extra={"job_id": record.job_id, "trace_id": record.trace_id},
                     )
             else:
-                self._deliver(state, frame)
+                self.fanout.deliver(state, frame)
         elif state.held is not None:
-            self._held.add(state.job_id)
-        if not had_owner and state.owner is not None and record.job_id in self.pending:
-            self._resolve_pending(state)
-
-    def _not_ahead(
-        self, record: TokenChunk, ahead: dict[Client, tuple[int, int]], subs: set[Client]
-    ) -> set[Client]:
-        """Leave out clients that already have this chunk; forget those it catches up with."""
-        attempt, seq = record.data.attempt, record.data.seq
-        skip = set()
-        for client, (their_attempt, their_seq) in list(ahead.items()):
-            if attempt < their_attempt or (attempt == their_attempt and seq <= their_seq):
-                skip.add(client)
-            if attempt > their_attempt or (attempt == their_attempt and seq >= their_seq):
-                del ahead[client]
-        if not ahead:
-            del self._ahead[record.job_id]
-        return subs - skip if skip else subs
-
-    def _deliver(self, state: JobState, frame: Frame) -> None:
-        subs = self.job_subs.get(state.job_id)
-        if subs:
-            self._fanout(subs, frame)
-        if state.owner is not None:
-            users = self.user_subs.get(state.owner)
-            if users:
-                self._fanout(users, frame)
+            self.table.hold(state.job_id)
+        if not had_owner and state.owner is not None and record.job_id in self.auth.pending:
+            for p in self.auth.granted(state):
+                self._attach(p.client, state, p.last_seq, p.attempt)
 
     def _finish(self, state: JobState, frame: Frame, now: float) -> None:
-        self._held.discard(state.job_id)
-        self._finished.append((now, state.job_id))
-        self._deliver(state, frame)
-
-    # -- fan-out and backpressure ------------------------------------------------------------
-
-    def _fanout(self, subs: set[Client], frame: Frame) -> None:
-        overflowed: list[Client] | None = None
-        for client in subs:
-            if not client.offer(frame):
-                if overflowed is None:
-                    overflowed = []
-                overflowed.append(client)
-        if overflowed:
-            for client in overflowed:
-                self._overflow(client)
-
-    def reply(self, client: Client, frames: list[Frame]) -> None:
-        """Queue an answer to the client; one that left its outbox full is a slow consumer."""
-        if not client.push(frames):
-            self._overflow(client)
-
-    def finished(self, job_id: str) -> bool:
-        state = self.jobs.get(job_id)
-        return state is not None and state.status in FINAL_STATUSES
-
-    def _overflow(self, client: Client) -> None:
-        """The client fell `limit` frames behind: drop its backlog and tell it to resync."""
-        if client.closing is not None:
-            return  # already on its way out: nothing more is queued for it
-        client.resyncs += 1
-        self.metrics.resyncs.inc()
-        channels = sorted(client.channels)
-        for channel in channels:
-            self._detach(client, channel)
-        if client.resyncs > self.max_resyncs:
-            self.metrics.frames_dropped.inc(client.reset(()) + 1)
-            self.metrics.slow_closes.inc()
-            client.kill(4008, "slow consumer")
-            return
-        frames = [self._resync_frame(channel) for channel in channels]
-        self.metrics.frames_dropped.inc(client.reset(frames) + 1)
-
-    def _resync_frame(self, channel: str) -> Frame:
-        kind, _, ident = channel.partition(":")
-        if kind == "job":
-            state = self.jobs.get(ident)
-            if state is not None:
-                return control(
-                    "resync",
-                    channel=channel,
-                    job_id=ident,
-                    reason="slow consumer",
-                    attempt=state.attempt,
-                    last_seq=state.last_seq,
-                    status=state.status,
-                )
-        return control("resync", channel=channel, reason="slow consumer")
+        self.table.ended(state.job_id, now)
+        self.fanout.deliver(state, frame)
 
     # -- subscriptions -----------------------------------------------------------------------
-
-    def _check_room(self, client: Client, channel: str) -> None:
-        if channel in client.channels or channel in client.pending:
-            return  # a resubscription replaces the old one
-        if len(client.channels) + len(client.pending) >= self.max_subscriptions:
-            raise SubscribeError(
-                "too_many_subscriptions", f"at most {self.max_subscriptions} per connection"
-            )
 
     def subscribe_job(
         self, client: Client, job_id: str, last_seq: int, attempt: int | None, now: float
     ) -> None:
-        """Subscribe at once if the job is known and the client's; otherwise wait (see below).
-
-        An unknown job may simply not have been read yet (the client subscribed
-        right after the 202), so the subscription waits for its job.accepted.
-        A job of another user waits the same time before the same refusal, so
-        neither answer nor timing tells whether the id exists.
-        """
+        """Subscribe at once if the job is known and the client's; otherwise wait for its owner."""
         channel = f"job:{job_id}"
-        self._check_room(client, channel)
+        self.auth.check_room(client, channel)
         self._detach(client, channel)
-        self._drop_pending(client, channel)
-        state = self.jobs.get(job_id)
-        if state is None and self.owners.owner(job_id) is not None:
-            state = self._state(job_id, now)  # older than the history: known by its owner only
-        principal = client.principal
-        assert principal is not None
-        if state is not None and state.owner is not None and principal.may_see(state.owner):
+        self.auth.cancel(client, channel)
+        state = self.table.known(job_id, now)
+        assert client.principal is not None
+        if state is not None and self.auth.may_see(client, state):
             self._attach(client, state, last_seq, attempt)
-            return
-        client.pending.add(channel)
-        self.pending.setdefault(job_id, []).append(
-            Pending(client, job_id, last_seq, attempt, now + self.pending_s)
-        )
+        else:
+            self.auth.wait(client, job_id, last_seq, attempt, now)
 
     def subscribe_user(self, client: Client, user_id: str) -> None:
         channel = f"user:{user_id}"
-        self._check_room(client, channel)
-        principal = client.principal
-        assert principal is not None
-        if not principal.may_see(user_id):
-            self.metrics.auth_failures.labels("forbidden").inc()
-            raise SubscribeError("forbidden", "not your user channel")
-        if channel not in client.channels:
-            client.channels.add(channel)
-            self.user_subs.setdefault(user_id, set()).add(client)
-            self._subscriptions += 1
+        self.auth.check_room(client, channel)
+        self.auth.check_user(client, user_id)
+        self.fanout.add_user(client, user_id)
         self.reply(client, [control("subscribed", channel=channel)])
         client.on_subscribe(channel, True)
 
     def _attach(self, client: Client, state: JobState, last_seq: int, attempt: int | None) -> None:
-        channel = f"job:{state.job_id}"
-        replay = state.replay(last_seq, attempt)
-        head = control(
-            "subscribed",
-            channel=channel,
-            job_id=state.job_id,
-            status=state.status,
-            attempt=state.attempt,
-            last_seq=state.last_seq,
-            restarted=replay.restarted,
-        )
-        frames = [head]
-        if replay.missing:
-            frames.append(
-                control(
-                    "resync",
-                    channel=channel,
-                    job_id=state.job_id,
-                    reason="history unavailable",
-                    attempt=state.attempt,
-                    first_seq=state.first_seq,
-                    last_seq=state.last_seq,
-                    status=state.status,
-                )
-            )
-        frames.extend(replay.frames)
-        if state.is_ahead(last_seq, attempt):
-            key = attempt if attempt is not None else max(state.attempt, 1)
-            self._ahead.setdefault(state.job_id, {})[client] = (key, last_seq)
-        client.channels.add(channel)
-        self.job_subs.setdefault(state.job_id, set()).add(client)
-        self._subscriptions += 1
-        client.on_subscribe(channel, True)
+        frames = resume.answer(state, last_seq, attempt)
+        self.ahead.note(client, state, last_seq, attempt)
+        self.fanout.add_job(client, state.job_id)
+        client.on_subscribe(f"job:{state.job_id}", True)
         # Registered first, so that a client too far behind for the replay is told to resync it.
         self.reply(client, frames)
 
-    def _resolve_pending(self, state: JobState) -> None:
-        waiting = self.pending.get(state.job_id, [])
-        keep = []
-        for p in waiting:
-            principal = p.client.principal
-            if state.owner is not None and principal is not None and principal.may_see(state.owner):
-                p.client.pending.discard(f"job:{state.job_id}")
-                self._attach(p.client, state, p.last_seq, p.attempt)
-            else:
-                keep.append(p)
-        if keep:
-            self.pending[state.job_id] = keep
-        else:
-            self.pending.pop(state.job_id, None)
-
-    def _refuse(self, p: Pending) -> None:
-        channel = f"job:{p.job_id}"
-        p.client.pending.discard(channel)
-        self.metrics.auth_failures.labels("forbidden").inc()
-        self.reply(p.client, [error_frame("forbidden", FORBIDDEN, channel=channel)])
-        p.client.on_subscribe(channel, False)
-
     def unsubscribe(self, client: Client, channel: str) -> bool:
         """Remove a live or waiting subscription; False if there was none."""
-        return self._detach(client, channel) or self._drop_pending(client, channel)
-
-    def _detach(self, client: Client, channel: str) -> bool:
-        if channel not in client.channels:
-            return False
-        client.channels.discard(channel)
-        kind, _, ident = channel.partition(":")
-        table = self.job_subs if kind == "job" else self.user_subs
-        if kind == "job" and ident in self._ahead:
-            self._ahead[ident].pop(client, None)
-        subs = table.get(ident)
-        if subs is not None:
-            subs.discard(client)
-            if not subs:
-                del table[ident]
-        self._subscriptions -= 1
-        return True
-
-    def _drop_pending(self, client: Client, channel: str) -> bool:
-        if channel not in client.pending:
-            return False
-        client.pending.discard(channel)
-        job_id = channel.partition(":")[2]
-        left = [p for p in self.pending.get(job_id, []) if p.client is not client]
-        if left:
-            self.pending[job_id] = left
-        else:
-            self.pending.pop(job_id, None)
-        return True
+        return self._detach(client, channel) or self.auth.cancel(client, channel)
 
     def drop(self, client: Client) -> None:
         """Forget a client that went away."""
         for channel in list(client.channels):
             self._detach(client, channel)
         for channel in list(client.pending):
-            self._drop_pending(client, channel)
+            self.auth.cancel(client, channel)
+
+    def _detach(self, client: Client, channel: str) -> bool:
+        if not self.fanout.remove(client, channel):
+            return False
+        kind, _, ident = channel.partition(":")
+        if kind == "job":
+            self.ahead.forget(client, ident)
+        return True
+
+    def _evicted(self, job_id: str) -> None:
+        self.ahead.forget_job(job_id)
+        self.fanout.drop_job(job_id)
 
     # -- housekeeping ------------------------------------------------------------------------
 
     def sweep(self, now: float) -> None:
         """Refuse expired waiting subscriptions, release overdue finals, evict old jobs."""
-        for job_id in [j for j, ps in self.pending.items() if ps[0].deadline <= now]:
-            left = []
-            for p in self.pending[job_id]:
-                if p.deadline <= now:
-                    self._refuse(p)
-                else:
-                    left.append(p)
-            if left:
-                self.pending[job_id] = left
-            else:
-                del self.pending[job_id]
-        for job_id in list(self._held):
-            state = self.jobs.get(job_id)
-            if state is None or state.held is None:
-                self._held.discard(job_id)
-            elif now - state.held_since >= self.final_wait_s:
-                frame = state.release_held(now)
-                if frame is not None:
-                    self._finish(state, frame, now)
-        while self._finished and self._finished[0][0] + self.ttl_s <= now:
-            _, job_id = self._finished.popleft()
-            state = self.jobs.get(job_id)
-            done_at = state.finished_at if state is not None else None
-            if done_at is not None and done_at + self.ttl_s <= now:
-                self._evict(job_id)
-        self.metrics.jobs_tracked.set(len(self.jobs))
+        self.auth.expire(now)
+        for state, frame in self.table.overdue_finals(now):
+            self._finish(state, frame, now)
+        self.table.evict_expired(now)
+        self.metrics.jobs_tracked.set(len(self.table.states))
         self.metrics.owners_known.set(len(self.owners))
-        self.metrics.subscriptions.set(self._subscriptions)
-
-    def _evict(self, job_id: str) -> None:
-        self.jobs.pop(job_id, None)
-        self._ahead.pop(job_id, None)
-        self._held.discard(job_id)
-        channel = f"job:{job_id}"
-        for client in self.job_subs.pop(job_id, set()):
-            client.channels.discard(channel)
-            self._subscriptions -= 1
-
-    @property
-    def subscriptions(self) -> int:
-        return self._subscriptions
-
-
-def error_frame(code: str, message: str, **fields: object) -> Frame:
-    return control("error", code=code, message=message, **fields)
+        self.metrics.subscriptions.set(self.fanout.count)

@@ -15,29 +15,18 @@ import time
 from aiohttp import web
 
 from services.notifier.access import MissingScope, TokenCheck
+from services.notifier.authorisation import FORBIDDEN, SubscribeError
 from services.notifier.client import Client
-from services.notifier.hub import FORBIDDEN, Hub, SubscribeError
+from services.notifier.hub import Hub
 from services.notifier.limits import ConnectionLimits, TooManyConnections
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.protocol import MAX_ID_LENGTH, clean_text
+from services.notifier.resume import parse_last_event_id
 from services.notifier.settings import NotifierSettings
 from shared.auth import InvalidToken, Principal
 from shared.http import problem
 
 PING = b": ping\n\n"
-
-
-def parse_last_event_id(value: str | None) -> tuple[int, int | None]:
-    """`attempt:seq` → (last_seq, attempt); absent → (-1, None). Raises ValueError."""
-    if not value:
-        return -1, None
-    attempt, sep, seq = value.partition(":")
-    if not (sep and attempt.isdigit() and seq.lstrip("-").isdigit()):
-        raise ValueError("Last-Event-ID must be '<attempt>:<seq>'")
-    a, s = int(attempt), int(seq)
-    if s < -1:
-        raise ValueError("Last-Event-ID must be '<attempt>:<seq>' with attempt >= 0, seq >= -1")
-    return s, (a if a > 0 else None)
 
 
 class SseEndpoint:

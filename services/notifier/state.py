@@ -1,9 +1,10 @@
 """What the notifier knows of one job: owner, status, the current attempt's chunks, its end.
 
 Pure logic, no I/O: the hub feeds it records in topic order and fans out what
-it returns. Events and chunks come from two topics with no order between
-them, so a final event that names a `last_seq` not seen yet is held until
-those chunks arrive (or until the hub gives up waiting).
+it returns (what a resuming client is owed from it is `resume.py`'s). Events
+and chunks come from two topics with no order between them, so a final event
+that names a `last_seq` not seen yet is held until those chunks arrive (or
+until the hub gives up waiting).
 """
 
 from __future__ import annotations
@@ -21,24 +22,7 @@ from shared.contracts import (
     LifecycleEvent,
     TokenChunk,
 )
-
-STATUS_OF = {
-    "job.accepted": "queued",
-    "job.started": "running",
-    "job.retrying": "retrying",
-    "job.completed": "completed",
-    "job.failed": "failed",
-    "job.cancelled": "cancelled",
-}
-
-
-@dataclass(slots=True)
-class Replay:
-    """What a subscriber is owed: chunk frames, the final event if any, and any gap."""
-
-    frames: list[Frame]
-    restarted: bool  # the client's attempt is not the current one: it starts from seq 0
-    missing: bool  # chunks the client lacks are no longer held here
+from shared.lifecycle import EVENT_STATUS, JobStatus
 
 
 @dataclass(slots=True)
@@ -47,7 +31,7 @@ class JobState:
     owner: str | None = None  # fixed by the first job.accepted, never changed after
     accepted: bool = False  # a job.accepted was applied (a second one is not sent again)
     partial: bool = False  # the job began before the replayed history: earlier chunks are not here
-    status: str = "unknown"
+    status: str = "unknown"  # a JobStatus once an event or chunk says more
     attempt: int = 0
     first_seq: int = 0  # seq of chunks[0]; > 0 when history began mid-attempt
     chunks: list[Frame] = field(default_factory=list)
@@ -91,7 +75,7 @@ class JobState:
             self._new_attempt(d.attempt, d.seq)
         frame = chunk_frame(record)
         self.chunks.append(frame)
-        if self.status in ("unknown", "queued"):
+        if self.status in ("unknown", "queued"):  # literals: this runs per chunk
             self.status = "running"
         return frame, self._release_if_complete()
 
@@ -108,19 +92,19 @@ class JobState:
             self.owner = record.data.user_id
             self.accepted = True
             if self.status == "unknown":
-                self.status = "queued"
+                self.status = JobStatus.QUEUED
             return event_frame(record, self.attempt, self.last_seq)
         if isinstance(record, JobStarted):
             if record.data.attempt > self.attempt:
                 self._new_attempt(record.data.attempt)
             elif record.data.attempt < self.attempt:
                 return None
-            self.status = "running"
+            self.status = JobStatus.RUNNING
             return event_frame(record, self.attempt, self.last_seq)
         if isinstance(record, JobRetrying):
             if record.data.attempt < self.attempt and self.chunks:
                 return None  # the next attempt already streams
-            self.status = "retrying"
+            self.status = JobStatus.RETRYING
             return event_frame(record, self.attempt, self.last_seq)
         if isinstance(record, JobFailed):
             return self._finish(record, now)
@@ -131,13 +115,13 @@ class JobState:
             if attempt == self.attempt and self.next_seq <= last_seq:
                 self.held = event_frame(record, attempt, last_seq)
                 self.held_attempt, self.held_last_seq, self.held_since = attempt, last_seq, now
-                self.status = STATUS_OF[record.type]
+                self.status = EVENT_STATUS[record.type]
                 return None
             return self._finish(record, now)
         return None
 
     def _finish(self, record: LifecycleEvent, now: float) -> Frame:
-        self.status = STATUS_OF[record.type]
+        self.status = EVENT_STATUS[record.type]
         self.final = event_frame(record, self.attempt, self.last_seq)
         self.finished_at = now
         return self.final
@@ -154,26 +138,3 @@ class JobState:
             self.final = frame
             self.finished_at = now
         return frame
-
-    def replay(self, last_seq: int, attempt: int | None) -> Replay:
-        """Frames a client that saw up to `last_seq` of `attempt` (None: current) is owed."""
-        if self.partial and not self.chunks:
-            # Known from before the replayed history only: whatever it streamed is not here.
-            return Replay([self.final] if self.final is not None else [], False, True)
-        if attempt is not None and attempt > self.attempt:
-            # The client is ahead of what was read here so far: nothing to replay yet.
-            return Replay([self.final] if self.final is not None else [], False, False)
-        restarted = attempt is not None and attempt < self.attempt
-        after = -1 if restarted else last_seq
-        missing = after + 1 < self.first_seq and bool(self.chunks)
-        start = max(0, after + 1 - self.first_seq)
-        frames = self.chunks[start:]
-        if self.final is not None:
-            frames = [*frames, self.final]
-        return Replay(frames, restarted, missing)
-
-    def is_ahead(self, last_seq: int, attempt: int | None) -> bool:
-        """Whether a client claims chunks not read here yet (it must not get them twice)."""
-        if attempt is not None and attempt != self.attempt:
-            return attempt > self.attempt
-        return last_seq > self.last_seq

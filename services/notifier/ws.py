@@ -25,10 +25,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from services.notifier.access import MissingScope, TokenCheck
+from services.notifier.authorisation import SubscribeError
 from services.notifier.client import Client
 from services.notifier.connection import BoundedConnection
-from services.notifier.frames import Frame, control
-from services.notifier.hub import Hub, SubscribeError, error_frame
+from services.notifier.frames import Frame, control, error_frame
+from services.notifier.hub import Hub
 from services.notifier.limits import ConnectionLimits, TooManyConnections
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.protocol import Auth, BadMessage, Ping, Subscribe, parse_message

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from services.notifier.protocol import Auth, BadMessage, Ping, Subscribe, Unsubscribe, parse_message
-from services.notifier.sse import parse_last_event_id
+from services.notifier.resume import parse_last_event_id
 
 
 def test_messages_of_the_protocol_parse() -> None:

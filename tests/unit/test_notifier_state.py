@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
 
+from services.notifier import resume
 from services.notifier.client import Client
 from services.notifier.frames import Frame
 from services.notifier.hub import Hub
@@ -105,7 +106,7 @@ def test_new_attempt_restarts_the_stored_stream_from_seq_zero() -> None:
     state.apply_event(started(2), 0.0)
     assert state.chunks == [] and state.attempt == 2
     state.apply_chunk(chunk(0, "again", attempt=2))
-    assert seqs(state.replay(-1, None).frames) == [0]
+    assert seqs(resume.replay(state, -1, None).frames) == [0]
 
 
 def test_final_event_waits_for_the_chunks_it_names() -> None:
@@ -125,7 +126,7 @@ def test_replay_sends_what_follows_last_seq_then_the_final_event() -> None:
     for seq in range(5):
         state.apply_chunk(chunk(seq))
     state.apply_event(completed(4), 1.0)
-    replay = state.replay(2, 1)
+    replay = resume.replay(state, 2, 1)
     assert seqs(replay.frames) == [3, 4]
     assert replay.frames[-1].event == "job.completed"
     assert not replay.restarted and not replay.missing
@@ -135,7 +136,7 @@ def test_replay_for_another_attempt_restarts_from_seq_zero() -> None:
     state = JobState(JOB)
     for seq in range(3):
         state.apply_chunk(chunk(seq, attempt=2))
-    replay = state.replay(7, 1)
+    replay = resume.replay(state, 7, 1)
     assert replay.restarted
     assert seqs(replay.frames) == [0, 1, 2]
 
@@ -144,8 +145,8 @@ def test_replay_reports_history_that_began_mid_attempt() -> None:
     state = JobState(JOB)
     state.apply_chunk(chunk(5))
     state.apply_chunk(chunk(6))
-    assert state.replay(1, 1).missing
-    assert not state.replay(4, 1).missing
+    assert resume.replay(state, 1, 1).missing
+    assert not resume.replay(state, 4, 1).missing
 
 
 def test_chunk_frame_is_encoded_once_with_its_sse_id() -> None:
