@@ -107,32 +107,7 @@ class StreamerService:
             first_delay_s=first_delay_s,
             max_delay_s=s.streamer_retry_max_s or 10.0,
         )
-        events = KafkaEvents(self.deps)
-        self.cancel_matching = CancelMatching(
-            pending=self.cancels,
-            owners=self.owners,
-            inflight=self.inflight,
-            scheduler=self.scheduler,
-            delayed=self.delayed,
-            events=events,
-            ledgers=self._intakes,
-            metrics=self.metrics,
-            retry_delays_s=(first_delay_s, s.streamer_retry_max_s or 10.0),
-        )
-        deps = self.deps
-        self.dispatcher = Dispatcher(
-            scheduler=self.scheduler,
-            delayed=self.delayed,
-            inflight=self.inflight,
-            cancels=self.cancel_matching,
-            reruns=Reruns(
-                self._admin.list_topics, delays_s=(first_delay_s, s.streamer_retry_max_s)
-            ),
-            run_attempt=lambda running: run_job(running, deps),
-            events=events,
-            ledgers=self._intakes,
-            metrics=self.metrics,
-        )
+        self._wire_jobs(first_delay_s)
         self._control = ControlReader(
             s.kafka_bootstrap_servers,
             prefix,
@@ -188,6 +163,36 @@ class StreamerService:
         for intake in self._intakes.values():
             await intake.final_commit()
         await self._stack.aclose()
+
+    def _wire_jobs(self, first_delay_s: float) -> None:
+        """The use cases a fetched job passes through: cancel matching, dispatch, reruns."""
+        s = self.settings
+        events = KafkaEvents(self.deps)
+        self.cancel_matching = CancelMatching(
+            pending=self.cancels,
+            owners=self.owners,
+            inflight=self.inflight,
+            scheduler=self.scheduler,
+            delayed=self.delayed,
+            events=events,
+            ledgers=self._intakes,
+            metrics=self.metrics,
+            retry_delays_s=(first_delay_s, s.streamer_retry_max_s or 10.0),
+        )
+        deps = self.deps
+        self.dispatcher = Dispatcher(
+            scheduler=self.scheduler,
+            delayed=self.delayed,
+            inflight=self.inflight,
+            cancels=self.cancel_matching,
+            reruns=Reruns(
+                self._admin.list_topics, delays_s=(first_delay_s, s.streamer_retry_max_s)
+            ),
+            run_attempt=lambda running: run_job(running, deps),
+            events=events,
+            ledgers=self._intakes,
+            metrics=self.metrics,
+        )
 
     def _deps(self, producer: AIOKafkaProducer, client: openai.AsyncOpenAI) -> Deps:
         s = self.settings
