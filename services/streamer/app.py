@@ -1,47 +1,43 @@
-"""Wiring of the streamer: consumers, scheduler, job tasks, producer, ops HTTP."""
+"""Wiring of the streamer: consumers, use cases, job tasks, producer, ops HTTP."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import os
 import socket
-import time
-from collections.abc import Coroutine
-from typing import Any
 
 import openai
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from services.streamer.breaker import CircuitBreaker
-from services.streamer.cancels import Owners, PendingCancels, may_cancel
+from services.streamer.cancel_matching import CancelMatching
+from services.streamer.cancels import Owners, PendingCancels
 from services.streamer.control import ControlReader
+from services.streamer.delayed import DelayedRetries
+from services.streamer.dispatch import RETRY_BAND, Dispatcher
+from services.streamer.inflight import InFlight
 from services.streamer.intake import Intake
 from services.streamer.job import Deps, RetryPolicy, Running
+from services.streamer.lag import report_lag
 from services.streamer.metrics import StreamerMetrics
-from services.streamer.outcomes import failed, publish_cancelled
+from services.streamer.outcomes import KafkaEvents
 from services.streamer.rejects import Rejects
+from services.streamer.reruns import Reruns
 from services.streamer.runner import run_job
 from services.streamer.scheduler import Scheduler
 from services.streamer.settings import StreamerSettings
-from services.streamer.upstream import InternalError, make_client
-from shared.contracts import CancelJobData, RunJob
+from services.streamer.upstream import make_client
 from shared.http import add_ops_routes, serve_http
 from shared.kafka import client_options, ensure_topics, make_producer
-from shared.retry import retry_until_done
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import PRIORITY_ORDER, job_topic, retry_topic
 
 log = logging.getLogger(__name__)
 
-RETRY_BAND = -1  # pseudo band of the retry topic's partitions, for pausing
 LOOP_BACKOFF_S = (0.1, 5.0)  # a consumer loop's wait after a Kafka error: first, longest
 
 
@@ -55,26 +51,27 @@ class StreamerService:
         self.scheduler: Scheduler[Running] = Scheduler(
             settings.streamer_slots, aging_s=settings.streamer_aging_s
         )
+        self.delayed = DelayedRetries()
+        self.inflight = InFlight()
         self.cancels = PendingCancels(
             capacity=settings.streamer_max_remembered_cancels, ttl_s=settings.streamer_cancel_ttl_s
         )
         self.owners = Owners(capacity=settings.streamer_max_known_owners)
-        self.running: dict[str, Running] = {}
-        self._delayed: list[tuple[float, int, Running, int]] = []  # (due, n, job, rank)
-        self._counter = itertools.count()
-        self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._background = BackgroundTasks()
         self._stack = contextlib.AsyncExitStack()
         self._producer: AIOKafkaProducer | None = None
         self._intakes: dict[str, Intake] = {}
         self._control: ControlReader | None = None
-        self._accepting = False
         self._started = False
 
     @property
     def background(self) -> BackgroundTasks:
         return self._background
+
+    @property
+    def running(self) -> dict[str, Running]:
+        """Jobs in a slot, by id."""
+        return self.inflight.running
 
     async def start(self) -> None:
         await start_or_unwind(self._stack, self._start)
@@ -102,17 +99,19 @@ class StreamerService:
         await self._admin.start()
         stack.push_async_callback(self._admin.close)
 
+        first_delay_s = s.streamer_retry_base_s or 0.5
         self.rejects = Rejects(
             producer,
             prefix,
             self.metrics,
-            first_delay_s=s.streamer_retry_base_s or 0.5,
+            first_delay_s=first_delay_s,
             max_delay_s=s.streamer_retry_max_s or 10.0,
         )
+        self._wire_jobs(first_delay_s)
         self._control = ControlReader(
             s.kafka_bootstrap_servers,
             prefix,
-            self._on_cancel,
+            self.cancel_matching.on_cancel,
             self.rejects.reject_control,
             on_kafka_error=self.metrics.loop_errors.labels("control").inc,
             backoff_s=LOOP_BACKOFF_S,
@@ -141,49 +140,59 @@ class StreamerService:
         add_ops_routes(app, self.registry, self._ready)
         self.port = await serve_http(app, s.streamer_host, s.streamer_port, stack)
 
-        self._accepting = True
         self._started = True
-        self._background.spawn(self._dispatch_loop())
+        self._background.spawn(self.dispatcher.loop())
         self._background.spawn(self._control.loop())
         self._background.spawn(self.rejects.control_loop())
         for intake in self._intakes.values():
             self._background.spawn(intake.fetch_loop())
             self._background.spawn(intake.commit_loop())
-        self._background.spawn(self._lag_loop())
+        self._background.spawn(
+            report_lag(self._intakes, self.metrics, prefix, s.streamer_lag_interval_s)
+        )
         log.info("streamer %s up: %d slots, port %d", self.worker, s.streamer_slots, self.port)
 
     async def stop(self) -> None:
         if not self._started:
             return
         self._started = False
-        self._accepting = False
+        self.dispatcher.accepting = False
         # No new jobs: the fetch and dispatch loops go first.
         await self._background.cancel()
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=self.settings.streamer_grace_s)
-            # Cut short: no final event and no commit, so another instance runs them again.
-            for task in late:
-                task.cancel()
-            for task in late:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self.inflight.finish(self.settings.streamer_grace_s)
         for intake in self._intakes.values():
             await intake.final_commit()
         await self._stack.aclose()
 
-    async def _lag_loop(self) -> None:
-        bands = {job_topic(p, self.settings.topic_prefix): p.value for p in PRIORITY_ORDER}
-        bands[retry_topic(self.settings.topic_prefix)] = "retry"
-        while True:
-            for intake in self._intakes.values():
-                try:
-                    lags = await intake.lag()
-                except KafkaError as exc:  # a rebalance in progress: next round
-                    log.debug("lag not available: %r", exc)
-                    continue
-                for topic, lag in lags.items():
-                    self.metrics.consumer_lag.labels(topic, bands.get(topic, "")).set(lag)
-            await asyncio.sleep(self.settings.streamer_lag_interval_s)
+    def _wire_jobs(self, first_delay_s: float) -> None:
+        """The use cases a fetched job passes through: cancel matching, dispatch, reruns."""
+        s = self.settings
+        events = KafkaEvents(self.deps)
+        self.cancel_matching = CancelMatching(
+            pending=self.cancels,
+            owners=self.owners,
+            inflight=self.inflight,
+            scheduler=self.scheduler,
+            delayed=self.delayed,
+            events=events,
+            ledgers=self._intakes,
+            metrics=self.metrics,
+            retry_delays_s=(first_delay_s, s.streamer_retry_max_s or 10.0),
+        )
+        deps = self.deps
+        self.dispatcher = Dispatcher(
+            scheduler=self.scheduler,
+            delayed=self.delayed,
+            inflight=self.inflight,
+            cancels=self.cancel_matching,
+            reruns=Reruns(
+                self._admin.list_topics, delays_s=(first_delay_s, s.streamer_retry_max_s)
+            ),
+            run_attempt=lambda running: run_job(running, deps),
+            events=events,
+            ledgers=self._intakes,
+            metrics=self.metrics,
+        )
 
     def _deps(self, producer: AIOKafkaProducer, client: openai.AsyncOpenAI) -> Deps:
         s = self.settings
@@ -229,11 +238,11 @@ class StreamerService:
             consumer,
             topics,
             rank_of_topic=lambda _topic, job: job.data.priority.rank,
-            offer=self._offer,
+            offer=self.dispatcher.admit,
             dead_letter=self.rejects.reject_job,
-            backlog=self._backlog,
+            backlog=self.dispatcher.backlog,
             prefetch=prefetch,
-            on_revoke=self._drop_revoked,
+            on_revoke=self.dispatcher.drop_revoked,
             admin=self._admin,
             group_id=group,
             max_delay_s=s.streamer_max_not_before_s,
@@ -252,203 +261,8 @@ class StreamerService:
             "background_loops": self._background.healthy(),
         }
 
-    def _backlog(self, rank: int) -> int:
-        if rank == RETRY_BAND:
-            return len(self._delayed)
-        return self.scheduler.waiting(rank)
-
-    def _offer(self, running: Running, rank: int) -> None:
-        now = time.monotonic()
-        job = running.job
-        running.owner = self.owners.record(job.job_id, job.data.user_id)
-        if running.owner != job.data.user_id:
-            log.warning(
-                "job %s claims owner %s; its first record said %s, who alone may cancel it",
-                job.job_id,
-                job.data.user_id,
-                running.owner,
-            )
-        pending = self._take_cancel(running, now)
-        if pending is not None:
-            # Cancelled before it was fetched: skip it now, without waiting for a slot.
-            running.cancel = pending
-            self._track(self._skip_cancelled(running))
-            return
-        if running.due > now:
-            heapq.heappush(self._delayed, (running.due, next(self._counter), running, rank))
-        else:
-            self.scheduler.offer(running, rank, now)
-        self.metrics.jobs_waiting.set(self.scheduler.waiting())
-        self._wake.set()
-
-    def _drop_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.scheduler.drop(lambda r: r.tp in revoked)
-        self._delayed = [d for d in self._delayed if d[2].tp not in revoked]
-        heapq.heapify(self._delayed)
-
-    async def _dispatch_loop(self) -> None:
-        while True:
-            timeout = None
-            if self._delayed:
-                timeout = max(0.0, self._delayed[0][0] - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            self._wake.clear()
-            now = time.monotonic()
-            while self._delayed and self._delayed[0][0] <= now:
-                _, _, running, rank = heapq.heappop(self._delayed)
-                self.scheduler.offer(running, rank, now)
-            while self._accepting and (waiting := self.scheduler.take(now)) is not None:
-                self._launch(waiting.item, now)
-            self.metrics.slots_in_use.set(self.scheduler.in_use)
-            self.metrics.jobs_waiting.set(self.scheduler.waiting())
-
-    def _launch(self, running: Running, now: float) -> None:
-        job = running.job
-        pending = self._take_cancel(running, now)
-        if pending is not None:
-            running.cancel = pending
-        self.running[job.job_id] = running
-        if running.tp is not None and running.cancel is None:
-            self._intakes[running.source].started(
-                running.tp, running.offset, job.job_id, job.data.attempt
-            )
-        self._track(self._run(running))
-
-    async def _run(self, running: Running) -> None:
-        job = running.job
-        lost = False
-        try:
-            try:
-                await run_job(running, self.deps)
-            except KafkaError:
-                raise
-            except Exception as exc:  # a process boundary: one job's bug must not stop us
-                log.exception("attempt %d crashed", job.data.attempt)
-                streamed = running.stream.streamed() if running.stream is not None else None
-                await failed(
-                    self.deps, job, InternalError(repr(exc)), _labels(job), time.time(), streamed
-                )
-        except asyncio.CancelledError:
-            raise  # shutdown: neither final event nor commit
-        except KafkaError as exc:
-            # Kafka failed under the attempt: nothing final was said, so the offset stays
-            # in flight and the job runs again here, as the next attempt, once Kafka answers.
-            log.warning("attempt %d lost to Kafka (%r); it runs again", job.data.attempt, exc)
-            self.metrics.attempts_lost_to_kafka.inc()
-            lost = True
-        finally:
-            self.running.pop(job.job_id, None)
-            self.scheduler.release()
-            self._wake.set()
-        if lost:
-            self._track(self._rerun_when_kafka_answers(running))
-            return
-        if running.tp is not None:
-            self._intakes[running.source].done(running.tp, running.offset)
-
-    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a job's coroutine as a task that stop() waits for within the grace period."""
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(_log_crash)
-
-    async def _rerun_when_kafka_answers(self, running: Running) -> None:
-        """Offer a job whose attempt Kafka lost again, as the next attempt, once Kafka answers.
-
-        Waiting first keeps an outage from burning the job's attempts one after another.
-        """
-        await retry_until_done(
-            self._admin.list_topics,
-            (KafkaError,),
-            what="reaching Kafka",
-            first_delay_s=self.settings.streamer_retry_base_s or 0.5,
-            max_delay_s=self.settings.streamer_retry_max_s,
-        )
-        job = running.job
-        data = job.data.model_copy(update={"attempt": job.data.attempt + 1})
-        again = Running(
-            job=job.model_copy(update={"data": data}),
-            source=running.source,
-            tp=running.tp,
-            offset=running.offset,
-            owner=running.owner,
-        )
-        self._offer(again, data.priority.rank)
-
-    def _take_cancel(self, running: Running, now: float) -> CancelJobData | None:
-        pending = self.cancels.take(running.job.job_id, running.owner, now)
-        self.metrics.cancels_remembered.set(len(self.cancels))
-        return pending
-
-    def _on_cancel(self, job_id: str, cancel: CancelJobData) -> None:
-        running = self.running.get(job_id)
-        owner = running.owner if running is not None else self.owners.get(job_id)
-        if owner is not None and not may_cancel(cancel, owner):
-            self.metrics.cancels_ignored.inc()
-            log.warning("ignored a cancel of job %s by user %s", job_id, cancel.user_id)
-        elif running is not None:
-            running.request_cancel(cancel)
-        elif not self._cancel_waiting(job_id, cancel):
-            # Not fetched yet (or owned by another instance): applied when it starts.
-            evicted = self.cancels.remember(job_id, cancel, time.monotonic())
-            self.metrics.cancels_evicted.inc(evicted)
-            self.metrics.cancels_remembered.set(len(self.cancels))
-
-    def _cancel_waiting(self, job_id: str, cancel: CancelJobData) -> bool:
-        """Cancel a job fetched but waiting for a slot (or a retry) at once, without a slot."""
-
-        def matches(r: Running) -> bool:
-            return r.job.job_id == job_id and may_cancel(cancel, r.owner)
-
-        dropped = self.scheduler.drop(matches)
-        delayed = [d for d in self._delayed if matches(d[2])]
-        if delayed:
-            self._delayed = [d for d in self._delayed if not matches(d[2])]
-            heapq.heapify(self._delayed)
-            dropped.extend(d[2] for d in delayed)
-        for waiting in dropped:
-            waiting.cancel = cancel
-            self._track(self._skip_cancelled(waiting))
-        if dropped:
-            self.metrics.jobs_waiting.set(self.scheduler.waiting())
-        return bool(dropped)
-
-    async def _skip_cancelled(self, waiting: Running) -> None:
-        """Publish the cancelled event of a job that never started, then release its offset."""
-        assert waiting.cancel is not None
-        data = waiting.job.data
-        cancel = waiting.cancel
-        # Retried until written: its offset stays uncommitted until the event is out.
-        await retry_until_done(
-            lambda: publish_cancelled(self.deps, waiting.job, cancel),
-            (KafkaError,),
-            what="publishing a cancel",
-            first_delay_s=self.settings.streamer_retry_base_s or 0.5,
-            max_delay_s=self.settings.streamer_retry_max_s or 10.0,
-            log_extra={"job_id": waiting.job.job_id},
-        )
-        self.metrics.jobs_cancelled.labels(data.job_type, data.priority.value).inc()
-        if waiting.tp is not None:
-            self._intakes[waiting.source].done(waiting.tp, waiting.offset)
-
 
 def create_service(
     settings: StreamerSettings, *, registry: CollectorRegistry | None = None
 ) -> StreamerService:
     return StreamerService(settings, registry if registry is not None else CollectorRegistry())
-
-
-def _labels(job: RunJob) -> tuple[str, str]:
-    return job.data.job_type, job.data.priority.value
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    """A job task's unexpected error is logged at once, not when the task is collected.
-
-    Its offset stays uncommitted, so the job runs again after a restart or rebalance.
-    """
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("a job task crashed: %r", exc, exc_info=exc)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 from services.streamer.job import Deps, Outcome
 from services.streamer.rejects import MAX_ORIGINAL_BYTES
 from services.streamer.streamed import Streamed, nothing_streamed
-from services.streamer.upstream import UpstreamError
+from services.streamer.upstream import InternalError, UpstreamError
 from shared.contracts import (
     CancelJobData,
     DeadLetterData,
@@ -139,3 +140,17 @@ async def failed(
     )
     deps.metrics.jobs_failed.labels(*labels).inc()
     return Outcome.FAILED
+
+
+class KafkaEvents:
+    """The events port of the dispatch and cancel use cases, published through `deps`."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def cancelled(self, job: RunJob, cancel: CancelJobData) -> None:
+        await publish_cancelled(self.deps, job, cancel)
+
+    async def crashed(self, job: RunJob, exc: InternalError, streamed: Streamed | None) -> None:
+        labels = (job.data.job_type, job.data.priority.value)
+        await failed(self.deps, job, exc, labels, time.time(), streamed)

@@ -1,0 +1,147 @@
+"""The dispatch loop: admission of fetched jobs, slots filled by band, each job run as a task.
+
+Which band goes next is the scheduler's call (scheduler.py); this module feeds it and starts
+what it hands out, and ends each attempt's bookkeeping: slot, offset, or a rerun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from services.streamer.cancel_matching import CancelMatching
+from services.streamer.delayed import DelayedRetries
+from services.streamer.inflight import InFlight
+from services.streamer.job import Running
+from services.streamer.metrics import StreamerMetrics
+from services.streamer.ports import EventPublisher, OffsetLedger, RunAttempt
+from services.streamer.reruns import Reruns
+from services.streamer.scheduler import Scheduler
+from services.streamer.upstream import InternalError
+
+log = logging.getLogger(__name__)
+
+RETRY_BAND = -1  # pseudo band of the retry topic's partitions, for pausing
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        scheduler: Scheduler[Running],
+        delayed: DelayedRetries,
+        inflight: InFlight,
+        cancels: CancelMatching,
+        reruns: Reruns,
+        run_attempt: RunAttempt,
+        events: EventPublisher,
+        ledgers: Mapping[str, OffsetLedger],
+        metrics: StreamerMetrics,
+    ) -> None:
+        self.scheduler = scheduler
+        self.delayed = delayed
+        self.inflight = inflight
+        self.cancels = cancels
+        self.reruns = reruns
+        self.run_attempt = run_attempt
+        self.events = events
+        self.ledgers = ledgers
+        self.metrics = metrics
+        self.accepting = True
+        self._wake = asyncio.Event()
+
+    def backlog(self, rank: int) -> int:
+        """Jobs fetched and waiting in a band (the retry topic's: those not due yet)."""
+        if rank == RETRY_BAND:
+            return len(self.delayed)
+        return self.scheduler.waiting(rank)
+
+    def admit(self, running: Running, rank: int) -> None:
+        """Take in a fetched job: skip it if cancelled already, else hold it or queue it."""
+        now = time.monotonic()
+        self.cancels.record_owner(running)
+        pending = self.cancels.take(running, now)
+        if pending is not None:
+            # Cancelled before it was fetched: skip it now, without waiting for a slot.
+            running.cancel = pending
+            self.cancels.skip(running)
+            return
+        if running.due > now:
+            self.delayed.hold(running, rank)
+        else:
+            self.scheduler.offer(running, rank, now)
+        self.metrics.jobs_waiting.set(self.scheduler.waiting())
+        self._wake.set()
+
+    def drop_revoked(self, revoked: set[TopicPartition]) -> None:
+        def lost(r: Running) -> bool:
+            return r.tp in revoked
+
+        self.scheduler.drop(lost)
+        self.delayed.drop(lost)
+
+    async def loop(self) -> None:
+        while True:
+            timeout = None
+            due = self.delayed.next_due()
+            if due is not None:
+                timeout = max(0.0, due - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            self._wake.clear()
+            now = time.monotonic()
+            for running, rank in self.delayed.pop_due(now):
+                self.scheduler.offer(running, rank, now)
+            while self.accepting and (waiting := self.scheduler.take(now)) is not None:
+                self._launch(waiting.item, now)
+            self.metrics.slots_in_use.set(self.scheduler.in_use)
+            self.metrics.jobs_waiting.set(self.scheduler.waiting())
+
+    def _launch(self, running: Running, now: float) -> None:
+        job = running.job
+        pending = self.cancels.take(running, now)
+        if pending is not None:
+            running.cancel = pending
+        self.inflight.running[job.job_id] = running
+        if running.tp is not None and running.cancel is None:
+            self.ledgers[running.source].started(
+                running.tp, running.offset, job.job_id, job.data.attempt
+            )
+        self.inflight.track(self._run(running))
+
+    async def _run(self, running: Running) -> None:
+        job = running.job
+        lost = False
+        try:
+            try:
+                await self.run_attempt(running)
+            except KafkaError:
+                raise
+            except Exception as exc:  # a process boundary: one job's bug must not stop us
+                log.exception("attempt %d crashed", job.data.attempt)
+                streamed = running.stream.streamed() if running.stream is not None else None
+                await self.events.crashed(job, InternalError(repr(exc)), streamed)
+        except asyncio.CancelledError:
+            raise  # shutdown: neither final event nor commit
+        except KafkaError as exc:
+            # Kafka failed under the attempt: nothing final was said, so the offset stays
+            # in flight and the job runs again here, as the next attempt, once Kafka answers.
+            log.warning("attempt %d lost to Kafka (%r); it runs again", job.data.attempt, exc)
+            self.metrics.attempts_lost_to_kafka.inc()
+            lost = True
+        finally:
+            self.inflight.running.pop(job.job_id, None)
+            self.scheduler.release()
+            self._wake.set()
+        if lost:
+            self.inflight.track(self.reruns.when_kafka_answers(running, self.admit))
+            return
+        if running.tp is not None:
+            self.ledgers[running.source].done(running.tp, running.offset)

@@ -1,0 +1,185 @@
+"""Fakes of the streamer's ports, and its dispatch use cases wired over them (no Kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
+from prometheus_client import CollectorRegistry
+
+from services.streamer.cancel_matching import CancelMatching
+from services.streamer.cancels import Owners, PendingCancels
+from services.streamer.delayed import DelayedRetries
+from services.streamer.dispatch import Dispatcher
+from services.streamer.inflight import InFlight
+from services.streamer.job import Running
+from services.streamer.metrics import StreamerMetrics
+from services.streamer.reruns import Reruns
+from services.streamer.scheduler import Scheduler
+from services.streamer.streamed import Streamed
+from services.streamer.upstream import InternalError
+from shared.contracts import CancelJobData, ModelConfig, RunJob, RunJobData, utcnow
+from shared.topics import Priority
+
+TP = TopicPartition("jobs", 0)
+
+
+def make_running(
+    job_id: str, *, user: str = "alice", priority: Priority = Priority.NORMAL, offset: int = 0
+) -> Running:
+    job = RunJob(
+        job_id=job_id,
+        data=RunJobData(
+            user_id=user,
+            prompt="hello",
+            job_type="analysis",
+            priority=priority,
+            config=ModelConfig(),
+            submitted_at=utcnow(),
+        ),
+    )
+    return Running(job=job, source="jobs", tp=TP, offset=offset)
+
+
+def cancel_by(user: str, *, admin: bool = False) -> CancelJobData:
+    return CancelJobData(user_id=user, admin=admin)
+
+
+@dataclass
+class FakeLedger:
+    """Offsets claimed by started attempts and released by final ones."""
+
+    claims: list[tuple[int, str, int]] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
+
+    def started(self, tp: TopicPartition, offset: int, job_id: str, attempt: int) -> None:
+        self.claims.append((offset, job_id, attempt))
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        self.released.append(offset)
+
+
+@dataclass
+class FakeEvents:
+    """The events publisher; fails the first `kafka_failures` cancels as Kafka would."""
+
+    cancelled_jobs: list[tuple[str, CancelJobData]] = field(default_factory=list)
+    crashes: list[tuple[str, str]] = field(default_factory=list)
+    kafka_failures: int = 0
+
+    async def cancelled(self, job: RunJob, cancel: CancelJobData) -> None:
+        if self.kafka_failures:
+            self.kafka_failures -= 1
+            raise KafkaConnectionError("broker away")
+        self.cancelled_jobs.append((job.job_id, cancel))
+
+    async def crashed(self, job: RunJob, exc: InternalError, streamed: Streamed | None) -> None:
+        self.crashes.append((job.job_id, str(exc)))
+
+
+class FakeUpstream:
+    """Attempts that run until the test ends them, or raise what the test scripted."""
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[str, int]] = []
+        self.started = asyncio.Event()
+        self._gates: dict[str, asyncio.Event] = {}
+        self._raises: dict[str, BaseException] = {}
+
+    async def __call__(self, running: Running) -> None:
+        job_id = running.job.job_id
+        self.attempts.append((job_id, running.job.data.attempt))
+        self.started.set()
+        gate = self._gates.setdefault(job_id, asyncio.Event())
+        await gate.wait()
+        gate.clear()
+        if (exc := self._raises.pop(job_id, None)) is not None:
+            raise exc
+
+    def finish(self, job_id: str, *, raising: BaseException | None = None) -> None:
+        if raising is not None:
+            self._raises[job_id] = raising
+        self._gates.setdefault(job_id, asyncio.Event()).set()
+
+    def started_ids(self) -> list[str]:
+        return [job_id for job_id, _ in self.attempts]
+
+
+class FakeKafka:
+    """Whether Kafka answers: fails the first `failures` probes."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.probes = 0
+
+    async def list_topics(self) -> object:
+        self.probes += 1
+        if self.probes <= self.failures:
+            raise KafkaConnectionError("broker away")
+        return []
+
+
+@dataclass
+class Streamer:
+    """The dispatch use cases wired over fakes, as the composition root wires them."""
+
+    dispatcher: Dispatcher
+    cancels: CancelMatching
+    inflight: InFlight
+    upstream: FakeUpstream
+    events: FakeEvents
+    ledger: FakeLedger
+    kafka: FakeKafka
+    registry: CollectorRegistry
+
+    def metric(self, name: str) -> float:
+        return self.registry.get_sample_value(name) or 0.0
+
+
+@asynccontextmanager
+async def streamer(
+    *, slots: int = 1, kafka_failures: int = 0, cancel_failures: int = 0
+) -> AsyncIterator[Streamer]:
+    registry = CollectorRegistry()
+    metrics = StreamerMetrics(registry)
+    scheduler: Scheduler[Running] = Scheduler(slots, aging_s=30.0)
+    delayed = DelayedRetries()
+    inflight = InFlight()
+    events = FakeEvents(kafka_failures=cancel_failures)
+    ledger = FakeLedger()
+    ledgers = {"jobs": ledger}
+    upstream = FakeUpstream()
+    kafka = FakeKafka(kafka_failures)
+    cancels = CancelMatching(
+        pending=PendingCancels(),
+        owners=Owners(),
+        inflight=inflight,
+        scheduler=scheduler,
+        delayed=delayed,
+        events=events,
+        ledgers=ledgers,
+        metrics=metrics,
+        retry_delays_s=(0.01, 0.02),
+    )
+    dispatcher = Dispatcher(
+        scheduler=scheduler,
+        delayed=delayed,
+        inflight=inflight,
+        cancels=cancels,
+        reruns=Reruns(kafka.list_topics, delays_s=(0.01, 0.02)),
+        run_attempt=upstream,
+        events=events,
+        ledgers=ledgers,
+        metrics=metrics,
+    )
+    loop = asyncio.create_task(dispatcher.loop())
+    try:
+        yield Streamer(dispatcher, cancels, inflight, upstream, events, ledger, kafka, registry)
+    finally:
+        loop.cancel()
+        await inflight.finish(0.0)
+        await asyncio.gather(loop, return_exceptions=True)
