@@ -5,16 +5,17 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
 STACK_ENV ?= .state/stack.env
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run demo stop status logs doctor test test-unit lint format bench schemas token clean
+.PHONY: help install lock system-deps run demo stop status logs doctor test test-unit lint format bench schemas token clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: system-deps $(STAMP) ## create .venv and install the project with its dev tools
+install: system-deps $(STAMP) ## create .venv: the exact versions of uv.lock, the project editable
 
 # Java 17 runs the Kafka broker, Maven fetches its jars once, and promtool (Debian's
 # prometheus package) checks our metrics, alert rules and their tests. Install them
@@ -30,11 +31,19 @@ system-deps:
 	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else echo "please install:$$missing" >&2; exit 1; fi; fi
 
-$(STAMP): pyproject.toml
+# uv comes from PyPI into the venv, then makes the venv exactly what uv.lock says
+# (uv itself is locked in the dev extra, so the sync keeps it).
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+$(UV):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q uv
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev
 	@touch $@
+
+lock: | $(UV) ## resolve the dependencies of pyproject.toml again into uv.lock
+	$(UV) lock
 
 run: install ## start Kafka, PostgreSQL, the LLM simulator and the four services; stream a demo job (KAFKA_SECURITY=sasl: SASL and ACLs)
 	$(if $(KAFKA_SECURITY),STREAMJOBS_KAFKA_SECURITY=$(KAFKA_SECURITY)) $(PY) -m deploy.localstack up

@@ -15,6 +15,7 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
+from shared import __version__
 from shared.contracts import (
     RECORD_TYPES,
     CancelJob,
@@ -38,7 +39,7 @@ from shared.topics import (
     retry_topic,
 )
 
-VERSION = "0.1.0"
+VERSION = __version__
 LifecycleUnion = JobAccepted | JobStarted | JobRetrying | JobCompleted | JobFailed | JobCancelled
 
 

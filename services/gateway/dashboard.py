@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import html
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from importlib.resources import files
 
 from aiohttp import web
 from yarl import URL
 
 from shared.api import API_PREFIX
 
-HERE = Path(__file__).parent
+# Package data of `services.gateway`, beside this module in a checkout and in the wheel.
+HERE = files("services.gateway")
 PAGE = HERE / "dashboard.html"
 ASSETS = {"/dashboard.js": "text/javascript", "/dashboard.css": "text/css"}
 # Every response that is not the dashboard: nothing may load, frame or run it.

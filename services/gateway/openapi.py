@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from services.gateway.submit import KEY_PATTERN
+from shared import __version__
 from shared.api import (
     API_PREFIX,
     HEADER_IDEMPOTENCY_KEY,
@@ -402,7 +403,7 @@ def build_document(
         "openapi": "3.1.0",
         "info": {
             "title": "streamjobs",
-            "version": "1.0.0",
+            "version": __version__,
             "description": "Submit LLM completion jobs, follow them, read their results.",
         },
         "servers": [{"url": "/"}],
