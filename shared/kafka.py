@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
 KafkaOptions = Mapping[str, Any]
+T = TypeVar("T")
 
 
 class TopicsUnavailable(RuntimeError):
@@ -126,25 +127,37 @@ async def ensure_topics(
     Under ACLs a service sees the topics it may describe; where they all exist already (an
     operator created them) nothing is created, so services need no Create permission.
     """
+
+    async def create_missing(admin: AIOKafkaAdminClient, _deadline: float) -> None:
+        existing = set(await admin.list_topics())
+        missing = [t for t in all_topics(prefix) if t not in existing]
+        if missing:
+            # Another service may create them first.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                response = await admin.create_topics(
+                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+                )
+                raise_refused(response)
+            log.info("created topics %s", missing)
+
+    await with_admin(bootstrap_servers, create_missing, timeout_s=timeout_s, security=security)
+
+
+async def with_admin(
+    bootstrap_servers: str,
+    work: Callable[[AIOKafkaAdminClient, float], Awaitable[T]],
+    *,
+    timeout_s: float,
+    security: KafkaOptions | None = None,
+) -> T:
+    """Run `work(admin, deadline)` with a fresh admin client, again while the broker is
+    unreachable, until `timeout_s` (the loop-time deadline `work` may wait up to) has passed."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         admin = AIOKafkaAdminClient(**(security or {}), bootstrap_servers=bootstrap_servers)
         try:
             await admin.start()
-            existing = set(await admin.list_topics())
-            missing = [t for t in all_topics(prefix) if t not in existing]
-            if missing:
-                # Another service may create them first.
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    response = await admin.create_topics(
-                        [
-                            NewTopic(t, num_partitions=partitions, replication_factor=1)
-                            for t in missing
-                        ]
-                    )
-                    raise_refused(response)
-                log.info("created topics %s", missing)
-            return
+            return await work(admin, deadline)
         except KafkaConnectionError:
             if asyncio.get_running_loop().time() > deadline:
                 raise

@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.follower import PartitionFollower, StartAt, each_record
@@ -25,6 +25,7 @@ from shared.kafka import (
     client_options,
     make_producer,
     raise_refused,
+    with_admin,
 )
 from shared.runtime import BackgroundTasks
 from shared.settings import CommonSettings
@@ -59,36 +60,29 @@ async def ensure_revocations_topic(
     with the others, and a service only finds it here.
     """
     topic = revocations_topic(prefix)
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        admin = AIOKafkaAdminClient(**(security or {}), bootstrap_servers=bootstrap)
-        try:
-            await admin.start()
-            if topic not in set(await admin.list_topics()):
-                brokers = (await admin.describe_cluster()).get("brokers") or [None]
-                # One partition: revocations are few and every reader wants them all, in order.
-                new = NewTopic(
-                    topic,
-                    num_partitions=1,
-                    replication_factor=min(3, len(brokers)),
-                    topic_configs={"cleanup.policy": "compact"},
-                )
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    raise_refused(await admin.create_topics([new]))
-                    log.info("created topic %s", topic)
-            # A reader that asks for the topic's metadata before its leader is elected is told
-            # it does not exist, and would not ask again for minutes: wait for the leader here.
-            while not await _has_leaders(admin, topic):
-                if asyncio.get_running_loop().time() > deadline:
-                    raise TimeoutError(f"topic {topic} has no leader after {timeout_s:g} s")
-                await asyncio.sleep(0.1)
-            return topic
-        except KafkaConnectionError:
+
+    async def create(admin: AIOKafkaAdminClient, deadline: float) -> str:
+        if topic not in set(await admin.list_topics()):
+            brokers = (await admin.describe_cluster()).get("brokers") or [None]
+            # One partition: revocations are few and every reader wants them all, in order.
+            new = NewTopic(
+                topic,
+                num_partitions=1,
+                replication_factor=min(3, len(brokers)),
+                topic_configs={"cleanup.policy": "compact"},
+            )
+            with contextlib.suppress(TopicAlreadyExistsError):
+                raise_refused(await admin.create_topics([new]))
+                log.info("created topic %s", topic)
+        # A reader that asks for the topic's metadata before its leader is elected is told
+        # it does not exist, and would not ask again for minutes: wait for the leader here.
+        while not await _has_leaders(admin, topic):
             if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.5)
-        finally:
-            await admin.close()
+                raise TimeoutError(f"topic {topic} has no leader after {timeout_s:g} s")
+            await asyncio.sleep(0.1)
+        return topic
+
+    return await with_admin(bootstrap, create, timeout_s=timeout_s, security=security)
 
 
 async def _has_leaders(admin: AIOKafkaAdminClient, topic: str) -> bool:

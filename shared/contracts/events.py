@@ -72,12 +72,10 @@ class JobCompleted(Envelope):
     data: JobCompletedData
 
 
-class JobFailedData(_Body):
-    attempt: int
-    reason: str
-    error_type: str
-    retriable: bool = False
-    # What the failed attempt had streamed before it ended (optional: older producers omit it).
+class _StreamedSoFar(_Body):
+    """What an attempt that ended short of completion had streamed (optional: older
+    producers omit it), so its partial answer is kept and billed."""
+
     last_seq: int = -1
     model: str | None = None
     usage: TokenUsage | None = Field(
@@ -86,6 +84,13 @@ class JobFailedData(_Body):
     usage_estimated: bool = Field(
         default=False, description="true when usage was counted from the stream, not reported"
     )
+
+
+class JobFailedData(_StreamedSoFar):
+    attempt: int
+    reason: str
+    error_type: str
+    retriable: bool = False
 
 
 class JobFailed(Envelope):
@@ -93,18 +98,9 @@ class JobFailed(Envelope):
     data: JobFailedData
 
 
-class JobCancelledData(_Body):
+class JobCancelledData(_StreamedSoFar):
     attempt: int = 0
     reason: str = "cancelled by user"
-    last_seq: int = -1
-    # What the cancelled attempt had streamed (optional: older producers omit it).
-    model: str | None = None
-    usage: TokenUsage | None = Field(
-        default=None, description="tokens of what was streamed; the upstream's when it sent them"
-    )
-    usage_estimated: bool = Field(
-        default=False, description="true when usage was counted from the stream, not reported"
-    )
 
 
 class JobCancelled(Envelope):
