@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from shared.api import API_PREFIX
-from shared.http import Reply, Route
+from shared.http import Reply, Route, public_get
 
 HERE = Path(__file__).parent / "swagger_ui"
 DOCS = f"{API_PREFIX}/docs"
@@ -59,37 +59,27 @@ class ApiDocs:
 
 
 def _asset(name: str, operation_id: str, what: str, handler: Any) -> Route[ApiDocs]:
-    return Route(
-        "GET",
-        f"{DOCS}/{name}",
-        handler,
-        operation_id,
-        f"The API docs' {what}",
-        replies=(Reply(200, what, media=ASSETS[name]),),
-        secured=False,
-        tags=("docs",),
+    reply = Reply(200, what, media=ASSETS[name])
+    return public_get(
+        f"{DOCS}/{name}", handler, operation_id, f"The API docs' {what}", reply, "docs"
     )
 
 
 DOCS_ROUTES: tuple[Route[ApiDocs], ...] = (
-    Route(
-        "GET",
+    public_get(
         OPENAPI,
         ApiDocs.openapi,
         "getOpenApi",
         "This document",
-        replies=(Reply(200, "OpenAPI 3.1", schema={"type": "object"}),),
-        secured=False,
+        Reply(200, "OpenAPI 3.1", schema={"type": "object"}),
     ),
-    Route(
-        "GET",
+    public_get(
         DOCS,
         ApiDocs.html,
         "apiDocs",
         "This document, to read and try out in a browser (Swagger UI)",
-        replies=(Reply(200, "an HTML page", media="text/html"),),
-        secured=False,
-        tags=("docs",),
+        Reply(200, "an HTML page", media="text/html"),
+        "docs",
     ),
     _asset("swagger-ui-bundle.js", "apiDocsScript", "Swagger UI script", ApiDocs.bundle),
     _asset("swagger-ui.css", "apiDocsStyles", "Swagger UI styles", ApiDocs.styles),

@@ -16,7 +16,7 @@ from aiohttp import web
 from yarl import URL
 
 from shared.api import API_PREFIX
-from shared.http import Reply, Route
+from shared.http import Reply, Route, public_get
 
 HERE = Path(__file__).parent
 PAGE = HERE / "dashboard.html"
@@ -81,28 +81,19 @@ class Dashboard:
 
 
 def _asset(path: str, what: str, handler: Any) -> Route[Dashboard]:
-    return Route(
-        "GET",
-        path,
-        handler,
-        "dashboard" + path.rsplit(".", 1)[1].capitalize(),
-        f"The dashboard's {what}",
-        replies=(Reply(200, what, media=ASSETS[path]),),
-        secured=False,
-        tags=("ops",),
-    )
+    operation_id = "dashboard" + path.rsplit(".", 1)[1].capitalize()
+    reply = Reply(200, what, media=ASSETS[path])
+    return public_get(path, handler, operation_id, f"The dashboard's {what}", reply, "ops")
 
 
 DASHBOARD_ROUTES: tuple[Route[Dashboard], ...] = (
-    Route(
-        "GET",
+    public_get(
         "/dashboard",
         Dashboard.html,
         "dashboard",
         "The live dashboard: a page that reads this API with the token given",
-        replies=(Reply(200, "an HTML page", media="text/html"),),
-        secured=False,
-        tags=("ops",),
+        Reply(200, "an HTML page", media="text/html"),
+        "ops",
     ),
     _asset("/dashboard.js", "script", Dashboard.script),
     _asset("/dashboard.css", "styles", Dashboard.styles),
