@@ -19,15 +19,10 @@ from services.gateway.publisher import Publisher
 from services.gateway.rejection import RESULTS_UNAVAILABLE, Rejection, retry_later
 from services.gateway.repair import Repairs
 from services.gateway.settings import GatewaySettings
-from services.gateway.submit import (
-    check_idempotency_key,
-    parse_submission,
-    trace_id_from_traceparent,
-)
+from services.gateway.submit import parse_request, trace_id_from_traceparent
 from services.gateway.view import EventsView
-from shared.api import API_PREFIX, HEADER_IDEMPOTENCY_KEY, JobAcceptedView, JobLinks, JobTypeView
+from shared.api import API_PREFIX, JobAcceptedView, JobLinks, JobTypeView
 from shared.auth import SCOPE_READ, SCOPE_WRITE, InvalidToken, Principal
-from shared.contracts import new_trace_id
 from shared.http import Refused, problem
 from shared.jobtypes import JOB_TYPES
 from shared.kafka import traceparent
@@ -133,24 +128,19 @@ class Gateway:
 
     async def submit(self, request: web.Request) -> web.Response:
         who = self.principal(request, SCOPE_WRITE)
-        parsed = parse_submission(
+        parsed = parse_request(
             await request.read(),
+            request.headers,
             max_prompt_chars=self.settings.gateway_max_prompt_chars,
             max_depth=self.settings.gateway_max_json_depth,
         )
         if isinstance(parsed, Rejection):
             self.metrics.rejected.labels(parsed.kind).inc()
             return parsed.response()
-        trace_id = trace_id_from_traceparent(request.headers.get(HEADER_TRACEPARENT))
-        trace_id = trace_id or new_trace_id()
-        key = request.headers.get(HEADER_IDEMPOTENCY_KEY)
-        if key is not None and (bad_key := check_idempotency_key(key)) is not None:
-            self.metrics.rejected.labels(bad_key.kind).inc()
-            return bad_key.response()
-        outcome = await self.admission.submit(who, parsed, key, trace_id)
+        outcome = await self.admission.submit(who, parsed.job, parsed.key, parsed.trace_id)
         if isinstance(outcome, Rejection):
             return outcome.response()
-        return self._accepted(outcome, trace_id)
+        return self._accepted(outcome, parsed.trace_id)
 
     def _accepted(self, admitted: Admitted, trace_id: str) -> web.Response:
         entry, links = admitted.entry, self.links(admitted.job_id)

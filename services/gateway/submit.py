@@ -6,14 +6,18 @@ Pure functions: a body in, a valid submission or a `Rejection` out; no I/O.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from services.gateway.rejection import Rejection
 from services.gateway.storable import Unstorable, check_json, check_text
-from shared.api import JobSubmission
+from shared.api import HEADER_IDEMPOTENCY_KEY, JobSubmission
+from shared.contracts import new_trace_id
 from shared.jobtypes import JOB_TYPES
+from shared.topics import HEADER_TRACEPARENT
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 KEY_PATTERN = r"^[!-~]{1,255}$"  # visible ASCII, as header values travel well
@@ -115,3 +119,26 @@ def check_idempotency_key(key: str) -> Rejection | None:
         "Invalid Idempotency-Key",
         "the key must be 1 to 255 visible ASCII characters",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A request to submit, read: the valid job, its Idempotency-Key, its trace id."""
+
+    job: JobSubmission
+    key: str | None
+    trace_id: str
+
+
+def parse_request(
+    raw: bytes, headers: Mapping[str, str], *, max_prompt_chars: int, max_depth: int
+) -> Submission | Rejection:
+    """Body first, then the Idempotency-Key; a valid `traceparent` gives the trace id."""
+    job = parse_submission(raw, max_prompt_chars=max_prompt_chars, max_depth=max_depth)
+    if isinstance(job, Rejection):
+        return job
+    trace_id = trace_id_from_traceparent(headers.get(HEADER_TRACEPARENT)) or new_trace_id()
+    key = headers.get(HEADER_IDEMPOTENCY_KEY)
+    if key is not None and (bad_key := check_idempotency_key(key)) is not None:
+        return bad_key
+    return Submission(job, key, trace_id)
