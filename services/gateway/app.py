@@ -1,4 +1,5 @@
-"""Wiring of the gateway: producer, events view and its reader, results client, HTTP app."""
+"""The gateway's composition root: producer, events view and its reader, the read-side and
+live-stream clients, the use cases over them, and the HTTP app."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ import socket
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from services.gateway.api import Api, build_app
+from services.gateway.admission import Admission
+from services.gateway.cancel import Cancels
 from services.gateway.events import EventsReader
+from services.gateway.handlers import Gateway
+from services.gateway.limits import StreamSlots
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.proxy import ResultsClient, SseClient
+from services.gateway.publisher import Publish, Publisher
+from services.gateway.repair import Repairs
+from services.gateway.routes import build_app
 from services.gateway.settings import GatewaySettings
 from services.gateway.view import EventsView
 from shared.contracts import Envelope
@@ -26,6 +33,51 @@ from shared.topics import control_topic, events_topic, job_topics
 from shared.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
+
+
+def build_gateway(
+    settings: GatewaySettings,
+    metrics: GatewayMetrics,
+    view: EventsView,
+    send: Publish,
+    results: ResultsClient,
+    *,
+    verifier: TokenVerifier,
+    sse: SseClient | None = None,
+) -> Gateway:
+    """The handlers over their use cases, each over the ports it needs."""
+    prefix = settings.topic_prefix
+    publisher = Publisher(send, timeout_s=settings.gateway_publish_timeout_s)
+    repairs = Repairs(
+        publisher,
+        prefix=prefix,
+        max_tasks=settings.gateway_max_background_publishes,
+        drain_timeout_s=settings.gateway_publish_timeout_s,
+    )
+    return Gateway(
+        settings,
+        metrics,
+        view,
+        publisher=publisher,
+        repairs=repairs,
+        admission=Admission(view, metrics, publisher, repairs, prefix=prefix),
+        cancels=Cancels(
+            view,
+            metrics,
+            publisher,
+            results,
+            prefix=prefix,
+            per_minute=settings.gateway_cancels_per_minute,
+        ),
+        results=results,
+        streams=StreamSlots(
+            capacity=settings.gateway_sse_max_streams,
+            per_user=settings.gateway_sse_max_streams_per_user,
+            wait_s=settings.gateway_sse_wait_s,
+        ),
+        verifier=verifier,
+        sse=sse,
+    )
 
 
 class GatewayService:
@@ -51,7 +103,7 @@ class GatewayService:
         )
         self.verifier = TokenVerifier.from_settings(settings)
         self.port = 0
-        self.api: Api | None = None
+        self.api: Gateway | None = None
         self._producer: AIOKafkaProducer | None = None
         self._reader: EventsReader | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -120,7 +172,7 @@ class GatewayService:
         async def send(topic: str, envelope: Envelope) -> None:
             await publish(producer, topic, envelope)
 
-        self.api = Api(
+        self.api = build_gateway(
             s, self.metrics, self.view, send, self.results, verifier=self.verifier, sse=self.sse
         )
         stack.push_async_callback(self.api.drain)

@@ -9,13 +9,14 @@ as assets of their own, so its Content-Security-Policy allows no inline code at 
 from __future__ import annotations
 
 import html
-from collections.abc import Awaitable, Callable
 from importlib.resources import files
+from typing import Any
 
 from aiohttp import web
 from yarl import URL
 
 from shared.api import API_PREFIX
+from shared.http import Reply, Route, public_get
 
 # Package data of `services.gateway`, beside this module in a checkout and in the wheel.
 HERE = files("services.gateway")
@@ -23,8 +24,6 @@ PAGE = HERE / "dashboard.html"
 ASSETS = {"/dashboard.js": "text/javascript", "/dashboard.css": "text/css"}
 # Every response that is not the dashboard: nothing may load, frame or run it.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
-
-Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def render(ws_url: str) -> bytes:
@@ -57,24 +56,49 @@ def dashboard_csp(ws_url: str) -> str:
     )
 
 
-def dashboard_routes(ws_url: str) -> dict[str, Handler]:
-    """Path -> handler of the page and its assets, each with the dashboard's policy."""
-    headers = {
-        "Cache-Control": "no-cache",
-        "Content-Security-Policy": dashboard_csp(ws_url),
-        "X-Frame-Options": "DENY",
-    }
+class Dashboard:
+    """The page and its assets, each with the dashboard's policy."""
 
-    def serve(body: bytes, content_type: str) -> Handler:
-        async def handler(_: web.Request) -> web.Response:
-            return web.Response(body=body, content_type=content_type, headers=headers)
+    def __init__(self, ws_url: str) -> None:
+        self.headers = {
+            "Cache-Control": "no-cache",
+            "Content-Security-Policy": dashboard_csp(ws_url),
+            "X-Frame-Options": "DENY",
+        }
+        self.page = render(ws_url)
+        self.assets = {path: (HERE / path.lstrip("/")).read_bytes() for path in ASSETS}
 
-        return handler
+    def _serve(self, body: bytes, content_type: str) -> web.Response:
+        return web.Response(body=body, content_type=content_type, headers=self.headers)
 
-    routes = {"/dashboard": serve(render(ws_url), "text/html")}
-    for path, content_type in ASSETS.items():
-        routes[path] = serve((HERE / path.lstrip("/")).read_bytes(), content_type)
-    return routes
+    async def html(self, _: web.Request) -> web.Response:
+        return self._serve(self.page, "text/html")
+
+    async def script(self, _: web.Request) -> web.Response:
+        return self._serve(self.assets["/dashboard.js"], ASSETS["/dashboard.js"])
+
+    async def styles(self, _: web.Request) -> web.Response:
+        return self._serve(self.assets["/dashboard.css"], ASSETS["/dashboard.css"])
+
+
+def _asset(path: str, what: str, handler: Any) -> Route[Dashboard]:
+    operation_id = "dashboard" + path.rsplit(".", 1)[1].capitalize()
+    reply = Reply(200, what, media=ASSETS[path])
+    return public_get(path, handler, operation_id, f"The dashboard's {what}", reply, "ops")
+
+
+DASHBOARD_ROUTES: tuple[Route[Dashboard], ...] = (
+    public_get(
+        "/dashboard",
+        Dashboard.html,
+        "dashboard",
+        "The live dashboard: a page that reads this API with the token given",
+        Reply(200, "an HTML page", media="text/html"),
+        "ops",
+    ),
+    _asset("/dashboard.js", "script", Dashboard.script),
+    _asset("/dashboard.css", "styles", Dashboard.styles),
+)
 
 
 async def security_headers(_: web.Request, response: web.StreamResponse) -> None:

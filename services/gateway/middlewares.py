@@ -1,10 +1,8 @@
-"""The gateway's middlewares: every error as problem JSON, bounds on the request target,
-and the request metrics. `Refused` carries a problem answer out of any handler."""
+"""The gateway's middlewares: the request metrics, every error as problem JSON, and bounds
+on the request target."""
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,18 +10,7 @@ from aiohttp import web
 
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.storable import check_text
-from shared.http import problem
-
-log = logging.getLogger(__name__)
-
-
-class Refused(Exception):
-    """A request refused before any work: carries the problem response to answer."""
-
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
-
+from shared.http import errors_middleware, metrics_middleware, problem
 
 _HTTP_KINDS = {
     400: "bad-request",
@@ -63,42 +50,23 @@ def bounds_middleware(max_target_bytes: int) -> Any:
     return bound
 
 
-@web.middleware
-async def problems_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every error leaves as problem JSON; an unexpected one says nothing of the internals."""
-    try:
-        return await handler(request)
-    except Refused as refused:
-        return refused.response
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return problem(
-            exc.status, _HTTP_KINDS.get(exc.status, "http-error"), exc.reason, headers=headers
-        )
-    except Exception:
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        return problem(500, "internal", "Internal Server Error")
+def _http_error(_: web.Request, exc: Exception) -> web.Response | None:
+    if not isinstance(exc, web.HTTPException) or exc.status < 400:
+        return None
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    return problem(
+        exc.status, _HTTP_KINDS.get(exc.status, "http-error"), exc.reason, headers=headers
+    )
 
 
-def metrics_middleware(metrics: GatewayMetrics) -> Any:
-    @web.middleware
-    async def measure(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        started = time.perf_counter()
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        finally:
-            metrics.requests.labels(request.method, route, str(status)).inc()
-            metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
+problems_middleware = errors_middleware(
+    _http_error, internal_kind="internal", internal_title="Internal Server Error"
+)
 
-    return measure
+
+def gateway_metrics_middleware(metrics: GatewayMetrics) -> Any:
+    def observe(request: web.Request, route: str, status: int, seconds: float) -> None:
+        metrics.requests.labels(request.method, route, str(status)).inc()
+        metrics.latency.labels(request.method, route).observe(seconds)
+
+    return metrics_middleware(observe)

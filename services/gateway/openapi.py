@@ -1,34 +1,23 @@
-"""The OpenAPI 3.1 document of the public REST API, built from the models in shared/api.py.
+"""The OpenAPI 3.1 document of the public REST API, derived from the route table.
 
-The schemas are the same pydantic models the gateway validates with and the results
-service answers with; a unit test checks that every route served is documented here.
+Each route's declaration (routes.py) gives its operation; the schemas are the same pydantic
+models the gateway validates with and the results service answers with, and the query
+parameters come from the query models of shared/queries.py.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from services.gateway.submit import KEY_PATTERN
 from shared import __version__
-from shared.api import (
-    API_PREFIX,
-    HEADER_IDEMPOTENCY_KEY,
-    Analytics,
-    CancelAccepted,
-    JobAcceptedView,
-    JobPage,
-    JobResult,
-    JobSubmission,
-    JobTypeView,
-    JobView,
-    StreamSnapshot,
-)
+from shared.api import JobSubmission
+from shared.http import Reply, Route
 from shared.jobtypes import JOB_TYPES
-from shared.lifecycle import JobStatus
-from shared.topics import Priority
 
 REF = "#/components/schemas/{model}"
 NO_NUL = "^[^\\u0000]*$"
@@ -59,19 +48,6 @@ class Problem(BaseModel):
     )
 
 
-_MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
-    (JobSubmission, "validation"),
-    (JobAcceptedView, "serialization"),
-    (JobView, "serialization"),
-    (JobPage, "serialization"),
-    (StreamSnapshot, "serialization"),
-    (JobResult, "serialization"),
-    (Analytics, "serialization"),
-    (JobTypeView, "serialization"),
-    (CancelAccepted, "serialization"),
-    (Problem, "serialization"),
-]
-
 _PROBLEM_TITLES = {
     400: "Malformed request (e.g. the body is not JSON, or NUL in the path or query)",
     401: "Missing, malformed or expired bearer token",
@@ -86,11 +62,6 @@ _PROBLEM_TITLES = {
     503: "A dependency (Kafka, the read side, the notifier) is unavailable, or the gateway is"
     " at a bound (Idempotency-Keys, repairs, live stream slots); see Retry-After",
 }
-
-
-def _schemas() -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
-    refs, top = models_json_schema(_MODELS, ref_template=REF)
-    return dict(refs), dict(top.get("$defs", {}))
 
 
 def _content(schema: dict[str, Any], media: str = "application/json") -> dict[str, Any]:
@@ -115,290 +86,102 @@ def _problems(*codes: int) -> dict[str, Any]:
     return out
 
 
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
+def _inline(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """A query field's schema as a parameter's: refs inlined, the null of an option dropped."""
+    if "anyOf" in schema:
+        options = [o for o in schema["anyOf"] if o.get("type") != "null"]
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        schema = {**(options[0] if len(options) == 1 else {"anyOf": options}), **rest}
+    if "$ref" in schema:
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        schema = {**defs[schema["$ref"].rsplit("/", 1)[1]], **rest}
+    return {k: v for k, v in schema.items() if k not in ("title", "description", "default")}
 
 
-_JOB_ID = {
-    "name": "job_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "minLength": 1},
-}
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The OpenAPI parameters of a query model, one per field, in its order."""
+    schema = model.model_json_schema(mode="validation")
+    defs = schema.get("$defs", {})
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": _inline(prop, defs),
+            "description": prop.get("description", ""),
+        }
+        for name, prop in schema["properties"].items()
+    ]
+
+
+def _path_parameters(path: str) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+        for name in re.findall(r"{(\w+)}", path)
+    ]
+
+
 _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
-_READ_ERRORS = (400, 401, 403, 404, 414, 503)
+
+
+def _operation(route: Route[Any], ref: Any) -> dict[str, Any]:
+    def reply(r: Reply) -> dict[str, Any]:
+        out: dict[str, Any] = {"description": r.description}
+        if r.model is not None:
+            one = ref(r.model, "serialization")
+            out["content"] = _content({"type": "array", "items": one} if r.many else one)
+        elif r.media != "application/json" or r.schema is not None:
+            out["content"] = _content(dict(r.schema or {"type": "string"}), r.media)
+        return out
+
+    op: dict[str, Any] = {
+        "operationId": route.operation_id,
+        "summary": route.summary,
+        "security": _SECURED if route.secured else [],
+    }
+    if route.tags:
+        op["tags"] = list(route.tags)
+    parameters = [
+        *route.headers,
+        *_path_parameters(route.path),
+        *(query_parameters(route.query) if route.query is not None else []),
+    ]
+    if parameters:
+        op["parameters"] = parameters
+    if route.body is not None:
+        op["requestBody"] = {"required": True, "content": _content(ref(route.body, "validation"))}
+    op["responses"] = {
+        **{str(r.status): reply(r) for r in route.replies},
+        **_problems(*route.problems),
+    }
+    return op
 
 
 def build_document(
-    *, sse: bool = False, max_prompt_chars: int | None = None, max_json_depth: int = 32
+    routes: Iterable[Route[Any]], *, max_prompt_chars: int | None = None, max_json_depth: int = 32
 ) -> dict[str, Any]:
-    refs, schemas = _schemas()
+    routes = list(routes)
+    models: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {}
+    for route in routes:
+        if route.body is not None:
+            models[(route.body, "validation")] = None
+        for r in route.replies:
+            if r.model is not None:
+                models[(r.model, "serialization")] = None
+    models[(Problem, "serialization")] = None
+    refs, top = models_json_schema(list(models), ref_template=REF)
+    schemas: dict[str, Any] = dict(top.get("$defs", {}))
 
-    def ref(model: type[BaseModel], mode: JsonSchemaMode = "serialization") -> dict[str, Any]:
+    def ref(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
         return dict(refs[(model, mode)])
 
-    # What the gateway checks beyond the model: the known job types, the prompt's bound.
-    submission = schemas[ref(JobSubmission, "validation")["$ref"].rsplit("/", 1)[1]]
-    submission["properties"]["job_type"]["enum"] = sorted(JOB_TYPES)
-    submission["properties"]["prompt"]["pattern"] = NO_NUL
-    if max_prompt_chars is not None:
-        submission["properties"]["prompt"]["maxLength"] = max_prompt_chars
-    for name, schema in schemas.items():
-        if name.startswith("ModelConfig"):
-            schema["properties"]["model"]["pattern"] = NO_NUL
-    submission["properties"]["metadata"]["description"] += "; " + STORABLE_RULE
-    submission["description"] = (
-        submission.get("description", "").rstrip(".") + ". Refused with 422 unless "
-        f"every consumer can store it: {STORABLE_RULE} (nesting counts the body object as 1,"
-        f" at most {max_json_depth} levels)."
-    )
-
-    def ok(model: type[BaseModel] | None, description: str, code: str = "200") -> dict[str, Any]:
-        response: dict[str, Any] = {"description": description}
-        if model is not None:
-            response["content"] = _content(ref(model))
-        return {code: response}
-
-    statuses = {"type": "string", "enum": [s.value for s in JobStatus]}
-    priorities = {"type": "string", "enum": [p.value for p in Priority]}
-    moment = {"type": "string", "format": "date-time"}
-    jobs = f"{API_PREFIX}/jobs"
-    job = f"{jobs}/{{job_id}}"
-    paths: dict[str, Any] = {
-        jobs: {
-            "post": {
-                "operationId": "submitJob",
-                "summary": "Submit a job: it is queued on its priority band's topic",
-                "security": _SECURED,
-                "parameters": [
-                    {
-                        "name": HEADER_IDEMPOTENCY_KEY,
-                        "in": "header",
-                        "required": False,
-                        "description": "the same key and body give the same job, on any instance",
-                        "schema": {"type": "string", "pattern": KEY_PATTERN},
-                    },
-                    {
-                        "name": "traceparent",
-                        "in": "header",
-                        "required": False,
-                        "description": "W3C trace context; its trace id follows the job",
-                        "schema": {"type": "string"},
-                    },
-                ],
-                "requestBody": {
-                    "required": True,
-                    "content": _content(ref(JobSubmission, "validation")),
-                },
-                "responses": {
-                    **ok(JobAcceptedView, "Accepted: the job is queued", "202"),
-                    **_problems(400, 401, 403, 409, 413, 414, 422, 429, 503),
-                },
-            },
-            "get": {
-                "operationId": "listJobs",
-                "summary": "The caller's jobs, newest first (an admin sees everyone's)",
-                "security": _SECURED,
-                "parameters": [
-                    _query("status", statuses, "only jobs in this status"),
-                    _query("job_type", {"type": "string"}, "only jobs of this type"),
-                    _query("priority", priorities, "only jobs of this band"),
-                    _query("since", moment, "submitted at or after"),
-                    _query("until", moment, "submitted before"),
-                    _query("user_id", {"type": "string"}, "admin only: one user's jobs"),
-                    _query(
-                        "limit",
-                        {"type": "integer", "minimum": 1, "maximum": 200},
-                        "page size",
-                    ),
-                    _query("cursor", {"type": "string"}, "`next_cursor` of the previous page"),
-                ],
-                "responses": {
-                    **ok(JobPage, "A page of jobs"),
-                    **_problems(400, 401, 403, 414, 422, 503),
-                },
-            },
-        },
-        job: {
-            "get": {
-                "operationId": "getJob",
-                "summary": "A job's status, attempt, queue position and progress",
-                "security": _SECURED,
-                "parameters": [_JOB_ID],
-                "responses": {**ok(JobView, "The job"), **_problems(*_READ_ERRORS)},
-            }
-        },
-        f"{job}/stream": {
-            "get": {
-                "operationId": "getJobStream",
-                "summary": "The text of the current attempt so far and its last chunk seq",
-                "security": _SECURED,
-                "parameters": [_JOB_ID],
-                "responses": {
-                    **ok(StreamSnapshot, "The text so far"),
-                    **_problems(*_READ_ERRORS),
-                },
-            }
-        },
-        f"{job}/result": {
-            "get": {
-                "operationId": "getJobResult",
-                "summary": "The final result: response, usage, cost and timings",
-                "security": _SECURED,
-                "parameters": [_JOB_ID],
-                "responses": {
-                    **ok(JobResult, "The result"),
-                    **_problems(400, 401, 403, 404, 409, 414, 503),
-                },
-            }
-        },
-        f"{job}/cancel": {
-            "post": {
-                "operationId": "cancelJob",
-                "summary": "Cancel a queued or running job (idempotent)",
-                "security": _SECURED,
-                "parameters": [_JOB_ID],
-                "responses": {
-                    **ok(CancelAccepted, "The cancel is on its way", "202"),
-                    **_problems(400, 401, 403, 404, 409, 414, 429, 503),
-                },
-            }
-        },
-        f"{API_PREFIX}/analytics": {
-            "get": {
-                "operationId": "getAnalytics",
-                "summary": "Counts, rates, percentiles, tokens and cost, grouped",
-                "security": _SECURED,
-                "parameters": [
-                    _query("since", moment, "from (default: a day ago)"),
-                    _query("until", moment, "to (default: now)"),
-                    _query(
-                        "group_by",
-                        {"type": "string"},
-                        "comma-separated: model, job_type, priority, user_id, bucket",
-                    ),
-                    _query(
-                        "bucket",
-                        {"type": "string", "enum": ["minute", "hour", "day"]},
-                        "time bucket when grouping by bucket",
-                    ),
-                ],
-                "responses": {
-                    **ok(Analytics, "The figures"),
-                    **_problems(400, 401, 403, 414, 422, 503),
-                },
-            }
-        },
-        f"{API_PREFIX}/job-types": {
-            "get": {
-                "operationId": "listJobTypes",
-                "summary": "The job types a submission may name",
-                "security": [],
-                "responses": {
-                    "200": {
-                        "description": "Every job type",
-                        "content": _content({"type": "array", "items": ref(JobTypeView)}),
-                    }
-                },
-            }
-        },
-        f"{API_PREFIX}/openapi.json": {
-            "get": {
-                "operationId": "getOpenApi",
-                "summary": "This document",
-                "security": [],
-                "responses": {
-                    "200": {"description": "OpenAPI 3.1", "content": _content({"type": "object"})}
-                },
-            }
-        },
-        "/healthz": {
-            "get": {
-                "operationId": "healthz",
-                "summary": "The process is alive",
-                "security": [],
-                "tags": ["ops"],
-                "responses": {"200": {"description": "alive", "content": _content(_STATUS)}},
-            }
-        },
-        "/readyz": {
-            "get": {
-                "operationId": "readyz",
-                "summary": "Kafka answers (the read side's reachability is reported, not required)",
-                "security": [],
-                "tags": ["ops"],
-                "responses": {
-                    "200": {"description": "ready", "content": _content(_READY)},
-                    "503": {"description": "not ready", "content": _content(_READY)},
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "summary": "Prometheus metrics",
-                "security": [],
-                "tags": ["ops"],
-                "responses": {
-                    "200": {
-                        "description": "text exposition format",
-                        "content": _content({"type": "string"}, "text/plain"),
-                    }
-                },
-            }
-        },
-        "/dashboard": {
-            "get": {
-                "operationId": "dashboard",
-                "summary": "The live dashboard: a page that reads this API with the token given",
-                "security": [],
-                "tags": ["ops"],
-                "responses": {
-                    "200": {
-                        "description": "an HTML page",
-                        "content": _content({"type": "string"}, "text/html"),
-                    }
-                },
-            }
-        },
-    }
-    for path, media, what in (
-        ("/dashboard.js", "text/javascript", "script"),
-        ("/dashboard.css", "text/css", "styles"),
-    ):
-        paths[path] = {
-            "get": {
-                "operationId": "dashboard" + path.rsplit(".", 1)[1].capitalize(),
-                "summary": f"The dashboard's {what}",
-                "security": [],
-                "tags": ["ops"],
-                "responses": {
-                    "200": {"description": what, "content": _content({"type": "string"}, media)}
-                },
-            }
-        }
-    if sse:
-        paths[f"{job}/events"] = {
-            "get": {
-                "operationId": "streamJobEvents",
-                "summary": "The job's chunks and lifecycle events as server-sent events",
-                "security": _SECURED,
-                "parameters": [_JOB_ID],
-                "responses": {
-                    "200": {
-                        "description": "an event stream until the job is final",
-                        "content": _content({"type": "string"}, "text/event-stream"),
-                    },
-                    **_problems(*_READ_ERRORS, 429),
-                },
-            }
-        }
+    if (JobSubmission, "validation") in models:
+        _tighten_submission(
+            schemas, ref(JobSubmission, "validation"), max_prompt_chars, max_json_depth
+        )
+    paths: dict[str, Any] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, ref)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -422,13 +205,24 @@ def build_document(
     }
 
 
-_STATUS = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
-_READY = {
-    "type": "object",
-    "properties": {
-        "status": {"type": "string"},
-        "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
-        "info": {"type": "object", "additionalProperties": {"type": "boolean"}},
-    },
-    "required": ["status", "checks"],
-}
+def _tighten_submission(
+    schemas: dict[str, Any],
+    submission_ref: dict[str, Any],
+    max_prompt_chars: int | None,
+    max_json_depth: int,
+) -> None:
+    """What the gateway checks beyond the model: the known job types, the prompt's bound."""
+    submission = schemas[submission_ref["$ref"].rsplit("/", 1)[1]]
+    submission["properties"]["job_type"]["enum"] = sorted(JOB_TYPES)
+    submission["properties"]["prompt"]["pattern"] = NO_NUL
+    if max_prompt_chars is not None:
+        submission["properties"]["prompt"]["maxLength"] = max_prompt_chars
+    for name, schema in schemas.items():
+        if name.startswith("ModelConfig"):
+            schema["properties"]["model"]["pattern"] = NO_NUL
+    submission["properties"]["metadata"]["description"] += "; " + STORABLE_RULE
+    submission["description"] = (
+        submission.get("description", "").rstrip(".") + ". Refused with 422 unless "
+        f"every consumer can store it: {STORABLE_RULE} (nesting counts the body object as 1,"
+        f" at most {max_json_depth} levels)."
+    )

@@ -1,4 +1,4 @@
-"""What a submission must be before anything is published: body, job type, size, trace, key.
+"""What a submission must be before it is admitted: body, job type, size, trace, key.
 
 Pure functions: a body in, a valid submission or a `Rejection` out; no I/O.
 """
@@ -6,31 +6,22 @@ Pure functions: a body in, a valid submission or a `Rejection` out; no I/O.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from services.gateway.rejection import Rejection
 from services.gateway.storable import Unstorable, check_json, check_text
-from shared.api import JobSubmission
-from shared.contracts import JobAccepted, JobAcceptedData, RunJob, RunJobData
+from shared.api import HEADER_IDEMPOTENCY_KEY, JobSubmission
+from shared.contracts import new_trace_id
 from shared.jobtypes import JOB_TYPES
+from shared.topics import HEADER_TRACEPARENT
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 KEY_PATTERN = r"^[!-~]{1,255}$"  # visible ASCII, as header values travel well
 _KEY = re.compile(KEY_PATTERN)
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """Why a request is refused: the problem JSON to answer and the reason for metrics."""
-
-    status: int
-    kind: str
-    title: str
-    detail: str
-    errors: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -130,35 +121,24 @@ def check_idempotency_key(key: str) -> Rejection | None:
     )
 
 
-def build_records(
-    submission: JobSubmission,
-    *,
-    user_id: str,
-    job_id: str,
-    trace_id: str,
-    submitted_at: datetime,
-) -> tuple[JobAccepted, RunJob]:
-    """The lifecycle fact and the command of one accepted job, with one trace id."""
-    spec: dict[str, Any] = {
-        "user_id": user_id,
-        "prompt": submission.prompt,
-        "job_type": submission.job_type,
-        "priority": submission.priority,
-        "config": submission.config,
-        "metadata": submission.metadata,
-        "submitted_at": submitted_at,
-    }
-    # Built from a validated submission: constructed, not validated again (the hot path).
-    accepted = JobAccepted.model_construct(
-        job_id=job_id,
-        occurred_at=submitted_at,
-        trace_id=trace_id,
-        data=JobAcceptedData.model_construct(**spec),
-    )
-    run = RunJob.model_construct(
-        job_id=job_id,
-        occurred_at=submitted_at,
-        trace_id=trace_id,
-        data=RunJobData.model_construct(**spec, attempt=1),
-    )
-    return accepted, run
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A request to submit, read: the valid job, its Idempotency-Key, its trace id."""
+
+    job: JobSubmission
+    key: str | None
+    trace_id: str
+
+
+def parse_request(
+    raw: bytes, headers: Mapping[str, str], *, max_prompt_chars: int, max_depth: int
+) -> Submission | Rejection:
+    """Body first, then the Idempotency-Key; a valid `traceparent` gives the trace id."""
+    job = parse_submission(raw, max_prompt_chars=max_prompt_chars, max_depth=max_depth)
+    if isinstance(job, Rejection):
+        return job
+    trace_id = trace_id_from_traceparent(headers.get(HEADER_TRACEPARENT)) or new_trace_id()
+    key = headers.get(HEADER_IDEMPOTENCY_KEY)
+    if key is not None and (bad_key := check_idempotency_key(key)) is not None:
+        return bad_key
+    return Submission(job, key, trace_id)

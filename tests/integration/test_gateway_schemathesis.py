@@ -16,7 +16,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
-from services.gateway.openapi import build_document
+from services.gateway.routes import build_document
 from services.notifier.app import NotifierService
 from services.results.app import ResultsService
 from shared.auth import DEFAULT_SCOPES, SCOPE_ADMIN

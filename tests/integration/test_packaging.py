@@ -114,7 +114,7 @@ async def test_the_installed_package_imports_from_its_venv_and_prints_its_versio
     assert printed.strip() == f"streamjobs {__version__}"
 
 
-async def test_the_installed_results_and_gateway_serve_their_migrations_and_dashboard(
+async def test_the_installed_results_and_gateway_serve_their_migrations_dashboard_and_docs(
     installed: Installed,
     kafka_bootstrap: str,
     database_url: str,
@@ -160,6 +160,10 @@ async def test_the_installed_results_and_gateway_serve_their_migrations_and_dash
                 ("/dashboard", "text/html"),
                 ("/dashboard.js", "text/javascript"),
                 ("/dashboard.css", "text/css"),
+                ("/api/v1/docs", "text/html"),
+                ("/api/v1/docs/swagger-ui-bundle.js", "text/javascript"),
+                ("/api/v1/docs/swagger-ui.css", "text/css"),
+                ("/api/v1/docs/docs.js", "text/javascript"),
             ]:
                 async with http.get(path) as resp:
                     body = await resp.read()

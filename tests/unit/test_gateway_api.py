@@ -11,10 +11,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
-from services.gateway.api import Api, build_app
+from services.gateway.app import build_gateway
+from services.gateway.handlers import Gateway
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.openapi import build_document
 from services.gateway.proxy import ResultsClient
+from services.gateway.routes import build_app, build_document
 from services.gateway.settings import GatewaySettings
 from services.gateway.view import EventsView
 from shared.auth import issue_token
@@ -39,7 +40,7 @@ class FakeKafka:
 
 def make_api(
     kafka: FakeKafka, *, sse: bool = False, **overrides: Any
-) -> tuple[Api, CollectorRegistry]:
+) -> tuple[Gateway, CollectorRegistry]:
     settings = GatewaySettings(
         streamjobs_auth_secret=SECRET,
         results_url="http://127.0.0.1:1",
@@ -54,7 +55,7 @@ def make_api(
         final_retention_s=60,
         max_jobs=100,
     )
-    api = Api(
+    api = build_gateway(
         settings,
         GatewayMetrics(registry),
         view,
@@ -75,7 +76,7 @@ async def kafka() -> FakeKafka:
 
 
 @pytest.fixture
-async def client(kafka: FakeKafka) -> AsyncIterator[tuple[TestClient[Any, Any], Api]]:
+async def client(kafka: FakeKafka) -> AsyncIterator[tuple[TestClient[Any, Any], Gateway]]:
     api, registry = make_api(kafka)
     app = build_app(api, registry, ready=no_checks, info=no_checks)
     async with TestClient(TestServer(app)) as c:
@@ -88,7 +89,7 @@ def auth(user: str = "alice") -> dict[str, str]:
 
 
 async def test_kafka_down_is_a_503_nothing_counted_and_the_job_voided_once_kafka_is_back(
-    client: tuple[TestClient[Any, Any], Api], kafka: FakeKafka
+    client: tuple[TestClient[Any, Any], Gateway], kafka: FakeKafka
 ) -> None:
     c, api = client
     kafka.fail = {"job.accepted", "job.run", "job.failed", "job.cancel"}
@@ -106,7 +107,7 @@ async def test_kafka_down_is_a_503_nothing_counted_and_the_job_voided_once_kafka
 
 
 async def test_a_half_published_job_is_not_accepted_and_is_closed_as_failed(
-    client: tuple[TestClient[Any, Any], Api], kafka: FakeKafka
+    client: tuple[TestClient[Any, Any], Gateway], kafka: FakeKafka
 ) -> None:
     c, api = client
     kafka.fail = {"job.run"}
@@ -128,7 +129,7 @@ async def test_a_half_published_job_is_not_accepted_and_is_closed_as_failed(
 
 
 async def test_a_queued_job_whose_accepted_event_failed_is_accepted_and_the_event_retried(
-    client: tuple[TestClient[Any, Any], Api], kafka: FakeKafka
+    client: tuple[TestClient[Any, Any], Gateway], kafka: FakeKafka
 ) -> None:
     c, api = client
     kafka.fail = {"job.accepted"}
@@ -143,14 +144,14 @@ async def test_a_queued_job_whose_accepted_event_failed_is_accepted_and_the_even
 
 
 async def test_an_unexpected_error_is_a_500_problem_without_internals(
-    client: tuple[TestClient[Any, Any], Api], kafka: FakeKafka, caplog: pytest.LogCaptureFixture
+    client: tuple[TestClient[Any, Any], Gateway], kafka: FakeKafka, caplog: pytest.LogCaptureFixture
 ) -> None:
     c, api = client
 
     async def broken(topic: str, envelope: Envelope) -> None:
         raise ZeroDivisionError("secret internals")
 
-    api.publish = broken
+    api.publisher.send = broken
     resp = await c.post("/api/v1/jobs", json={"prompt": "x"}, headers=auth())
     assert resp.status == 500
     assert resp.content_type == "application/problem+json"
@@ -204,7 +205,7 @@ def test_the_document_is_openapi_3_1_with_resolvable_refs_and_bearer_security() 
                 assert "401" in op["responses"], (method, path)
 
 
-async def test_the_document_is_served(client: tuple[TestClient[Any, Any], Api]) -> None:
+async def test_the_document_is_served(client: tuple[TestClient[Any, Any], Gateway]) -> None:
     c, _ = client
     resp = await c.get("/api/v1/openapi.json")
     assert resp.status == 200

@@ -9,9 +9,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from services.gateway.api import Api
 from services.gateway.dashboard import HERE, dashboard_csp, render
-from services.gateway.openapi import build_document
+from services.gateway.handlers import Gateway
+from services.gateway.routes import build_document
 from shared.api import API_PREFIX
 from tests.unit.test_gateway_api import client, kafka  # noqa: F401  (fixtures)
 
@@ -44,7 +44,7 @@ def parsed(ws_url: str = "ws://127.0.0.1:8082/ws") -> Tags:
 
 
 async def test_dashboard_is_served_as_html_without_a_token(
-    client: tuple[TestClient[Any, Any], Api],  # noqa: F811
+    client: tuple[TestClient[Any, Any], Gateway],  # noqa: F811
 ) -> None:
     http, _ = client
     resp = await http.get("/dashboard")
@@ -54,7 +54,7 @@ async def test_dashboard_is_served_as_html_without_a_token(
 
 
 async def test_the_page_and_its_assets_carry_a_strict_policy_and_no_sniffing(
-    client: tuple[TestClient[Any, Any], Api],  # noqa: F811
+    client: tuple[TestClient[Any, Any], Gateway],  # noqa: F811
 ) -> None:
     http, _ = client
     for path, content_type in (
@@ -77,7 +77,7 @@ async def test_the_page_and_its_assets_carry_a_strict_policy_and_no_sniffing(
 
 
 async def test_api_answers_and_problems_forbid_framing_and_sniffing(
-    client: tuple[TestClient[Any, Any], Api],  # noqa: F811
+    client: tuple[TestClient[Any, Any], Gateway],  # noqa: F811
 ) -> None:
     http, _ = client
     for path in ("/api/v1/job-types", "/api/v1/nothing", "/api/v1/jobs", "/healthz"):

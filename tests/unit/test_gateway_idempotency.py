@@ -8,8 +8,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.gateway.api import build_app
 from services.gateway.idempotency import IdempotencyMemory
+from services.gateway.routes import build_app
 from services.gateway.settings import GatewaySettings
 from services.gateway.view import idempotent_job_id
 from shared.lifecycle import JobStatus

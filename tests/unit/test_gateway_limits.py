@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.gateway.api import build_app
 from services.gateway.limits import PerMinute, StreamSlots, StreamsRefused
+from services.gateway.routes import build_app
 from tests.unit.test_gateway_api import FakeKafka, auth, make_api, no_checks
 
 T0 = 1_000.0

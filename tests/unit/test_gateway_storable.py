@@ -10,8 +10,10 @@ import annotated_types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.gateway.admission import build_records
+from services.gateway.rejection import Rejection
 from services.gateway.settings import GatewaySettings
-from services.gateway.submit import Rejection, build_records, parse_submission
+from services.gateway.submit import parse_submission
 from services.gateway.view import idempotent_job_id
 from shared.api import JobSubmission
 from shared.contracts import JobAccepted, RunJob, parse_record, utcnow

@@ -1,0 +1,216 @@
+"""The gateway's route handlers: each parses a request, calls its use case and renders the
+answer. Submitting reads on in admission.py, cancelling in cancel.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from services.gateway.admission import Admission, Admitted
+from services.gateway.cancel import Cancels
+from services.gateway.limits import StreamSlots, StreamsRefused
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.proxy import ResultsClient, SseClient, Unreachable
+from services.gateway.publisher import Publisher
+from services.gateway.rejection import RESULTS_UNAVAILABLE, Rejection, retry_later
+from services.gateway.repair import Repairs
+from services.gateway.settings import GatewaySettings
+from services.gateway.submit import parse_request, trace_id_from_traceparent
+from services.gateway.view import EventsView
+from shared.api import API_PREFIX, JobAcceptedView, JobLinks, JobTypeView
+from shared.auth import SCOPE_READ, SCOPE_WRITE, InvalidToken, Principal
+from shared.http import Refused, problem
+from shared.jobtypes import JOB_TYPES
+from shared.kafka import traceparent
+from shared.topics import HEADER_TRACEPARENT
+from shared.verifier import TokenVerifier
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+def _json(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=model.model_dump_json().encode(), status=status, content_type=JSON, headers=headers
+    )
+
+
+class Gateway:
+    """The handlers, over the use cases and adapters the composition root hands in."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics,
+        view: EventsView,
+        *,
+        publisher: Publisher,
+        repairs: Repairs,
+        admission: Admission,
+        cancels: Cancels,
+        results: ResultsClient,
+        streams: StreamSlots,
+        verifier: TokenVerifier,
+        sse: SseClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.view = view
+        self.publisher = publisher
+        self.repairs = repairs
+        self.admission = admission
+        self.cancels = cancels
+        self.results = results
+        self.streams = streams
+        self.verifier = verifier
+        self.sse = sse
+        self.base = settings.gateway_public_url.rstrip("/")
+        self.ws_url = settings.gateway_public_ws_url or None
+        self.job_types_body = json.dumps(
+            [
+                JobTypeView(
+                    name=t.name,
+                    description=t.description,
+                    structured=getattr(t, "output_schema", None) is not None,
+                ).model_dump(mode="json")
+                for t in JOB_TYPES.values()
+            ]
+        ).encode()
+
+    @property
+    def background_tasks(self) -> int:
+        return self.repairs.count
+
+    async def drain(self) -> None:
+        await self.repairs.drain()
+
+    def refresh_gauges(self) -> None:
+        """The gauges read at scrape time rather than kept up to date on every change."""
+        self.metrics.view_jobs.set(self.view.jobs)
+        self.metrics.view_users.set(self.view.users)
+        self.metrics.background_publishes.set(self.repairs.count)
+        self.metrics.sse_streams.set(self.streams.open)
+        self.metrics.idempotency_keys.set(len(self.view.keys))
+
+    def principal(self, request: web.Request, scope: str) -> Principal:
+        try:
+            who = self.verifier.from_header(request.headers.get("Authorization"))
+        except InvalidToken as exc:
+            raise Refused(
+                problem(
+                    401,
+                    "unauthorized",
+                    "Unauthorized",
+                    str(exc),
+                    headers={"WWW-Authenticate": 'Bearer realm="streamjobs"'},
+                )
+            ) from None
+        if not who.can(scope):
+            raise Refused(problem(403, "forbidden", "Forbidden", f"the token lacks scope {scope}"))
+        return who
+
+    def links(self, job_id: str) -> JobLinks:
+        job = f"{self.base}{API_PREFIX}/jobs/{quote(job_id, safe='')}"
+        return JobLinks(
+            self=job,
+            stream=f"{job}/stream",
+            result=f"{job}/result",
+            cancel=f"{job}/cancel",
+            websocket=self.ws_url,
+        )
+
+    # -- POST /api/v1/jobs ---------------------------------------------------------------
+
+    async def submit(self, request: web.Request) -> web.Response:
+        who = self.principal(request, SCOPE_WRITE)
+        parsed = parse_request(
+            await request.read(),
+            request.headers,
+            max_prompt_chars=self.settings.gateway_max_prompt_chars,
+            max_depth=self.settings.gateway_max_json_depth,
+        )
+        if isinstance(parsed, Rejection):
+            self.metrics.rejected.labels(parsed.kind).inc()
+            return parsed.response()
+        outcome = await self.admission.submit(who, parsed.job, parsed.key, parsed.trace_id)
+        if isinstance(outcome, Rejection):
+            return outcome.response()
+        return self._accepted(outcome, parsed.trace_id)
+
+    def _accepted(self, admitted: Admitted, trace_id: str) -> web.Response:
+        entry, links = admitted.entry, self.links(admitted.job_id)
+        body = JobAcceptedView(
+            job_id=admitted.job_id,
+            status=entry.status,
+            job_type=entry.job_type,
+            priority=entry.priority,
+            submitted_at=entry.submitted_at,
+            links=links,
+        )
+        headers = {"Location": links.self, HEADER_TRACEPARENT: traceparent(trace_id).decode()}
+        if admitted.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return _json(body, 202, headers)
+
+    # -- POST /api/v1/jobs/{job_id}/cancel -----------------------------------------------
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        who = self.principal(request, SCOPE_WRITE)
+        trace_id = trace_id_from_traceparent(request.headers.get(HEADER_TRACEPARENT))
+        outcome = await self.cancels.cancel(
+            who, request.match_info["job_id"], trace_id, request.headers
+        )
+        if isinstance(outcome, Rejection):
+            return outcome.response()
+        return _json(outcome, 202)
+
+    # -- reads, forwarded to the results service -----------------------------------------
+
+    async def forward(self, request: web.Request) -> web.Response:
+        self.principal(request, SCOPE_READ)
+        try:
+            answer = await self.results.forward(
+                request.method, request.rel_url.raw_path_qs, request.headers
+            )
+        except Unreachable as exc:
+            self.metrics.forward_failures.inc()
+            log.warning("results service unreachable: %s", exc)
+            return RESULTS_UNAVAILABLE.response()
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+    # -- GET /api/v1/jobs/{job_id}/events: the notifier's live stream, proxied -----------
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        who = self.principal(request, SCOPE_READ)
+        assert self.sse is not None
+        try:
+            async with self.streams.hold(who.user_id):
+                return await self.sse.stream(request)
+        except StreamsRefused as refused:
+            self.metrics.sse_refused.labels(refused.reason).inc()
+            if refused.reason == StreamSlots.PER_USER:
+                return Rejection(
+                    429,
+                    "too-many-streams",
+                    "Too many live streams",
+                    f"at most {self.streams.per_user} live streams per user; close one",
+                    headers={"Retry-After": str(refused.retry_after_s)},
+                ).response()
+            return retry_later(
+                "streams-busy",
+                "Live streams busy",
+                "no live stream slot came free in time; try again",
+                refused.retry_after_s,
+            ).response()
+        except Unreachable:
+            return retry_later(
+                "notifier-unavailable", "Live stream unavailable", "the notifier did not answer", 1
+            ).response()
+
+    async def job_types(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.job_types_body, content_type=JSON)

@@ -1,0 +1,199 @@
+"""The gateway's route table: every route declared once, with what its OpenAPI operation
+says. `build_app` registers the table; `build_document` describes the same table."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from services.gateway import openapi
+from services.gateway.apidocs import DOCS_ROUTES, ApiDocs
+from services.gateway.dashboard import DASHBOARD_ROUTES, Dashboard, security_headers
+from services.gateway.handlers import Gateway
+from services.gateway.middlewares import (
+    PARSER_LIMITS,
+    bounds_middleware,
+    gateway_metrics_middleware,
+    problems_middleware,
+)
+from services.gateway.submit import KEY_PATTERN
+from shared.api import (
+    API_PREFIX,
+    HEADER_IDEMPOTENCY_KEY,
+    Analytics,
+    CancelAccepted,
+    JobAcceptedView,
+    JobPage,
+    JobResult,
+    JobSubmission,
+    JobTypeView,
+    JobView,
+    StreamSnapshot,
+)
+from shared.http import OPS_ROUTES, Ops, ReadyCheck, Reply, Route, add_routes
+from shared.queries import AnalyticsQuery, JobListQuery
+
+JOBS = f"{API_PREFIX}/jobs"
+JOB = f"{JOBS}/{{job_id}}"
+_READS = (400, 401, 403, 404, 414, 503)
+_LISTS = (400, 401, 403, 414, 422, 503)
+
+_SUBMIT_HEADERS = (
+    {
+        "name": HEADER_IDEMPOTENCY_KEY,
+        "in": "header",
+        "required": False,
+        "description": "the same key and body give the same job, on any instance",
+        "schema": {"type": "string", "pattern": KEY_PATTERN},
+    },
+    {
+        "name": "traceparent",
+        "in": "header",
+        "required": False,
+        "description": "W3C trace context; its trace id follows the job",
+        "schema": {"type": "string"},
+    },
+)
+
+API_ROUTES: tuple[Route[Gateway], ...] = (
+    Route(
+        "POST",
+        JOBS,
+        Gateway.submit,
+        "submitJob",
+        "Submit a job: it is queued on its priority band's topic",
+        body=JobSubmission,
+        headers=_SUBMIT_HEADERS,
+        replies=(Reply(202, "Accepted: the job is queued", JobAcceptedView),),
+        problems=(400, 401, 403, 409, 413, 414, 422, 429, 503),
+    ),
+    Route(
+        "GET",
+        JOBS,
+        Gateway.forward,
+        "listJobs",
+        "The caller's jobs, newest first (an admin sees everyone's)",
+        query=JobListQuery,
+        replies=(Reply(200, "A page of jobs", JobPage),),
+        problems=_LISTS,
+    ),
+    Route(
+        "GET",
+        JOB,
+        Gateway.forward,
+        "getJob",
+        "A job's status, attempt, queue position and progress",
+        replies=(Reply(200, "The job", JobView),),
+        problems=_READS,
+    ),
+    Route(
+        "GET",
+        f"{JOB}/stream",
+        Gateway.forward,
+        "getJobStream",
+        "The text of the current attempt so far and its last chunk seq",
+        replies=(Reply(200, "The text so far", StreamSnapshot),),
+        problems=_READS,
+    ),
+    Route(
+        "GET",
+        f"{JOB}/result",
+        Gateway.forward,
+        "getJobResult",
+        "The final result: response, usage, cost and timings",
+        replies=(Reply(200, "The result", JobResult),),
+        problems=(400, 401, 403, 404, 409, 414, 503),
+    ),
+    Route(
+        "POST",
+        f"{JOB}/cancel",
+        Gateway.cancel,
+        "cancelJob",
+        "Cancel a queued or running job (idempotent)",
+        replies=(Reply(202, "The cancel is on its way", CancelAccepted),),
+        problems=(400, 401, 403, 404, 409, 414, 429, 503),
+    ),
+    Route(
+        "GET",
+        f"{API_PREFIX}/analytics",
+        Gateway.forward,
+        "getAnalytics",
+        "Counts, rates, percentiles, tokens and cost, grouped",
+        query=AnalyticsQuery,
+        replies=(Reply(200, "The figures", Analytics),),
+        problems=_LISTS,
+    ),
+    Route(
+        "GET",
+        f"{API_PREFIX}/job-types",
+        Gateway.job_types,
+        "listJobTypes",
+        "The job types a submission may name",
+        replies=(Reply(200, "Every job type", JobTypeView, many=True),),
+        secured=False,
+    ),
+)
+# Only where a notifier is configured: the live stream proxied to the caller.
+EVENTS_ROUTE: Route[Gateway] = Route(
+    "GET",
+    f"{JOB}/events",
+    Gateway.events,
+    "streamJobEvents",
+    "The job's chunks and lifecycle events as server-sent events",
+    replies=(Reply(200, "an event stream until the job is final", media="text/event-stream"),),
+    problems=(*_READS, 429),
+)
+GATEWAY_OPS_ROUTES = tuple(
+    replace(r, summary="Kafka answers (the read side's reachability is reported, not required)")
+    if r.path == "/readyz"
+    else r
+    for r in OPS_ROUTES
+)
+
+
+def api_routes(*, sse: bool) -> tuple[Route[Gateway], ...]:
+    return (*API_ROUTES, EVENTS_ROUTE) if sse else API_ROUTES
+
+
+def all_routes(*, sse: bool) -> list[Route[Any]]:
+    """Every route the gateway serves, as its document lists them."""
+    return [*api_routes(sse=sse), *DOCS_ROUTES, *GATEWAY_OPS_ROUTES, *DASHBOARD_ROUTES]
+
+
+def build_document(
+    *, sse: bool = False, max_prompt_chars: int | None = None, max_json_depth: int = 32
+) -> dict[str, Any]:
+    return openapi.build_document(
+        all_routes(sse=sse), max_prompt_chars=max_prompt_chars, max_json_depth=max_json_depth
+    )
+
+
+def build_app(
+    gateway: Gateway, registry: CollectorRegistry, *, ready: ReadyCheck, info: ReadyCheck
+) -> web.Application:
+    settings = gateway.settings
+    app = web.Application(
+        middlewares=[
+            gateway_metrics_middleware(gateway.metrics),
+            problems_middleware,
+            bounds_middleware(settings.gateway_max_target_bytes),
+        ],
+        client_max_size=settings.gateway_max_body_bytes,
+        handler_args=PARSER_LIMITS,
+    )
+    sse = gateway.sse is not None
+    document = build_document(
+        sse=sse,
+        max_prompt_chars=settings.gateway_max_prompt_chars,
+        max_json_depth=settings.gateway_max_json_depth,
+    )
+    add_routes(app, api_routes(sse=sse), gateway)
+    add_routes(app, DOCS_ROUTES, ApiDocs(document))
+    ops = Ops(registry, ready, info=info, before_scrape=gateway.refresh_gauges)
+    add_routes(app, GATEWAY_OPS_ROUTES, ops)
+    add_routes(app, DASHBOARD_ROUTES, Dashboard(gateway.ws_url or ""))
+    app.on_response_prepare.append(security_headers)
+    return app
