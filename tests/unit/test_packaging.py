@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.gateway.openapi import build_document
+from services.gateway.routes import build_document
 from services.results.migrations import load
 from shared import __version__
 from shared.asyncapi import build_spec
