@@ -13,8 +13,6 @@ from shared.auth import Principal
 from shared.lifecycle import FINAL_STATUSES, JobStatus
 from shared.topics import Priority
 
-GROUP_KEYS = ("model", "job_type", "priority", "user_id", "bucket")
-BUCKETS = ("minute", "hour", "day")
 MAX_ROWS = 10_000
 _MOMENT = "COALESCE(j.submitted_at, j.first_seen_at)"
 _PERCENTILES = "percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY {})"

@@ -8,11 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.gateway.openapi import query_parameters
-from services.results import analytics
 from shared.lifecycle import JobStatus
 from shared.queries import (
     BUCKETS,
-    GROUP_KEYS,
     AnalyticsQuery,
     BadQuery,
     JobListQuery,
@@ -97,10 +95,6 @@ def test_an_analytics_parameter_that_breaks_its_rule_is_named_with_the_rule(
 ) -> None:
     error = bad(AnalyticsQuery, query)
     assert error.name == name and error.detail.startswith(detail), error.detail
-
-
-def test_the_rules_name_the_keys_and_buckets_the_analytics_compute() -> None:
-    assert GROUP_KEYS == analytics.GROUP_KEYS and BUCKETS == analytics.BUCKETS
 
 
 def test_the_documented_parameters_are_the_model_fields_with_their_bounds() -> None:
