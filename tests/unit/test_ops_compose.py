@@ -100,7 +100,9 @@ def test_dockerfile_is_slim_non_root_and_installs_the_project() -> None:
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
     user = re.findall(r"^USER (\S+)", text, re.MULTILINE)
     assert user and user[-1] not in ("root", "0")
-    assert "pip install ." in text
+    # Dependencies at the lock's versions, then the project itself without them.
+    assert "uv export --frozen" in text and "--require-hashes" in text
+    assert "pip install --no-deps ." in text
     assert re.search(r'^CMD \["python", "-m", "services\.\w+"\]', text, re.MULTILINE)
 
 
