@@ -34,6 +34,20 @@ def test_state_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def server_dir(test_state_dir: Path) -> Path:
+    """A folder for a server a test starts itself (PostgreSQL, a local stack).
+
+    Under the suite's state dir, not pytest's tmp dir: the embedded PostgreSQL runs as its
+    own system user, which must reach its data folder, and pytest resets its tmp root to
+    0700 whenever another pytest session starts. Kept short: the server's Unix socket lives
+    in it, and socket paths hold at most 107 bytes.
+    """
+    path = test_state_dir / f"srv-{uuid.uuid4().hex[:6]}"
+    path.mkdir(parents=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(test_state_dir: Path) -> Iterator[str]:
     """Bootstrap servers of a real Kafka broker, started once per session."""

@@ -82,19 +82,8 @@ def run_make(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 
 @pytest.fixture
-def stack_root(test_state_dir: Path) -> Path:
-    """A folder per test under the suite's state dir, not pytest's tmp dir: the embedded
-    PostgreSQL runs as its own system user, which must reach its data folder, and pytest
-    resets its tmp root to 0700 whenever another pytest session starts. Kept short: the
-    server's Unix socket lives in it, and socket paths hold at most 107 bytes."""
-    path = test_state_dir / f"ls-{os.urandom(3).hex()}"
-    path.mkdir(parents=True)
-    return path
-
-
-@pytest.fixture
-def stack_env_file(stack_root: Path, auth_secret: str) -> Path:
-    path = stack_root / "stack.env"
+def stack_env_file(server_dir: Path, auth_secret: str) -> Path:
+    path = server_dir / "stack.env"
     path.write_text(f"export STREAMJOBS_AUTH_SECRET='{auth_secret}'\n")
     return path
 
@@ -155,9 +144,9 @@ def link_cache(state: Path) -> None:
 
 @pytest.mark.timeout(180)
 def test_stop_in_a_shell_that_sourced_stack_env_also_stops_its_own_kafka_and_postgres(
-    stack_root: Path,
+    server_dir: Path,
 ) -> None:
-    state, ports = stack_root / "state", free_ports()
+    state, ports = server_dir / "state", free_ports()
     link_cache(state)
     stack = Stack(state_dir=state / "stack", cache_dir=state / "cache", ports=ports)
     try:
@@ -180,9 +169,9 @@ def test_stop_in_a_shell_that_sourced_stack_env_also_stops_its_own_kafka_and_pos
 
 
 def test_up_with_a_busy_port_names_port_and_holder_in_one_line_and_starts_nothing(
-    stack_root: Path,
+    server_dir: Path,
 ) -> None:
-    state, ports = stack_root / "state", free_ports()
+    state, ports = server_dir / "state", free_ports()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", ports.kafka))
         busy.listen()
@@ -196,10 +185,10 @@ def test_up_with_a_busy_port_names_port_and_holder_in_one_line_and_starts_nothin
     assert not list((state / "stack").glob("**/*.pid"))
 
 
-def test_up_without_java_says_so_in_one_line(stack_root: Path) -> None:
-    state, ports = stack_root / "state", free_ports()
+def test_up_without_java_says_so_in_one_line(server_dir: Path) -> None:
+    state, ports = server_dir / "state", free_ports()
     link_cache(state)
-    env = {**cli_env(state, ports), "PATH": str(stack_root / "empty"), "JAVA_HOME": ""}
+    env = {**cli_env(state, ports), "PATH": str(server_dir / "empty"), "JAVA_HOME": ""}
     done = localstack("up", env, timeout=30)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
@@ -210,11 +199,11 @@ def test_up_without_java_says_so_in_one_line(stack_root: Path) -> None:
 
 
 def test_a_service_that_does_not_become_ready_names_its_log_and_the_rest_is_stopped(
-    stack_root: Path,
+    server_dir: Path,
 ) -> None:
     ports = free_ports()
     stack = Stack(
-        state_dir=stack_root / "stack",
+        state_dir=server_dir / "stack",
         cache_dir=STATE / "cache",
         ports=ports,
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
@@ -225,12 +214,12 @@ def test_a_service_that_does_not_become_ready_names_its_log_and_the_rest_is_stop
         stack.start()
     summary = failed.value.summary
     assert summary.startswith("results did not become ready"), summary
-    assert str(stack_root / "stack" / "logs" / "results.log") in summary
+    assert str(server_dir / "stack" / "logs" / "results.log") in summary
     assert port_free(ports.simulator), "the simulator started before results still runs"
-    assert not list((stack_root / "stack" / "run").glob("*.pid"))
+    assert not list((server_dir / "stack" / "run").glob("*.pid"))
 
 
-def test_stopping_a_process_that_ignores_sigterm_kills_it_in_bounded_time(stack_root: Path) -> None:
+def test_stopping_a_process_that_ignores_sigterm_kills_it_in_bounded_time(server_dir: Path) -> None:
     stubborn = ManagedProcess.spawn(
         "stubborn",
         [
@@ -239,25 +228,25 @@ def test_stopping_a_process_that_ignores_sigterm_kills_it_in_bounded_time(stack_
             "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
             "print('ready', flush=True); time.sleep(600)",
         ],
-        log_path=stack_root / "stubborn.log",
-        pid_path=stack_root / "stubborn.pid",
+        log_path=server_dir / "stubborn.log",
+        pid_path=server_dir / "stubborn.pid",
     )
     wait_until = time.monotonic() + 10
-    while "ready" not in (stack_root / "stubborn.log").read_text():
+    while "ready" not in (server_dir / "stubborn.log").read_text():
         assert time.monotonic() < wait_until, "the stubborn process never started"
         time.sleep(0.05)
     started = time.monotonic()
     stubborn.stop(grace_s=0.5)
     assert time.monotonic() - started < 0.5 + KILL_WAIT_S
     assert not stubborn.alive()
-    assert not (stack_root / "stubborn.pid").exists()
+    assert not (server_dir / "stubborn.pid").exists()
 
 
 @pytest.mark.timeout(90)
 def test_stopping_a_postgres_that_does_not_answer_kills_it_in_bounded_time(
-    stack_root: Path,
+    server_dir: Path,
 ) -> None:
-    node = PostgresNode(stack_root / "pg", free_port())
+    node = PostgresNode(server_dir / "pg", free_port())
     node.start()
     pid = int((node.pgdata / "postmaster.pid").read_text().split()[0])
     os.kill(pid, signal.SIGSTOP)  # alive, holding its port, deaf to pg_ctl's SIGINT
@@ -286,9 +275,9 @@ def start_sasl_services(stack: Stack) -> None:
 
 @pytest.mark.timeout(180)
 async def test_sasl_stack_runs_each_service_as_its_own_principal(
-    stack_root: Path, database_url: str
+    server_dir: Path, database_url: str
 ) -> None:
-    state = stack_root / "state"
+    state = server_dir / "state"
     link_cache(state)
     stack = Stack(
         state_dir=state / "stack",

@@ -27,9 +27,9 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 
 @pytest.fixture
-async def own_postgres(tmp_path: Path) -> AsyncIterator[PostgresNode]:
+async def own_postgres(server_dir: Path) -> AsyncIterator[PostgresNode]:
     """A server of this test's own, so stopping it hurts no one else."""
-    node = PostgresNode(tmp_path / "pg", free_port())
+    node = PostgresNode(server_dir / "pg", free_port())
     await asyncio.to_thread(node.start)
     try:
         yield node
