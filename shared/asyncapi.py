@@ -23,7 +23,7 @@ from services.notifier.channels import NOTIFIER
 from services.results.channels import RESULTS
 from services.streamer.channels import STREAMER
 from shared import __version__
-from shared.channels import Channel, ServiceChannels
+from shared.channels import Channel, Consumer, ServiceChannels
 from shared.contracts import RECORD_TYPES
 
 VERSION = __version__
@@ -38,6 +38,12 @@ def _schema(channel: Channel) -> Any:
 
 def _description(channel: Channel) -> str:
     return f"{channel.description} Key: {channel.key}."
+
+
+def _reading(consumer: Consumer) -> str:
+    if consumer.group is None:
+        return "Read with no consumer group: every instance reads every partition."
+    return f"Read in a consumer group, by default {consumer.group}."
 
 
 def _subscriber_handler(schema: Any) -> Any:
@@ -66,7 +72,7 @@ def service_broker(service: ServiceChannels) -> KafkaBroker:
                 channel.topic(),
                 group_id=consumer.group,
                 title=f"{service.service}:{channel.name}:{consumer.name}",
-                description=_description(channel),
+                description=f"{_description(channel)} {_reading(consumer)}",
             )(_subscriber_handler(_schema(channel)))
     return broker
 
