@@ -18,7 +18,6 @@ from typing import Any, Literal
 from deploy.localstack.procs import StartupError
 from shared.asyncapi import SERVICES
 from shared.channels import ServiceChannels
-from shared.topics import GROUP_RESULTS, GROUP_STREAMER
 
 ADMIN_USER = "admin"
 SERVICE_PRINCIPALS = tuple(service.service for service in SERVICES)
@@ -45,14 +44,14 @@ class Acl:
 def service_acls(
     prefix: str = "streamjobs",
     *,
-    streamer_group: str = GROUP_STREAMER,
-    results_group: str = GROUP_RESULTS,
+    streamer_group: str | None = None,
+    results_group: str | None = None,
 ) -> list[Acl]:
     """Every grant of the four services and the doctor for topics under `prefix`.
 
     Derived from the services' channel declarations: a service writes what it publishes and
-    reads what it consumes. `streamer_group` and `results_group` replace the declared
-    consumer group of that service (see `group_acl`).
+    reads what it consumes. `streamer_group` and `results_group`, when given, replace the
+    declared consumer group of that service (see `group_acl`).
     """
     groups = {"streamer": streamer_group, "results": results_group}
     acls = [
