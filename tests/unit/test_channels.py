@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import inspect
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+import services.gateway
+import services.notifier
+import services.results
+import services.streamer
 from deploy.localstack.acls import group_acl
-from services.gateway import app as gateway_app
 from services.gateway.channels import EVENTS_VIEW, GATEWAY
 from services.gateway.events import EventsReader
 from services.gateway.view import EventsView
-from services.notifier import app as notifier_app
 from services.notifier.channels import NOTIFIER, READER
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.reader import Reader
-from services.results import app as results_app
 from services.results.channels import PERSISTER, RESULTS
 from services.results.settings import ResultsSettings
-from services.streamer import app as streamer_app
 from services.streamer.channels import CONTROL_READER, JOB_INTAKE, RETRY_INTAKE, STREAMER
 from services.streamer.control import ControlReader
 from services.streamer.settings import StreamerSettings
@@ -40,8 +41,11 @@ PREFIX = "test-channels"
 BOOTSTRAP = "127.0.0.1:1"  # never dialled: nothing here is started
 
 
-def _follows_revocations(app_module: object) -> bool:
-    return "follow_revocations(" in inspect.getsource(app_module)  # type: ignore[arg-type]
+def _follows_revocations(package: ModuleType) -> bool:
+    """Whether any module of the service's package starts a revocations follower."""
+    assert package.__file__ is not None
+    sources = (path.read_text() for path in Path(package.__file__).parent.glob("*.py"))
+    return any("follow_revocations(" in text or "RevocationFollower(" in text for text in sources)
 
 
 def _verifier() -> TokenVerifier:
@@ -49,19 +53,19 @@ def _verifier() -> TokenVerifier:
 
 
 @pytest.mark.parametrize(
-    ("service", "app_module"),
+    ("service", "package"),
     [
-        (GATEWAY, gateway_app),
-        (STREAMER, streamer_app),
-        (RESULTS, results_app),
-        (NOTIFIER, notifier_app),
+        (GATEWAY, services.gateway),
+        (STREAMER, services.streamer),
+        (RESULTS, services.results),
+        (NOTIFIER, services.notifier),
     ],
     ids=lambda value: getattr(value, "service", ""),
 )
 def test_a_service_declares_the_revocations_follower_exactly_when_its_app_starts_one(
-    service: ServiceChannels, app_module: object
+    service: ServiceChannels, package: ModuleType
 ) -> None:
-    assert (REVOCATIONS_FOLLOWER in service.consumers) is _follows_revocations(app_module)
+    assert (REVOCATIONS_FOLLOWER in service.consumers) is _follows_revocations(package)
 
 
 def test_the_revocations_follower_reads_the_declared_topic() -> None:
