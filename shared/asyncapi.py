@@ -3,11 +3,14 @@
 `python -m shared.asyncapi docs/` writes `docs/asyncapi.json` and
 `docs/schemas/<type>.json`; other teams consume our topics from these files
 without reading our code. A test keeps the committed files equal to the models.
+The document is built from the services' own channel declarations (`shared.channels`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,80 +18,73 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
+from services.gateway.channels import GATEWAY
+from services.notifier.channels import NOTIFIER
+from services.results.channels import RESULTS
+from services.streamer.channels import STREAMER
 from shared import __version__
-from shared.contracts import (
-    RECORD_TYPES,
-    CancelJob,
-    JobAccepted,
-    JobCancelled,
-    JobCompleted,
-    JobDeadLettered,
-    JobFailed,
-    JobRetrying,
-    JobStarted,
-    RunJob,
-    TokenChunk,
-)
-from shared.topics import (
-    PRIORITY_ORDER,
-    chunks_topic,
-    control_topic,
-    dlq_topic,
-    events_topic,
-    job_topic,
-    retry_topic,
-)
+from shared.channels import Channel, Consumer, ServiceChannels
+from shared.contracts import RECORD_TYPES
 
 VERSION = __version__
-LifecycleUnion = JobAccepted | JobStarted | JobRetrying | JobCompleted | JobFailed | JobCancelled
+# Every service on Kafka, by the name of its principal.
+SERVICES: tuple[ServiceChannels, ...] = (GATEWAY, STREAMER, RESULTS, NOTIFIER)
+
+
+def _schema(channel: Channel) -> Any:
+    """The record type of `channel`, or the union of its types."""
+    return functools.reduce(operator.or_, channel.records)
+
+
+def _description(channel: Channel) -> str:
+    return f"{channel.description} Key: {channel.key}."
+
+
+def _reading(consumer: Consumer) -> str:
+    if consumer.group is None:
+        return "Read with no consumer group: every instance reads every partition."
+    return f"Read in a consumer group, by default {consumer.group}."
+
+
+def _subscriber_handler(schema: Any) -> Any:
+    """A handler FastStream reads the message schema of; it is never called."""
+
+    async def handler(record: Any) -> None:  # pragma: no cover - never run
+        del record
+
+    handler.__annotations__ = {"record": schema, "return": None}
+    return handler
+
+
+def service_broker(service: ServiceChannels) -> KafkaBroker:
+    """A broker with a publisher per channel `service` publishes, a subscriber per one it reads."""
+    broker = KafkaBroker()
+    for channel in service.publishes:
+        broker.publisher(
+            channel.topic(),
+            title=f"{service.service}:{channel.name}:publish",
+            description=_description(channel),
+            schema=_schema(channel),
+        )
+    for consumer in service.consumers:
+        for channel in consumer.channels:
+            broker.subscriber(
+                channel.topic(),
+                group_id=consumer.group,
+                title=f"{service.service}:{channel.name}:{consumer.name}",
+                description=f"{_description(channel)} {_reading(consumer)}",
+            )(_subscriber_handler(_schema(channel)))
+    return broker
 
 
 def build_spec() -> dict[str, Any]:
     """The AsyncAPI 3.0 document of every streamjobs topic, built by FastStream from our models."""
-    broker = KafkaBroker()
-    for priority in PRIORITY_ORDER:
-        broker.publisher(
-            job_topic(priority),
-            title=f"jobs.{priority.value}",
-            description=f"Job requests of priority {priority.value}, keyed by job_id.",
-            schema=RunJob,
-        )
-    broker.publisher(
-        retry_topic(),
-        title="jobs.retry",
-        description="Delayed retries: RunJob with attempt > 1 and not_before.",
-        schema=RunJob,
-    )
-    broker.publisher(
-        dlq_topic(),
-        title="jobs.dlq",
-        description="Jobs and records that failed for good, with the reason.",
-        schema=JobDeadLettered,
-    )
-    broker.publisher(
-        control_topic(),
-        title="control",
-        description="Cancel commands; every streamer reads all of it.",
-        schema=CancelJob,
-    )
-    broker.publisher(
-        events_topic(),
-        title="events",
-        description="Job lifecycle facts, keyed by job_id so each job's events stay in order.",
-        schema=LifecycleUnion,
-    )
-    broker.publisher(
-        chunks_topic(),
-        title="chunks",
-        description="Coalesced token chunks: (job_id, attempt, seq) is unique.",
-        schema=TokenChunk,
-    )
     spec = AsyncAPI(
-        broker,
+        *(service_broker(service) for service in SERVICES),
         title="streamjobs",
         version=VERSION,
-        description="Kafka topics of streamjobs. Every record is a JSON envelope "
-        "(type, schema_version, event_id, job_id, occurred_at, trace_id, data).",
+        description="Kafka topics of streamjobs. Every record but a revocation is a JSON "
+        "envelope (type, schema_version, event_id, job_id, occurred_at, trace_id, data).",
     )
     document: dict[str, Any] = json.loads(spec.to_specification().to_json())
     return document

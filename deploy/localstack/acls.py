@@ -1,8 +1,9 @@
 """Kafka as a trust boundary: one principal per service and the least it needs on our topics.
 
-The table below is the contract; the local stack applies it through Kafka's admin API, the
-compose setup script (`deploy/docker/kafka-setup.sh`) runs the same grants with
-`kafka-acls.sh`, and `docs/security.md` prints it. Every service may describe every
+`service_acls()` is the contract, derived from the channels each service declares that it
+publishes and consumes (`services/<svc>/channels.py`). The local stack applies it through
+Kafka's admin API, the compose setup script (`deploy/docker/kafka-setup.sh`) runs the same
+grants with `kafka-acls.sh`, and `docs/security.md` prints it. Every service may describe every
 streamjobs topic, so its start-up check (`ensure_topics`) sees them all and never needs to
 create one: topics are created by the operator's admin principal.
 """
@@ -15,20 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from deploy.localstack.procs import StartupError
-from shared.topics import (
-    GROUP_RESULTS,
-    GROUP_STREAMER,
-    chunks_topic,
-    control_topic,
-    dlq_topic,
-    events_topic,
-    job_topics,
-    retry_topic,
-    revocations_topic,
-)
+from shared.asyncapi import SERVICES
+from shared.channels import ServiceChannels
 
 ADMIN_USER = "admin"
-SERVICE_PRINCIPALS = ("gateway", "streamer", "results", "notifier")
+SERVICE_PRINCIPALS = tuple(service.service for service in SERVICES)
 # The doctor (`make doctor`) only looks: it lists and describes the topics.
 DOCTOR_PRINCIPAL = "doctor"
 SCRAM_MECHANISM = "SCRAM-SHA-512"
@@ -52,36 +44,49 @@ class Acl:
 def service_acls(
     prefix: str = "streamjobs",
     *,
-    streamer_group: str = GROUP_STREAMER,
-    results_group: str = GROUP_RESULTS,
+    streamer_group: str | None = None,
+    results_group: str | None = None,
 ) -> list[Acl]:
     """Every grant of the four services and the doctor for topics under `prefix`.
 
-    `streamer_group` is a group-name prefix: the streamer's job and retry intakes use
-    `<group>` and `<group>-retry`. The gateway and the notifier read without a group.
+    Derived from the services' channel declarations: a service writes what it publishes and
+    reads what it consumes. `streamer_group` and `results_group`, when given, replace the
+    declared consumer group of that service (see `group_acl`).
     """
-
-    def topics(principal: str, operation: Operation, *names: str) -> list[Acl]:
-        return [Acl(principal, "topic", n, "literal", operation) for n in names]
-
-    jobs = job_topics(prefix)
-    events, chunks = events_topic(prefix), chunks_topic(prefix)
-    retry, dlq, control = retry_topic(prefix), dlq_topic(prefix), control_topic(prefix)
+    groups = {"streamer": streamer_group, "results": results_group}
     acls = [
         Acl(p, "topic", f"{prefix}.", "prefixed", "describe")
         for p in (*SERVICE_PRINCIPALS, DOCTOR_PRINCIPAL)
     ]
-    revocations = revocations_topic(prefix)
-    acls += topics("gateway", "write", *jobs, control, events)
-    acls += topics("gateway", "read", events, revocations)
-    acls += topics("streamer", "read", *jobs, retry, control)
-    acls += topics("streamer", "write", chunks, retry, events, dlq)
-    acls.append(Acl("streamer", "group", streamer_group, "prefixed", "read"))
-    acls += topics("results", "read", events, chunks, revocations)
-    acls += topics("results", "write", dlq)
-    acls.append(Acl("results", "group", results_group, "literal", "read"))
-    acls += topics("notifier", "read", events, chunks, revocations)
+    for service in SERVICES:
+        principal = service.service
+        acls += [
+            Acl(principal, "topic", c.topic(prefix), "literal", "write") for c in service.publishes
+        ]
+        acls += [
+            Acl(principal, "topic", c.topic(prefix), "literal", "read") for c in service.consumes
+        ]
+        group = group_acl(service, groups.get(principal))
+        if group is not None:
+            acls.append(group)
     return sorted(acls)
+
+
+def group_acl(service: ServiceChannels, name: str | None = None) -> Acl | None:
+    """The read grant on the consumer groups of `service`, or None if it uses none.
+
+    One group is granted by its name; several (the streamer's job and retry intakes use
+    `<group>` and `<group>-retry`) by the prefix they share, the first one's name. `name`
+    replaces that name.
+    """
+    declared = service.groups
+    if not declared:
+        return None
+    first = declared[0]
+    if any(not group.startswith(first) for group in declared):
+        raise ValueError(f"the groups of {service.service} share no prefix: {declared}")
+    pattern: Pattern = "literal" if len(declared) == 1 else "prefixed"
+    return Acl(service.service, "group", name or first, pattern, "read")
 
 
 def apply_acls(

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
 from services.results.api import ReadApi
+from services.results.channels import PERSISTER
 from services.results.consumer import CommitObserver, Persister
 from services.results.faults import CONNECTION_ERRORS
 from services.results.metrics import ResultsMetrics
@@ -24,7 +25,6 @@ from shared.http import add_ops_routes, serve_http
 from shared.kafka import client_options, ensure_topics, make_producer
 from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
-from shared.topics import chunks_topic, events_topic
 from shared.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,7 @@ class ResultsService:
         )
 
         consumer = AIOKafkaConsumer(
-            events_topic(s.topic_prefix),
-            chunks_topic(s.topic_prefix),
+            *PERSISTER.topics(s.topic_prefix),
             **security,
             bootstrap_servers=s.kafka_bootstrap_servers,
             group_id=s.results_group_id,

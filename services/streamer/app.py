@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from services.streamer.breaker import CircuitBreaker
 from services.streamer.cancel_matching import CancelMatching
 from services.streamer.cancels import Owners, PendingCancels
+from services.streamer.channels import JOB_INTAKE, RETRY_INTAKE
 from services.streamer.control import ControlReader
 from services.streamer.delayed import DelayedRetries
 from services.streamer.dispatch import RETRY_BAND, Dispatcher
@@ -34,7 +35,7 @@ from services.streamer.upstream import make_client
 from shared.http import add_ops_routes, serve_http
 from shared.kafka import client_options, ensure_topics, make_producer
 from shared.runtime import BackgroundTasks, start_or_unwind
-from shared.topics import PRIORITY_ORDER, job_topic, retry_topic
+from shared.topics import PRIORITY_ORDER, job_topic
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +124,14 @@ class StreamerService:
         prefetch = s.streamer_prefetch or s.streamer_slots
         bands = {job_topic(p, prefix): p.rank for p in PRIORITY_ORDER}
         self._intakes["jobs"] = self._intake(
-            "jobs", s.streamer_group_id, list(bands), bands, prefetch
+            "jobs", s.streamer_group_id, JOB_INTAKE.topics(prefix), bands, prefetch
         )
+        retry = RETRY_INTAKE.topics(prefix)
         self._intakes["retry"] = self._intake(
             "retry",
             s.streamer_retry_group_id,
-            [retry_topic(prefix)],
-            {retry_topic(prefix): RETRY_BAND},
+            retry,
+            dict.fromkeys(retry, RETRY_BAND),
             max(prefetch, 256),
         )
         for intake in self._intakes.values():

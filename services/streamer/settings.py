@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field, SecretStr
 
+from services.streamer.channels import JOB_GROUP, RETRY_GROUP
 from shared.settings import CommonSettings
-from shared.topics import GROUP_STREAMER
 
 
 class StreamerSettings(CommonSettings):
@@ -24,8 +24,8 @@ class StreamerSettings(CommonSettings):
     streamer_chunk_max_tokens: int = Field(default=16, ge=1)
     streamer_job_timeout_s: float = Field(default=600.0, gt=0)
     streamer_idle_timeout_s: float = Field(default=30.0, gt=0)
-    streamer_group_id: str = GROUP_STREAMER
-    streamer_retry_group_id: str = "streamjobs-streamer-retry"
+    streamer_group_id: str = JOB_GROUP
+    streamer_retry_group_id: str = RETRY_GROUP
     streamer_session_timeout_ms: int = Field(default=10_000, ge=1000)
     streamer_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     streamer_cancel_ttl_s: float = Field(

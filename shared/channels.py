@@ -1,0 +1,136 @@
+"""Declarations of our Kafka channels and of each service's use of them.
+
+A `Channel` is one topic of the contract: its name under the prefix, the record types on it,
+what it is for and what its records are keyed by. A `ServiceChannels` says which channels a
+service publishes and which it consumes, through which of its consumers and consumer group.
+The services read their topic lists from these declarations; the AsyncAPI document
+(`shared.asyncapi`) and the Kafka ACLs (`deploy.localstack.acls`) are derived from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from pydantic import BaseModel
+
+from shared.contracts import (
+    CancelJob,
+    JobAccepted,
+    JobCancelled,
+    JobCompleted,
+    JobDeadLettered,
+    JobFailed,
+    JobRetrying,
+    JobStarted,
+    RunJob,
+    TokenChunk,
+)
+from shared.revocation import TokenRevoked
+from shared.topics import (
+    PREFIX,
+    PRIORITY_ORDER,
+    chunks_topic,
+    control_topic,
+    dlq_topic,
+    events_topic,
+    job_topic,
+    retry_topic,
+    revocations_topic,
+)
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One topic: `topic_of(prefix)` names it; `name` is its name under the prefix."""
+
+    name: str
+    topic_of: Callable[[str], str]
+    records: tuple[type[BaseModel], ...]
+    description: str
+    key: str = "job_id"
+
+    def topic(self, prefix: str = PREFIX) -> str:
+        return self.topic_of(prefix)
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """One consumer of a service over `channels`; `group` is its default consumer group.
+
+    No group (`None`) means the consumer reads every partition itself, so each instance
+    sees every record.
+    """
+
+    name: str
+    channels: tuple[Channel, ...]
+    group: str | None = None
+
+    def topics(self, prefix: str = PREFIX) -> list[str]:
+        return [channel.topic(prefix) for channel in self.channels]
+
+
+@dataclass(frozen=True)
+class ServiceChannels:
+    """What one service (also its Kafka principal) publishes and consumes."""
+
+    service: str
+    publishes: tuple[Channel, ...]
+    consumers: tuple[Consumer, ...]
+
+    @property
+    def consumes(self) -> tuple[Channel, ...]:
+        return tuple(channel for consumer in self.consumers for channel in consumer.channels)
+
+    @property
+    def groups(self) -> list[str]:
+        return [c.group for c in self.consumers if c.group is not None]
+
+
+JOBS: tuple[Channel, ...] = tuple(
+    Channel(
+        f"jobs.{priority.value}",
+        partial(job_topic, priority),
+        (RunJob,),
+        f"Job requests of priority {priority.value}.",
+    )
+    for priority in PRIORITY_ORDER
+)
+RETRY = Channel(
+    "jobs.retry",
+    retry_topic,
+    (RunJob,),
+    "Delayed retries: RunJob with attempt > 1 and not_before.",
+)
+DLQ = Channel(
+    "jobs.dlq",
+    dlq_topic,
+    (JobDeadLettered,),
+    "Jobs and records that failed for good, with the reason.",
+)
+CONTROL = Channel(
+    "control", control_topic, (CancelJob,), "Cancel commands; every streamer reads all of it."
+)
+EVENTS = Channel(
+    "events",
+    events_topic,
+    (JobAccepted, JobStarted, JobRetrying, JobCompleted, JobFailed, JobCancelled),
+    "Job lifecycle facts; one key per job keeps each job's events in order.",
+)
+CHUNKS = Channel(
+    "chunks",
+    chunks_topic,
+    (TokenChunk,),
+    "Coalesced token chunks: (job_id, attempt, seq) is unique.",
+)
+REVOCATIONS = Channel(
+    "revocations",
+    revocations_topic,
+    (TokenRevoked,),
+    "Revoked token ids, compacted, one partition; a plain record, not an envelope.",
+    key="jti",
+)
+
+# Every service that checks tokens follows the revocations (shared.revocation).
+REVOCATIONS_FOLLOWER = Consumer("revocations", (REVOCATIONS,))
