@@ -21,6 +21,8 @@ from shared.topics import (
     HEADER_TRACEPARENT,
     HEADER_TYPE,
     all_topics,
+    job_topics,
+    retry_topic,
 )
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes]]
 KafkaOptions = Mapping[str, Any]
 T = TypeVar("T")
+# Job records carry the broker's append time: a streamer judges a RunJob's `accept_by`
+# by the broker's clock (ConsumerRecord.timestamp_type 1), not by the producer's.
+JOB_TOPIC_CONFIGS = {"message.timestamp.type": "LogAppendTime"}
 
 
 class TopicsUnavailable(RuntimeError):
@@ -131,11 +136,20 @@ async def ensure_topics(
     async def create_missing(admin: AIOKafkaAdminClient, _deadline: float) -> None:
         existing = set(await admin.list_topics())
         missing = [t for t in all_topics(prefix) if t not in existing]
+        job_records = {*job_topics(prefix), retry_topic(prefix)}
         if missing:
             # Another service may create them first.
             with contextlib.suppress(TopicAlreadyExistsError):
                 response = await admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+                    [
+                        NewTopic(
+                            t,
+                            num_partitions=partitions,
+                            replication_factor=1,
+                            topic_configs=JOB_TOPIC_CONFIGS if t in job_records else None,
+                        )
+                        for t in missing
+                    ]
                 )
                 raise_refused(response)
             log.info("created topics %s", missing)

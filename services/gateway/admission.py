@@ -9,7 +9,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.gateway.idempotency import Remembered, short_digest
@@ -40,8 +40,12 @@ def build_records(
     job_id: str,
     trace_id: str,
     submitted_at: datetime,
+    accept_by: datetime | None = None,
 ) -> tuple[JobAccepted, RunJob]:
-    """The lifecycle fact and the command of one accepted job, with one trace id."""
+    """The lifecycle fact and the command of one accepted job, with one trace id.
+
+    `accept_by` is when the gateway gives up on the command: appended later, it is not run.
+    """
     spec: dict[str, Any] = {
         "user_id": user_id,
         "prompt": submission.prompt,
@@ -62,7 +66,7 @@ def build_records(
         job_id=job_id,
         occurred_at=submitted_at,
         trace_id=trace_id,
-        data=RunJobData.model_construct(**spec, attempt=1),
+        data=RunJobData.model_construct(**spec, attempt=1, accept_by=accept_by),
     )
     return accepted, run
 
@@ -161,8 +165,15 @@ class Admission:
                 "the gateway is still repairing earlier failed submissions; try again",
                 5,
             )
+        # The publish below starts after this and gives up `timeout_s` later: past this moment.
+        accept_by = submitted_at + timedelta(seconds=self.publisher.timeout_s)
         accepted, run = build_records(
-            sub, user_id=who.user_id, job_id=job_id, trace_id=trace_id, submitted_at=submitted_at
+            sub,
+            user_id=who.user_id,
+            job_id=job_id,
+            trace_id=trace_id,
+            submitted_at=submitted_at,
+            accept_by=accept_by,
         )
         # Counted at once, before the first await: concurrent requests see each other.
         self.view.accepted(
@@ -194,6 +205,11 @@ class Admission:
                 extra={"job_id": job_id, "trace_id": trace_id},
             )
             self.repairs.void(job_id, trace_id, who.user_id)
+            # A send that failed early may still be appended: refuse only once the deadline
+            # the command carries has passed, so a streamer drops it if it arrives after.
+            wait_s = (accept_by - utcnow()).total_seconds()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
             return retry_later(
                 "kafka-unavailable", "Job queue unavailable", "the job was not queued; try again", 1
             )

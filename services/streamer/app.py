@@ -248,6 +248,8 @@ class StreamerService:
             admin=self._admin,
             group_id=group,
             max_delay_s=s.streamer_max_not_before_s,
+            accept_skew_s=s.streamer_accept_skew_s,
+            on_late=self.metrics.jobs_appended_late.inc,
             on_kafka_error=self.metrics.loop_errors.labels(f"intake_{name}").inc,
             backoff_s=LOOP_BACKOFF_S,
         )

@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
@@ -31,6 +31,10 @@ Offer = Callable[[Running, int], None]
 DeadLetter = Callable[[Rejected], Awaitable[None]]
 
 
+# ConsumerRecord.timestamp_type of a record stamped by the broker on append.
+LOG_APPEND_TIME = 1
+
+
 class Unrunnable(Exception):
     """A job record the streamer cannot run; trying it again would not help."""
 
@@ -48,6 +52,8 @@ def check_runnable(job: RunJob, now: datetime, max_delay_s: float) -> None:
     data = job.data
     if data.submitted_at.tzinfo is None:
         raise Unrunnable("submitted_at has no time zone")
+    if data.accept_by is not None and data.accept_by.tzinfo is None:
+        raise Unrunnable("accept_by has no time zone")
     not_before = data.not_before
     if not_before is not None:
         if not_before.tzinfo is None:
@@ -55,6 +61,19 @@ def check_runnable(job: RunJob, now: datetime, max_delay_s: float) -> None:
         # Its offset stays uncommitted while it waits: a far-off time would hold the partition.
         if (not_before - now).total_seconds() > max_delay_s:
             raise Unrunnable(f"not_before is more than {max_delay_s:g} s ahead")
+
+
+def appended_too_late(job: RunJob, timestamp_ms: int, timestamp_type: int, skew_s: float) -> bool:
+    """Whether a first attempt reached the broker after the gateway had given up on it.
+
+    Judged only by the broker's append time (LogAppendTime, type 1), `skew_s` past the
+    deadline: the gateway's clock may differ from the broker's, and a job the gateway
+    acknowledged must never be dropped. CreateTime records and records without a deadline run.
+    """
+    accept_by = job.data.accept_by
+    if accept_by is None or timestamp_type != LOG_APPEND_TIME or job.data.attempt != 1:
+        return False
+    return timestamp_ms / 1000 > accept_by.timestamp() + skew_s
 
 
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
@@ -90,10 +109,14 @@ class Intake:
         group_id: str,
         *,
         max_delay_s: float = 3600.0,
+        accept_skew_s: float = 1.0,
+        on_late: Callable[[], None] = lambda: None,
         on_kafka_error: Callable[[], None] = lambda: None,
         backoff_s: tuple[float, float] = (0.2, 10.0),
     ) -> None:
         self.max_delay_s = max_delay_s
+        self.accept_skew_s = accept_skew_s
+        self.on_late = on_late
         self.on_kafka_error = on_kafka_error
         self.backoff_s = backoff_s
         self.admin = admin
@@ -210,11 +233,11 @@ class Intake:
             for tp, records in batch.items():
                 for record in records:
                     self.offsets.track(tp, record.offset)
-                    await self._take(tp, record.offset, record.key, record.value)
+                    await self._take(tp, record)
 
-    async def _take(
-        self, tp: TopicPartition, offset: int, key: bytes | None, value: bytes | None
-    ) -> None:
+    async def _take(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        offset, key, value = record.offset, record.key, record.value
+
         def rejected(reason: str, error_type: str) -> Rejected:
             return Rejected(key, value, reason, error_type, tp.topic, tp.partition, offset)
 
@@ -236,6 +259,17 @@ class Intake:
                 "%s: record %s[%d]@%d broke the intake", self.name, tp.topic, tp.partition, offset
             )
             await self._reject(rejected(repr(exc), type(exc).__name__), tp, offset)
+            return
+        if appended_too_late(parsed, record.timestamp, record.timestamp_type, self.accept_skew_s):
+            # The gateway answered 503 and voids it: the cancel may not be read in time.
+            self.on_late()
+            log.warning(
+                "%s: job %s reached the broker after its accept_by; not run",
+                self.name,
+                parsed.job_id,
+                extra={"job_id": parsed.job_id, "trace_id": parsed.trace_id},
+            )
+            self.done(tp, offset)
             return
         previous = self.previous_attempt(tp, offset, parsed.job_id)
         if previous >= parsed.data.attempt:

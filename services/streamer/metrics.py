@@ -84,6 +84,11 @@ class StreamerMetrics:
             "Job records rejected at intake with no job id to report a failure under",
             registry=registry,
         )
+        self.jobs_appended_late = Counter(
+            "streamjobs_streamer_jobs_appended_late_total",
+            "Job records not run: appended after the gateway had given up on them",
+            registry=registry,
+        )
         self.control_records_skipped = Counter(
             "streamjobs_streamer_control_records_skipped_total",
             "Control records that could not be read or obeyed, by error type",

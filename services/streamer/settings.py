@@ -50,6 +50,12 @@ class StreamerSettings(CommonSettings):
         gt=0,
         description="a job record due later than this from now is rejected, not held",
     )
+    streamer_accept_skew_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="a first attempt appended this long after its accept_by is not run"
+        " (margin for the gateway's clock against the broker's)",
+    )
     streamer_use_aiohttp_client: bool = Field(
         default=True, description="openai.DefaultAioHttpClient when available: faster at scale"
     )

@@ -42,6 +42,11 @@ class RunJobData(JobSpec):
     not_before: datetime | None = Field(
         default=None, description="retry topic only: do not start before this time"
     )
+    accept_by: datetime | None = Field(
+        default=None,
+        description="attempt 1: the gateway gave up on this record at this time; appended"
+        " by the broker later than that (LogAppendTime), it is not run",
+    )
 
 
 class RunJob(Envelope):
