@@ -32,12 +32,20 @@ user streamer "$STREAMER_PASSWORD"
 user results "$RESULTS_PASSWORD"
 user notifier "$NOTIFIER_PASSWORD"
 
-for topic in "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" \
-  "$P.jobs.retry" "$P.jobs.dlq" "$P.control" "$P.events" "$P.chunks"; do
-  "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
-    --create --if-not-exists --topic "$topic" --partitions "${JOB_PARTITIONS:-4}" \
-    --replication-factor 1
-done
+topics() {  # topics [--config K=V] NAME...: create each if it is missing
+  local config=()
+  if [ "$1" = --config ]; then config=(--config "$2"); shift 2; fi
+  for topic in "$@"; do
+    "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
+      --create --if-not-exists --topic "$topic" --partitions "${JOB_PARTITIONS:-4}" \
+      --replication-factor 1 "${config[@]}"
+  done
+}
+# Job topics carry the broker's append time: a job appended after its accept_by was
+# answered 503 by the gateway, and the streamer does not run it.
+topics --config message.timestamp.type=LogAppendTime \
+  "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.jobs.retry"
+topics "$P.jobs.dlq" "$P.control" "$P.events" "$P.chunks"
 # Token revocations: compacted, one partition, read whole by every service that checks tokens.
 "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
   --create --if-not-exists --topic "$P.revocations" --partitions 1 --replication-factor 1 \

@@ -15,6 +15,8 @@ import yaml
 
 from deploy.localstack.acls import SERVICE_PRINCIPALS, Acl, service_acls
 from deploy.localstack.kafka import new_cluster_id
+from shared.kafka import JOB_TOPIC_CONFIGS
+from shared.topics import job_topics, retry_topic
 
 DOCKER = Path(__file__).resolve().parents[2] / "deploy" / "docker"
 SERVICES = {"gateway": 8080, "results": 8081, "notifier": 8082, "streamer": 8083}
@@ -215,3 +217,14 @@ def test_local_kafka_cluster_ids_never_start_with_a_dash() -> None:
     # StorageTool reads "-t -abc…" as a missing argument: such an id stops the broker's format.
     ids = [new_cluster_id() for _ in range(5000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_sasl_setup_script_creates_job_topics_with_the_brokers_append_time() -> None:
+    # The streamer does not run a job appended after its accept_by only on such topics.
+    text = (DOCKER / "kafka-setup.sh").read_text().replace("\\\n", " ")
+    configured = re.search(r"^topics --config (\S+) (.+)$", text, re.MULTILINE)
+    assert configured is not None
+    key, value = configured.group(1).split("=")
+    assert {key: value} == JOB_TOPIC_CONFIGS
+    topics = {t.replace("$P", "streamjobs") for t in shlex.split(configured.group(2))}
+    assert topics == {*job_topics(), retry_topic()}
