@@ -1,4 +1,5 @@
-"""Per-user bounds the gateway enforces alone: cancels per minute, live streams held open.
+"""Every per-user limit of the gateway: submissions per minute and jobs in flight (counted
+by the events view), cancels per minute, live streams held open.
 
 Pure asyncio and arithmetic, no I/O: the handlers ask, and answer 429 or 503 from what
 these say. Memory is bounded by the users active within the last window.
@@ -11,8 +12,48 @@ import math
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
 
 MINUTE_S = 60.0
+
+
+class Limit(StrEnum):
+    SUBMISSIONS_PER_MINUTE = "submissions-per-minute"
+    JOBS_IN_FLIGHT = "jobs-in-flight"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimited:
+    limit: Limit
+    allowed: int
+    retry_after_s: int
+
+
+def submission_limit(
+    in_flight: int,
+    recent: deque[float],
+    now: float,
+    *,
+    per_minute: int,
+    max_in_flight: int,
+    in_flight_retry_after_s: int,
+) -> RateLimited | None:
+    """Whether one more submission at `now` would exceed a limit (0 turns one off).
+
+    `in_flight` and `recent` (submission times, oldest first) are the user's counts in the
+    events view; times older than a minute are dropped from `recent` here.
+    """
+    if max_in_flight and in_flight >= max_in_flight:
+        return RateLimited(Limit.JOBS_IN_FLIGHT, max_in_flight, in_flight_retry_after_s)
+    if per_minute:
+        while recent and recent[0] <= now - MINUTE_S:
+            recent.popleft()
+        if len(recent) >= per_minute:
+            # The oldest of the last `per_minute` submissions leaves the window first.
+            wait = recent[-per_minute] + MINUTE_S - now
+            return RateLimited(Limit.SUBMISSIONS_PER_MINUTE, per_minute, max(1, math.ceil(wait)))
+    return None
 
 
 class PerMinute:

@@ -15,19 +15,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from services.gateway.idempotency import IdempotencyMemory, Remembered
+from services.gateway.limits import RateLimited, submission_limit
 from shared.lifecycle import JobStatus, status_after
 from shared.topics import Priority
-
-MINUTE_S = 60.0
 
 # The namespace of job ids derived from an Idempotency-Key: uuid5(NS, user + key).
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0f3c1e-9d2a-4f5e-8a61-3c7d2e4b9f10")
@@ -62,18 +59,6 @@ def fingerprint(
         default=str,
     )
     return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
-
-
-class Limit(StrEnum):
-    SUBMISSIONS_PER_MINUTE = "submissions-per-minute"
-    JOBS_IN_FLIGHT = "jobs-in-flight"
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimited:
-    limit: Limit
-    allowed: int
-    retry_after_s: int
 
 
 @dataclass(slots=True)
@@ -144,22 +129,14 @@ class EventsView:
         state = self._users.get(user_id)
         if state is None:
             return None
-        if self.max_in_flight and state.in_flight >= self.max_in_flight:
-            return RateLimited(
-                Limit.JOBS_IN_FLIGHT, self.max_in_flight, self.in_flight_retry_after_s
-            )
-        per_minute = self.submissions_per_minute
-        if per_minute:
-            recent = state.recent
-            while recent and recent[0] <= now - MINUTE_S:
-                recent.popleft()
-            if len(recent) >= per_minute:
-                # The oldest of the last `per_minute` submissions leaves the window first.
-                wait = recent[-per_minute] + MINUTE_S - now
-                return RateLimited(
-                    Limit.SUBMISSIONS_PER_MINUTE, per_minute, max(1, math.ceil(wait))
-                )
-        return None
+        return submission_limit(
+            state.in_flight,
+            state.recent,
+            now,
+            per_minute=self.submissions_per_minute,
+            max_in_flight=self.max_in_flight,
+            in_flight_retry_after_s=self.in_flight_retry_after_s,
+        )
 
     # -- applying events -----------------------------------------------------------------
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from services.gateway.limits import Limit
 from services.gateway.view import (
     EventsView,
-    Limit,
     fingerprint,
     idempotent_job_id,
     is_keyed,
