@@ -107,7 +107,11 @@ class PartitionFollower:
         if self._consumer is not None or self._stopped:
             return
         consumer = self._consumer = AIOKafkaConsumer(
-            **self._options, bootstrap_servers=self.bootstrap, enable_auto_commit=False
+            **self._options,
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            # Facts written in a transaction that aborted never happened.
+            isolation_level="read_committed",
         )
         try:
             await consumer.start()

@@ -84,6 +84,8 @@ class ResultsService:
             group_id=s.results_group_id,
             client_id=f"results-{self.instance}",
             enable_auto_commit=False,
+            # Records of a transaction that aborted were never written.
+            isolation_level="read_committed",
             auto_offset_reset="earliest",
             session_timeout_ms=s.results_session_timeout_ms,
             heartbeat_interval_ms=s.results_heartbeat_interval_ms,

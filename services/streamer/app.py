@@ -230,6 +230,8 @@ class StreamerService:
             group_id=group,
             client_id=f"streamer-{name}-{self.worker}",
             enable_auto_commit=False,
+            # A job admitted in a transaction that aborted was never admitted.
+            isolation_level="read_committed",
             auto_offset_reset="earliest",
             session_timeout_ms=s.streamer_session_timeout_ms,
             heartbeat_interval_ms=s.streamer_heartbeat_interval_ms,
