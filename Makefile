@@ -85,7 +85,21 @@ format: install ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install lint ## lint, then every test (unit, integration, e2e) against real Kafka and PostgreSQL
+# Helm renders and lints deploy/helm/ in the tests. Built from source with the Go toolchain
+# into .state (binary, module and build caches), so a clean clone needs only Go.
+GO          ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
+HELM_VERSION := v3.22.0
+TOOLS_BIN   := .state/tools/bin
+HELM        := $(TOOLS_BIN)/helm
+.PHONY: helm
+helm: $(HELM) ## install helm into .state/tools/bin when it is missing (needs Go)
+$(HELM):
+	@mkdir -p $(TOOLS_BIN) .state/go
+	GOBIN=$(abspath $(TOOLS_BIN)) GOPATH=$(abspath .state/go) GOMODCACHE=$(abspath .state/go/mod) \
+	  GOCACHE=$(abspath .state/go/cache) GOFLAGS=-modcacherw \
+	  $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+test: install helm lint ## lint, then every test (unit, integration, e2e) against real Kafka and PostgreSQL
 	$(PY) -m pytest
 
 test-unit: install ## only the fast tests without I/O

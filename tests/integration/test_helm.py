@@ -1,0 +1,317 @@
+"""deploy/helm/streamjobs: `helm lint` passes and `helm template` renders manifests that
+parse, set only settings the services read, listen and probe on each service's port
+setting, run the project's image with its real entrypoints, and give every notifier pod
+its own instance and URL. helm comes from `make helm` (.state/tools/bin) or the PATH."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.unit.deploy_settings import (
+    OPS_PORT_SETTING,
+    SETTINGS,
+    listen_ports,
+    unknown_env_names,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "streamjobs"
+CI_VALUES = CHART / "ci" / "test-values.yaml"
+RELEASE = "sj"
+NAMESPACE = "jobs"
+# The image deploy/docker/Dockerfile builds, tagged with the project's version.
+PROJECT_IMAGE = "streamjobs"
+# Offline, helm renders for a Kubernetes older than the chart's kubeVersion (>= 1.28).
+KUBE_VERSION = ("--kube-version", "1.30.0")
+
+
+def helm_binary() -> str:
+    local = ROOT / ".state" / "tools" / "bin" / "helm"
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    found = shutil.which("helm")
+    if found is None:
+        pytest.fail("helm is missing: `make helm` installs it into .state/tools/bin")
+    return found
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [helm_binary(), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def render(*overrides: str) -> list[dict[str, Any]]:
+    """The chart's manifests for the CI values plus `--set` overrides, parsed."""
+    sets = [arg for pair in overrides for arg in ("--set", pair)]
+    done = helm(
+        "template", RELEASE, str(CHART), *KUBE_VERSION,
+        "--namespace", NAMESPACE, "-f", str(CI_VALUES), *sets,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[dict[str, Any]]:
+    return render()
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """streamjobs service -> its Deployment or StatefulSet."""
+    out = {}
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
+            out[component] = doc
+    return out
+
+
+def container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """The environment a container starts with: its ConfigMaps, then its own entries
+    (a value from the downward API or a Secret is shown as its source)."""
+    configmaps = by_kind(docs, "ConfigMap")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(configmaps[source["configMapRef"]["name"]]["data"])
+    for entry in container.get("env", []):
+        env[entry["name"]] = entry.get("value") or repr(entry["valueFrom"])
+    return env
+
+
+def containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, workload in workloads(docs).items():
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            yield name, container
+
+
+def test_helm_lint_passes() -> None:
+    done = helm("lint", str(CHART), "--strict", "-f", str(CI_VALUES))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_service_runs_as_its_own_workload_from_the_project_image(
+    manifests: list[dict[str, Any]],
+) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    found = workloads(manifests)
+    assert set(found) == set(SETTINGS)
+    assert found["notifier"]["kind"] == "StatefulSet"
+    assert found["gateway"]["kind"] == "StatefulSet"
+    for name, container in containers(manifests):
+        assert container["image"] == f"{PROJECT_IMAGE}:{chart['appVersion']}", name
+        assert container["command"] == ["python", "-m", f"services.{name}"]
+    dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    assert "-t streamjobs " in dockerfile
+
+
+@pytest.mark.parametrize("sasl", [False, True], ids=["plaintext", "sasl"])
+def test_every_environment_name_is_a_setting_of_its_service(sasl: bool) -> None:
+    overrides = ["kafka.caSecret.name=kafka-ca", "gateway.publicUrl=https://jobs.example.com"]
+    if sasl:
+        overrides += ["kafka.securityProtocol=SASL_SSL"] + [
+            f"kafka.sasl.{name}.password=pw-{name}" for name in SETTINGS
+        ]
+    docs = render(*overrides)
+    unknown = {
+        name: unknown_env_names(name, container_env(docs, container))
+        for name, container in containers(docs)
+    }
+    assert unknown == {name: set() for name in SETTINGS}
+    if sasl:
+        for name, container in containers(docs):
+            env = container_env(docs, container)
+            assert env["KAFKA_SASL_USERNAME"] == name
+            assert "kafka-" + name + "-password" in env["KAFKA_SASL_PASSWORD"]
+
+
+def test_extra_settings_from_values_reach_only_their_service() -> None:
+    docs = render("streamer.env.STREAMER_SLOTS=128", "results.env.RESULTS_BATCH_SIZE=5000")
+    envs = {name: container_env(docs, c) for name, c in containers(docs)}
+    assert envs["streamer"]["STREAMER_SLOTS"] == "128"
+    assert envs["results"]["RESULTS_BATCH_SIZE"] == "5000"
+    assert "STREAMER_SLOTS" not in envs["results"]
+
+
+@pytest.mark.parametrize(
+    "override", ["results.env.RESULTS_PORT=9", "notifier.env.notifier_instances=9"]
+)
+def test_env_values_cannot_override_what_the_chart_derives(override: str) -> None:
+    # A port or instance count given twice would let the Service, probes and lists disagree.
+    done = helm(
+        "template", RELEASE, str(CHART), *KUBE_VERSION, "-f", str(CI_VALUES), "--set", override
+    )
+    assert done.returncode != 0
+    assert "the chart sets it from its own values" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [(), ("gateway.port=9080", "results.port=9081", "notifier.ssePort=9084", "streamer.port=9")],
+    ids=["defaults", "given"],
+)
+def test_container_probe_and_service_ports_are_the_port_settings(
+    overrides: tuple[str, ...],
+) -> None:
+    docs = render(*overrides)
+    services = [d for d in docs if d["kind"] == "Service"]
+    for name, container in containers(docs):
+        settings = listen_ports(name, container_env(docs, container))
+        declared = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert sorted(declared.values()) == sorted(settings.values()), name
+        # /healthz and /readyz answer on the ops port.
+        assert declared["http"] == settings[OPS_PORT_SETTING[name]]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["port"] == "http", (name, probe)
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        for service in services:
+            if service["spec"]["selector"]["app.kubernetes.io/component"] != name:
+                continue
+            for port in service["spec"]["ports"]:
+                assert port["targetPort"] in declared, (service["metadata"]["name"], port)
+                assert port["port"] == declared[port["targetPort"]]
+    if overrides:
+        gateway = container_env(docs, dict(containers(docs))["gateway"])
+        assert gateway["RESULTS_URL"] == f"http://{RELEASE}-streamjobs-results:9081"
+
+
+def test_notifier_pods_each_own_an_instance_and_a_url() -> None:
+    docs = render("notifier.replicas=3")
+    (notifier,) = [w for n, w in workloads(docs).items() if n == "notifier"]
+    assert notifier["spec"]["replicas"] == 3
+    assert notifier["spec"]["podManagementPolicy"] == "Parallel"
+    container = notifier["spec"]["template"]["spec"]["containers"][0]
+    (instance,) = [e for e in container["env"] if e["name"] == "NOTIFIER_INSTANCE"]
+    # The StatefulSet ordinal, from the label Kubernetes sets on each pod.
+    assert instance["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    env = container_env(docs, container)
+    assert env["NOTIFIER_INSTANCES"] == "3"
+    ws = env["NOTIFIER_PUBLIC_WS_URLS"].split(",")
+    assert ws == [f"wss://notifier-{i}.streamjobs.example.com/ws" for i in range(3)]
+    assert env["NOTIFIER_PUBLIC_SSE_URLS"].split(",") == [
+        f"https://notifier-{i}.streamjobs.example.com" for i in range(3)
+    ]
+    gateway = container_env(docs, dict(containers(docs))["gateway"])
+    assert gateway["GATEWAY_NOTIFIER_WS_URLS"].split(",") == ws
+    pod = f"{RELEASE}-streamjobs-notifier"
+    headless = notifier["spec"]["serviceName"]
+    assert gateway["GATEWAY_NOTIFIER_SSE_URLS"].split(",") == [
+        f"http://{pod}-{i}.{headless}.{NAMESPACE}.svc:8084" for i in range(3)
+    ]
+    services = by_kind(docs, "Service")
+    assert services[headless]["spec"]["clusterIP"] == "None"
+    for i in range(3):
+        # A Service per pod: what an ingress rule for that pod's public host points at.
+        selector = services[f"{pod}-{i}"]["spec"]["selector"]
+        assert selector["statefulset.kubernetes.io/pod-name"] == f"{pod}-{i}"
+
+
+def test_notifier_ingress_routes_each_host_to_its_own_pod() -> None:
+    docs = render("notifier.ingress.enabled=true", "notifier.replicas=2")
+    ingress = by_kind(docs, "Ingress")[f"{RELEASE}-streamjobs-notifier"]
+    rules = ingress["spec"]["rules"]
+    assert [r["host"] for r in rules] == [f"notifier-{i}.streamjobs.example.com" for i in (0, 1)]
+    for i, rule in enumerate(rules):
+        paths = {p["path"]: p["backend"]["service"] for p in rule["http"]["paths"]}
+        assert paths["/ws"] == {
+            "name": f"{RELEASE}-streamjobs-notifier-{i}",
+            "port": {"name": "http"},
+        }
+        assert paths["/api/v1/jobs"]["port"] == {"name": "sse"}
+
+
+def test_more_notifiers_than_partitions_is_refused() -> None:
+    done = helm(
+        "template", RELEASE, str(CHART), *KUBE_VERSION, "-f", str(CI_VALUES),
+        "--set", "notifier.replicas=5", "--set", "kafka.partitions=4",
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "kafka.partitions must be at least notifier.replicas" in done.stderr
+
+
+def test_secrets_stay_in_the_secret_and_the_database_url_only_reaches_results(
+    manifests: list[dict[str, Any]],
+) -> None:
+    (secret,) = by_kind(manifests, "Secret").values()
+    assert set(secret["stringData"]) == {"auth-secret", "database-url", "openai-api-key"}
+    for configmap in by_kind(manifests, "ConfigMap").values():
+        assert not {"STREAMJOBS_AUTH_SECRET", "DATABASE_URL", "OPENAI_API_KEY"} & set(
+            configmap["data"]
+        )
+    holders = {n for n, c in containers(manifests) if "DATABASE_URL" in container_env(manifests, c)}
+    assert holders == {"results"}
+    for name, container in containers(manifests):
+        (auth,) = [e for e in container["env"] if e["name"] == "STREAMJOBS_AUTH_SECRET"]
+        assert auth["valueFrom"]["secretKeyRef"]["key"] == "auth-secret", name
+
+
+def test_a_missing_auth_secret_stops_the_render() -> None:
+    done = helm("template", RELEASE, str(CHART), *KUBE_VERSION)
+    assert done.returncode != 0
+    assert "authSecret" in done.stderr
+
+
+def test_topics_are_replicated_for_a_three_broker_cluster(
+    manifests: list[dict[str, Any]],
+) -> None:
+    common = by_kind(manifests, "ConfigMap")[f"{RELEASE}-streamjobs-common"]["data"]
+    assert common["KAFKA_REPLICATION_FACTOR"] == "3"
+    assert common["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+    assert len(common["KAFKA_BOOTSTRAP_SERVERS"].split(",")) == 3
+
+
+def test_every_service_has_resources_and_a_disruption_budget(
+    manifests: list[dict[str, Any]],
+) -> None:
+    for name, container in containers(manifests):
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"]), name
+    budgets = {
+        pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]: pdb
+        for pdb in by_kind(manifests, "PodDisruptionBudget").values()
+    }
+    assert set(budgets) == set(SETTINGS)
+    for name, workload in workloads(manifests).items():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        selector = budgets[name]["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= labels.items(), name
+
+
+def test_streamer_grace_fits_inside_the_pods_termination_grace() -> None:
+    docs = render("streamer.terminationGracePeriodSeconds=45")
+    streamer = workloads(docs)["streamer"]["spec"]["template"]["spec"]
+    env = container_env(docs, streamer["containers"][0])
+    assert streamer["terminationGracePeriodSeconds"] == 45
+    assert float(env["STREAMER_GRACE_S"]) < 45
+
+
+def test_service_monitor_is_optional_and_names_jobs_by_service() -> None:
+    assert "ServiceMonitor" not in {d["kind"] for d in render()}
+    docs = render("serviceMonitor.enabled=true")
+    (monitor,) = by_kind(docs, "ServiceMonitor").values()
+    assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/component"
+    selected = [
+        s
+        for s in by_kind(docs, "Service").values()
+        if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    # One scraped Service per service, so no pod is scraped twice.
+    assert sorted(s["metadata"]["labels"]["app.kubernetes.io/component"] for s in selected) == (
+        sorted(SETTINGS)
+    )
+    assert all(e["path"] == "/metrics" for e in monitor["spec"]["endpoints"])
