@@ -6,6 +6,7 @@ its own instance and URL. helm comes from `make helm` (.state/tools/bin) or the 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -315,3 +316,21 @@ def test_service_monitor_is_optional_and_names_jobs_by_service() -> None:
         sorted(SETTINGS)
     )
     assert all(e["path"] == "/metrics" for e in monitor["spec"]["endpoints"])
+
+
+def test_the_scaling_guides_install_command_renders_what_it_says() -> None:
+    guide = (ROOT / "docs" / "scaling.md").read_text()
+    (command,) = re.findall(r"```sh\nhelm install .*?```", guide, re.S)
+    pairs = [
+        value.strip("'").replace("$(openssl rand -hex 32)", "ab" * 32)
+        for value in re.findall(r"--set (\S+)", command)
+    ]
+    docs = render(*pairs)
+    given = dict(pair.split("=", 1) for pair in pairs)
+    found = workloads(docs)
+    for name in SETTINGS:
+        assert found[name]["spec"]["replicas"] == int(given[f"{name}.replicas"]), name
+    common = by_kind(docs, "ConfigMap")[f"{RELEASE}-streamjobs-common"]["data"]
+    # Every streamer owns a partition of every band.
+    assert int(common["JOB_PARTITIONS"]) >= found["streamer"]["spec"]["replicas"]
+    assert len(common["KAFKA_BOOTSTRAP_SERVERS"].split(",")) == 3
