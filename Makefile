@@ -94,6 +94,7 @@ HELM        := $(TOOLS_BIN)/helm
 .PHONY: helm
 helm: $(HELM) ## install helm into .state/tools/bin when it is missing (needs Go)
 $(HELM):
+	@command -v $(GO) >/dev/null 2>&1 || { echo "building helm needs Go (https://go.dev/dl/); set GO=/path/to/go" >&2; exit 1; }
 	@mkdir -p $(TOOLS_BIN) .state/go
 	GOBIN=$(abspath $(TOOLS_BIN)) GOPATH=$(abspath .state/go) GOMODCACHE=$(abspath .state/go/mod) \
 	  GOCACHE=$(abspath .state/go/cache) GOFLAGS=-modcacherw \

@@ -32,13 +32,18 @@ user streamer "$STREAMER_PASSWORD"
 user results "$RESULTS_PASSWORD"
 user notifier "$NOTIFIER_PASSWORD"
 
+# One broker here; against a cluster of three set REPLICATION_FACTOR=3 MIN_INSYNC_REPLICAS=2,
+# the values the services' KAFKA_REPLICATION_FACTOR / KAFKA_MIN_INSYNC_REPLICAS use.
+REPLICAS=(--replication-factor "${REPLICATION_FACTOR:-1}"
+  --config "min.insync.replicas=${MIN_INSYNC_REPLICAS:-1}")
+
 topics() {  # topics [--config K=V] NAME...: create each if it is missing
   local config=()
   if [ "$1" = --config ]; then config=(--config "$2"); shift 2; fi
   for topic in "$@"; do
     "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
       --create --if-not-exists --topic "$topic" --partitions "${JOB_PARTITIONS:-4}" \
-      --replication-factor 1 "${config[@]}"
+      "${REPLICAS[@]}" "${config[@]}"
   done
 }
 # Job topics carry the broker's append time: a job appended after its accept_by was
@@ -48,7 +53,7 @@ topics --config message.timestamp.type=LogAppendTime \
 topics "$P.jobs.dlq" "$P.control" "$P.events" "$P.chunks"
 # Token revocations: compacted, one partition, read whole by every service that checks tokens.
 "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
-  --create --if-not-exists --topic "$P.revocations" --partitions 1 --replication-factor 1 \
+  --create --if-not-exists --topic "$P.revocations" --partitions 1 "${REPLICAS[@]}" \
   --config cleanup.policy=compact
 
 # Every service may describe every topic, so its start-up check finds them all.

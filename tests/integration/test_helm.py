@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,27 @@ def test_every_service_runs_as_its_own_workload_from_the_project_image(
     for name, container in containers(manifests):
         assert container["image"] == f"{PROJECT_IMAGE}:{chart['appVersion']}", name
         assert container["command"] == ["python", "-m", f"services.{name}"]
+    for name in SETTINGS:
+        assert (ROOT / "services" / name / "__main__.py").is_file()
+    # The tag is the project's version; the repository is the name the Dockerfile builds.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
     dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
-    assert "-t streamjobs " in dockerfile
+    assert f"-t {PROJECT_IMAGE}" in dockerfile
+
+
+def test_the_optional_simulator_runs_from_the_same_image() -> None:
+    docs = render("simulator.enabled=true")
+    images = {
+        c["image"]
+        for w in workloads(docs).values()
+        for c in w["spec"]["template"]["spec"]["containers"]
+    }
+    assert len(images) == 1
+    simulator = workloads(docs)["simulator"]["spec"]["template"]["spec"]["containers"][0]
+    assert simulator["command"][:3] == ["python", "-m", "deploy.simulator"]
+    port = simulator["command"][simulator["command"].index("--port") + 1]
+    assert simulator["ports"] == [{"name": "http", "containerPort": int(port)}]
 
 
 @pytest.mark.parametrize("sasl", [False, True], ids=["plaintext", "sasl"])

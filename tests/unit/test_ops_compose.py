@@ -229,6 +229,8 @@ def test_kafka_writes_its_data_into_the_mounted_volume(compose: dict[str, Any]) 
     kafka = compose["services"]["kafka"]
     mounted = {v.split(":")[1] for v in kafka["volumes"] if v.startswith("kafka-data:")}
     assert kafka["environment"]["KAFKA_LOG_DIRS"] in mounted
+    # A named volume: it outlives `docker compose down` (not `down -v`) and re-creations.
+    assert "kafka-data" in compose["volumes"]
 
 
 @pytest.mark.parametrize(("container", "name"), sorted(APP_CONTAINERS.items()))
