@@ -5,18 +5,22 @@ its own instance and URL. helm comes from `make helm` (.state/tools/bin) or the 
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
 
+from shared.settings import KafkaSaslMechanism, KafkaSecurityProtocol
 from tests.unit.deploy_settings import (
     OPS_PORT_SETTING,
     SETTINGS,
@@ -341,10 +345,11 @@ def test_service_monitor_is_optional_and_names_jobs_by_service() -> None:
 def test_the_scaling_guides_install_command_renders_what_it_says() -> None:
     guide = (ROOT / "docs" / "scaling.md").read_text()
     (command,) = re.findall(r"```sh\nhelm install .*?```", guide, re.S)
-    pairs = [
-        value.strip("'").replace("$(openssl rand -hex 32)", "ab" * 32)
-        for value in re.findall(r"--set (\S+)", command)
-    ]
+    words = shlex.split(
+        command.removeprefix("```sh").removesuffix("```").replace("\\\n", " ")
+        .replace("$(openssl rand -hex 32)", "ab" * 32)
+    )  # fmt: skip
+    pairs = [value for flag, value in itertools.pairwise(words) if flag == "--set"]
     docs = render(*pairs)
     given = dict(pair.split("=", 1) for pair in pairs)
     found = workloads(docs)
@@ -354,3 +359,34 @@ def test_the_scaling_guides_install_command_renders_what_it_says() -> None:
     # Every streamer owns a partition of every band.
     assert int(common["JOB_PARTITIONS"]) >= found["streamer"]["spec"]["replicas"]
     assert len(common["KAFKA_BOOTSTRAP_SERVERS"].split(",")) == 3
+
+
+def test_values_schema_allows_exactly_the_kafka_options_the_services_accept() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    kafka = schema["properties"]["kafka"]["properties"]
+    assert kafka["securityProtocol"]["enum"] == list(get_args(KafkaSecurityProtocol))
+    assert kafka["saslMechanism"]["enum"] == list(get_args(KafkaSaslMechanism))
+    done = helm(
+        "template", RELEASE, str(CHART), *KUBE_VERSION, "-f", str(CI_VALUES),
+        "--set", "kafka.securityProtocol=TLS",
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "/kafka/securityProtocol" in done.stderr
+
+
+@pytest.mark.parametrize("override", ["notifier.replicas=0", "gateway.port=70000"])
+def test_values_schema_refuses_impossible_counts_and_ports(override: str) -> None:
+    done = helm(
+        "template", RELEASE, str(CHART), *KUBE_VERSION, "-f", str(CI_VALUES), "--set", override
+    )
+    assert done.returncode != 0
+    assert "schema" in done.stderr, done.stderr
+
+
+def test_replicas_of_one_service_spread_over_nodes(manifests: list[dict[str, Any]]) -> None:
+    for name, workload in workloads(manifests).items():
+        pod = workload["spec"]["template"]
+        (spread,) = pod["spec"]["topologySpreadConstraints"]
+        assert spread["topologyKey"] == "kubernetes.io/hostname"
+        assert spread["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        assert spread["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == name

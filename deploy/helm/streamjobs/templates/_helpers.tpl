@@ -89,6 +89,27 @@ spec:
   {{- with .grace }}
   terminationGracePeriodSeconds: {{ . }}
   {{- end }}
+  # Replicas of one service on different nodes where possible: losing a node then costs
+  # each service one instance, which the PodDisruptionBudget and the headroom allow for.
+  topologySpreadConstraints:
+    - maxSkew: 1
+      topologyKey: kubernetes.io/hostname
+      whenUnsatisfiable: ScheduleAnyway
+      labelSelector:
+        matchLabels:
+          {{- include "streamjobs.selectorLabels" . | nindent 10 }}
+  {{- with $v.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   containers:
     - name: {{ .component }}
       image: {{ include "streamjobs.image" .root }}
