@@ -86,7 +86,8 @@ format: install ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
 
 # Helm renders and lints deploy/helm/ in the tests. Built from source with the Go toolchain
-# into .state (binary, module and build caches), so a clean clone needs only Go.
+# into .state (binary, module and build caches), so a clean clone needs only Go; the
+# ldflags give it the version string a release build has.
 GO          ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
 HELM_VERSION := v3.22.0
 TOOLS_BIN   := .state/tools/bin
@@ -98,7 +99,8 @@ $(HELM):
 	@mkdir -p $(TOOLS_BIN) .state/go
 	GOBIN=$(abspath $(TOOLS_BIN)) GOPATH=$(abspath .state/go) GOMODCACHE=$(abspath .state/go/mod) \
 	  GOCACHE=$(abspath .state/go/cache) GOFLAGS=-modcacherw \
-	  $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	  $(GO) install -ldflags "-X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION)" \
+	  helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 test: install helm lint ## lint, then every test (unit, integration, e2e) against real Kafka and PostgreSQL
 	$(PY) -m pytest

@@ -390,3 +390,14 @@ def test_replicas_of_one_service_spread_over_nodes(manifests: list[dict[str, Any
         assert spread["topologyKey"] == "kubernetes.io/hostname"
         assert spread["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
         assert spread["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == name
+
+
+def test_the_helm_the_tests_use_is_the_version_make_installs() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    tools_bin = re.search(r"^TOOLS_BIN\s*:=\s*(\S+)$", makefile, re.M)
+    version = re.search(r"^HELM_VERSION\s*:=\s*(\S+)$", makefile, re.M)
+    assert tools_bin is not None and version is not None
+    assert Path(helm_binary()) == ROOT / tools_bin.group(1) / "helm"
+    assert re.search(r"^test: .*\bhelm\b", makefile, re.M), "make test builds helm first"
+    done = helm("version", "--template", "{{ .Version }}")
+    assert done.stdout.strip() == version.group(1)
