@@ -1,7 +1,7 @@
 """deploy/helm/streamjobs: `helm lint` passes and `helm template` renders manifests that
 parse, set only settings the services read, listen and probe on each service's port
 setting, run the project's image with its real entrypoints, and give every notifier pod
-its own instance and URL. helm comes from `make helm` (.state/tools/bin) or the PATH."""
+its own instance and URL. helm is the version `make helm` builds into .state/tools/bin."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -40,13 +39,11 @@ KUBE_VERSION = ("--kube-version", "1.30.0")
 
 
 def helm_binary() -> str:
+    # The pinned version `make helm` builds, not whichever helm the PATH holds.
     local = ROOT / ".state" / "tools" / "bin" / "helm"
-    if local.is_file() and os.access(local, os.X_OK):
-        return str(local)
-    found = shutil.which("helm")
-    if found is None:
+    if not (local.is_file() and os.access(local, os.X_OK)):
         pytest.fail("helm is missing: `make helm` installs it into .state/tools/bin")
-    return found
+    return str(local)
 
 
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
