@@ -1,0 +1,324 @@
+"""Two notifier instances splitting the chunk partitions: each reads its share, sends clients on.
+
+Both run in this process against the session broker, on ports chosen before start so that each
+one's public URLs can be given to the other (`NOTIFIER_PUBLIC_WS_URLS` / `_SSE_URLS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from deploy.localstack.procs import free_port
+from services.notifier.app import NotifierService
+from services.notifier.settings import NotifierSettings
+from shared.routing import notifier_for
+from shared.topics import chunks_topic, events_topic
+from tests.integration.notifier_support import (
+    Publisher,
+    Received,
+    next_of,
+    notifier_settings,
+    open_ws,
+    publisher,
+    read_until,
+    running_notifier,
+    subscribe,
+    token,
+    words,
+)
+from tests.integration.test_notifier_resume import parse_sse
+from tests.support import wait_for
+
+pytestmark = pytest.mark.kafka
+
+PARTITIONS = 4  # of each topic (the settings' default job_partitions)
+
+
+def fleet_settings(
+    bootstrap: str, prefix: str, secret: str, *, urls: bool = True, **overrides: Any
+) -> list[NotifierSettings]:
+    """Settings of two instances, on fixed free ports, each knowing the other's public URLs."""
+    ports = [(free_port(), free_port()) for _ in range(2)]
+    public: dict[str, Any] = {}
+    if urls:
+        public = {
+            "notifier_public_ws_urls": ",".join(f"ws://127.0.0.1:{ws}/ws" for ws, _ in ports),
+            "notifier_public_sse_urls": ",".join(f"http://127.0.0.1:{sse}" for _, sse in ports),
+        }
+    return [
+        notifier_settings(
+            bootstrap,
+            prefix,
+            secret,
+            notifier_instance=i,
+            notifier_instances=2,
+            notifier_port=ws,
+            notifier_sse_port=sse,
+            **public,
+            **overrides,
+        )
+        for i, (ws, sse) in enumerate(ports)
+    ]
+
+
+@asynccontextmanager
+async def running_fleet(settings: list[NotifierSettings]) -> AsyncIterator[list[NotifierService]]:
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(running_notifier(s)) for s in settings]
+
+
+def job_of(instance: int) -> str:
+    """A fresh job id whose chunks the given instance (of two) reads."""
+    while True:
+        job_id = str(uuid.uuid4())
+        if notifier_for(job_id, PARTITIONS, 2) == instance:
+            return job_id
+
+
+def chunk_records(service: NotifierService) -> float:
+    topic = chunks_topic(service.settings.topic_prefix)
+    value = service.registry.get_sample_value("streamjobs_notifier_records_total", {"topic": topic})
+    return value or 0.0
+
+
+def event_records(service: NotifierService) -> float:
+    topic = events_topic(service.settings.topic_prefix)
+    value = service.registry.get_sample_value("streamjobs_notifier_records_total", {"topic": topic})
+    return value or 0.0
+
+
+async def stream(pub: Publisher, job_id: str, texts: list[str], moved: asyncio.Event) -> None:
+    """Publish a job's chunks one by one, the second half only once the client moved."""
+    half = len(texts) // 2
+    for seq, text in enumerate(texts):
+        if seq == half:
+            await moved.wait()
+        await pub.chunk(job_id, seq, text)
+        await pub.flush()
+    await pub.completed(job_id, texts)
+    await pub.flush()
+
+
+async def test_each_instance_reads_only_its_share_of_the_chunk_partitions(
+    kafka_bootstrap: str, topic_prefix: str, auth_secret: str
+) -> None:
+    settings = fleet_settings(kafka_bootstrap, topic_prefix, auth_secret)
+    jobs = [str(uuid.uuid4()) for _ in range(40)]
+    texts = words(5)
+    async with (
+        running_fleet(settings) as fleet,
+        publisher(kafka_bootstrap, topic_prefix) as pub,
+    ):
+        for job_id in jobs:
+            await pub.accepted(job_id, "alice")
+            await pub.chunks(job_id, texts)
+            await pub.completed(job_id, texts)
+        await pub.flush()
+        total = len(jobs) * len(texts)
+        await wait_for(
+            lambda: (
+                sum(chunk_records(s) for s in fleet) >= total
+                and all(event_records(s) >= 2 * len(jobs) for s in fleet)
+            ),
+            message="the fleet did not read every chunk and every instance every event",
+        )
+        expected = [
+            len(texts) * sum(1 for j in jobs if notifier_for(j, PARTITIONS, 2) == i)
+            for i in range(2)
+        ]
+        counted = [chunk_records(s) for s in fleet]
+        owned = [s.registry.get_sample_value("streamjobs_notifier_owned_partitions") for s in fleet]
+        foreign = [
+            [j for j in s.hub.jobs if notifier_for(j, PARTITIONS, 2) != i]
+            for i, s in enumerate(fleet)
+        ]
+    assert counted == expected, "an instance read chunks of partitions it does not own"
+    assert all(0 < c < total for c in counted), "one instance read every chunk"
+    assert owned == [2.0, 2.0]
+    assert foreign == [[], []], "a job served elsewhere reached an instance's hub"
+
+
+async def test_client_at_the_wrong_instance_is_redirected_and_gets_every_chunk_once(
+    kafka_bootstrap: str, topic_prefix: str, auth_secret: str
+) -> None:
+    settings = fleet_settings(kafka_bootstrap, topic_prefix, auth_secret)
+    texts = words(40)
+    tok = token(auth_secret, "alice")
+    job_id = job_of(1)
+    async with (
+        running_fleet(settings) as fleet,
+        publisher(kafka_bootstrap, topic_prefix) as pub,
+    ):
+        await pub.accepted(job_id, "alice")
+        await pub.flush()
+        wrong = await open_ws(f"ws://127.0.0.1:{fleet[0].port}/ws", tok)
+        await wrong.send(json.dumps({"type": "subscribe", "channel": "user:alice"}))
+        await next_of(wrong, "subscribed")
+        moved = asyncio.Event()
+        streaming = asyncio.create_task(stream(pub, job_id, texts, moved))
+        await subscribe(wrong, job_id)
+        redirect = await next_of(wrong, "redirect", "error", "subscribed")
+        moved.set()  # half the chunks were (or are being) published while the client moves
+        assert redirect["type"] == "redirect", redirect
+        right = await open_ws(redirect["url"], tok)
+        await subscribe(right, job_id, last_seq=-1)
+        got = await read_until(right, Received())
+        await streaming
+        await right.close()
+        # The first connection stayed open: its user channel saw the job end there too.
+        ended = await next_of(wrong, "event")
+        while ended["event"] != "job.completed":
+            ended = await next_of(wrong, "event")
+        await wrong.close()
+    assert redirect == {
+        "type": "redirect",
+        "channel": f"job:{job_id}",
+        "job_id": job_id,
+        "url": f"ws://127.0.0.1:{settings[1].notifier_port}/ws",
+        "instance": 1,
+    }
+    assert got.seqs == list(range(len(texts))), "a gap or a duplicate across the redirect"
+    assert got.text == "".join(texts)
+    assert ended["job_id"] == job_id
+
+
+async def test_subscribe_to_someone_elses_job_at_the_wrong_instance_is_refused_not_redirected(
+    kafka_bootstrap: str, topic_prefix: str, auth_secret: str
+) -> None:
+    settings = fleet_settings(kafka_bootstrap, topic_prefix, auth_secret)
+    job_id, unknown = job_of(1), job_of(1)
+    async with (
+        running_fleet(settings) as fleet,
+        publisher(kafka_bootstrap, topic_prefix) as pub,
+    ):
+        await pub.accepted(job_id, "alice")
+        await pub.flush()
+        bob = await open_ws(f"ws://127.0.0.1:{fleet[0].port}/ws", token(auth_secret, "bob"))
+        answers = []
+        for ident in (job_id, unknown):
+            await subscribe(bob, ident)
+            answers.append(await next_of(bob, "redirect", "error", "subscribed"))
+        await bob.close()
+    assert [(a["type"], a.get("code"), a.get("channel")) for a in answers] == [
+        ("error", "forbidden", f"job:{job_id}"),
+        ("error", "forbidden", f"job:{unknown}"),
+    ], "the refusal must not tell which instance serves a job the client may not see"
+
+
+async def test_wrong_instance_without_the_owners_url_answers_a_wrong_instance_error(
+    kafka_bootstrap: str, topic_prefix: str, auth_secret: str
+) -> None:
+    settings = fleet_settings(kafka_bootstrap, topic_prefix, auth_secret, urls=False)
+    job_id = job_of(1)
+    tok = token(auth_secret, "alice")
+    async with (
+        running_fleet(settings) as fleet,
+        publisher(kafka_bootstrap, topic_prefix) as pub,
+    ):
+        await pub.accepted(job_id, "alice")
+        await pub.flush()
+        ws = await open_ws(f"ws://127.0.0.1:{fleet[0].port}/ws", tok)
+        await subscribe(ws, job_id)
+        answer = await next_of(ws, "redirect", "error", "subscribed")
+        await ws.send(json.dumps({"type": "ping", "id": "still-open"}))
+        pong = await next_of(ws, "pong")
+        await ws.close()
+    assert answer["type"] == "error"
+    assert answer["code"] == "wrong_instance"
+    assert answer["instance"] == 1 and answer["channel"] == f"job:{job_id}"
+    assert pong["id"] == "still-open"
+
+
+async def test_sse_at_the_wrong_instance_answers_307_keeping_path_and_resume_query(
+    kafka_bootstrap: str, topic_prefix: str, auth_secret: str
+) -> None:
+    settings = fleet_settings(kafka_bootstrap, topic_prefix, auth_secret)
+    texts = words(20)
+    tok = token(auth_secret, "alice")
+    async with (
+        running_fleet(settings) as fleet,
+        publisher(kafka_bootstrap, topic_prefix) as pub,
+        aiohttp.ClientSession() as http,
+    ):
+        job_id = await pub.job("alice", texts, job_id=job_of(1))
+        path = f"/api/v1/jobs/{job_id}/events"
+        query = {"token": tok, "last_event_id": "1:9"}
+        wrong = f"http://127.0.0.1:{fleet[0].sse_port}{path}"
+        async with asyncio.timeout(20), http.get(wrong, params=query, allow_redirects=False) as r:
+            status, location = r.status, r.headers.get("Location")
+        async with asyncio.timeout(20), http.get(wrong, params=query) as followed:
+            events = parse_sse(await followed.text())
+        bob = {"token": token(auth_secret, "bob")}
+        async with asyncio.timeout(20), http.get(wrong, params=bob, allow_redirects=False) as r:
+            bob_status = r.status
+    assert status == 307
+    assert location == f"http://127.0.0.1:{settings[1].notifier_sse_port}{path}?" + (
+        f"token={tok}&last_event_id=1:9"
+    )
+    seqs = [json.loads(e["data"])["seq"] for e in events if e.get("event") == "chunk"]
+    assert seqs == list(range(10, len(texts))), "the resume point was lost in the redirect"
+    assert events[-1]["event"] == "job.completed"
+    assert bob_status == 404, "an unauthorised request must not learn where the job is served"
+
+
+async def test_restarted_instance_serves_its_partitions_again_and_a_client_resumes_gap_free(
+    kafka_bootstrap: str, topic_prefix: str, auth_secret: str
+) -> None:
+    settings = fleet_settings(kafka_bootstrap, topic_prefix, auth_secret)
+    texts = words(50)
+    tok = token(auth_secret, "alice")
+    job_id = job_of(1)
+    async with (
+        running_notifier(settings[0]) as first,
+        publisher(kafka_bootstrap, topic_prefix) as pub,
+    ):
+        await pub.accepted(job_id, "alice")
+        await pub.chunks(job_id, texts[:20])
+        await pub.flush()
+        async with running_notifier(settings[1]) as owner:
+            ws = await open_ws(f"ws://127.0.0.1:{owner.port}/ws", tok)
+            await subscribe(ws, job_id)
+            got = await read_until(ws, Received(), chunks=20)
+        # The owner is gone; the job streams on meanwhile, and nobody else reads its partition.
+        await pub.chunks(job_id, texts, start=20)
+        await pub.flush()
+        async with running_notifier(settings[1]) as restarted:
+            assert job_id in restarted.hub.jobs, "the restarted instance did not rebuild its job"
+            ws = await open_ws(f"ws://127.0.0.1:{first.port}/ws", tok)
+            _, rest = await follow_from(ws, tok, job_id, got.last_seq)
+            await ws.close()
+            await pub.completed(job_id, texts)
+            await pub.flush()
+            await read_until(rest.ws, rest.received)
+            await rest.ws.close()
+        assert job_id not in first.hub.jobs
+    got.chunks += rest.received.chunks
+    assert got.seqs == list(range(len(texts))), "a gap or a duplicate across the restart"
+    assert got.text == "".join(texts)
+
+
+class Resumed:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.received = Received()
+
+
+async def follow_from(
+    ws: ClientConnection, tok: str, job_id: str, last_seq: int
+) -> tuple[dict[str, Any], Resumed]:
+    """Subscribe where a client happens to land, follow the redirect, resume after last_seq."""
+    await subscribe(ws, job_id, last_seq=last_seq, attempt=1)
+    redirect = await next_of(ws, "redirect", "error", "subscribed")
+    assert redirect["type"] == "redirect", redirect
+    resumed = Resumed(await open_ws(redirect["url"], tok))
+    await subscribe(resumed.ws, job_id, last_seq=last_seq, attempt=1)
+    return redirect, resumed
