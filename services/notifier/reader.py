@@ -85,6 +85,13 @@ class Reader:
         count = sum(1 for tp in found if tp.topic == chunks_topic)
         owned = set(self.placement.owned(count))
         self.metrics.owned_partitions.set(len(owned))
+        if not owned:
+            log.warning(
+                "notifier instance %d of %d owns none of the %d chunk partitions: it serves no job",
+                self.placement.instance,
+                self.placement.instances,
+                count,
+            )
         return [tp for tp in found if tp.topic != chunks_topic or tp.partition in owned]
 
     @property
