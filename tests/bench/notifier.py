@@ -332,15 +332,6 @@ async def measure(
     ]
 
 
-if __name__ == "__main__":
-    from tests.bench.figures import render
-
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    j = int(sys.argv[2]) if len(sys.argv) > 2 else 20
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-    print(render(asyncio.run(measure(bootstrap, clients=n, jobs=j))))
-
-
 async def chunk_records_read(bootstrap: str, prefix: str, instance: int, instances: int) -> float:
     """Start notifier `instance` of `instances`, let it replay the topics, count chunk records."""
     settings = NotifierSettings(
@@ -401,3 +392,12 @@ async def measure_split(
             "the busier instance of two over the single one, same records",
         ),
     ]
+
+
+if __name__ == "__main__":
+    from tests.bench.figures import render
+
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    j = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    print(render(asyncio.run(measure(bootstrap, clients=n, jobs=j))))

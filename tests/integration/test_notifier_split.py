@@ -1,16 +1,22 @@
 """Two notifier instances splitting the chunk partitions: each reads its share, sends clients on.
 
-Both run in this process against the session broker, on ports chosen before start so that each
-one's public URLs can be given to the other (`NOTIFIER_PUBLIC_WS_URLS` / `_SSE_URLS`).
+They run in this process (as its own process where one is killed) against the session broker,
+on ports chosen before start so that each one's public URLs can be given to the other
+(`NOTIFIER_PUBLIC_WS_URLS` / `_SSE_URLS`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -41,6 +47,7 @@ from tests.support import wait_for
 pytestmark = pytest.mark.kafka
 
 PARTITIONS = 4  # of each topic (the settings' default job_partitions)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fleet_settings(
@@ -84,16 +91,10 @@ def job_of(instance: int) -> str:
             return job_id
 
 
-def chunk_records(service: NotifierService) -> float:
-    topic = chunks_topic(service.settings.topic_prefix)
-    value = service.registry.get_sample_value("streamjobs_notifier_records_total", {"topic": topic})
-    return value or 0.0
-
-
-def event_records(service: NotifierService) -> float:
-    topic = events_topic(service.settings.topic_prefix)
-    value = service.registry.get_sample_value("streamjobs_notifier_records_total", {"topic": topic})
-    return value or 0.0
+def records(service: NotifierService, topic_of: Callable[[str], str]) -> float:
+    """Records of one topic this instance read, from its own metrics."""
+    labels = {"topic": topic_of(service.settings.topic_prefix)}
+    return service.registry.get_sample_value("streamjobs_notifier_records_total", labels) or 0.0
 
 
 async def stream(pub: Publisher, job_id: str, texts: list[str], moved: asyncio.Event) -> None:
@@ -126,8 +127,8 @@ async def test_each_instance_reads_only_its_share_of_the_chunk_partitions(
         total = len(jobs) * len(texts)
         await wait_for(
             lambda: (
-                sum(chunk_records(s) for s in fleet) >= total
-                and all(event_records(s) >= 2 * len(jobs) for s in fleet)
+                sum(records(s, chunks_topic) for s in fleet) >= total
+                and all(records(s, events_topic) >= 2 * len(jobs) for s in fleet)
             ),
             message="the fleet did not read every chunk and every instance every event",
         )
@@ -135,7 +136,7 @@ async def test_each_instance_reads_only_its_share_of_the_chunk_partitions(
             len(texts) * sum(1 for j in jobs if notifier_for(j, PARTITIONS, 2) == i)
             for i in range(2)
         ]
-        counted = [chunk_records(s) for s in fleet]
+        counted = [records(s, chunks_topic) for s in fleet]
         owned = [s.registry.get_sample_value("streamjobs_notifier_owned_partitions") for s in fleet]
         foreign = [
             [j for j in s.hub.jobs if notifier_for(j, PARTITIONS, 2) != i]
@@ -270,7 +271,56 @@ async def test_sse_at_the_wrong_instance_answers_307_keeping_path_and_resume_que
     assert bob_status == 404, "an unauthorised request must not learn where the job is served"
 
 
-async def test_restarted_instance_serves_its_partitions_again_and_a_client_resumes_gap_free(
+def spawn(settings: NotifierSettings) -> subprocess.Popen[bytes]:
+    """The notifier as its own process, configured as `settings` say, so it can be killed."""
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "TOPIC_PREFIX": settings.topic_prefix,
+        "STREAMJOBS_AUTH_SECRET": settings.streamjobs_auth_secret.get_secret_value(),
+        "NOTIFIER_HOST": settings.notifier_host,
+        "NOTIFIER_PORT": str(settings.notifier_port),
+        "NOTIFIER_SSE_PORT": str(settings.notifier_sse_port),
+        "NOTIFIER_INSTANCE": str(settings.notifier_instance),
+        "NOTIFIER_INSTANCES": str(settings.notifier_instances),
+        "NOTIFIER_PUBLIC_WS_URLS": settings.notifier_public_ws_urls,
+        "NOTIFIER_PUBLIC_SSE_URLS": settings.notifier_public_sse_urls,
+        "LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen(  # a child we watch and kill, not awaited I/O
+        [sys.executable, "-m", "services.notifier"], cwd=ROOT, env=env
+    )
+
+
+async def ready(port: int) -> bool:
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/readyz") as resp,
+        ):
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+@asynccontextmanager
+async def notifier_process(settings: NotifierSettings) -> AsyncIterator[subprocess.Popen[bytes]]:
+    proc = spawn(settings)
+    try:
+        await wait_for(
+            lambda: proc.poll() is not None or ready(settings.notifier_port),
+            timeout=60,
+            message=f"notifier instance {settings.notifier_instance} ready",
+        )
+        assert proc.poll() is None, f"the notifier exited with {proc.returncode}"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await asyncio.to_thread(proc.wait, 10)
+
+
+async def test_killed_instance_restarted_serves_its_partitions_again_and_a_client_resumes_gap_free(
     kafka_bootstrap: str, topic_prefix: str, auth_secret: str
 ) -> None:
     settings = fleet_settings(kafka_bootstrap, topic_prefix, auth_secret)
@@ -278,32 +328,36 @@ async def test_restarted_instance_serves_its_partitions_again_and_a_client_resum
     tok = token(auth_secret, "alice")
     job_id = job_of(1)
     async with (
-        running_notifier(settings[0]) as first,
+        running_notifier(settings[0]) as other,
         publisher(kafka_bootstrap, topic_prefix) as pub,
     ):
         await pub.accepted(job_id, "alice")
         await pub.chunks(job_id, texts[:20])
         await pub.flush()
-        async with running_notifier(settings[1]) as owner:
-            ws = await open_ws(f"ws://127.0.0.1:{owner.port}/ws", tok)
+        async with notifier_process(settings[1]) as owner:
+            ws = await open_ws(f"ws://127.0.0.1:{settings[1].notifier_port}/ws", tok)
             await subscribe(ws, job_id)
             got = await read_until(ws, Received(), chunks=20)
-        # The owner is gone; the job streams on meanwhile, and nobody else reads its partition.
+            owner.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(owner.wait, 10)
+        # The owner is dead; the job streams on meanwhile, and nobody else reads its partition.
         await pub.chunks(job_id, texts, start=20)
         await pub.flush()
-        async with running_notifier(settings[1]) as restarted:
-            assert job_id in restarted.hub.jobs, "the restarted instance did not rebuild its job"
-            ws = await open_ws(f"ws://127.0.0.1:{first.port}/ws", tok)
-            _, rest = await follow_from(ws, tok, job_id, got.last_seq)
-            await ws.close()
+        async with notifier_process(settings[1]):
+            # The client lands on the other instance and is sent back to the restarted one.
+            landed = await open_ws(f"ws://127.0.0.1:{other.port}/ws", tok)
+            redirect, resumed = await follow_from(landed, tok, job_id, got.last_seq)
+            await landed.close()
             await pub.completed(job_id, texts)
             await pub.flush()
-            await read_until(rest.ws, rest.received)
-            await rest.ws.close()
-        assert job_id not in first.hub.jobs
-    got.chunks += rest.received.chunks
+            await read_until(resumed.ws, resumed.received)
+            await resumed.ws.close()
+        assert job_id not in other.hub.jobs
+    assert redirect["instance"] == 1
+    got.chunks += resumed.received.chunks
     assert got.seqs == list(range(len(texts))), "a gap or a duplicate across the restart"
     assert got.text == "".join(texts)
+    assert resumed.received.final is not None
 
 
 class Resumed:
