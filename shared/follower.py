@@ -1,6 +1,7 @@
 """Reads every partition of some topics with no consumer group, so each instance sees every record.
 
-`PartitionFollower` owns the group-less consumer: it assigns the partitions by hand, starts each
+`PartitionFollower` owns the group-less consumer: it assigns the partitions by hand (all of
+them, or the subset `choose` keeps of those Kafka's metadata lists), starts each
 topic at its beginning, its end or the first record of a lookback window, says when it has read
 up to the end offsets it saw at start, and hands each polled batch to one handler.
 """
@@ -52,6 +53,8 @@ class PartitionFollower:
     counted through `on_kafka_error` and retried after a growing pause; without it, it ends
     `run()`. `consumer_options` go to the `AIOKafkaConsumer` as they are (client id, fetch
     tuning, offset reset); `security` is the output of `shared.kafka.client_options`.
+    `choose`, given every partition of `topics` found at start, returns the ones to read
+    (a static share of a topic); the start positions and `caught_up` cover only those.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class PartitionFollower:
         max_records: int | None = None,
         backoff_s: tuple[float, float] | None = None,
         on_kafka_error: Callable[[], None] = lambda: None,
+        choose: Callable[[list[TopicPartition]], list[TopicPartition]] | None = None,
         name: str = "follower",
         security: KafkaOptions | None = None,
         **consumer_options: Any,
@@ -79,6 +83,7 @@ class PartitionFollower:
         self.max_records = max_records
         self.backoff_s = backoff_s
         self.on_kafka_error = on_kafka_error
+        self.choose = choose
         self.name = name
         self._options = {**(security or {}), **consumer_options}
         self._consumer: AIOKafkaConsumer | None = None
@@ -124,6 +129,9 @@ class PartitionFollower:
 
     async def _seek_to_starts(self, consumer: AIOKafkaConsumer, timeout_s: float) -> None:
         tps = await assign_every_partition(consumer, self.topics, timeout_s=timeout_s)
+        if self.choose is not None:
+            tps = sorted(self.choose(tps))
+            consumer.assign(tps)  # before any fetch: the others are never read
         self.partitions = tps
         found = {}
         if self.lookback_s is not None:

@@ -19,6 +19,7 @@ from services.notifier.hub import Hub
 from services.notifier.limits import ConnectionLimits
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.owners import OwnerIndex
+from services.notifier.placement import Placement
 from services.notifier.reader import Reader
 from services.notifier.settings import NotifierSettings
 from services.notifier.sse import SseEndpoint
@@ -45,6 +46,9 @@ class NotifierService:
         self.registry = registry
         self.metrics = NotifierMetrics(registry)
         self.instance = s.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.placement = Placement(
+            s.notifier_instance, s.notifier_instances, s.public_ws_urls, s.public_sse_urls
+        )
         self.hub = Hub(
             self.metrics,
             ttl_s=s.notifier_job_ttl_s,
@@ -54,6 +58,7 @@ class NotifierService:
             max_resyncs=s.notifier_max_resyncs,
             max_subscriptions=s.notifier_max_subscriptions,
             owners=OwnerIndex(s.notifier_max_owners),
+            placement=self.placement,
         )
         # One cap for both transports: a process holds so many sockets, whatever they speak.
         self.limits = ConnectionLimits(
@@ -64,7 +69,7 @@ class NotifierService:
         self.ws = WebSocketEndpoint(
             s, self.hub, self.metrics, registry, self._ready_now, self.limits, tokens
         )
-        self.sse = SseEndpoint(s, self.hub, self.metrics, self.limits, tokens)
+        self.sse = SseEndpoint(s, self.hub, self.metrics, self.limits, tokens, self.placement)
         self.verifier.on_revoke(self.ws.close_revoked)
         self.reader: Reader | None = None
         self.port = 0
@@ -97,6 +102,7 @@ class NotifierService:
             on_chunk=self.hub.on_chunk,
             on_history=self.hub.on_history,
             metrics=self.metrics,
+            placement=self.placement,
             client_id=f"notifier-{self.instance}",
             security=security,
         )
@@ -139,8 +145,11 @@ class NotifierService:
             await reader.caught_up.wait()
         self.hub.live = True
         log.info(
-            "notifier %s up: ws %d, sse %d, %d jobs rebuilt",
+            "notifier %s (%d of %d, chunk partitions %s) up: ws %d, sse %d, %d jobs rebuilt",
             self.instance,
+            s.notifier_instance,
+            s.notifier_instances,
+            [tp.partition for tp in reader.follower.partitions if tp.topic == reader.chunks_topic],
             self.port,
             self.sse_port,
             len(self.hub.jobs),

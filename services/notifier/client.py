@@ -30,6 +30,7 @@ class Client:
         "inflight_chars",
         "kill",
         "limit",
+        "on_redirect",
         "on_subscribe",
         "pending",
         "principal",
@@ -45,6 +46,7 @@ class Client:
         *,
         kill: Callable[[int, str], None] | None = None,
         on_subscribe: Callable[[str, bool], None] | None = None,
+        on_redirect: Callable[[str, int], None] | None = None,
     ) -> None:
         self.id = next(_ids)
         self.principal = principal
@@ -55,6 +57,9 @@ class Client:
         self.send_started: float | None = None  # monotonic time of a send in progress
         self.kill = kill or (lambda _code, _reason: None)
         self.on_subscribe = on_subscribe or (lambda _channel, _ok: None)
+        # (job id, owning instance) of an authorised subscription to another instance's job;
+        # None: the hub answers it with a redirect frame (WebSocket).
+        self.on_redirect = on_redirect
         self._frames: deque[Frame] = deque()
         self.queued_chars = 0  # text characters in the outbox (len of a str is O(1))
         self.inflight_chars = 0  # ...and in the batch the writer took and is sending

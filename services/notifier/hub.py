@@ -22,10 +22,11 @@ from services.notifier.authorisation import Authorisation
 from services.notifier.backpressure import Backpressure
 from services.notifier.client import Client
 from services.notifier.fanout import Fanout
-from services.notifier.frames import FINAL_EVENTS, Frame, control
+from services.notifier.frames import FINAL_EVENTS, Frame, control, event_frame
 from services.notifier.jobs import JobTable
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.owners import OwnerIndex
+from services.notifier.placement import Placement
 from services.notifier.state import JobState
 from shared.contracts import JobAccepted, LifecycleEvent, TokenChunk
 from shared.lifecycle import EVENT_STATUS
@@ -45,8 +46,11 @@ class Hub:
         max_resyncs: int = 3,
         max_subscriptions: int = 100,
         owners: OwnerIndex | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.metrics = metrics
+        # Which jobs' chunks are read here; the others' clients are sent to their instance.
+        self.placement = placement if placement is not None else Placement()
         self.owners = owners if owners is not None else OwnerIndex(max_jobs * 10)
         self.table = JobTable(
             self.owners,
@@ -116,6 +120,10 @@ class Hub:
             self._finish(state, released, now)
 
     def on_event(self, record: LifecycleEvent, now: float) -> None:
+        placement = self.placement
+        if placement.split and not placement.serves(record.job_id):
+            self._foreign_event(record)
+            return
         state = self.table.state(record.job_id, now)
         had_owner = state.owner is not None
         if isinstance(record, JobAccepted):
@@ -147,6 +155,34 @@ class Hub:
             for p in self.auth.granted(state):
                 self._attach(p.client, state, p.last_seq, p.attempt)
 
+    def _foreign_event(self, record: LifecycleEvent) -> None:
+        """An event of a job another instance serves: for its owner's user channel only.
+
+        No job state is kept (its chunks are not read here, so a final event is not held for
+        them); the owner index alone says who may see it and drops repeated facts.
+        """
+        job_id = record.job_id
+        owners = self.owners
+        if isinstance(record, JobAccepted):
+            known = owners.owner(job_id)
+            if owners.accepted(job_id, record.data.user_id) != record.data.user_id:
+                log.warning("job.accepted naming another owner ignored", extra={"job_id": job_id})
+                return
+            if known is not None:
+                return  # a repeated job.accepted
+            if job_id in self.auth.pending:
+                for p in self.auth.granted(JobState(job_id, owner=record.data.user_id)):
+                    self._redirect(p.client, job_id)
+        elif record.type in FINAL_EVENTS:
+            if owners.status(job_id) is not None:
+                return  # the job already ended
+            owners.ended(job_id, EVENT_STATUS[record.type])
+        owner = owners.owner(job_id)
+        users = self.fanout.users.get(owner) if owner is not None else None
+        if users:
+            # A user channel's frame carries no stream position: attempt and seq are moot here.
+            self._send(users, event_frame(record, 0, -1))
+
     def _finish(self, state: JobState, frame: Frame, now: float) -> None:
         self.table.ended(state.job_id, now)
         self.fanout.deliver(state, frame)
@@ -161,8 +197,18 @@ class Hub:
         self.auth.check_room(client, channel)
         self._detach(client, channel)
         self.auth.cancel(client, channel)
-        state = self.table.known(job_id, now)
         assert client.principal is not None
+        placement = self.placement
+        if placement.split and not placement.serves(job_id):
+            # Authorised first, from the owner index every instance holds: a client that may
+            # not see the job gets the same delayed refusal as anywhere else.
+            owner = self.owners.owner(job_id)
+            if owner is not None and client.principal.may_see(owner):
+                self._redirect(client, job_id)
+            else:
+                self.auth.wait(client, job_id, last_seq, attempt, now)
+            return
+        state = self.table.known(job_id, now)
         if state is not None and self.auth.may_see(client, state):
             self._attach(client, state, last_seq, attempt)
         else:
@@ -175,6 +221,14 @@ class Hub:
         self.fanout.add_user(client, user_id)
         self.reply(client, [control("subscribed", channel=channel)])
         client.on_subscribe(channel, True)
+
+    def _redirect(self, client: Client, job_id: str) -> None:
+        owner = self.placement.owner(job_id)
+        self.metrics.redirects.inc()
+        if client.on_redirect is not None:
+            client.on_redirect(job_id, owner)
+        else:
+            self.reply(client, [self.placement.redirect_frame(job_id, owner)])
 
     def _attach(self, client: Client, state: JobState, last_seq: int, attempt: int | None) -> None:
         frames = resume.answer(state, last_seq, attempt)

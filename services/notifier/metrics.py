@@ -81,6 +81,16 @@ class NotifierMetrics:
             ("topic",),
             registry=registry,
         )
+        self.owned_partitions = Gauge(
+            "streamjobs_notifier_owned_partitions",
+            "Partitions of the chunks topic this instance reads (its share of the notifiers)",
+            registry=registry,
+        )
+        self.redirects = Counter(
+            "streamjobs_notifier_redirects_total",
+            "Authorised job subscriptions sent to the instance that serves the job",
+            registry=registry,
+        )
         self.delivery_latency = Histogram(
             "streamjobs_notifier_delivery_latency_seconds",
             "From a chunk's emitted_at to its frame queued for the subscribers",

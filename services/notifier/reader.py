@@ -1,7 +1,9 @@
 """Reads the events and chunks topics, with no consumer group, into the hub.
 
-Every notifier instance reads every partition (each one serves its own
-clients). On start it replays the chunks of a lookback window and the whole
+Every notifier instance reads the whole events topic, and its own share of the
+chunks topic's partitions (`placement.py`: instance i of n reads the partitions
+p with p % n == i; one instance reads them all). On start it replays the chunks
+of its partitions within a lookback window and the whole
 events topic (events are few) up to the end offsets it saw then: events within
 the window rebuild the jobs, older ones only who owns each job and how it
 ended. So jobs already running are resumable, and older jobs' owners known,
@@ -19,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from services.notifier.metrics import NotifierMetrics
+from services.notifier.placement import Placement
 from shared.contracts import (
     LIFECYCLE_TYPES,
     LifecycleEvent,
@@ -43,6 +46,7 @@ class Reader:
         on_chunk: Callable[[TokenChunk, float], None],
         on_history: Callable[[LifecycleEvent], None] | None = None,
         metrics: NotifierMetrics,
+        placement: Placement | None = None,
         client_id: str = "notifier",
         security: KafkaOptions | None = None,
     ) -> None:
@@ -53,6 +57,7 @@ class Reader:
         self.on_chunk = on_chunk
         self.on_history = on_history
         self.metrics = metrics
+        self.placement = placement if placement is not None else Placement()
         events_start = StartAt.LOOKBACK if on_history is None else StartAt.BEGINNING
         self.follower = PartitionFollower(
             bootstrap,
@@ -62,6 +67,7 @@ class Reader:
             lookback_s=lookback_s,
             poll_ms=200,
             max_records=2000,
+            choose=self._owned,
             name=client_id,
             security=security,
             client_id=client_id,
@@ -72,6 +78,21 @@ class Reader:
         self._records_events = metrics.records.labels(events_topic)
         # Per events partition: records before this offset are older than the window.
         self._window: dict[TopicPartition, int] = {}
+
+    def _owned(self, found: list[TopicPartition]) -> list[TopicPartition]:
+        """Every events partition, and this instance's share of the chunks topic's."""
+        chunks_topic = self.chunks_topic
+        count = sum(1 for tp in found if tp.topic == chunks_topic)
+        owned = set(self.placement.owned(count))
+        self.metrics.owned_partitions.set(len(owned))
+        if not owned:
+            log.warning(
+                "notifier instance %d of %d owns none of the %d chunk partitions: it serves no job",
+                self.placement.instance,
+                self.placement.instances,
+                count,
+            )
+        return [tp for tp in found if tp.topic != chunks_topic or tp.partition in owned]
 
     @property
     def consumer(self) -> AIOKafkaConsumer:

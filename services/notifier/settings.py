@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 
 from shared.settings import CommonSettings
+
+
+def _url_list(raw: str) -> list[str]:
+    return [url.strip() for url in raw.split(",")] if raw.strip() else []
 
 
 class NotifierSettings(CommonSettings):
@@ -63,3 +69,37 @@ class NotifierSettings(CommonSettings):
         ge=1,
         description="jobs whose owner is remembered beyond the lookback window (~240 B each)",
     )
+    notifier_instance: int = Field(
+        default=0, ge=0, description="this instance's index (0-based) among NOTIFIER_INSTANCES"
+    )
+    notifier_instances: int = Field(
+        default=1,
+        ge=1,
+        description="notifier instances sharing the chunk partitions; every one must be restarted"
+        " with the same count when it changes",
+    )
+    notifier_public_ws_urls: str = Field(
+        default="",
+        description="comma-separated; entry i is instance i's public WebSocket URL (redirects)",
+    )
+    notifier_public_sse_urls: str = Field(
+        default="",
+        description="comma-separated; entry i is instance i's public SSE base URL (307s)",
+    )
+
+    @model_validator(mode="after")
+    def _instance_in_range(self) -> Self:
+        if self.notifier_instance >= self.notifier_instances:
+            raise ValueError(
+                f"NOTIFIER_INSTANCE={self.notifier_instance} is not below"
+                f" NOTIFIER_INSTANCES={self.notifier_instances}"
+            )
+        return self
+
+    @property
+    def public_ws_urls(self) -> list[str]:
+        return _url_list(self.notifier_public_ws_urls)
+
+    @property
+    def public_sse_urls(self) -> list[str]:
+        return _url_list(self.notifier_public_sse_urls)

@@ -3,7 +3,9 @@
 Same semantics as a `job:{id}` subscription: `Last-Event-ID: <attempt>:<seq>`
 resumes after that chunk, each chunk and event carries `id: <attempt>:<seq>`.
 The stream ends after the final event, and after a `resync` (the browser's
-EventSource then reconnects by itself with the last id it saw).
+EventSource then reconnects by itself with the last id it saw). A job served by
+another notifier instance is answered, once authorised, with a 307 to that
+instance's SSE base URL, same path and query.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from services.notifier.client import Client
 from services.notifier.hub import Hub
 from services.notifier.limits import ConnectionLimits, TooManyConnections
 from services.notifier.metrics import NotifierMetrics
+from services.notifier.placement import Placement
 from services.notifier.protocol import MAX_ID_LENGTH, clean_text
 from services.notifier.resume import parse_last_event_id
 from services.notifier.settings import NotifierSettings
@@ -37,8 +40,10 @@ class SseEndpoint:
         metrics: NotifierMetrics,
         limits: ConnectionLimits,
         tokens: TokenCheck,
+        placement: Placement | None = None,
     ) -> None:
         self.settings = settings
+        self.placement = placement if placement is not None else Placement()
         self.hub = hub
         self.metrics = metrics
         self.limits = limits
@@ -119,12 +124,17 @@ class SseEndpoint:
             return problem(404, "job-not-found", "Job not found", FORBIDDEN)
 
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[bool] = loop.create_future()
+        # (allowed, owning instance when it is another one)
+        answer: asyncio.Future[tuple[bool, int | None]] = loop.create_future()
         task = asyncio.current_task()
 
         def on_subscribe(_channel: str, ok: bool) -> None:
             if not answer.done():
-                answer.set_result(ok)
+                answer.set_result((ok, None))
+
+        def on_redirect(_job_id: str, owner: int) -> None:
+            if not answer.done():
+                answer.set_result((True, owner))
 
         def kill(code: int, reason: str) -> None:
             client.close(code, reason)
@@ -132,7 +142,11 @@ class SseEndpoint:
                 task.cancel()
 
         client = Client(
-            principal, self.settings.notifier_queue_frames, kill=kill, on_subscribe=on_subscribe
+            principal,
+            self.settings.notifier_queue_frames,
+            kill=kill,
+            on_subscribe=on_subscribe,
+            on_redirect=on_redirect,
         )
         self._gauge.inc()
         try:
@@ -140,8 +154,11 @@ class SseEndpoint:
                 self.hub.subscribe_job(client, job_id, last_seq, attempt, time.monotonic())
             except SubscribeError as exc:
                 return problem(429, exc.code, exc.message)
-            if not await answer:
+            ok, owner = await answer
+            if not ok:
                 return problem(404, "job-not-found", "Job not found", FORBIDDEN)
+            if owner is not None:
+                return self._redirect(request, owner)
             resp = web.StreamResponse(
                 headers={
                     "Content-Type": "text/event-stream",
@@ -155,6 +172,20 @@ class SseEndpoint:
         finally:
             self.hub.drop(client)
             self._gauge.dec()
+
+    def _redirect(self, request: web.Request, owner: int) -> web.StreamResponse:
+        base = self.placement.sse_url(owner)
+        if base is None:
+            return problem(
+                421,
+                "wrong-instance",
+                "Served by another notifier instance",
+                f"job served by notifier instance {owner}, whose public URL is not configured",
+                instance=owner,
+            )
+        # 307 keeps the method; the query (token, last_event_id) goes along unchanged, so the
+        # client resumes there exactly where it would have resumed here.
+        return web.Response(status=307, headers={"Location": base.rstrip("/") + request.path_qs})
 
     async def _stream(self, resp: web.StreamResponse, client: Client, job_id: str) -> None:
         interval = self.settings.notifier_ping_interval_s

@@ -37,6 +37,7 @@ async def run(
     figures += await pipeline.measure(stack, bootstrap, streams=args.streams, tokens=args.tokens)
     figures += await results.measure(bootstrap, database_url, jobs=2000, chunks_per_job=25)
     figures += await notifier.measure(bootstrap, clients=args.clients, jobs=args.clients // 100)
+    figures += await notifier.measure_split(bootstrap)
     # Last, with the streamer stopped: on 2 cores, streaming the thousands of jobs submitted
     # here would compete with the submission path itself; the jobs wait in Kafka instead.
     await asyncio.to_thread(stack.processes["streamer"].stop)

@@ -1,7 +1,9 @@
-"""Notifier figures over real Kafka: clients per process, memory per client, frames/s, latency.
+"""Notifier figures over real Kafka: clients per process, memory per client, frames/s, latency,
+and the chunk records each instance reads when two instances split the partitions.
 
 The notifier runs as its own process (`python -m services.notifier`) so its RSS
 is its own; this process publishes the records and holds the WebSocket clients.
+The split is counted on notifiers started in this process (a count, not a timing).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,9 +23,12 @@ from pathlib import Path
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import ClientConnection, connect
 
 from deploy.localstack.procs import free_port
+from services.notifier.app import create_service
+from services.notifier.settings import NotifierSettings
 from shared.auth import issue_token
 from shared.contracts import (
     JobAccepted,
@@ -323,6 +329,68 @@ async def measure(
             "a plain consumer in the bench process, same records, same time",
         ),
         Figure("notifier baseline: Kafka hop alone p99", percentile(kafka_ms, 99), "ms", "report"),
+    ]
+
+
+async def chunk_records_read(bootstrap: str, prefix: str, instance: int, instances: int) -> float:
+    """Start notifier `instance` of `instances`, let it replay the topics, count chunk records."""
+    settings = NotifierSettings(
+        kafka_bootstrap_servers=bootstrap,
+        topic_prefix=prefix,
+        streamjobs_auth_secret=SECRET,
+        notifier_port=0,
+        notifier_sse_port=0,
+        notifier_instance=instance,
+        notifier_instances=instances,
+        log_json=False,
+    )
+    registry = CollectorRegistry()
+    service = create_service(settings, registry=registry)
+    await service.start()  # returns once the lookback replay of its partitions is done
+    try:
+        labels = {"topic": chunks_topic(prefix)}
+        return registry.get_sample_value("streamjobs_notifier_records_total", labels) or 0.0
+    finally:
+        await service.stop()
+
+
+async def measure_split(
+    bootstrap: str, *, jobs: int = 200, chunks_per_job: int = 20
+) -> list[Figure]:
+    """Chunk records read by one notifier alone, and by each of two splitting the same load."""
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap, prefix, partitions=4)
+    producer = make_producer(bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        for _ in range(jobs):
+            job_id = str(uuid.uuid4())
+            for seq in range(chunks_per_job):
+                rec = chunk(job_id, seq)
+                await producer.send(chunks_topic(prefix), rec.to_bytes(), key=job_id.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    alone = await chunk_records_read(bootstrap, prefix, 0, 1)
+    pair = [await chunk_records_read(bootstrap, prefix, i, 2) for i in range(2)]
+    busiest = max(pair)
+    note = f"{jobs} jobs x {chunks_per_job} chunks over 4 partitions, replayed at start"
+    return [
+        Figure("chunk records consumed per notifier, 1 instance", alone, "records", "report", note),
+        Figure(
+            "chunk records consumed per notifier, 2 instances",
+            busiest,
+            "records",
+            "report",
+            f"the busier of the two; each read {pair[0]:g} / {pair[1]:g}",
+        ),
+        Figure(
+            "notifier chunk records per instance, 2 vs 1",
+            busiest / alone if alone else math.nan,
+            "ratio",
+            "~ 0.5",
+            "the busier instance of two over the single one, same records",
+        ),
     ]
 
 
