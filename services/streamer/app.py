@@ -137,7 +137,7 @@ class StreamerService:
         )
         for intake in self._intakes.values():
             await intake.consumer.start()
-            stack.push_async_callback(intake.consumer.stop)
+            stack.push_async_callback(intake.stop)
 
         app = web.Application()
         add_ops_routes(app, self.registry, self._ready)

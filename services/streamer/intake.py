@@ -133,6 +133,7 @@ class Intake:
         # No record is taken until the claims of the current assignment are read.
         self._claims_ready = asyncio.Event()
         self._generation = 0  # one more at every revocation: older fetches are stale
+        self._stopping = False
         self.name = name
         self.consumer = consumer
         self.topics = topics
@@ -151,7 +152,12 @@ class Intake:
         self.consumer.subscribe(self.topics, listener=_Revocations(self))
 
     def ready(self) -> bool:
-        return bool(self.consumer.assignment())
+        return bool(self.consumer.assignment()) and self._claims_ready.is_set()
+
+    async def stop(self) -> None:
+        """Leave the group; a claims read still retrying gives up."""
+        self._stopping = True
+        await self.consumer.stop()
 
     async def lag(self) -> dict[str, int]:
         """Records per topic not yet finished: from the oldest unfinished one to the high mark."""
@@ -186,8 +192,8 @@ class Intake:
             return
         first_delay, max_delay = self.backoff_s
         delay = first_delay
+        began = time.monotonic()
         while True:
-            began = time.monotonic()
             try:
                 committed = await self.admin.list_consumer_group_offsets(
                     self.group_id, partitions=sorted(assigned)
@@ -199,6 +205,8 @@ class Intake:
                 claims, events = await self.claims_source.load(positions)
                 break
             except (KafkaError, TimeoutError) as exc:
+                if self._stopping:
+                    return  # the consumer is closing: nothing will be taken anyway
                 # Running a job without its claims could repeat an attempt number: wait.
                 self.on_kafka_error()
                 log.warning("%s: could not read claims (%r); retry in %.1fs", self.name, exc, delay)

@@ -197,6 +197,19 @@ async def check_every_job_ran_once_at_a_time(
     return completed
 
 
+async def two_streamers_under_load(
+    fleet: Fleet, producer: AIOKafkaProducer, bootstrap: str, prefix: str
+) -> list[str]:
+    """Streamers w1 and w2 of one group, both running some of the load's jobs."""
+    await fleet.start("w1")
+    await fleet.start("w2")
+    job_ids = await submit_load(producer, prefix)
+    await events_when(
+        bootstrap, prefix, lambda es: bool(started_by(es, "w1") and started_by(es, "w2"))
+    )
+    return job_ids
+
+
 async def test_a_second_streamer_joining_under_load_takes_partitions_without_overlap(
     kafka_bootstrap: str, topic_prefix: str, producer: AIOKafkaProducer, fleet: Fleet
 ) -> None:
@@ -216,14 +229,7 @@ async def test_a_second_streamer_joining_under_load_takes_partitions_without_ove
 async def test_a_streamer_leaving_on_sigterm_under_load_hands_its_jobs_over_without_overlap(
     kafka_bootstrap: str, topic_prefix: str, producer: AIOKafkaProducer, fleet: Fleet
 ) -> None:
-    await fleet.start("w1")
-    await fleet.start("w2")
-    job_ids = await submit_load(producer, topic_prefix)
-    await events_when(
-        kafka_bootstrap,
-        topic_prefix,
-        lambda es: bool(started_by(es, "w1") and started_by(es, "w2")),
-    )
+    job_ids = await two_streamers_under_load(fleet, producer, kafka_bootstrap, topic_prefix)
     assert await fleet.signal("w2", signal.SIGTERM) == 0
     completed = await check_every_job_ran_once_at_a_time(kafka_bootstrap, topic_prefix, job_ids)
     events = await events_when(kafka_bootstrap, topic_prefix, all_final(job_ids))
@@ -236,14 +242,7 @@ async def test_a_streamer_leaving_on_sigterm_under_load_hands_its_jobs_over_with
 async def test_a_killed_streamer_jobs_rerun_as_new_attempts_after_its_eviction(
     kafka_bootstrap: str, topic_prefix: str, producer: AIOKafkaProducer, fleet: Fleet
 ) -> None:
-    await fleet.start("w1")
-    await fleet.start("w2")
-    job_ids = await submit_load(producer, topic_prefix)
-    await events_when(
-        kafka_bootstrap,
-        topic_prefix,
-        lambda es: bool(started_by(es, "w1") and started_by(es, "w2")),
-    )
+    job_ids = await two_streamers_under_load(fleet, producer, kafka_bootstrap, topic_prefix)
     assert await fleet.signal("w2", signal.SIGKILL) == -signal.SIGKILL
     killed_at = time.time()
     completed = await check_every_job_ran_once_at_a_time(kafka_bootstrap, topic_prefix, job_ids)
