@@ -26,18 +26,20 @@ from deploy.localstack.procs import free_port
 from shared.contracts import JobCompleted, JobStarted, TokenChunk
 from shared.topics import chunks_topic, events_topic
 from tests.integration.test_streamer_streaming import (
+    StartStreamer,
     fresh_sim,
     make_job,
     producer,
     read_topic,
     records_of,
     sim,
+    start_streamer,
     submit,
 )
 from tests.support import wait_for
 
 pytestmark = pytest.mark.kafka
-__all__ = ["fresh_sim", "producer", "sim"]  # fixtures shared with streaming
+__all__ = ["fresh_sim", "producer", "sim", "start_streamer"]  # fixtures shared with streaming
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = 16
@@ -153,9 +155,9 @@ async def check_every_job_ran_once_at_a_time(
     bootstrap: str, prefix: str, job_ids: list[str]
 ) -> dict[str, JobCompleted]:
     """Each job completed once, each attempt is one run, no attempt overlaps another."""
-    events = [
-        e for e in await events_when(bootstrap, prefix, all_final(job_ids)) if e.job_id in job_ids
-    ]
+    until_final = all_final(job_ids)
+    read = await events_when(bootstrap, prefix, until_final, timeout=75)
+    events = [e for e in read if e.job_id in job_ids]
     finals = [e for e in events if e.type in FINAL_TYPES]
     assert sorted(e.job_id for e in finals) == sorted(job_ids), "a job lost or ended twice"
     completed = {e.job_id: e for e in finals if isinstance(e, JobCompleted)}
@@ -201,8 +203,7 @@ async def two_streamers_under_load(
     fleet: Fleet, producer: AIOKafkaProducer, bootstrap: str, prefix: str
 ) -> list[str]:
     """Streamers w1 and w2 of one group, both running some of the load's jobs."""
-    await fleet.start("w1")
-    await fleet.start("w2")
+    await asyncio.gather(fleet.start("w1"), fleet.start("w2"))
     job_ids = await submit_load(producer, prefix)
     await events_when(
         bootstrap, prefix, lambda es: bool(started_by(es, "w1") and started_by(es, "w2"))
@@ -211,15 +212,19 @@ async def two_streamers_under_load(
 
 
 async def test_a_second_streamer_joining_under_load_takes_partitions_without_overlap(
-    kafka_bootstrap: str, topic_prefix: str, producer: AIOKafkaProducer, fleet: Fleet
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    producer: AIOKafkaProducer,
+    fleet: Fleet,
+    start_streamer: StartStreamer,
 ) -> None:
     await fleet.start("w1")
-    # Long enough to outlast the second streamer's start on a loaded machine.
-    job_ids = await submit_load(producer, topic_prefix, seconds=20)
+    job_ids = await submit_load(producer, topic_prefix, seconds=12)
     await events_when(
         kafka_bootstrap, topic_prefix, lambda es: len(started_by(es, "w1")) >= JOBS // 2
     )
-    await fleet.start("w2")
+    # In this process, so that it joins within seconds on a loaded machine.
+    await start_streamer(instance_id="w2", streamer_grace_s=0.5)
     completed = await check_every_job_ran_once_at_a_time(kafka_bootstrap, topic_prefix, job_ids)
     events = await events_when(kafka_bootstrap, topic_prefix, all_final(job_ids))
     assert started_by(events, "w2"), "the joining streamer took no partition"
