@@ -24,7 +24,7 @@ FAIL_STATUSES = frozenset({429, 500, 503})
 PROMPT_TOKENS_PER_MESSAGE = 4
 
 _DIRECTIVE = re.compile(r"\[\[sim\b([^\]]*)\]\]")
-_INT_KEYS = frozenset({"tokens", "fail", "cut_after", "hang_after", "fail_times"})
+_INT_KEYS = frozenset({"tokens", "fail", "cut_after", "hang_after", "fail_times", "vary"})
 _FLOAT_KEYS = frozenset({"tps", "ttft_ms", "retry_after"})
 
 _WORDS_TEXT = (
@@ -62,6 +62,7 @@ class Directives:
     cut_after: int | None = None
     hang_after: int | None = None
     fail_times: int | None = None
+    vary: int | None = None  # non-zero: every call answers other text, like a real model
 
     @property
     def has_fault(self) -> bool:
@@ -252,9 +253,11 @@ class Planner:
         self._vocabulary = vocabulary
         self._rng = random.Random(settings.seed)
         self._seen: dict[bytes, int] = {}
+        self._calls = 0  # the nonce of `vary`: one per planned request
 
     def reset(self) -> None:
         self._seen.clear()
+        self._calls = 0
         self._rng.seed(self._settings.seed)
 
     def _faults_apply(self, request: ChatRequest, directives: Directives) -> bool:
@@ -282,6 +285,9 @@ class Planner:
                 return Plan(error_status=500)
 
         seed = content_seed(request, s.seed)
+        if d.vary:
+            self._calls += 1
+            seed ^= self._calls * 0x9E3779B97F4A7C15  # a per-call nonce spreads over the seed
         texts = None
         if request.json_schema is not None:
             doc = jsongen.document(request.json_schema, random.Random(seed), WORDS)

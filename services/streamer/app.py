@@ -9,7 +9,7 @@ import socket
 
 import openai
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry
 
@@ -17,6 +17,7 @@ from services.streamer.breaker import CircuitBreaker
 from services.streamer.cancel_matching import CancelMatching
 from services.streamer.cancels import Owners, PendingCancels
 from services.streamer.channels import JOB_INTAKE, RETRY_INTAKE
+from services.streamer.claims_log import EventsClaims
 from services.streamer.control import ControlReader
 from services.streamer.delayed import DelayedRetries
 from services.streamer.dispatch import RETRY_BAND, Dispatcher
@@ -35,7 +36,7 @@ from services.streamer.upstream import make_client
 from shared.http import add_ops_routes, serve_http
 from shared.kafka import client_options, ensure_topics, make_producer
 from shared.runtime import BackgroundTasks, start_or_unwind
-from shared.topics import PRIORITY_ORDER, job_topic
+from shared.topics import PRIORITY_ORDER, events_topic, job_topic
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class StreamerService:
         )
         for intake in self._intakes.values():
             await intake.consumer.start()
-            stack.push_async_callback(intake.consumer.stop)
+            stack.push_async_callback(intake.stop)
 
         app = web.Application()
         add_ops_routes(app, self.registry, self._ready)
@@ -162,9 +163,26 @@ class StreamerService:
         # No new jobs: the fetch and dispatch loops go first.
         await self._background.cancel()
         await self.inflight.finish(self.settings.streamer_grace_s)
+        await self._flush()
         for intake in self._intakes.values():
             await intake.final_commit()
         await self._stack.aclose()
+
+    async def _flush(self) -> None:
+        """Deliver what cut-short attempts sent, before their partitions change hands."""
+        if self._producer is not None:
+            await self._producer.flush()
+
+    async def _revoke(self, revoked: set[TopicPartition]) -> None:
+        # The revocation callback returns only once these jobs stopped and their records
+        # are on the broker: the partitions' next owner starts after it.
+        await self.dispatcher.drop_revoked(revoked)
+        await self._flush()
+
+    def _on_claims(self, claims: int, events: int, seconds: float) -> None:
+        self.metrics.claims_loaded.inc(claims)
+        self.metrics.claims_events_read.inc(events)
+        self.metrics.claims_read_seconds.observe(seconds)
 
     def _wire_jobs(self, first_delay_s: float) -> None:
         """The use cases a fetched job passes through: cancel matching, dispatch, reruns."""
@@ -246,9 +264,16 @@ class StreamerService:
             dead_letter=self.rejects.reject_job,
             backlog=self.dispatcher.backlog,
             prefetch=prefetch,
-            on_revoke=self.dispatcher.drop_revoked,
+            on_revoke=self._revoke,
             admin=self._admin,
             group_id=group,
+            claims_source=EventsClaims(
+                options={**client_options(s), "bootstrap_servers": s.kafka_bootstrap_servers},
+                topic=events_topic(s.topic_prefix),
+                margin_s=s.streamer_claims_margin_s,
+                timeout_s=s.streamer_claims_timeout_s,
+            ),
+            on_claims=self._on_claims,
             max_delay_s=s.streamer_max_not_before_s,
             accept_skew_s=s.streamer_accept_skew_s,
             on_late=self.metrics.jobs_appended_late.inc,

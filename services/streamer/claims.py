@@ -1,35 +1,79 @@
-"""Attempts started but not final, carried in the commit metadata of their partition.
+"""Which attempt of which job has started and how it ended, learnt from the events topic.
 
-When a streamer dies mid-job, the next owner of the partition reads which jobs
-were already started and runs them as the next attempt, so a client never sees
-two different streams under one attempt number.
+When a streamer dies or gives a partition away mid-job, the next owner reads the
+job.started events (and the events that end an attempt) written since the oldest
+unfinished record of its partitions, so a rerun is always a new attempt number and a
+job already settled is not run again. No I/O here: `claims_log.py` reads the topic.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 
-# Kafka's default `offset.metadata.max.bytes` is 4096; stay below it.
-MAX_METADATA_BYTES = 4000
-
-
-def encode(started: dict[int, tuple[str, int]], position: int) -> str:
-    """Metadata for a commit at `position`: the started jobs at or after it, oldest first."""
-    entries = sorted((o, j, a) for o, (j, a) in started.items() if o >= position)
-    text = json.dumps({"started": entries}, separators=(",", ":"))
-    while len(text.encode()) > MAX_METADATA_BYTES and entries:
-        # Dropping the newest claims: those jobs would rerun under their old attempt number.
-        entries.pop()
-        text = json.dumps({"started": entries}, separators=(",", ":"))
-    return text
+from shared.contracts import (
+    AnyRecord,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobRetrying,
+    JobStarted,
+)
 
 
-def decode(metadata: str | None) -> dict[int, tuple[str, int]]:
-    """The claims in a commit's metadata; anything unreadable counts as none."""
-    if not metadata:
-        return {}
-    try:
-        entries = json.loads(metadata)["started"]
-        return {int(o): (str(j), int(a)) for o, j, a in entries}
-    except (ValueError, KeyError, TypeError):
-        return {}
+@dataclass(slots=True)
+class Claim:
+    started: int = 0  # the highest attempt started
+    retried: int = 0  # the highest attempt that ended in a retry (re-queued as the next one)
+    final: bool = False  # completed, failed for good or cancelled
+
+
+class Claims:
+    """The claims of one intake, keyed by job id; any number of jobs."""
+
+    def __init__(self) -> None:
+        self._by_job: dict[str, Claim] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_job)
+
+    def replace(self, other: Claims) -> None:
+        """Take what a fresh read of the events topic says, with our own starts since kept."""
+        for job_id, claim in self._by_job.items():
+            mine = other._by_job.setdefault(job_id, Claim())
+            mine.started = max(mine.started, claim.started)
+            mine.retried = max(mine.retried, claim.retried)
+            mine.final = mine.final or claim.final
+        self._by_job = other._by_job
+
+    def observe(self, record: AnyRecord) -> None:
+        """Learn from one event of the events topic; other types tell nothing here."""
+        if isinstance(record, JobStarted):
+            self.started(record.job_id, record.data.attempt)
+        elif isinstance(record, JobRetrying):
+            claim = self._by_job.setdefault(record.job_id, Claim())
+            claim.retried = max(claim.retried, record.data.attempt)
+        elif isinstance(record, JobCompleted | JobFailed | JobCancelled):
+            self._by_job.setdefault(record.job_id, Claim()).final = True
+
+    def started(self, job_id: str, attempt: int) -> None:
+        claim = self._by_job.setdefault(job_id, Claim())
+        claim.started = max(claim.started, attempt)
+
+    def forget(self, job_id: str) -> None:
+        """The job's record is final here: nothing more to remember."""
+        self._by_job.pop(job_id, None)
+
+    def attempt_to_run(self, job_id: str, attempt: int) -> int | None:
+        """The attempt a fetched record of `attempt` runs as, or None: it is settled already.
+
+        Settled: the job ended for good, or this record's attempt was re-queued as a later
+        one (the retry record carries the job on). Started but not ended: the next attempt.
+        """
+        claim = self._by_job.get(job_id)
+        if claim is None:
+            return attempt
+        if claim.final or claim.retried >= attempt:
+            return None
+        if claim.started >= attempt:
+            return claim.started + 1
+        return attempt

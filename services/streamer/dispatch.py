@@ -79,12 +79,22 @@ class Dispatcher:
         self.metrics.jobs_waiting.set(self.scheduler.waiting())
         self._wake.set()
 
-    def drop_revoked(self, revoked: set[TopicPartition]) -> None:
+    async def drop_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Forget the waiting jobs of revoked partitions and cut their running ones short.
+
+        Returns once their tasks are gone, so that no attempt of them overlaps the one the
+        partitions' next owner starts.
+        """
+
         def lost(r: Running) -> bool:
             return r.tp in revoked
 
         self.scheduler.drop(lost)
         self.delayed.drop(lost)
+        cut = await self.inflight.cut_short(lost)
+        if cut:
+            self.metrics.attempts_cut_by_rebalance.inc(cut)
+            log.info("%d running jobs of revoked partitions cut short", cut)
 
     async def loop(self) -> None:
         while True:
@@ -114,7 +124,7 @@ class Dispatcher:
             self.ledgers[running.source].started(
                 running.tp, running.offset, job.job_id, job.data.attempt
             )
-        self.inflight.track(self._run(running))
+        self.inflight.track(self._run(running), running)
 
     async def _run(self, running: Running) -> None:
         job = running.job
@@ -141,7 +151,7 @@ class Dispatcher:
             self.scheduler.release()
             self._wake.set()
         if lost:
-            self.inflight.track(self.reruns.when_kafka_answers(running, self.admit))
+            self.inflight.track(self.reruns.when_kafka_answers(running, self.admit), running)
             return
         if running.tp is not None:
             self.ledgers[running.source].done(running.tp, running.offset)

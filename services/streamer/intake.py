@@ -15,7 +15,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
-from services.streamer.claims import decode, encode
+from services.streamer.claims import Claims
+from services.streamer.claims_log import ClaimsSource
 from services.streamer.job import Running
 from services.streamer.offsets import OffsetTracker
 from services.streamer.rejects import Rejected
@@ -104,10 +105,12 @@ class Intake:
         dead_letter: DeadLetter,
         backlog: Callable[[int], int],
         prefetch: int,
-        on_revoke: Callable[[set[TopicPartition]], None],
+        on_revoke: Callable[[set[TopicPartition]], Awaitable[None]],
         admin: AIOKafkaAdminClient,
         group_id: str,
+        claims_source: ClaimsSource,
         *,
+        on_claims: Callable[[int, int, float], None] = lambda _claims, _events, _s: None,
         max_delay_s: float = 3600.0,
         accept_skew_s: float = 1.0,
         on_late: Callable[[], None] = lambda: None,
@@ -121,10 +124,16 @@ class Intake:
         self.backoff_s = backoff_s
         self.admin = admin
         self.group_id = group_id
-        # Per partition: offset -> (job id, attempt) of attempts started and not final,
-        # ours and those a previous owner left in the commit metadata.
-        self._started: dict[TopicPartition, dict[int, tuple[str, int]]] = {}
-        self._dirty: set[TopicPartition] = set()
+        self.claims_source = claims_source
+        self.on_claims = on_claims
+        # Attempts started (ours, and those read from the events topic on assignment).
+        self.claims = Claims()
+        # Per partition: offset -> job id of the records handed on and not final yet.
+        self._offered: dict[TopicPartition, dict[int, str]] = {}
+        # No record is taken until the claims of the current assignment are read.
+        self._claims_ready = asyncio.Event()
+        self._generation = 0  # one more at every revocation: older fetches are stale
+        self._stopping = False
         self.name = name
         self.consumer = consumer
         self.topics = topics
@@ -143,7 +152,12 @@ class Intake:
         self.consumer.subscribe(self.topics, listener=_Revocations(self))
 
     def ready(self) -> bool:
-        return bool(self.consumer.assignment())
+        return bool(self.consumer.assignment()) and self._claims_ready.is_set()
+
+    async def stop(self) -> None:
+        """Leave the group; a claims read still retrying gives up."""
+        self._stopping = True
+        await self.consumer.stop()
 
     async def lag(self) -> dict[str, int]:
         """Records per topic not yet finished: from the oldest unfinished one to the high mark."""
@@ -162,44 +176,55 @@ class Intake:
 
     def done(self, tp: TopicPartition, offset: int) -> None:
         self.offsets.done(tp, offset)
-        started = self._started.get(tp)
-        if started is not None:
-            started.pop(offset, None)
+        job_id = self._offered.get(tp, {}).pop(offset, None)
+        if job_id is not None:
+            self.claims.forget(job_id)
         self._commit_wanted.set()
 
     def started(self, tp: TopicPartition, offset: int, job_id: str, attempt: int) -> None:
-        """Claim an attempt in the commit metadata, so a successor runs the next one."""
-        self._started.setdefault(tp, {})[offset] = (job_id, attempt)
-        self._dirty.add(tp)
-        self._commit_wanted.set()
-
-    def previous_attempt(self, tp: TopicPartition, offset: int, job_id: str) -> int:
-        """The attempt a previous owner started for this record, or 0."""
-        claim = self._started.get(tp, {}).get(offset)
-        return claim[1] if claim is not None and claim[0] == job_id else 0
+        """Remember our own start; its job.started event is what a successor reads."""
+        self.claims.started(job_id, attempt)
 
     async def assigned(self, assigned: set[TopicPartition]) -> None:
+        """Read every claim on the assigned partitions before any of their jobs is taken."""
         if not assigned:
+            self._claims_ready.set()
             return
-        try:
-            committed = await self.admin.list_consumer_group_offsets(
-                self.group_id, partitions=sorted(assigned)
-            )
-        except KafkaError as exc:
-            log.warning("%s: could not read commit metadata: %r", self.name, exc)
-            return
-        for tp, meta in committed.items():
-            claims = decode(meta.metadata)
-            if claims:
-                self._started.setdefault(tp, {}).update(claims)
+        first_delay, max_delay = self.backoff_s
+        delay = first_delay
+        began = time.monotonic()
+        while True:
+            try:
+                committed = await self.admin.list_consumer_group_offsets(
+                    self.group_id, partitions=sorted(assigned)
+                )
+                # No commit yet (-1): the group starts at the earliest record.
+                positions = {
+                    tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in assigned
+                }
+                claims, events = await self.claims_source.load(positions)
+                break
+            except (KafkaError, TimeoutError) as exc:
+                if self._stopping:
+                    return  # the consumer is closing: nothing will be taken anyway
+                # Running a job without its claims could repeat an attempt number: wait.
+                self.on_kafka_error()
+                log.warning("%s: could not read claims (%r); retry in %.1fs", self.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+        self.claims.replace(claims)
+        self.on_claims(len(claims), events, time.monotonic() - began)
+        self._claims_ready.set()
 
     async def revoked(self, revoked: set[TopicPartition]) -> None:
+        """Stop what runs from the revoked partitions and commit, before the new owner starts."""
+        self._generation += 1
+        self._claims_ready.clear()
+        await self.on_revoke(revoked)
         await self._commit()
         for tp in revoked:
             self.offsets.forget(tp)
-            self._started.pop(tp, None)
-            self._dirty.discard(tp)
-        self.on_revoke(revoked)
+            self._offered.pop(tp, None)
 
     def _pause_full_bands(self) -> None:
         assigned = self.consumer.assignment()
@@ -221,6 +246,7 @@ class Intake:
         while True:
             try:
                 self._pause_full_bands()
+                generation = self._generation
                 batch = await consumer.getmany(timeout_ms=100, max_records=500)
             except KafkaError as exc:
                 # The loop outlives a broker hiccup; what was not fetched is fetched later.
@@ -230,8 +256,11 @@ class Intake:
                 delay = min(delay * 2, max_delay)
                 continue
             delay = first_delay
+            await self._claims_ready.wait()
             for tp, records in batch.items():
                 for record in records:
+                    if self._generation != generation:
+                        break  # revoked meanwhile: the next owner (maybe us) fetches it again
                     self.offsets.track(tp, record.offset)
                     await self._take(tp, record)
 
@@ -271,15 +300,19 @@ class Intake:
             )
             self.done(tp, offset)
             return
-        previous = self.previous_attempt(tp, offset, parsed.job_id)
-        if previous >= parsed.data.attempt:
-            # A previous owner died mid-attempt: this run is the next attempt.
+        attempt = self.claims.attempt_to_run(parsed.job_id, parsed.data.attempt)
+        if attempt is None:
+            # It ended already, or went on as a retry: a previous owner did not commit it.
+            log.info("job %s was settled elsewhere; not run again", parsed.job_id)
+            self.done(tp, offset)
+            return
+        if attempt != parsed.data.attempt:
+            # A previous owner stopped mid-attempt: this run is the next attempt.
             parsed = parsed.model_copy(
-                update={"data": parsed.data.model_copy(update={"attempt": previous + 1})}
+                update={"data": parsed.data.model_copy(update={"attempt": attempt})}
             )
-            log.info(
-                "job %s was started elsewhere; running attempt %d", parsed.job_id, previous + 1
-            )
+            log.info("job %s was started elsewhere; running attempt %d", parsed.job_id, attempt)
+        self._offered.setdefault(tp, {})[offset] = parsed.job_id
         running = Running(job=parsed, source=self.name, tp=tp, offset=offset)
         not_before = parsed.data.not_before
         if not_before is not None:
@@ -299,13 +332,7 @@ class Intake:
 
     async def _commit(self) -> None:
         advanced = self.offsets.committable()
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for tp in set(advanced) | self._dirty:
-            position = advanced.get(tp, self.offsets.position(tp))
-            if position is not None:
-                metadata = encode(self._started.get(tp, {}), position)
-                offsets[tp] = OffsetAndMetadata(position, metadata)
-        self._dirty.clear()
+        offsets = {tp: OffsetAndMetadata(position, "") for tp, position in advanced.items()}
         if not offsets:
             return
         try:

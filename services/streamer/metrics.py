@@ -126,6 +126,27 @@ class StreamerMetrics:
             "Attempts abandoned because Kafka failed under them; each job runs again",
             registry=registry,
         )
+        self.attempts_cut_by_rebalance = Counter(
+            "streamjobs_streamer_attempts_cut_by_rebalance_total",
+            "Attempts cut short because their partition was revoked; the next owner reruns them",
+            registry=registry,
+        )
+        self.claims_loaded = Counter(
+            "streamjobs_streamer_claims_loaded_total",
+            "Jobs whose started attempts were read from the events topic on an assignment",
+            registry=registry,
+        )
+        self.claims_events_read = Counter(
+            "streamjobs_streamer_claims_events_read_total",
+            "Events read from the events topic to learn the claims on assigned partitions",
+            registry=registry,
+        )
+        self.claims_read_seconds = Histogram(
+            "streamjobs_streamer_claims_read_seconds",
+            "Time from an assignment to its claims read, before any of its jobs is taken",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.jobs_deferred = Counter(
             "streamjobs_streamer_jobs_deferred_total",
             "Jobs re-queued untried because the upstream's circuit breaker was open",

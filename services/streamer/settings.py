@@ -62,6 +62,15 @@ class StreamerSettings(CommonSettings):
     streamer_grace_s: float = Field(
         default=20.0, ge=0, description="on stop, how long running jobs may finish"
     )
+    streamer_claims_margin_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="on assignment, claims are read from the events of this long before the"
+        " oldest uncommitted job record (margin for streamer clocks against the broker's)",
+    )
+    streamer_claims_timeout_s: float = Field(
+        default=30.0, gt=0, description="one try at reading the claims on an assignment"
+    )
     streamer_max_attempts: int = Field(default=4, ge=1)
     streamer_retry_base_s: float = Field(default=0.5, ge=0, description="first backoff bound")
     streamer_retry_max_s: float = Field(default=30.0, ge=0)

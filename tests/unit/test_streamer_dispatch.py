@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from services.streamer.dispatch import RETRY_BAND
@@ -71,7 +72,7 @@ async def test_an_attempt_lost_to_kafka_runs_again_as_the_next_once_kafka_answer
         await wait_for(lambda: s.ledger.released == [5], message="the rerun released it")
 
 
-async def test_revoked_partitions_drop_their_waiting_jobs() -> None:
+async def test_revoked_partitions_drop_waiting_jobs_and_cut_running_ones_before_returning() -> None:
     async with streamer(slots=1) as s:
         s.dispatcher.admit(make_running("first", offset=0), Priority.NORMAL.rank)
         await wait_for(lambda: s.upstream.attempts, message="the first job started")
@@ -79,9 +80,24 @@ async def test_revoked_partitions_drop_their_waiting_jobs() -> None:
         held = make_running("held", offset=2)
         held.due = time.monotonic() + 60
         s.dispatcher.admit(held, Priority.NORMAL.rank)
-        s.dispatcher.drop_revoked({TP})
+        await s.dispatcher.drop_revoked({TP})
         assert s.dispatcher.backlog(Priority.NORMAL.rank) == 0
         assert s.dispatcher.backlog(RETRY_BAND) == 0
-        s.upstream.finish("first")
-        await wait_for(lambda: s.ledger.released == [0], message="the first job ended")
-        assert s.upstream.started_ids() == ["first"]
+        assert "first" not in s.inflight.running, "the running job stopped before the return"
+        assert s.ledger.released == [], "a cut attempt is not final: its offset stays"
+        assert s.metric("streamjobs_streamer_attempts_cut_by_rebalance_total") == 1
+        other = make_running("other", offset=0)
+        other.tp = TopicPartition("jobs", 1)
+        s.dispatcher.admit(other, Priority.NORMAL.rank)
+        await wait_for(lambda: len(s.upstream.attempts) == 2, message="its slot was freed")
+        assert s.upstream.started_ids() == ["first", "other"]
+
+
+async def test_a_job_launched_just_before_a_revocation_still_frees_its_slot() -> None:
+    async with streamer(slots=1) as s:
+        s.dispatcher.admit(make_running("first", offset=0), Priority.NORMAL.rank)
+        await s.dispatcher.drop_revoked({TP})
+        other = make_running("other", offset=0)
+        other.tp = TopicPartition("jobs", 1)
+        s.dispatcher.admit(other, Priority.NORMAL.rank)
+        await wait_for(lambda: "other" in s.upstream.started_ids(), message="the slot was freed")

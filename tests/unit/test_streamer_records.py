@@ -1,4 +1,4 @@
-"""Hot-path records, commit-metadata claims, retry delays and upstream error mapping."""
+"""Hot-path records, retry delays and upstream error mapping."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 import httpx2 as httpx
 import openai
 
-from services.streamer import claims
 from services.streamer.job import RetryPolicy
 from services.streamer.upstream import (
     UpstreamRateLimited,
@@ -35,25 +34,6 @@ def test_a_chunk_built_without_validation_serialises_to_a_valid_record() -> None
     assert isinstance(parsed, TokenChunk)
     assert (parsed.data.attempt, parsed.data.seq, parsed.data.text) == (2, 3, "hé llo")
     assert parsed.type == "job.chunk" and parsed.event_id is not None
-
-
-def test_claims_round_trip_and_keep_only_offsets_from_the_commit_position() -> None:
-    started = {5: ("a", 1), 7: ("b", 2), 9: ("c", 1)}
-    assert claims.decode(claims.encode(started, 7)) == {7: ("b", 2), 9: ("c", 1)}
-
-
-def test_claims_stay_under_the_broker_metadata_limit() -> None:
-    started = {i: (f"{i:036d}", 1) for i in range(500)}
-    text = claims.encode(started, 0)
-    assert len(text.encode()) <= claims.MAX_METADATA_BYTES
-    assert 0 in claims.decode(text)
-
-
-def test_unreadable_claims_count_as_none() -> None:
-    assert claims.decode(None) == {}
-    assert claims.decode("") == {}
-    assert claims.decode("not json") == {}
-    assert claims.decode('{"other": 1}') == {}
 
 
 def test_retry_delay_grows_is_bounded_and_honours_retry_after() -> None:
