@@ -168,6 +168,13 @@ class Stack:
             "GATEWAY_PUBLIC_WS_URL": urls["notifier_ws"],
             "STREAMER_PORT": str(p.streamer),
             "PYTHONUNBUFFERED": "1",
+            # One broker holds one replica, whatever a shell that sourced the fleet's settings
+            # exports; an existing cluster keeps the environment's values.
+            **(
+                {"KAFKA_REPLICATION_FACTOR": "1", "KAFKA_MIN_INSYNC_REPLICAS": "1"}
+                if self.kafka_bootstrap is None
+                else {}
+            ),
             **self.extra_env,
         }
 
