@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from deploy.localstack.envfile import write_env, write_fleet_env
@@ -163,14 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         return fleet_up(fleet)
     if args.command == "up":
         started = time.monotonic()
-        try:
-            stack.start()  # stops what it started when it fails
-        except StartupError as exc:
-            print(f"streamjobs: start-up failed: {exc.summary}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("streamjobs: start-up interrupted; stopped what had started", file=sys.stderr)
-            return 130
+        failed = start_up(stack.start, "start-up failed")
+        if failed is not None:
+            return failed
         env = write_env(stack)
         print(f"streamjobs: stack ready in {time.monotonic() - started:.1f}s (settings in {env})")
         return status(stack)
@@ -203,6 +199,20 @@ def stack_started(stack: Stack) -> bool:
     )
 
 
+def start_up(start: Callable[[], None], failure: str) -> int | None:
+    """Run `start` (which stops what it started when it fails); the exit status of a failure,
+    told in one line, or None."""
+    try:
+        start()
+    except StartupError as exc:
+        print(f"streamjobs: {failure}: {exc.summary}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("streamjobs: start-up interrupted; stopped what had started", file=sys.stderr)
+        return 130
+    return None
+
+
 def fleet_up(fleet: Fleet) -> int:
     started = time.monotonic()
     print(
@@ -212,14 +222,9 @@ def fleet_up(fleet: Fleet) -> int:
         "service",
         flush=True,
     )
-    try:
-        fleet.start()  # stops what it started when it fails
-    except StartupError as exc:
-        print(f"streamjobs: fleet start-up failed: {exc.summary}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("streamjobs: start-up interrupted; stopped what had started", file=sys.stderr)
-        return 130
+    failed = start_up(fleet.start, "fleet start-up failed")
+    if failed is not None:
+        return failed
     env = write_fleet_env(fleet)
     print(
         f"streamjobs: fleet ready in {time.monotonic() - started:.1f}s "

@@ -26,8 +26,7 @@ from deploy.localstack.postgres import PostgresNode
 from deploy.localstack.procs import (
     ManagedProcess,
     StartupError,
-    port_free,
-    port_holder,
+    require_free,
     wait_for_http,
 )
 from shared.kafka import ensure_topics
@@ -156,6 +155,16 @@ class Fleet:
             return f"{self.simulator_url}/healthz"
         return f"{self.url(role, i)}/readyz"
 
+    def all_ports(self) -> list[int]:
+        """Every port the fleet binds."""
+        p = self.ports
+        ports = [p.postgres, p.simulator]
+        ports += [p.broker(b) for b in range(self.brokers)]
+        ports += [p.controller(b) for b in range(self.brokers)]
+        ports += [p.service(role, i) for role, i in self.members()]
+        ports += [p.service("notifier_sse", i) for i in range(self.instances)]
+        return ports
+
     def members(self) -> Iterator[tuple[str, int]]:
         """Every service instance, in start order."""
         for role in ROLES:
@@ -267,6 +276,9 @@ class Fleet:
 
     def process(self, role: str, i: int) -> ManagedProcess | None:
         """The running (or last started) process of `role` instance `i`; `kafka` is a broker."""
+        known = self.processes.get((role, i))
+        if known is not None:
+            return known
         if role == "kafka":
             node_dir = self.state_dir / f"kafka-{i}"
             return ManagedProcess.from_pid_file(
@@ -274,9 +286,6 @@ class Fleet:
             )
         if role == "postgres":
             return None
-        known = self.processes.get((role, i))
-        if known is not None:
-            return known
         return ManagedProcess.from_pid_file(role, self._pid_path(role, i), self._log_path(role, i))
 
     def _launch(self, role: str, i: int) -> ManagedProcess:
@@ -314,12 +323,18 @@ class Fleet:
     def start_process(self, role: str, i: int, *, timeout_s: float = 90.0) -> None:
         """Start one instance of `role` (or one broker, `kafka`) and wait until it is ready."""
         if role == "kafka":
-            node = self.kafka_node(i)
-            node.launch()
+            node = self._launch_broker(i)
             node.wait_ready(timeout_s)
             return
         self._launch(role, i)
         self._wait(role, i, timeout_s)
+
+    def _launch_broker(self, b: int) -> KafkaNode:
+        node = self.kafka_node(b)
+        node.launch()
+        if node.process is not None:  # held here: the node object itself is thrown away
+            self.processes["kafka", b] = node.process
+        return node
 
     def kill(self, role: str, i: int) -> None:
         """kill -9 one process, as a crash would (a broker's JVM, or a service instance)."""
@@ -334,9 +349,8 @@ class Fleet:
             self.check_ports()
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._write_manifest()
-            nodes = [self.kafka_node(b) for b in range(self.brokers)]
-            for node in nodes:  # every voter first: none opens its listener before a quorum
-                node.launch()
+            # Every voter first: none opens its listener before a quorum has formed.
+            nodes = [self._launch_broker(b) for b in range(self.brokers)]
             self.postgres_node().start()
             self._launch("simulator", 0)
             for node in nodes:
@@ -390,13 +404,7 @@ class Fleet:
                 wanted.append((f"{role}-{i}", self.ports.service(role, i)))
                 if role == "notifier":
                     wanted.append((f"the SSE of {role}-{i}", self.ports.service("notifier_sse", i)))
-        for what, port in wanted:
-            if not port_free(port):
-                holder = port_holder(port)
-                raise StartupError(
-                    f"port {port} (for {what}) is in use"
-                    + (f" by {holder}" if holder else " by another process")
-                )
+        require_free(wanted)
 
     def stop(self) -> None:
         """Stop every process of the fleet, services first, whoever started them."""
@@ -413,6 +421,7 @@ class Fleet:
             broker = self.process("kafka", b)
             if broker is not None:
                 broker.stop(grace_s=20)
+            self.processes.pop(("kafka", b), None)
         if (self.state_dir / "postgres").exists():
             self.postgres_node().stop()
 

@@ -36,8 +36,7 @@ from deploy.localstack.postgres import PostgresNode
 from deploy.localstack.procs import (
     ManagedProcess,
     StartupError,
-    port_free,
-    port_holder,
+    require_free,
     wait_for_http,
 )
 from shared.kafka import ensure_topics
@@ -314,13 +313,7 @@ class Stack:
                 wanted.append((name, getattr(p, name)))
         if not self._running("notifier"):
             wanted.append(("the notifier's SSE", p.notifier_sse))
-        for what, port in wanted:
-            if not port_free(port):
-                holder = port_holder(port)
-                raise StartupError(
-                    f"port {port} (for {what}) is in use"
-                    + (f" by {holder}" if holder else " by another process")
-                )
+        require_free(wanted)
 
     def stop(self) -> None:
         """Stop every process this stack or an earlier `up` started, services first.
