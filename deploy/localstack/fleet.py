@@ -38,8 +38,10 @@ ROOT = Path(__file__).resolve().parents[2]
 BROKER_HEAP = "256m"  # three JVMs share two cores and the services' memory
 BROKER_INITIAL_HEAP = "128m"
 # Loopback needs no patience: a killed node is fenced, and a dead controller replaced, in
-# seconds instead of the defaults' tens of seconds.
-FAST_FAILOVER = {
+# seconds instead of the defaults' tens of seconds. The log cleaner's buffer (128 MiB by
+# default, taken from the heap at start) must fit the small heap, or the node dies of it.
+BROKER_CONFIG = {
+    "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
     "broker.session.timeout.ms": "4000",
     "broker.heartbeat.interval.ms": "500",
     "controller.quorum.election.timeout.ms": "1000",
@@ -198,7 +200,7 @@ class Fleet:
             self.ports.controller(b),
             heap=BROKER_HEAP,
             initial_heap=BROKER_INITIAL_HEAP,
-            extra_config=FAST_FAILOVER,
+            extra_config=BROKER_CONFIG,
             node_id=b + 1,
             voters=voters,
             cluster_id=self.cluster_id(),
