@@ -69,11 +69,11 @@ async def run_chaos(
             )
             say(f"round {n + 1}/{options.rounds}: Kafka node {leader} leads chunk partition "
                 f"{partition}; {len(load.jobs)} jobs so far")  # fmt: skip
-            await crash(fleet, "kafka", leader - 1, options)
+            await crash(fleet, "kafka", leader - 1, options, say)
             await wait_until_whole(fleet.bootstrap_servers, options.whole_timeout_s)
             figures.kills += 1
             for role in ROLES:
-                await crash(fleet, role, n % fleet.instances, options)
+                await crash(fleet, role, n % fleet.instances, options, say)
                 figures.kills += 1
             fleet.refresh_manifest()
     finally:
@@ -89,11 +89,15 @@ async def run_chaos(
     return figures
 
 
-async def crash(fleet: Fleet, role: str, i: int, options: ChaosOptions) -> None:
+async def crash(
+    fleet: Fleet, role: str, i: int, options: ChaosOptions, say: Callable[[str], None]
+) -> None:
     """kill -9, a pause under load, restart, ready."""
     await asyncio.to_thread(fleet.kill, role, i)
     await asyncio.sleep(options.pause_s)
+    started = time.monotonic()
     await asyncio.to_thread(fleet.start_process, role, i)
+    say(f"  kill -9 {role}-{i}: ready again {time.monotonic() - started:.1f} s after its restart")
 
 
 async def drain(fleet: Fleet, load: Load, timeout_s: float, figures: Figures) -> None:

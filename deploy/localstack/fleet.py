@@ -300,14 +300,19 @@ class Fleet:
             if role == "simulator"
             else ["-m", f"services.{role}"]
         )
-        env = self.instance_env(role, i) if role != "simulator" else self.common_env()
+        # The simulator reads its SIM_* settings from `extra_env` too.
+        env = (
+            {**self.common_env(), **self.extra_env}
+            if role == "simulator"
+            else self.instance_env(role, i)
+        )
         self._pid_path(role, i).parent.mkdir(parents=True, exist_ok=True)
         proc = ManagedProcess.spawn(
             f"{role}-{i}",
             [sys.executable, *args],
             log_path=self._log_path(role, i),
             pid_path=self._pid_path(role, i),
-            env=env if role != "simulator" else {**env, **self.extra_env},
+            env=env,
             cwd=ROOT,
         )
         self.processes[role, i] = proc
