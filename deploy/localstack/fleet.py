@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from deploy.localstack.procs import (
     require_free,
     wait_for_http,
 )
+from deploy.localstack.stack import auth_secret
 from shared.kafka import ensure_topics
 from shared.revocation import ensure_revocations_topic
 from shared.settings import TopicReplicationSettings
@@ -174,12 +174,7 @@ class Fleet:
                 yield role, i
 
     def auth_secret(self) -> str:
-        path = self.state_dir / "auth-secret"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
-        return path.read_text().strip()
+        return auth_secret(self.state_dir)
 
     def cluster_id(self) -> str:
         """One id for every node: nodes formatted with different ids never form a quorum."""

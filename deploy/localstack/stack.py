@@ -46,6 +46,16 @@ SERVICES = ("results", "streamer", "notifier", "gateway")
 KafkaSecurity = Literal["plaintext", "sasl"]
 
 
+def auth_secret(state_dir: Path) -> str:
+    """The token signing secret of the stack (or fleet) in `state_dir`, made once (mode 0600)."""
+    path = state_dir / "auth-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 @dataclass
 class Ports:
     kafka: int = 19092
@@ -83,12 +93,7 @@ class Stack:
         return self.state_dir / "run"
 
     def auth_secret(self) -> str:
-        path = self.state_dir / "auth-secret"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
-        return path.read_text().strip()
+        return auth_secret(self.state_dir)
 
     def kafka_users(self) -> dict[str, str]:
         """SCRAM passwords of the admin, each service and the doctor, made once (mode 0600)."""
