@@ -19,6 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from deploy.localstack.envfile import exported_names
+from deploy.localstack.fleet import Fleet
 from deploy.localstack.postgres import PostgresNode
 from deploy.localstack.procs import (
     KILL_WAIT_S,
@@ -167,6 +168,20 @@ def test_the_suite_in_a_shell_that_sourced_stack_env_sees_none_of_its_settings(
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_a_shell_that_sourced_the_fleets_settings_does_not_lead_make_run_onto_the_fleet(
+    server_dir: Path,
+) -> None:
+    state, ports = server_dir / "state", free_ports()
+    fleet = Fleet(state / "fleet", state / "cache")
+    env = {**cli_env(state, ports), **fleet.own_urls()}  # what the fleet's stack.env exports
+    done = localstack("env", env)
+    assert done.returncode == 0, done.stderr
+    written = (state / "stack.env").read_text()
+    assert f"KAFKA_BOOTSTRAP_SERVERS='127.0.0.1:{ports.kafka}'" in written
+    assert f"@127.0.0.1:{ports.postgres}/postgres'" in written
+    assert "KAFKA_REPLICATION_FACTOR='1'" in written
 
 
 @pytest.mark.timeout(180)
