@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 STACK_ENV ?= .state/stack.env
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock system-deps run demo stop status logs doctor test test-unit lint format bench schemas token clean
+.PHONY: help install lock system-deps run fleet chaos demo stop status logs doctor test test-unit lint format bench schemas token clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,20 +61,40 @@ run: install ## start Kafka, PostgreSQL, the LLM simulator and the four services
 	@echo "Grafana dashboard: deploy/grafana/  Prometheus config and alerts: deploy/prometheus/"
 	@echo "Operations guide:  docs/operations.md"
 
+# The fleet: BROKERS Kafka nodes (replication 3, min.insync.replicas 2) and INSTANCES of each
+# service, under .state/fleet on ports of its own (gateways 28080, 28180, ...).
+BROKERS   ?= 3
+INSTANCES ?= 2
+fleet: install ## start the fleet: BROKERS=3 Kafka nodes, INSTANCES=2 of each service; stream a demo job
+	STREAMJOBS_FLEET_BROKERS=$(BROKERS) STREAMJOBS_FLEET_INSTANCES=$(INSTANCES) $(PY) -m deploy.localstack fleet
+	@. $(abspath $(STACK_ENV)) && $(PY) -m deploy.demo
+	@echo ""
+	@echo "The fleet keeps running. Try:"
+	@echo "  source $(STACK_ENV)      # STREAMJOBS_URL (gateway 0), STREAMJOBS_GATEWAY_URLS, ..."
+	@echo "  make chaos               # kill -9 brokers and instances under load, count what was lost"
+	@echo "  make status / make logs  # each process of the fleet / where it logs"
+	@echo "  make stop                # stop everything"
+	@echo "Every process, its pid, ports and log: .state/fleet/fleet.json"
+
+# Against the running fleet (`make fleet` first): ROUNDS rounds of kill -9 and restart.
+chaos: install ## kill -9 the busiest partition's leader and one instance of each service per round, under load; ROUNDS=20
+	$(PY) -m deploy.chaos $(if $(ROUNDS),--rounds $(ROUNDS)) $(ARGS)
+
 demo: install ## stream one more demo job through the running stack
 	@. $(abspath $(STACK_ENV)) && $(PY) -m deploy.demo
 
-stop: ## stop everything `make run` started
+stop: ## stop everything `make run` or `make fleet` started
 	@test -x $(PY) && $(PY) -m deploy.localstack down || true
 
-status: install ## show whether each process is ready
+status: install ## show whether each process (of the stack or the fleet) is ready
 	@$(PY) -m deploy.localstack status
 
 doctor: install ## check prerequisites and the running stack end to end with a live test job
 	@$(PY) -m deploy.doctor --monitor $(ARGS)
 
-logs: ## where each process logs
-	@ls -1 .state/stack/logs/*.log .state/stack/kafka/server.log .state/stack/postgres/postgres.log 2>/dev/null
+logs: ## where each process logs (the stack's and the fleet's)
+	@ls -1 .state/stack/logs/*.log .state/stack/kafka/server.log .state/stack/postgres/postgres.log \
+	  .state/fleet/logs/*.log .state/fleet/kafka-*/server.log .state/fleet/postgres/postgres.log 2>/dev/null || true
 
 lint: install ## ruff (format + rules) and mypy strict
 	$(VENV)/bin/ruff format --check .
@@ -124,5 +144,5 @@ revoke: install ## revoke a token by its id, honoured by every service within se
 	@test -n "$(JTI)" || { echo "usage: make revoke JTI=<token id printed by make token>" >&2; exit 2; }
 	@. ./$(STACK_ENV) && $(PY) -m shared.token_cli revoke $(JTI)
 
-clean: stop ## stop the stack and delete its data (keeps the Kafka jar cache)
-	rm -rf .state/stack .state/stack.env .state/test
+clean: stop ## stop the stack and the fleet and delete their data (keeps the Kafka jar cache)
+	rm -rf .state/stack .state/fleet .state/stack.env .state/test

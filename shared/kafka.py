@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_c
 from aiokafka.helpers import create_ssl_context
 
 from shared.contracts import Envelope
-from shared.settings import KafkaSecuritySettings
+from shared.settings import KafkaSecuritySettings, TopicReplicationSettings
 from shared.topics import (
     HEADER_SCHEMA_VERSION,
     HEADER_TRACEPARENT,
@@ -126,12 +126,18 @@ async def ensure_topics(
     *,
     timeout_s: float = 30.0,
     security: KafkaOptions | None = None,
+    replication: TopicReplicationSettings | None = None,
 ) -> None:
     """Create every streamjobs topic that is missing (same partition count each).
 
     Under ACLs a service sees the topics it may describe; where they all exist already (an
     operator created them) nothing is created, so services need no Create permission.
+    Replicas and `min.insync.replicas` come from `replication`, by default from the
+    environment (`KAFKA_REPLICATION_FACTOR`, `KAFKA_MIN_INSYNC_REPLICAS`): every service
+    calls this at start-up, so whichever creates a topic first gives it the cluster's values.
     """
+    replicas = replication or TopicReplicationSettings()
+    durability = {"min.insync.replicas": str(replicas.kafka_min_insync_replicas)}
 
     async def create_missing(admin: AIOKafkaAdminClient, _deadline: float) -> None:
         existing = set(await admin.list_topics())
@@ -145,8 +151,11 @@ async def ensure_topics(
                         NewTopic(
                             t,
                             num_partitions=partitions,
-                            replication_factor=1,
-                            topic_configs=JOB_TOPIC_CONFIGS if t in job_records else None,
+                            replication_factor=replicas.kafka_replication_factor,
+                            topic_configs={
+                                **durability,
+                                **(JOB_TOPIC_CONFIGS if t in job_records else {}),
+                            },
                         )
                         for t in missing
                     ]

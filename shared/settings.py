@@ -50,6 +50,30 @@ class KafkaSecuritySettings(BaseSettings):
 # --- end of the Kafka client security block ---
 
 
+class TopicReplicationSettings(BaseSettings):
+    """`KAFKA_REPLICATION_FACTOR` and `KAFKA_MIN_INSYNC_REPLICAS`: how `shared.kafka.ensure_topics`
+    creates missing topics. One broker (`make run`) takes 1/1; a cluster of three or more
+    takes 3/2, so a record acknowledged with `acks=all` survives the loss of any one broker."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    kafka_replication_factor: int = Field(
+        default=1, ge=1, description="replicas of each topic ensure_topics creates"
+    )
+    kafka_min_insync_replicas: int = Field(
+        default=1, ge=1, description="min.insync.replicas of each topic ensure_topics creates"
+    )
+
+    @model_validator(mode="after")
+    def _isr_within_replicas(self) -> TopicReplicationSettings:
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError(
+                f"KAFKA_MIN_INSYNC_REPLICAS={self.kafka_min_insync_replicas} exceeds "
+                f"KAFKA_REPLICATION_FACTOR={self.kafka_replication_factor}: no write could succeed"
+            )
+        return self
+
+
 class CommonSettings(KafkaSecuritySettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 

@@ -2,6 +2,8 @@
 
 `TEST_KAFKA_BOOTSTRAP_SERVERS` / `TEST_DATABASE_URL` point the suite at servers
 that already run instead; by default it starts its own under `.state/test/`.
+A shell that sourced `.state/stack.env` exports the running stack's settings; the session
+drops every one of them first, so no test sees the stack's URLs, ports or secret.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from deploy.localstack.envfile import exported_names
 from deploy.localstack.kafka import KafkaNode
 from deploy.localstack.postgres import PostgresNode
 from deploy.localstack.procs import free_port
@@ -23,6 +26,12 @@ from shared.kafka import ensure_topics
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".state"
 AUTH_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test module is imported: forget what a sourced stack.env exported."""
+    for name in exported_names():
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")

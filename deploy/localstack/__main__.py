@@ -1,4 +1,5 @@
-"""`python -m deploy.localstack up|down|status|env`: the local stack behind `make run`.
+"""`python -m deploy.localstack up|fleet|down|status|env`: the local stack behind `make run`
+(`up`) and the local fleet behind `make fleet` (`fleet`); `down` and `status` cover both.
 
 Environment: `STREAMJOBS_STATE_DIR` (default `.state`); `STREAMJOBS_KAFKA_SECURITY`
 (`plaintext` or `sasl`; default: what the stack's Kafka data was made with, else
@@ -6,6 +7,9 @@ plaintext); `STREAMJOBS_STACK_PORTS` (`gateway=18080,kafka=29092,...`: other por
 defaults); `KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, `OPENAI_BASE_URL` (use an existing
 server instead of starting one; a value equal to the stack's own, as `.state/stack.env`
 exports it, still means the stack's own).
+The fleet: `STREAMJOBS_FLEET_BROKERS` (default 3), `STREAMJOBS_FLEET_INSTANCES` (default 2,
+of each service), `STREAMJOBS_FLEET_PORT_OFFSET` (default 0, added to every fleet port);
+its state lives in `<state>/fleet`.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ import os
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-from deploy.localstack.procs import StartupError
+from deploy.localstack.envfile import write_env, write_fleet_env
+from deploy.localstack.fleet import Fleet, FleetPorts
+from deploy.localstack.procs import StartupError, pid_alive
 from deploy.localstack.stack import KafkaSecurity, Ports, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +55,7 @@ def kafka_security(state_dir: Path) -> KafkaSecurity:
 
 
 def build_stack() -> Stack:
-    state = Path(os.environ.get("STREAMJOBS_STATE_DIR", ROOT / ".state"))
+    state = state_root()
     stack = Stack(
         state_dir=state / "stack",
         cache_dir=state / "cache",
@@ -58,10 +65,14 @@ def build_stack() -> Stack:
     # Ownership comes from the stack, not the environment: a shell that sourced
     # `.state/stack.env` exports the stack's own URLs, and those still mean "ours".
     own = stack.own_urls()
+    # Nor is the fleet's Kafka or database someone else's: a shell that sourced the fleet's
+    # stack.env must not lead `make run` onto the fleet's brokers.
+    fleet_dir = state / "fleet"
+    fleet = (Fleet.load(fleet_dir, state / "cache") or Fleet(fleet_dir, state / "cache")).own_urls()
 
     def external(name: str) -> str | None:
         value = os.environ.get(name) or None
-        return None if value == own[name] else value
+        return None if value in (own[name], fleet[name]) else value
 
     stack.kafka_bootstrap = external("KAFKA_BOOTSTRAP_SERVERS")
     stack.database_url = external("DATABASE_URL")
@@ -69,27 +80,55 @@ def build_stack() -> Stack:
     return stack
 
 
-def write_env(stack: Stack) -> Path:
-    """`.state/stack.env`: what a shell needs to talk to the running stack."""
-    from shared.auth import SCOPE_ADMIN, issue_token
+def env_int(name: str, default: int, minimum: int) -> int:
+    text = os.environ.get(name, "").strip() or str(default)
+    if not text.isdigit() or int(text) < minimum:
+        raise UsageError(f"{name}={text!r}: a whole number, at least {minimum}")
+    return int(text)
 
-    secret = stack.auth_secret()
-    urls = stack.urls()
-    lines = {
-        "STREAMJOBS_URL": urls["gateway"],
-        "STREAMJOBS_WS_URL": urls["notifier_ws"],
-        "STREAMJOBS_TOKEN": issue_token(secret, "demo"),
-        "STREAMJOBS_ADMIN_TOKEN": issue_token(
-            secret, "ops", ["jobs:read", "jobs:write", SCOPE_ADMIN]
-        ),
-        **{k: v for k, v in stack.service_env().items() if k != "PYTHONUNBUFFERED"},
-        # A shell (and `make doctor`) may look at the topics, nothing more.
-        **stack.kafka_credentials("doctor"),
-    }
-    path = stack.state_dir.parent / "stack.env"
-    path.write_text("".join(f"export {k}='{v}'\n" for k, v in lines.items()))
-    path.chmod(0o600)
-    return path
+
+def state_root() -> Path:
+    return Path(os.environ.get("STREAMJOBS_STATE_DIR", ROOT / ".state"))
+
+
+def build_fleet() -> Fleet:
+    """The fleet as its fleet.json left it, else as the environment asks for a new one."""
+    state = state_root()
+    known = Fleet.load(state / "fleet", state / "cache")
+    if known is not None:
+        return known
+    return Fleet(
+        state_dir=state / "fleet",
+        cache_dir=state / "cache",
+        brokers=env_int("STREAMJOBS_FLEET_BROKERS", 3, 1),
+        instances=env_int("STREAMJOBS_FLEET_INSTANCES", 2, 1),
+        ports=FleetPorts(offset=env_int("STREAMJOBS_FLEET_PORT_OFFSET", 0, 0)),
+    )
+
+
+def fleet_running(fleet: Fleet) -> bool:
+    return any(e["pid"] and pid_alive(e["pid"]) for e in fleet.entries())
+
+
+def fleet_status(fleet: Fleet) -> int:
+    """One line per process of the fleet: ready (its /readyz answers 200) or down."""
+    worst = 0
+    for entry in fleet.entries():
+        name = f"{entry['role']}-{entry['instance']}"
+        alive = bool(entry["pid"]) and pid_alive(entry["pid"])
+        where = entry.get("ready") or next(iter(entry["urls"].values()))
+        if not alive:
+            state, worst = "down", 1
+        elif "ready" in entry:
+            try:
+                with urllib.request.urlopen(entry["ready"], timeout=2) as resp:
+                    state = "ready" if resp.status == 200 else f"HTTP {resp.status}"
+            except OSError as exc:
+                state, worst = f"down ({exc})", 1
+        else:
+            state = "running"
+        print(f"  {name:<12} {state:<8} pid {entry['pid'] or '-':<8} {where}")
+    return worst
 
 
 def status(stack: Stack) -> int:
@@ -113,34 +152,85 @@ def status(stack: Stack) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("command", choices=["up", "fleet", "down", "status", "env"])
     args = parser.parse_args(argv)
     try:
         stack = build_stack()
+        fleet = build_fleet()
     except UsageError as exc:
         print(f"streamjobs: {exc}", file=sys.stderr)
         return 2
+    if args.command == "fleet":
+        return fleet_up(fleet)
     if args.command == "up":
         started = time.monotonic()
-        try:
-            stack.start()  # stops what it started when it fails
-        except StartupError as exc:
-            print(f"streamjobs: start-up failed: {exc.summary}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("streamjobs: start-up interrupted; stopped what had started", file=sys.stderr)
-            return 130
+        failed = start_up(stack.start, "start-up failed")
+        if failed is not None:
+            return failed
         env = write_env(stack)
         print(f"streamjobs: stack ready in {time.monotonic() - started:.1f}s (settings in {env})")
         return status(stack)
     if args.command == "down":
         stack.stop()
         print("streamjobs: stack stopped")
+        if fleet.manifest_path.exists():
+            fleet.stop()
+            print("streamjobs: fleet stopped")
         return 0
     if args.command == "env":
-        print(write_env(stack))
+        print(write_fleet_env(fleet) if fleet_running(fleet) else write_env(stack))
         return 0
+    if fleet.manifest_path.exists() and fleet_running(fleet):
+        print(f"fleet ({fleet.brokers} Kafka nodes, {fleet.instances} of each service):")
+        worst = fleet_status(fleet)
+        if not stack_started(stack):
+            return worst
+        print("stack (make run):")
+        return max(worst, status(stack))
     return status(stack)
+
+
+def stack_started(stack: Stack) -> bool:
+    """Whether `make run`'s stack has a process running (its pid files say so)."""
+    return any(
+        pid_alive(int(path.read_text().strip() or 0))
+        for path in stack.run_dir.glob("*.pid")
+        if path.read_text().strip().isdigit()
+    )
+
+
+def start_up(start: Callable[[], None], failure: str) -> int | None:
+    """Run `start` (which stops what it started when it fails); the exit status of a failure,
+    told in one line, or None."""
+    try:
+        start()
+    except StartupError as exc:
+        print(f"streamjobs: {failure}: {exc.summary}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("streamjobs: start-up interrupted; stopped what had started", file=sys.stderr)
+        return 130
+    return None
+
+
+def fleet_up(fleet: Fleet) -> int:
+    started = time.monotonic()
+    print(
+        f"streamjobs: starting the fleet: {fleet.brokers} Kafka nodes "
+        f"(replication {fleet.replication_factor}, min.insync.replicas "
+        f"{fleet.min_insync_replicas}), PostgreSQL, the simulator, {fleet.instances} of each "
+        "service",
+        flush=True,
+    )
+    failed = start_up(fleet.start, "fleet start-up failed")
+    if failed is not None:
+        return failed
+    env = write_fleet_env(fleet)
+    print(
+        f"streamjobs: fleet ready in {time.monotonic() - started:.1f}s "
+        f"(settings in {env}, every process in {fleet.manifest_path})"
+    )
+    return fleet_status(fleet)
 
 
 if __name__ == "__main__":

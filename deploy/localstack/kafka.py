@@ -1,4 +1,5 @@
-"""A single-node Apache Kafka broker (KRaft) from its Maven Central jars, run with Java 17."""
+"""An Apache Kafka node (KRaft, broker and controller in one) from its Maven Central jars, run
+with Java 17: alone (`make run`, the suite) or as one voter of a cluster (`make fleet`)."""
 
 from __future__ import annotations
 
@@ -101,6 +102,16 @@ class KafkaNode:
     extra_config: dict[str, str] = field(default_factory=dict)
     scram_users: dict[str, str] | None = None
     process: ManagedProcess | None = None
+    # In a cluster: this node's id, every voter as `id@host:port,...` (one static quorum) and
+    # the cluster id all nodes were formatted with. Alone: node 1, its own single-voter quorum.
+    node_id: int = 1
+    voters: str = ""
+    cluster_id: str = ""
+    # Replicas of the internal topics (offsets, transaction state) and the broker's default
+    # min.insync.replicas; a cluster of three gives 3 and 2.
+    replication: int = 1
+    min_insync: int = 1
+    initial_heap: str = ""  # -Xms; empty: the same as `heap`
 
     @property
     def security(self) -> str:
@@ -129,10 +140,15 @@ class KafkaNode:
 
     def _config(self) -> str:
         data = self.state_dir / "data"
+        quorum = (
+            {"controller.quorum.voters": self.voters}
+            if self.voters
+            else {"controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}"}
+        )
         config = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            **quorum,
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -140,11 +156,13 @@ class KafkaNode:
             "log.dirs": str(data),
             "num.partitions": "4",
             "auto.create.topics.enable": "false",
-            "offsets.topic.replication.factor": "1",
+            "offsets.topic.replication.factor": str(self.replication),
             "offsets.topic.num.partitions": "8",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": str(self.replication),
+            "transaction.state.log.min.isr": str(self.min_insync),
+            "share.coordinator.state.topic.replication.factor": str(self.replication),
+            "share.coordinator.state.topic.min.isr": str(self.min_insync),
+            "min.insync.replicas": str(self.min_insync),
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.hours": "168",
             **(self._sasl_config() if self.scram_users else {}),
@@ -186,12 +204,26 @@ class KafkaNode:
         return args
 
     def start(self, timeout_s: float = 60.0) -> None:
+        self.launch()
+        self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until the client listener accepts connections (a cluster's nodes open it only once
+        the quorum has formed, so launch every voter before waiting on any)."""
+        process = self.process
+        if process is None:
+            raise StartupError(f"Kafka in {self.state_dir} was not launched")
+        wait_for_port(
+            "127.0.0.1", self.port, timeout_s, alive=process.alive, log=self.state_dir / "kafka.out"
+        )
+
+    def launch(self) -> None:
+        """Format the storage once and start the JVM, without waiting for it."""
         running = ManagedProcess.from_pid_file(
             "kafka", self.state_dir / "kafka.pid", self.state_dir / "kafka.out"
         )
         if running is not None and running.alive():  # left by an earlier `up`
             self.process = running
-            wait_for_port("127.0.0.1", self.port, timeout_s, alive=running.alive)
             return
         java = java_bin()
         libs = ensure_jars(self.cache_dir)
@@ -214,7 +246,8 @@ class KafkaNode:
             done = subprocess.run(
                 [
                     java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                    "--standalone", "-t", _cluster_id(self.state_dir), "-c", str(props),
+                    *([] if self.voters else ["--standalone"]),
+                    "-t", self.cluster_id or _cluster_id(self.state_dir), "-c", str(props),
                     *self._format_args(),
                 ],
                 check=False,
@@ -231,7 +264,7 @@ class KafkaNode:
         self.process = ManagedProcess.spawn(
             "kafka",
             [
-                java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
+                java, f"-Xmx{self.heap}", f"-Xms{self.initial_heap or self.heap}", "-XX:+UseG1GC",
                 "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={log4j}",
                 "-cp", classpath, "kafka.Kafka", str(props),
@@ -239,13 +272,6 @@ class KafkaNode:
             log_path=self.state_dir / "kafka.out",
             pid_path=self.state_dir / "kafka.pid",
         )  # fmt: skip
-        wait_for_port(
-            "127.0.0.1",
-            self.port,
-            timeout_s,
-            alive=self.process.alive,
-            log=self.state_dir / "kafka.out",
-        )
 
     def stop(self) -> None:
         if self.process is not None:

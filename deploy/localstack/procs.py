@@ -133,6 +133,17 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def require_free(wanted: Sequence[tuple[str, int]]) -> None:
+    """Raise `StartupError` naming the first of `(what, port)` whose port is taken, and by whom."""
+    for what, port in wanted:
+        if not port_free(port):
+            holder = port_holder(port)
+            raise StartupError(
+                f"port {port} (for {what}) is in use"
+                + (f" by {holder}" if holder else " by another process")
+            )
+
+
 def port_holder(port: int) -> str | None:
     """`pid N (command)` of the process listening on TCP `port`, when /proc tells."""
     inodes: set[str] = set()

@@ -36,8 +36,7 @@ from deploy.localstack.postgres import PostgresNode
 from deploy.localstack.procs import (
     ManagedProcess,
     StartupError,
-    port_free,
-    port_holder,
+    require_free,
     wait_for_http,
 )
 from shared.kafka import ensure_topics
@@ -45,6 +44,16 @@ from shared.revocation import ensure_revocations_topic
 
 SERVICES = ("results", "streamer", "notifier", "gateway")
 KafkaSecurity = Literal["plaintext", "sasl"]
+
+
+def auth_secret(state_dir: Path) -> str:
+    """The token signing secret of the stack (or fleet) in `state_dir`, made once (mode 0600)."""
+    path = state_dir / "auth-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 @dataclass
@@ -84,12 +93,7 @@ class Stack:
         return self.state_dir / "run"
 
     def auth_secret(self) -> str:
-        path = self.state_dir / "auth-secret"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
-        return path.read_text().strip()
+        return auth_secret(self.state_dir)
 
     def kafka_users(self) -> dict[str, str]:
         """SCRAM passwords of the admin, each service and the doctor, made once (mode 0600)."""
@@ -168,6 +172,13 @@ class Stack:
             "GATEWAY_PUBLIC_WS_URL": urls["notifier_ws"],
             "STREAMER_PORT": str(p.streamer),
             "PYTHONUNBUFFERED": "1",
+            # One broker holds one replica, whatever a shell that sourced the fleet's settings
+            # exports; an existing cluster keeps the environment's values.
+            **(
+                {"KAFKA_REPLICATION_FACTOR": "1", "KAFKA_MIN_INSYNC_REPLICAS": "1"}
+                if self.kafka_bootstrap is None
+                else {}
+            ),
             **self.extra_env,
         }
 
@@ -307,13 +318,7 @@ class Stack:
                 wanted.append((name, getattr(p, name)))
         if not self._running("notifier"):
             wanted.append(("the notifier's SSE", p.notifier_sse))
-        for what, port in wanted:
-            if not port_free(port):
-                holder = port_holder(port)
-                raise StartupError(
-                    f"port {port} (for {what}) is in use"
-                    + (f" by {holder}" if holder else " by another process")
-                )
+        require_free(wanted)
 
     def stop(self) -> None:
         """Stop every process this stack or an earlier `up` started, services first.

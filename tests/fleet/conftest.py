@@ -1,0 +1,126 @@
+"""The `fleet` session fixture: the local fleet as `make fleet` starts it (3 Kafka nodes with
+replication 3 and min.insync.replicas 2, one PostgreSQL, the simulator, 2 of each service),
+on ports of its own under the suite's state dir, stopped at the end of the session.
+
+What a test gets (`RunningFleet`):
+- `url(role, i)`: base URL of instance i of `gateway`, `results`, `streamer` or `notifier`;
+  `ws_url(i)` / `sse_url(i)`: notifier i's WebSocket URL and SSE base URL; `gateways`.
+- `bootstrap`: every broker, comma-separated; `database_url`; `topic_prefix`.
+- `token(user, admin=False)`: an API token the fleet accepts.
+- `kill(role, i)`: kill -9 one process (`kafka` i is broker i, node id i + 1);
+  `restart(role, i)`: start it again and wait until it is ready.
+- `manifest_path`: fleet.json (every process: role, instance, pid, ports, URLs, log);
+  `fleet`: the `deploy.localstack.fleet.Fleet` itself.
+A test that kills something restarts it before it ends, so the next test finds a whole fleet.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deploy.localstack.envfile import write_fleet_env
+from deploy.localstack.fleet import Fleet, FleetPorts
+from deploy.localstack.procs import port_free
+from shared.auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, issue_token
+from tests.conftest import STATE
+
+# Tests kill instances: consumer groups notice within seconds rather than the default 10 s.
+FAST_GROUPS = {
+    "STREAMER_SESSION_TIMEOUT_MS": "6000",
+    "STREAMER_HEARTBEAT_INTERVAL_MS": "1000",
+    "RESULTS_SESSION_TIMEOUT_MS": "6000",
+    "RESULTS_HEARTBEAT_INTERVAL_MS": "1000",
+    "SIM_TTFT_MS": "20",
+}
+# The last tests of the session: they stop the fleet.
+STOPS_THE_FLEET = "stops_the_fleet"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{STOPS_THE_FLEET}: stops the session's fleet, so it runs after every other"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker(STOPS_THE_FLEET) is not None)
+
+
+@dataclass
+class RunningFleet:
+    fleet: Fleet
+    stack_env: Path  # the stack.env `make fleet` writes, for this fleet
+
+    @property
+    def bootstrap(self) -> str:
+        return self.fleet.bootstrap_servers
+
+    @property
+    def database_url(self) -> str:
+        return self.fleet.database_url
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.fleet.topic_prefix
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.fleet.manifest_path
+
+    @property
+    def gateways(self) -> list[str]:
+        return [self.url("gateway", i) for i in range(self.fleet.instances)]
+
+    def url(self, role: str, i: int) -> str:
+        return self.fleet.url(role, i)
+
+    def ws_url(self, i: int) -> str:
+        return self.fleet.ws_url(i)
+
+    def sse_url(self, i: int) -> str:
+        return self.fleet.sse_url(i)
+
+    def token(self, user: str, *, admin: bool = False) -> str:
+        scopes = [SCOPE_READ, SCOPE_WRITE, *([SCOPE_ADMIN] if admin else [])]
+        return issue_token(self.fleet.auth_secret(), user, scopes)
+
+    def kill(self, role: str, i: int) -> None:
+        self.fleet.kill(role, i)
+
+    def restart(self, role: str, i: int) -> None:
+        self.fleet.start_process(role, i)
+        self.fleet.refresh_manifest()
+
+
+def free_offset(state_dir: Path) -> FleetPorts:
+    """An offset at which every port of the fleet is free (the defaults may be in use by a
+    fleet someone runs by hand)."""
+    for _ in range(50):
+        ports = FleetPorts(offset=random.randrange(1000, 35000))
+        probe = Fleet(state_dir, STATE / "cache", ports=ports)
+        if all(port_free(port) for port in probe.all_ports()):
+            return ports
+    raise RuntimeError("no free set of ports for the fleet")
+
+
+@pytest.fixture(scope="session")
+def fleet(test_state_dir: Path) -> Iterator[RunningFleet]:
+    state = test_state_dir / "fleet"  # short: PostgreSQL's socket lives under it
+    running = Fleet(
+        state_dir=state,
+        cache_dir=STATE / "cache",
+        brokers=3,
+        instances=2,
+        ports=free_offset(state),
+        extra_env=FAST_GROUPS,
+    )
+    try:
+        running.start()
+        yield RunningFleet(running, write_fleet_env(running))
+    finally:
+        running.stop()
