@@ -50,9 +50,9 @@ class GatewaySettings(CommonSettings):
     )
     gateway_admission_rebuild_s: float = Field(
         default=900.0,
-        gt=60,
+        ge=0,
         description="a new owner of an admission partition replays this much of its decisions"
-        " log; covers the rate window and the events view's lag",
+        " log; keep it past the rate window (60 s) and the events view's lag",
     )
     gateway_admission_session_timeout_ms: int = Field(
         default=10_000,
