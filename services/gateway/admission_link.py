@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from services.gateway.admission_owner import FETCH_WAIT_MS
 from services.gateway.admission_records import (
     HEADER_REPLY_TO,
     AdmissionRequest,
@@ -57,6 +58,7 @@ class KafkaAdmissionLink:
             name="gateway-decisions",
             security=security,
             client_id=f"gateway-decisions-{instance}",
+            fetch_max_wait_ms=FETCH_WAIT_MS,
         )
 
     async def start(self, timeout_s: float = 30.0) -> None:

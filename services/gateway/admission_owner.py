@@ -45,6 +45,7 @@ from shared.topics import (
 )
 
 log = logging.getLogger(__name__)
+FETCH_WAIT_MS = 20
 
 
 def admission_group(prefix: str) -> str:
@@ -130,6 +131,9 @@ class AdmissionOwner:
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=max(100, self.session_timeout_ms // 10),
             max_poll_records=self.batch,
+            # A request waits for the owner's fetch: the broker answers it at the first
+            # append, this only bounds a wait that read committed may lengthen.
+            fetch_max_wait_ms=FETCH_WAIT_MS,
         )
         self._consumer.subscribe([self.topic], listener=_Ownership(self))
         await self._consumer.start()
