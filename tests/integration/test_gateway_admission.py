@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
 from services.gateway.admission_records import decisions_topic
@@ -240,10 +241,49 @@ async def test_job_links_name_the_notifier_serving_the_jobs_chunk_partition(
     gw = await start_gateway(gateway_notifier_ws_urls=",".join(urls))
     erin = tokens("erin")
     links = {}
-    for n in range(12):
+    for n in range(30):  # both instances named, but for a chance of 2 in 2**30
         status, body = await post(http, gw.url, erin, {"prompt": f"p{n}"})
         assert status == 202
         links[body["job_id"]] = body["links"]["websocket"]
     chunk_partitions = 4  # the session's topics
     assert links == {j: urls[notifier_for(j, chunk_partitions, 2)] for j in links}
     assert set(links.values()) == set(urls), "both instances named"
+
+
+async def test_the_sse_proxy_reaches_the_notifier_serving_the_job(
+    start_gateway: StartGateway, tokens: Tokens, http: aiohttp.ClientSession
+) -> None:
+    runners = []
+    urls = []
+    for n in range(2):
+
+        async def events(request: web.Request, n: int = n) -> web.Response:
+            return web.Response(text=f"data: notifier-{n}\n\n", content_type="text/event-stream")
+
+        app = web.Application()
+        app.router.add_get("/api/v1/jobs/{job_id}/events", events)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    try:
+        gw = await start_gateway(gateway_notifier_sse_urls=",".join(urls))
+        frank = tokens("frank")
+        seen = set()
+        for n in range(24):  # both instances reached, but for a chance of 2 in 2**24
+            status, body = await post(http, gw.url, frank, {"prompt": f"p{n}"})
+            assert status == 202
+            job_id = body["job_id"]
+            async with http.get(
+                f"{gw.url}/api/v1/jobs/{job_id}/events", headers=bearer(frank)
+            ) as resp:
+                assert resp.status == 200
+                text = await resp.text()
+            expected = notifier_for(job_id, 4, 2)
+            assert text == f"data: notifier-{expected}\n\n"
+            seen.add(expected)
+        assert seen == {0, 1}
+    finally:
+        for runner in runners:
+            await runner.cleanup()
