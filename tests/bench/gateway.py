@@ -2,8 +2,8 @@
 
 Each request goes through exact admission before the 202: an admission request to the
 owner of the user's partition, its decision, JobAccepted and RunJob committed in one
-transaction, the decision read back. Run it with the gateway's rate limits off (or a user allowed `requests`
-jobs), or its 429s are counted as failures.
+transaction, the decision read back. Run it with the gateway's rate limits off (or a user
+allowed `requests` jobs), or its 429s are counted as failures.
 """
 
 from __future__ import annotations
