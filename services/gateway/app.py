@@ -263,6 +263,7 @@ class GatewayService:
         return {
             "kafka_producer": self._producer is not None and self._started,
             "events_view": self._reader is not None and self._reader.ready(),
+            "admission_group": self.owner is not None and self.owner.joined.is_set(),
             "background_loops": self._background.healthy(),
         }
 
