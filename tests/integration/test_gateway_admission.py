@@ -238,7 +238,7 @@ async def test_job_links_name_the_notifier_serving_the_jobs_chunk_partition(
     start_gateway: StartGateway, tokens: Tokens, http: aiohttp.ClientSession
 ) -> None:
     urls = ["ws://notifier-0.test/ws", "ws://notifier-1.test/ws"]
-    gw = await start_gateway(gateway_notifier_ws_urls=",".join(urls))
+    gw = await start_gateway(gateway_notifier_ws_urls=",".join(urls), gateway_max_in_flight=0)
     erin = tokens("erin")
     links = {}
     for n in range(30):  # both instances named, but for a chance of 2 in 2**30
@@ -268,7 +268,7 @@ async def test_the_sse_proxy_reaches_the_notifier_serving_the_job(
         runners.append(runner)
         urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
     try:
-        gw = await start_gateway(gateway_notifier_sse_urls=",".join(urls))
+        gw = await start_gateway(gateway_notifier_sse_urls=",".join(urls), gateway_max_in_flight=0)
         frank = tokens("frank")
         seen = set()
         for n in range(24):  # both instances reached, but for a chance of 2 in 2**24
