@@ -82,6 +82,8 @@ class CommonSettings(KafkaSecuritySettings):
     )
     topic_prefix: str = "streamjobs"
     job_partitions: int = Field(default=4, ge=1, description="partitions of each topic")
+    kafka_replication_factor: int = Field(default=1, ge=1, description="of topics created")
+    kafka_min_insync_replicas: int = Field(default=1, ge=1, description="of topics created")
     streamjobs_auth_secret: SecretStr = Field(
         description="HMAC-SHA256 key that signs API tokens (JWT HS256); the same in every"
         f" service, at least {MIN_SECRET_BYTES} bytes"

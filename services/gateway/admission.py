@@ -1,6 +1,12 @@
-"""Admission of a valid submission, top to bottom: its Idempotency-Key, the user's limits,
-then the job's accepted fact and its command published together; a failed publish leaves a
-repair behind. No HTTP here: an `Admitted` job or a `Rejection` comes out."""
+"""Admission of a valid submission, the requesting side: the job's records are built here and
+sent, with the user, the Idempotency-Key and the body's fingerprint, to the one gateway that
+decides for the user (admission_owner.py); its decision is the answer. No HTTP here: an
+`Admitted` job or a `Rejection` comes out.
+
+The request carries `accept_by`, half the publish timeout after submission: the owner refuses
+a request it reaches later, and the requester waits the whole timeout before its 503, so the
+other half bounds the owner's commit and the reply. A 503 therefore never becomes a job.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +15,20 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.gateway.idempotency import Remembered, short_digest
+from services.gateway.admission_link import AdmissionLink
+from services.gateway.admission_records import AdmissionRequest, Decision, Outcome
+from services.gateway.idempotency import Remembered
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.publisher import Publisher
+from services.gateway.publisher import PUBLISH_ERRORS
 from services.gateway.rejection import Rejection, retry_later
-from services.gateway.repair import Repairs
-from services.gateway.view import EventsView, JobEntry, fingerprint, idempotent_job_id
+from services.gateway.view import JobEntry, fingerprint, idempotent_job_id
 from shared.api import JobSubmission
 from shared.auth import Principal
 from shared.contracts import JobAccepted, JobAcceptedData, RunJob, RunJobData, utcnow
-from shared.topics import events_topic, job_topic
+from shared.lifecycle import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +80,12 @@ def build_records(
 
 class Admission:
     def __init__(
-        self,
-        view: EventsView,
-        metrics: GatewayMetrics,
-        publisher: Publisher,
-        repairs: Repairs,
-        *,
-        prefix: str,
+        self, link: AdmissionLink, metrics: GatewayMetrics, *, instance: str, timeout_s: float
     ) -> None:
-        self.view = view
+        self.link = link
         self.metrics = metrics
-        self.publisher = publisher
-        self.repairs = repairs
-        self.prefix = prefix
-        self._pending: dict[str, asyncio.Future[None]] = {}
+        self.instance = instance
+        self.timeout_s = timeout_s
 
     async def submit(
         self, who: Principal, sub: JobSubmission, key: str | None, trace_id: str
@@ -95,78 +94,9 @@ class Admission:
         digest = fingerprint(
             sub.prompt, sub.job_type, sub.priority.value, sub.config.model_dump(), sub.metadata
         )
-        if key is None:
-            return await self._accept(who, sub, str(uuid.uuid4()), digest, trace_id)
-        job_id = idempotent_job_id(who.user_id, key)
-        # One publish per key in this instance: a second request waits for the first.
-        while (pending := self._pending.get(job_id)) is not None:
-            await asyncio.wait([pending])
-        known = self.view.job(job_id) or self.view.remembered(job_id)
-        if known is not None:
-            same = (
-                known.fingerprint == digest
-                if isinstance(known, JobEntry)
-                else known.digest == short_digest(digest)
-            )
-            if not same:
-                self.metrics.rejected.labels("idempotency-key-reused").inc()
-                return Rejection(
-                    409,
-                    "idempotency-key-reused",
-                    "Idempotency-Key reused",
-                    "this Idempotency-Key was used for a different body",
-                    extra={"job_id": job_id},
-                )
-            self.metrics.replayed.inc()
-            return Admitted(job_id, known, replayed=True)
-        if self.view.keys.full:
-            # Remembering no more keys must not mean forgetting old ones: refuse new ones.
-            self.metrics.rejected.labels("idempotency-memory-full").inc()
-            return retry_later(
-                "idempotency-memory-full",
-                "Idempotency-Keys unavailable",
-                "the gateway holds as many Idempotency-Keys as it may; submit without one"
-                " or try again later",
-                self.view.keys.retry_after_s(time.time()),
-            )
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending[job_id] = done
-        try:
-            return await self._accept(who, sub, job_id, digest, trace_id)
-        finally:
-            del self._pending[job_id]
-            done.set_result(None)
-
-    async def _accept(
-        self, who: Principal, sub: JobSubmission, job_id: str, digest: bytes, trace_id: str
-    ) -> Admitted | Rejection:
+        job_id = str(uuid.uuid4()) if key is None else idempotent_job_id(who.user_id, key)
         submitted_at = utcnow()
-        at = submitted_at.timestamp()
-        limited = self.view.check(who.user_id, at)
-        if limited is not None:
-            self.metrics.rate_limited.labels(limited.limit.value).inc()
-            self.metrics.rejected.labels("rate-limited").inc()
-            return Rejection(
-                429,
-                f"rate-limit-{limited.limit.value}",
-                "Too many requests",
-                f"at most {limited.allowed} {limited.limit.value.replace('-', ' ')} per user",
-                headers={"Retry-After": str(limited.retry_after_s)},
-                extra={"limit": limited.limit.value, "allowed": limited.allowed},
-            )
-        if self.repairs.full:
-            # Kafka has been failing: every failed submission leaves a void to retry. Past
-            # the bound, refuse before publishing rather than grow the set without end.
-            self.metrics.background_full.inc()
-            self.metrics.rejected.labels("background-full").inc()
-            return retry_later(
-                "kafka-unavailable",
-                "Job queue unavailable",
-                "the gateway is still repairing earlier failed submissions; try again",
-                5,
-            )
-        # The publish below starts after this and gives up `timeout_s` later: past this moment.
-        accept_by = submitted_at + timedelta(seconds=self.publisher.timeout_s)
+        accept_by = submitted_at + timedelta(seconds=self.timeout_s / 2)
         accepted, run = build_records(
             sub,
             user_id=who.user_id,
@@ -175,56 +105,97 @@ class Admission:
             submitted_at=submitted_at,
             accept_by=accept_by,
         )
-        # Counted at once, before the first await: concurrent requests see each other.
-        self.view.accepted(
-            job_id,
-            owner=who.user_id,
+        request = AdmissionRequest(
+            request_id=uuid.uuid4().hex,
+            reply_to=self.instance,
+            user_id=who.user_id,
+            job_id=job_id,
+            keyed=key is not None,
+            digest=digest.hex(),
             job_type=sub.job_type,
             priority=sub.priority,
-            submitted_at=submitted_at,
-            digest=digest,
-            at=at,
+            submitted_at=submitted_at.timestamp(),
+            accept_by=accept_by.timestamp(),
+            accepted=accepted.to_bytes().decode(),
+            run=run.to_bytes().decode(),
+            trace_id=trace_id,
         )
         started = time.perf_counter()
-        self.repairs.publishing += 1
         try:
-            accepted_error, run_error = await self.publisher.pair(
-                (events_topic(self.prefix), accepted), (job_topic(sub.priority, self.prefix), run)
-            )
-        finally:
-            # No await from here to the repair: a failure's task replaces its count at once.
-            self.repairs.publishing -= 1
-        if run_error is not None:
-            self.view.withdraw(job_id, at)
-            self.metrics.publish_failures.inc()
+            decision = await self.link.ask(request, self.timeout_s)
+        except PUBLISH_ERRORS as exc:
             log.warning(
-                "job %s not queued: %s: %s",
+                "admission request of job %s not sent: %s: %s",
                 job_id,
-                type(run_error).__name__,
-                run_error,
+                type(exc).__name__,
+                exc,
                 extra={"job_id": job_id, "trace_id": trace_id},
             )
-            self.repairs.void(job_id, trace_id, who.user_id)
-            # A send that failed early may still be appended: refuse only once the deadline
-            # the command carries has passed, so a streamer drops it if it arrives after.
+            decision = None
+        if decision is None or decision.outcome is Outcome.EXPIRED:
+            self.metrics.publish_failures.inc()
+            # A request sent may still be decided until its accept_by, which refuses it after.
             wait_s = (accept_by - utcnow()).total_seconds()
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
             return retry_later(
                 "kafka-unavailable", "Job queue unavailable", "the job was not queued; try again", 1
             )
-        if accepted_error is not None:
-            # Queued, but the fact is missing: the read side must still learn of the job.
-            self.metrics.publish_failures.inc()
-            self.repairs.republish(accepted)
         self.metrics.publish_latency.observe(time.perf_counter() - started)
-        self.metrics.submitted.labels(sub.job_type, sub.priority.value).inc()
-        log.info(
-            "job queued (%s, %s)",
-            sub.job_type,
-            sub.priority.value,
-            extra={"job_id": job_id, "trace_id": trace_id},
-        )
-        entry = self.view.job(job_id)
-        assert entry is not None
-        return Admitted(job_id, entry, replayed=False)
+        return self._answer(decision, sub, trace_id)
+
+    def _answer(
+        self, decision: Decision, sub: JobSubmission, trace_id: str
+    ) -> Admitted | Rejection:
+        job_id = decision.job_id
+        match decision.outcome:
+            case Outcome.ACCEPTED | Outcome.REPLAYED:
+                entry = Remembered(
+                    digest=0,
+                    status=JobStatus(decision.status),
+                    job_type=decision.job_type,
+                    priority=decision.priority,
+                    submitted_at=datetime.fromtimestamp(decision.submitted_at, UTC),
+                )
+                if decision.outcome is Outcome.REPLAYED:
+                    self.metrics.replayed.inc()
+                    return Admitted(job_id, entry, replayed=True)
+                self.metrics.submitted.labels(sub.job_type, sub.priority.value).inc()
+                log.info(
+                    "job queued (%s, %s)",
+                    sub.job_type,
+                    sub.priority.value,
+                    extra={"job_id": job_id, "trace_id": trace_id},
+                )
+                return Admitted(job_id, entry, replayed=False)
+            case Outcome.KEY_REUSED:
+                self.metrics.rejected.labels("idempotency-key-reused").inc()
+                return Rejection(
+                    409,
+                    "idempotency-key-reused",
+                    "Idempotency-Key reused",
+                    "this Idempotency-Key was used for a different body",
+                    extra={"job_id": job_id},
+                )
+            case Outcome.KEYS_FULL:
+                # Remembering no more keys must not mean forgetting old ones: refuse new ones.
+                self.metrics.rejected.labels("idempotency-memory-full").inc()
+                return retry_later(
+                    "idempotency-memory-full",
+                    "Idempotency-Keys unavailable",
+                    "the gateway holds as many Idempotency-Keys as it may; submit without one"
+                    " or try again later",
+                    decision.retry_after_s,
+                )
+            case _:
+                limit = decision.limit
+                self.metrics.rate_limited.labels(limit).inc()
+                self.metrics.rejected.labels("rate-limited").inc()
+                return Rejection(
+                    429,
+                    f"rate-limit-{limit}",
+                    "Too many requests",
+                    f"at most {decision.allowed} {limit.replace('-', ' ')} per user",
+                    headers={"Retry-After": str(decision.retry_after_s)},
+                    extra={"limit": limit, "allowed": decision.allowed},
+                )

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from services.gateway.admission import Admission
+from services.gateway.admission_link import AdmissionLink, KafkaAdmissionLink
+from services.gateway.admission_owner import AdmissionOwner
+from services.gateway.admission_records import admissions_topic
+from services.gateway.admission_topics import ensure_admission_topics
 from services.gateway.cancel import Cancels
 from services.gateway.events import EventsReader
 from services.gateway.handlers import Gateway
@@ -29,7 +31,7 @@ from shared.http import serve_http
 from shared.kafka import client_options, ensure_topics, make_producer, publish
 from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
-from shared.topics import control_topic, events_topic, job_topics
+from shared.topics import chunks_topic, control_topic, events_topic
 from shared.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ def build_gateway(
     results: ResultsClient,
     *,
     verifier: TokenVerifier,
+    link: AdmissionLink,
     sse: SseClient | None = None,
 ) -> Gateway:
     """The handlers over their use cases, each over the ports it needs."""
@@ -60,7 +63,12 @@ def build_gateway(
         view,
         publisher=publisher,
         repairs=repairs,
-        admission=Admission(view, metrics, publisher, repairs, prefix=prefix),
+        admission=Admission(
+            link,
+            metrics,
+            instance=settings.gateway_instance_id,
+            timeout_s=settings.gateway_publish_timeout_s,
+        ),
         cancels=Cancels(
             view,
             metrics,
@@ -85,7 +93,7 @@ class GatewayService:
         self.settings = settings
         self.registry = registry
         self.metrics = GatewayMetrics(registry)
-        self.instance = settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.instance = settings.gateway_instance_id
         self.view = EventsView(
             submissions_per_minute=settings.gateway_submissions_per_minute,
             max_in_flight=settings.gateway_max_in_flight,
@@ -97,8 +105,10 @@ class GatewayService:
         )
         self.results = ResultsClient(settings.results_url, timeout_s=settings.results_timeout_s)
         self.sse = (
-            SseClient(settings.notifier_sse_url, max_connections=settings.gateway_sse_max_streams)
-            if settings.notifier_sse_url
+            SseClient(
+                settings.notifier_sse_urls[0], max_connections=settings.gateway_sse_max_streams
+            )
+            if settings.notifier_sse_urls
             else None
         )
         self.verifier = TokenVerifier.from_settings(settings)
@@ -106,6 +116,7 @@ class GatewayService:
         self.api: Gateway | None = None
         self._producer: AIOKafkaProducer | None = None
         self._reader: EventsReader | None = None
+        self.owner: AdmissionOwner | None = None
         self._stack = contextlib.AsyncExitStack()
         self._background = BackgroundTasks()
         self._started = False
@@ -129,6 +140,14 @@ class GatewayService:
         await ensure_topics(
             s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions, security=security
         )
+        await ensure_admission_topics(
+            s.kafka_bootstrap_servers,
+            prefix,
+            s.gateway_admission_partitions,
+            replication_factor=s.kafka_replication_factor,
+            min_insync_replicas=s.kafka_min_insync_replicas,
+            security=security,
+        )
         producer = make_producer(
             s.kafka_bootstrap_servers, client_id=f"gateway-{self.instance}", security=security
         )
@@ -136,8 +155,10 @@ class GatewayService:
         await producer.start()
         # Know every partition we write to now: in a broker outage a send must be queued at
         # once, not wait for metadata, so a void (cancel) follows its job's records closely.
-        for topic in (events_topic(prefix), control_topic(prefix), *job_topics(prefix)):
+        for topic in (events_topic(prefix), control_topic(prefix), admissions_topic(prefix)):
             await producer.partitions_for(topic)
+        # A job's notifier follows from its chunk partition: links need the partition count.
+        chunk_partitions = len(await producer.partitions_for(chunks_topic(prefix)))
         self._producer = producer
 
         reader = EventsReader(
@@ -169,12 +190,61 @@ class GatewayService:
             s, self.verifier, stack, self._background, client_id=f"gateway-{self.instance}"
         )
 
+        # The single writer of this instance's share of users, once the view has caught up:
+        # what it rebuilds on taking a partition is only what the view may not hold yet.
+        owner = AdmissionOwner(
+            s.kafka_bootstrap_servers,
+            prefix,
+            self.view,
+            self.metrics,
+            instance=self.instance,
+            batch=s.gateway_admission_batch,
+            rebuild_s=s.gateway_admission_rebuild_s,
+            security=security,
+            session_timeout_ms=s.gateway_admission_session_timeout_ms,
+        )
+        stack.push_async_callback(owner.stop)
+        await owner.start()
+        self.owner = owner
+        self._background.spawn(owner.loop())
+        try:
+            async with asyncio.timeout(s.gateway_view_catchup_timeout_s):
+                await owner.joined.wait()
+        except TimeoutError:
+            log.warning(
+                "admission group not joined after %g s; serving", s.gateway_view_catchup_timeout_s
+            )
+
+        async def send_request(user_id: str, request: bytes) -> None:
+            await producer.send_and_wait(
+                admissions_topic(prefix), value=request, key=user_id.encode()
+            )
+
+        link = KafkaAdmissionLink(
+            s.kafka_bootstrap_servers,
+            prefix,
+            send_request,
+            instance=self.instance,
+            security=security,
+        )
+        stack.push_async_callback(link.stop)
+        await link.start()
+        self._background.spawn(link.loop())
+
         async def send(topic: str, envelope: Envelope) -> None:
             await publish(producer, topic, envelope)
 
         self.api = build_gateway(
-            s, self.metrics, self.view, send, self.results, verifier=self.verifier, sse=self.sse
+            s,
+            self.metrics,
+            self.view,
+            send,
+            self.results,
+            verifier=self.verifier,
+            link=link,
+            sse=self.sse,
         )
+        self.api.notifiers.chunk_partitions = chunk_partitions
         stack.push_async_callback(self.api.drain)
         app = build_app(self.api, self.registry, ready=self._ready, info=self._info)
         self.port = await serve_http(app, s.gateway_host, s.gateway_port, stack)
@@ -193,6 +263,7 @@ class GatewayService:
         return {
             "kafka_producer": self._producer is not None and self._started,
             "events_view": self._reader is not None and self._reader.ready(),
+            "admission_group": self.owner is not None and self.owner.joined.is_set(),
             "background_loops": self._background.healthy(),
         }
 

@@ -14,6 +14,7 @@ from services.gateway.admission import Admission, Admitted
 from services.gateway.cancel import Cancels
 from services.gateway.limits import StreamSlots, StreamsRefused
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.notifiers import NotifierRoutes
 from services.gateway.proxy import ResultsClient, SseClient, Unreachable
 from services.gateway.publisher import Publisher
 from services.gateway.rejection import RESULTS_UNAVAILABLE, Rejection, retry_later
@@ -70,7 +71,7 @@ class Gateway:
         self.verifier = verifier
         self.sse = sse
         self.base = settings.gateway_public_url.rstrip("/")
-        self.ws_url = settings.gateway_public_ws_url or None
+        self.notifiers = NotifierRoutes(settings.notifier_ws_urls, settings.notifier_sse_urls)
         self.job_types_body = json.dumps(
             [
                 JobTypeView(
@@ -121,7 +122,7 @@ class Gateway:
             stream=f"{job}/stream",
             result=f"{job}/result",
             cancel=f"{job}/cancel",
-            websocket=self.ws_url,
+            websocket=self.notifiers.ws_url(job_id),
         )
 
     # -- POST /api/v1/jobs ---------------------------------------------------------------
@@ -190,7 +191,8 @@ class Gateway:
         assert self.sse is not None
         try:
             async with self.streams.hold(who.user_id):
-                return await self.sse.stream(request)
+                base = self.notifiers.sse_base(request.match_info["job_id"])
+                return await self.sse.stream(request, base)
         except StreamsRefused as refused:
             self.metrics.sse_refused.labels(refused.reason).inc()
             if refused.reason == StreamSlots.PER_USER:

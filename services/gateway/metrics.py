@@ -47,7 +47,7 @@ class GatewayMetrics:
         )
         self.publish_latency = Histogram(
             "streamjobs_gateway_publish_duration_seconds",
-            "From the first send to the broker's acknowledgement of both records of a job",
+            "From sending a submission's admission request to its decision read back",
             buckets=_HTTP_BUCKETS,
             registry=registry,
         )
@@ -96,5 +96,22 @@ class GatewayMetrics:
         self.idempotency_keys = Gauge(
             "streamjobs_gateway_idempotency_keys",
             "Idempotency-Keys held within their window (bounded; full means new keys get 503)",
+            registry=registry,
+        )
+        self.admission_decisions = Counter(
+            "streamjobs_gateway_admission_decisions_total",
+            "Admission requests decided by this instance as their partition's owner",
+            ("outcome",),
+            registry=registry,
+        )
+        self.admission_latency = Histogram(
+            "streamjobs_gateway_admission_decision_seconds",
+            "From a submission (requester's clock) to its decision committed by the owner",
+            buckets=_HTTP_BUCKETS,
+            registry=registry,
+        )
+        self.admission_partitions = Gauge(
+            "streamjobs_gateway_admission_partitions",
+            "Admission partitions this instance owns and decides for",
             registry=registry,
         )

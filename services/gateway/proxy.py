@@ -108,13 +108,15 @@ class SseClient:
             await self._session.close()
             self._session = None
 
-    async def stream(self, request: web.Request) -> web.StreamResponse:
-        """Raises `Unreachable` when the notifier does not answer at all."""
+    async def stream(self, request: web.Request, base: str | None = None) -> web.StreamResponse:
+        """Proxy to `base` (else the client's own); raises `Unreachable` when it does not
+        answer at all."""
+        base = base.rstrip("/") if base else self.base
         assert self._session is not None, "SseClient.start() first"
         out = {name: request.headers[name] for name in self.FORWARDED if name in request.headers}
         try:
             upstream = await self._session.get(
-                URL(f"{self.base}{request.rel_url.raw_path_qs}", encoded=True), headers=out
+                URL(f"{base}{request.rel_url.raw_path_qs}", encoded=True), headers=out
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Unreachable(f"{type(exc).__name__}: {exc}") from exc

@@ -194,6 +194,7 @@ def build_app(
     add_routes(app, DOCS_ROUTES, ApiDocs(document))
     ops = Ops(registry, ready, info=info, before_scrape=gateway.refresh_gauges)
     add_routes(app, GATEWAY_OPS_ROUTES, ops)
-    add_routes(app, DASHBOARD_ROUTES, Dashboard(gateway.ws_url or ""))
+    # The dashboard opens one notifier socket: the first instance (it redirects or relays).
+    add_routes(app, DASHBOARD_ROUTES, Dashboard(next(iter(gateway.notifiers.ws_urls), "")))
     app.on_response_prepare.append(security_headers)
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from pydantic import Field
 
 from services.gateway.storable import ENVELOPE_LEVELS, PARSER_DEPTH_LIMIT
@@ -24,6 +26,41 @@ class GatewaySettings(CommonSettings):
     notifier_sse_url: str = Field(
         default="",
         description="the notifier's SSE base URL; when set, /api/v1/jobs/{id}/events is proxied",
+    )
+    gateway_notifier_ws_urls: str = Field(
+        default="",
+        description="comma list, entry i = notifier instance i's WebSocket URL; a job's link"
+        " names the instance serving its chunk partition; empty = GATEWAY_PUBLIC_WS_URL",
+    )
+    gateway_notifier_sse_urls: str = Field(
+        default="",
+        description="comma list, entry i = notifier instance i's SSE base URL; the proxy of"
+        " /api/v1/jobs/{id}/events goes to the job's instance; empty = NOTIFIER_SSE_URL",
+    )
+    gateway_instance_id: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        description="names this instance (decision replies, logs); stable per instance",
+    )
+    gateway_admission_partitions: int = Field(
+        default=8,
+        ge=1,
+        description="partitions of the admission and decisions topics: the most gateways"
+        " that share the deciding",
+    )
+    gateway_admission_rebuild_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="a new owner of an admission partition replays this much of its decisions"
+        " log; keep it past the rate window (60 s) and the events view's lag",
+    )
+    gateway_admission_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1_000,
+        description="how long a silent owner keeps its admission partitions before they move",
+    )
+    gateway_admission_batch: int = Field(
+        default=500, ge=1, description="admission requests decided in one transaction at most"
     )
     gateway_max_prompt_chars: int = Field(default=32_000, ge=1)
     gateway_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
@@ -94,3 +131,17 @@ class GatewaySettings(CommonSettings):
     gateway_sse_wait_s: float = Field(
         default=2.0, gt=0, description="how long a new SSE stream waits for a free slot; then 503"
     )
+
+    @property
+    def notifier_ws_urls(self) -> list[str]:
+        return _url_list(self.gateway_notifier_ws_urls, self.gateway_public_ws_url)
+
+    @property
+    def notifier_sse_urls(self) -> list[str]:
+        return _url_list(self.gateway_notifier_sse_urls, self.notifier_sse_url)
+
+
+def _url_list(urls: str, single: str) -> list[str]:
+    """Entry i is notifier instance i; the older one-URL setting is a one-entry list."""
+    listed = [u.strip() for u in urls.split(",") if u.strip()]
+    return listed or ([single] if single else [])

@@ -38,6 +38,10 @@ async def start_gateway(
             "results_url": nobody,
             "results_timeout_s": 5,
             "gateway_public_ws_url": "ws://127.0.0.1:1/ws",
+            # Each its own name (reply routing, logs); a lost owner's partitions move quickly.
+            "gateway_instance_id": f"gateway-{len(started)}",
+            "gateway_admission_session_timeout_ms": 6_000,
+            "gateway_admission_partitions": 4,
             **overrides,
         }
         service = create_service(GatewaySettings(**values))
@@ -71,7 +75,11 @@ def bearer(token: str, **extra: str) -> dict[str, str]:
 async def topic_records(bootstrap: str, prefix: str) -> dict[str, list[Any]]:
     """Every record on every streamjobs topic of `prefix`, parsed, read up to the end offsets."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # What consumers see: records of an aborted transaction never happened.
+        isolation_level="read_committed",
     )
     consumer.subscribe(all_topics(prefix))  # no group: every partition is assigned
     await consumer.start()
@@ -95,7 +103,9 @@ async def topic_records(bootstrap: str, prefix: str) -> dict[str, list[Any]]:
                 out[tp.topic].extend(
                     (parse_record(r.value or b""), dict(r.headers)) for r in records
                 )
-                if records and records[-1].offset + 1 >= ends[tp]:
+            # A transaction marker takes an offset too: the position says when one is done.
+            for tp in list(left):
+                if await consumer.position(tp) >= ends[tp]:
                     left.discard(tp)
         return out
     finally:

@@ -216,7 +216,9 @@ async def test_cancel_of_a_job_older_than_the_view_asks_the_results_service(
         return (await get(http, f"{first.url}/api/v1/jobs/{job_id}", alice))[0] == 200
 
     await wait_for(stored, message="the results service stores the job")
-    late = await start_gateway(results_url=results_url, gateway_events_lookback_s=0)
+    late = await start_gateway(
+        results_url=results_url, gateway_events_lookback_s=0, gateway_admission_rebuild_s=0
+    )
     assert late.view.job(job_id) is None
     async with http.post(f"{late.url}/api/v1/jobs/{job_id}/cancel", headers=bearer(bob)) as resp:
         assert resp.status == 404

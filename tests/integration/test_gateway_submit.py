@@ -231,7 +231,12 @@ async def test_ready_while_the_read_side_is_down(
     async with http.get(f"{gw.url}/readyz") as resp:
         assert resp.status == 200
         body = await resp.json()
-    assert body["checks"] == {"kafka_producer": True, "events_view": True, "background_loops": True}
+    assert body["checks"] == {
+        "kafka_producer": True,
+        "events_view": True,
+        "admission_group": True,
+        "background_loops": True,
+    }
     assert body["info"] == {"results_service": False}
     async with http.get(f"{gw.url}/metrics") as resp:
         text = await resp.text()

@@ -1,8 +1,9 @@
-"""The gateway's handlers with a fake publisher (no broker): Kafka failures, internal errors,
-and the OpenAPI document staying true to the routes served."""
+"""The gateway's handlers with a fake publisher and the real decider in-process (no broker):
+Kafka failures, internal errors, and the OpenAPI document staying true to the routes served."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
+from services.gateway.admission_records import AdmissionRequest, Decision, Outcome
 from services.gateway.app import build_gateway
+from services.gateway.decider import decide
 from services.gateway.handlers import Gateway
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.proxy import ResultsClient
@@ -19,10 +22,14 @@ from services.gateway.routes import build_app, build_document
 from services.gateway.settings import GatewaySettings
 from services.gateway.view import EventsView
 from shared.auth import issue_token
-from shared.contracts import CancelJob, Envelope, JobAccepted, JobFailed
+from shared.contracts import Envelope, parse_record
+from shared.topics import events_topic, job_topic
 from shared.verifier import TokenVerifier
 
 SECRET = "unit-secret-at-least-32-bytes-long"
+
+
+ADMISSION = "admission"  # in `FakeKafka.fail`: admission requests are not taken
 
 
 class FakeKafka:
@@ -36,6 +43,29 @@ class FakeKafka:
         if envelope.type in self.fail:
             raise KafkaTimeoutError()
         self.sent.append((topic, envelope))
+
+
+class InProcessAdmission:
+    """The admission link with the owner in-process: the real decider over the view, and an
+    accepted job's two records recorded as its committed transaction would write them."""
+
+    def __init__(self, view: EventsView, kafka: FakeKafka, prefix: str) -> None:
+        self.view = view
+        self.kafka = kafka
+        self.prefix = prefix
+        self.asked: list[AdmissionRequest] = []
+
+    async def ask(self, request: AdmissionRequest, timeout_s: float) -> Decision | None:
+        self.asked.append(request)
+        if ADMISSION in self.kafka.fail:
+            raise KafkaTimeoutError()
+        now = time.time()
+        decision = decide(self.view, request, now=now, appended_at=now)
+        if decision.outcome is Outcome.ACCEPTED:
+            self.kafka.sent.append((events_topic(self.prefix), parse_record(request.accepted)))
+            run = parse_record(request.run)
+            self.kafka.sent.append((job_topic(request.priority, self.prefix), run))
+        return decision
 
 
 def make_api(
@@ -62,6 +92,7 @@ def make_api(
         kafka.publish,
         ResultsClient(settings.results_url, timeout_s=1),
         verifier=TokenVerifier.from_settings(settings),
+        link=InProcessAdmission(view, kafka, settings.topic_prefix),
     )
     return api, registry
 
@@ -88,59 +119,23 @@ def auth(user: str = "alice") -> dict[str, str]:
     return {"Authorization": f"Bearer {issue_token(SECRET, user)}"}
 
 
-async def test_kafka_down_is_a_503_nothing_counted_and_the_job_voided_once_kafka_is_back(
+async def test_kafka_down_is_a_503_and_nothing_is_counted_or_published(
     client: tuple[TestClient[Any, Any], Gateway], kafka: FakeKafka
 ) -> None:
     c, api = client
-    kafka.fail = {"job.accepted", "job.run", "job.failed", "job.cancel"}
+    kafka.fail = {ADMISSION}
     resp = await c.post("/api/v1/jobs", json={"prompt": "x"}, headers=auth())
     assert resp.status == 503
     assert resp.headers["Retry-After"] == "1"
     assert (await resp.json())["type"].endswith("/kafka-unavailable")
     assert kafka.sent == []
     assert api.view.jobs == 0 and api.view.in_flight("alice") == 0
-    # An unacknowledged send may still land later: once Kafka answers, the job is voided,
-    # so the 503 never turns into a job that runs.
-    kafka.fail = set()
-    await api.drain()
-    assert [e.type for _, e in kafka.sent] == ["job.cancel", "job.failed"]
-
-
-async def test_a_half_published_job_is_not_accepted_and_is_closed_as_failed(
-    client: tuple[TestClient[Any, Any], Gateway], kafka: FakeKafka
-) -> None:
-    c, api = client
-    kafka.fail = {"job.run"}
-    resp = await c.post(
-        "/api/v1/jobs", json={"prompt": "x"}, headers={**auth(), "Idempotency-Key": "k1"}
-    )
-    assert resp.status == 503
-    await api.drain()
-    types = [type(e) for _, e in kafka.sent]
-    assert types == [JobAccepted, CancelJob, JobFailed]
-    assert len({e.job_id for _, e in kafka.sent}) == 1
-    assert api.view.job(kafka.sent[0][1].job_id) is None  # a retry with the key publishes again
-    kafka.fail = set()
+    kafka.fail = set()  # the broker is back: the same key is a new job, once
     resp = await c.post(
         "/api/v1/jobs", json={"prompt": "x"}, headers={**auth(), "Idempotency-Key": "k1"}
     )
     assert resp.status == 202
-    assert (await resp.json())["job_id"] == kafka.sent[0][1].job_id
-
-
-async def test_a_queued_job_whose_accepted_event_failed_is_accepted_and_the_event_retried(
-    client: tuple[TestClient[Any, Any], Gateway], kafka: FakeKafka
-) -> None:
-    c, api = client
-    kafka.fail = {"job.accepted"}
-    resp = await c.post("/api/v1/jobs", json={"prompt": "x"}, headers=auth())
-    assert resp.status == 202, "the job is queued: the client must not submit it again"
-    job_id = (await resp.json())["job_id"]
-    assert [e.type for _, e in kafka.sent] == ["job.run"]
-    kafka.fail = set()  # the broker is back: the fact follows, with its original event id
-    await api.drain()
-    assert [e.type for _, e in kafka.sent] == ["job.run", "job.accepted"]
-    assert kafka.sent[1][1].job_id == job_id
+    assert [e.type for _, e in kafka.sent] == ["job.accepted", "job.run"]
 
 
 async def test_an_unexpected_error_is_a_500_problem_without_internals(
@@ -148,10 +143,11 @@ async def test_an_unexpected_error_is_a_500_problem_without_internals(
 ) -> None:
     c, api = client
 
-    async def broken(topic: str, envelope: Envelope) -> None:
-        raise ZeroDivisionError("secret internals")
+    class Broken(InProcessAdmission):
+        async def ask(self, request: AdmissionRequest, timeout_s: float) -> Decision | None:
+            raise ZeroDivisionError("secret internals")
 
-    api.publisher.send = broken
+    api.admission.link = Broken(api.view, kafka, "streamjobs")
     resp = await c.post("/api/v1/jobs", json={"prompt": "x"}, headers=auth())
     assert resp.status == 500
     assert resp.content_type == "application/problem+json"

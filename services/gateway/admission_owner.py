@@ -1,0 +1,339 @@
+"""The single writer of admission decisions: this gateway's share of the admission topic.
+
+Every gateway joins one consumer group on `{prefix}.admissions` (keyed by user id), so each
+partition, and with it each user, has one owner at a time. Per owned partition the owner
+holds a transactional producer whose id names the partition: starting it fences whoever
+owned the partition before (their open transaction is aborted, their later writes refused).
+It then replays the partition's recent decisions into the events view, so it counts every
+job a previous owner accepted before the view has read its fact, and only then decides.
+
+The decisions of one poll of a partition are written in ONE transaction together with the
+accepted facts, the job commands and the consumer offset: all of it is visible, or none of
+it, and a request is decided again only if its decision never committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from services.gateway.admission_records import (
+    HEADER_REPLY_TO,
+    AdmissionRequest,
+    Decision,
+    Outcome,
+    admissions_topic,
+    decisions_topic,
+    transactional_id,
+)
+from services.gateway.decider import apply_decision, decide, undo
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.view import EventsView
+from shared.kafka import Headers, KafkaOptions, traceparent
+from shared.topics import (
+    HEADER_SCHEMA_VERSION,
+    HEADER_TRACEPARENT,
+    HEADER_TYPE,
+    events_topic,
+    job_topic,
+)
+
+log = logging.getLogger(__name__)
+FETCH_WAIT_MS = 20
+
+
+def admission_group(prefix: str) -> str:
+    return f"{prefix}-gateway-admission"
+
+
+def _headers(record_type: str, trace_id: str) -> Headers:
+    return [
+        (HEADER_TYPE, record_type.encode()),
+        (HEADER_SCHEMA_VERSION, b"1"),
+        (HEADER_TRACEPARENT, traceparent(trace_id)),
+    ]
+
+
+class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: AdmissionOwner) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.owner.release(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.owner.take(assigned)
+
+
+class AdmissionOwner:
+    def __init__(
+        self,
+        bootstrap: str,
+        prefix: str,
+        view: EventsView,
+        metrics: GatewayMetrics,
+        *,
+        instance: str,
+        batch: int,
+        rebuild_s: float,
+        security: KafkaOptions | None = None,
+        session_timeout_ms: int = 10_000,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.view = view
+        self.metrics = metrics
+        self.instance = instance
+        self.batch = batch
+        self.rebuild_s = rebuild_s
+        self.security = dict(security or {})
+        self.session_timeout_ms = session_timeout_ms
+        self.topic = admissions_topic(prefix)
+        self.decisions = decisions_topic(prefix)
+        self.group = admission_group(prefix)
+        self._producers: dict[int, AIOKafkaProducer] = {}  # the partitions decided here
+        self._revoked: dict[int, AIOKafkaProducer] = {}  # revoked, maybe given straight back
+        self._consumer: AIOKafkaConsumer | None = None
+        self._rebuilder: AIOKafkaConsumer | None = None
+        self._deciding = asyncio.Lock()  # a rebalance waits for the transaction under way
+        self.paused = asyncio.Event()  # set: decide nothing (operations and tests)
+        self.joined = asyncio.Event()  # set at the first assignment, an empty one too
+
+    @property
+    def owned(self) -> list[int]:
+        return sorted(self._producers)
+
+    async def start(self) -> None:
+        self._rebuilder = AIOKafkaConsumer(
+            **self.security,
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            client_id=f"gateway-admission-rebuild-{self.instance}",
+        )
+        await self._rebuilder.start()
+        self._consumer = AIOKafkaConsumer(
+            **self.security,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            client_id=f"gateway-admission-{self.instance}",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            # A partition never decided starts at its beginning: old requests are past
+            # their accept_by and are refused, none is lost.
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=max(100, self.session_timeout_ms // 10),
+            max_poll_records=self.batch,
+            # A request waits for the owner's fetch: the broker answers it at the first
+            # append, this only bounds a wait that read committed may lengthen.
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+        )
+        self._consumer.subscribe([self.topic], listener=_Ownership(self))
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()  # leaves the group: the partitions move at once
+            self._consumer = None
+        await self.release([TopicPartition(self.topic, p) for p in self.owned])
+        for producer in self._revoked.values():
+            await producer.stop()
+        self._revoked.clear()
+        if self._rebuilder is not None:
+            await self._rebuilder.stop()
+            self._rebuilder = None
+
+    async def loop(self) -> None:
+        assert self._consumer is not None, "start() first"
+        consumer = self._consumer
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=self.batch)
+            if not batches:
+                continue
+            async with self._deciding:
+                await asyncio.gather(*(self._decide(tp, recs) for tp, recs in batches.items()))
+
+    # -- ownership -------------------------------------------------------------------------
+
+    async def take(self, assigned: Iterable[TopicPartition]) -> None:
+        wanted = {tp.partition for tp in assigned}
+        # A partition revoked and given straight back was ours all along: its producer and
+        # state stand (had another owner had it between, its producer fenced ours, and the
+        # next commit says so). The others are fenced from their previous owner and rebuilt.
+        for partition in sorted(set(self._revoked) - wanted):
+            await self._revoked.pop(partition).stop()
+        kept = {p: self._revoked.pop(p) for p in sorted(wanted & set(self._revoked))}
+        self._producers.update(kept)
+        partitions = sorted(wanted - set(self._producers))
+        producers = await asyncio.gather(*(self._fence(p) for p in partitions))
+        await self._rebuild(partitions)
+        self._producers.update(zip(partitions, producers, strict=True))
+        self.metrics.admission_partitions.set(len(self._producers))
+        self.joined.set()
+        if partitions:
+            log.info("admission partitions %s owned by %s", partitions, self.instance)
+
+    async def _fence(self, partition: int) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            **self.security,
+            bootstrap_servers=self.bootstrap,
+            client_id=f"gateway-admission-{self.instance}-{partition}",
+            transactional_id=transactional_id(self.prefix, partition),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=1,
+        )
+        await producer.start()  # InitProducerId: the previous owner is fenced from here on
+        return producer
+
+    async def release(self, revoked: Iterable[TopicPartition]) -> None:
+        """Decide nothing more on `revoked`; their producers wait for the next assignment."""
+        async with self._deciding:
+            for tp in revoked:
+                producer = self._producers.pop(tp.partition, None)
+                if producer is not None:
+                    self._revoked[tp.partition] = producer
+        self.metrics.admission_partitions.set(len(self._producers))
+
+    async def _rebuild(self, partitions: Sequence[int]) -> None:
+        """Count what earlier owners decided lately, read to the last committed decision."""
+        rebuilder = self._rebuilder
+        if rebuilder is None or not partitions:
+            return
+        tps = [TopicPartition(self.decisions, p) for p in partitions]
+        rebuilder.assign(tps)
+        since_ms = int((time.time() - self.rebuild_s) * 1000)
+        starts = await rebuilder.offsets_for_times({tp: since_ms for tp in tps})
+        ends = await rebuilder.end_offsets(tps)
+        left = []
+        for tp in tps:
+            start = starts.get(tp)
+            rebuilder.seek(tp, start.offset if start is not None else ends[tp])
+            if (start.offset if start is not None else ends[tp]) < ends[tp]:
+                left.append(tp)
+        replayed = 0
+        while left:
+            batch = await rebuilder.getmany(*left, timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    replayed += self._replay(record)
+            # Transaction markers take offsets too: the position, not the last record, says.
+            left = [tp for tp in left if await rebuilder.position(tp) < ends[tp]]
+        rebuilder.assign([])
+        log.info("admission partitions %s rebuilt from %d decisions", list(partitions), replayed)
+
+    def _replay(self, record: ConsumerRecord[bytes, bytes]) -> int:
+        try:
+            decision = Decision.from_bytes(record.value or b"")
+        except (ValueError, KeyError, TypeError):
+            log.warning("unreadable decision at %s offset %d", record.partition, record.offset)
+            return 0
+        apply_decision(self.view, decision)
+        return 1
+
+    # -- deciding --------------------------------------------------------------------------
+
+    async def _decide(
+        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        producer = self._producers.get(tp.partition)
+        consumer = self._consumer
+        if consumer is None:
+            return
+        if producer is None or self.paused.is_set():
+            # Not decided now: read again from the first (the next owner reads from the
+            # committed offset anyway).
+            consumer.seek(tp, records[0].offset)
+            await asyncio.sleep(0.05)
+            return
+        now = time.time()
+        decided: list[tuple[AdmissionRequest, Decision]] = []
+        for record in records:
+            try:
+                request = AdmissionRequest.from_bytes(record.value or b"")
+            except (ValueError, KeyError, TypeError):
+                self.metrics.admission_decisions.labels("unreadable").inc()
+                log.warning("unreadable admission request at %s offset %d", tp, record.offset)
+                continue
+            decision = decide(self.view, request, now=now, appended_at=record.timestamp / 1000)
+            decided.append((request, decision))
+        try:
+            await producer.begin_transaction()
+            sent = []
+            for request, decision in decided:
+                sent.append(await self._send_decision(producer, tp.partition, request, decision))
+                if decision.outcome is Outcome.ACCEPTED:
+                    sent.extend(await self._send_job(producer, request))
+            await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group)
+            await asyncio.gather(*sent)
+            await producer.commit_transaction()
+        except ProducerFenced:
+            # Another producer took the partition's id: nothing of this committed. Still
+            # assigned here, the partition is fenced and rebuilt again before deciding; if it
+            # is another gateway's now, the group revokes it here at the next heartbeat.
+            self._take_back(decided)
+            log.warning("admission partition %d fenced: taking it again", tp.partition)
+            self._producers.pop(tp.partition, None)
+            await producer.stop()
+            consumer.seek(tp, records[0].offset)
+            if tp in consumer.assignment():
+                await self.take([*(TopicPartition(self.topic, p) for p in self.owned), tp])
+            return
+        except KafkaError as exc:
+            self._take_back(decided)
+            log.warning("admission transaction on %s failed, deciding again: %s", tp, exc)
+            await self._abort(producer)
+            consumer.seek(tp, records[0].offset)
+            return
+        done = time.time()
+        for request, decision in decided:
+            self.metrics.admission_decisions.labels(decision.outcome.value).inc()
+            self.metrics.admission_latency.observe(max(0.0, done - request.submitted_at))
+
+    async def _send_decision(
+        self, producer: AIOKafkaProducer, partition: int, req: AdmissionRequest, d: Decision
+    ) -> asyncio.Future[object]:
+        fut: asyncio.Future[object] = await producer.send(
+            self.decisions,
+            value=d.to_bytes(),
+            key=req.user_id.encode(),
+            partition=partition,
+            headers=[(HEADER_REPLY_TO, req.reply_to.encode())],
+        )
+        return fut
+
+    async def _send_job(
+        self, producer: AIOKafkaProducer, req: AdmissionRequest
+    ) -> list[asyncio.Future[object]]:
+        key = req.job_id.encode()
+        # The fact first, then the command a streamer acts on, as the single publisher did.
+        accepted: asyncio.Future[object] = await producer.send(
+            events_topic(self.prefix),
+            value=req.accepted.encode(),
+            key=key,
+            headers=_headers("job.accepted", req.trace_id),
+        )
+        run: asyncio.Future[object] = await producer.send(
+            job_topic(req.priority, self.prefix),
+            value=req.run.encode(),
+            key=key,
+            headers=_headers("job.run", req.trace_id),
+        )
+        return [accepted, run]
+
+    def _take_back(self, decided: list[tuple[AdmissionRequest, Decision]]) -> None:
+        for _, decision in reversed(decided):
+            undo(self.view, decision)
+
+    async def _abort(self, producer: AIOKafkaProducer) -> None:
+        try:
+            await producer.abort_transaction()
+        except KafkaError as exc:
+            log.warning("abort of an admission transaction failed: %s", exc)

@@ -1,0 +1,289 @@
+"""Exact admission across two gateway instances on the session broker: one owner per user's
+admission partition decides limits and Idempotency-Keys, whichever gateway was asked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer
+
+from services.gateway.admission_records import decisions_topic
+from services.gateway.app import GatewayService
+from shared.kafka import assign_every_partition
+from shared.routing import chunk_partition, notifier_for
+from shared.topics import Priority, job_topic
+from tests.integration.gateway_harness import (
+    StartGateway,
+    Tokens,
+    bearer,
+    http,
+    start_gateway,
+    tokens,
+    topic_records,
+)
+from tests.support import wait_for
+
+pytestmark = pytest.mark.kafka
+__all__ = ["http", "start_gateway", "tokens"]  # fixtures
+
+PARTITIONS = 4  # the harness's admission partitions
+
+
+async def post(
+    http: aiohttp.ClientSession, url: str, token: str, body: dict[str, Any], **headers: str
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(f"{url}/api/v1/jobs", json=body, headers=bearer(token, **headers)) as resp:
+        return resp.status, await resp.json()
+
+
+async def run_job_ids(bootstrap: str, prefix: str) -> list[str]:
+    """The job id of every committed RunJob record on every band's topic."""
+    records = await topic_records(bootstrap, prefix)
+    return [r.job_id for band in Priority for r, _ in records[job_topic(band, prefix)]]
+
+
+async def decided_requests(bootstrap: str, prefix: str) -> list[dict[str, Any]]:
+    """Every committed decision, in partition order."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    await consumer.start()
+    try:
+        tps = await assign_every_partition(consumer, [decisions_topic(prefix)])
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[dict[str, Any]] = []
+        left = [tp for tp in tps if ends[tp] > 0]
+        while left:
+            batch = await consumer.getmany(*left, timeout_ms=1000)
+            out.extend(json.loads(r.value or b"") for rs in batch.values() for r in rs)
+            left = [tp for tp in left if await consumer.position(tp) < ends[tp]]
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def two_gateways(start: StartGateway, **settings: Any) -> tuple[GatewayService, ...]:
+    one = await start(**settings)
+    two = await start(**settings)
+    # Both in the group, each deciding its share.
+    await wait_for(
+        lambda: (
+            one.owner is not None
+            and two.owner is not None
+            and len(one.owner.owned) + len(two.owner.owned) == PARTITIONS
+            and one.owner.owned
+            and two.owner.owned
+        ),
+        timeout=30,
+        message="the admission partitions shared by both gateways",
+    )
+    return one, two
+
+
+def decided(gateway: GatewayService, outcome: str) -> float:
+    """How many requests `gateway` decided with `outcome`, from its metrics."""
+    value = gateway.registry.get_sample_value(
+        "streamjobs_gateway_admission_decisions_total", {"outcome": outcome}
+    )
+    return value or 0.0
+
+
+def user_owned_by(gateway: GatewayService, prefix: str) -> str:
+    """A user id whose admission partition `gateway` owns."""
+    assert gateway.owner is not None
+    owned = set(gateway.owner.owned)
+    return next(
+        f"{prefix}-user-{n}"
+        for n in range(1000)
+        if chunk_partition(f"{prefix}-user-{n}", PARTITIONS) in owned
+    )
+
+
+async def test_200_concurrent_submissions_over_two_gateways_accept_exactly_the_in_flight_limit(
+    start_gateway: StartGateway,
+    tokens: Tokens,
+    http: aiohttp.ClientSession,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    gateways = await two_gateways(
+        start_gateway, gateway_max_in_flight=20, gateway_submissions_per_minute=0
+    )
+    alice = tokens("alice")
+    answers = await asyncio.gather(
+        *(post(http, gateways[n % 2].url, alice, {"prompt": f"p{n}"}) for n in range(200))
+    )
+    statuses = Counter(status for status, _ in answers)
+    assert statuses == {202: 20, 429: 180}
+    assert {b["limit"] for s, b in answers if s == 429} == {"jobs-in-flight"}
+    accepted = sorted(b["job_id"] for s, b in answers if s == 202)
+    assert sorted(await run_job_ids(kafka_bootstrap, topic_prefix)) == accepted
+
+
+async def test_200_concurrent_submissions_over_two_gateways_accept_exactly_the_per_minute_limit(
+    start_gateway: StartGateway,
+    tokens: Tokens,
+    http: aiohttp.ClientSession,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    gateways = await two_gateways(
+        start_gateway, gateway_max_in_flight=0, gateway_submissions_per_minute=30
+    )
+    bob = tokens("bob")
+    answers = await asyncio.gather(
+        *(post(http, gateways[n % 2].url, bob, {"prompt": f"p{n}"}) for n in range(200))
+    )
+    assert Counter(status for status, _ in answers) == {202: 30, 429: 170}
+    refused = [b for s, b in answers if s == 429]
+    assert {b["limit"] for b in refused} == {"submissions-per-minute"}
+    assert len(await run_job_ids(kafka_bootstrap, topic_prefix)) == 30
+
+
+async def test_one_key_sent_to_both_gateways_at_once_is_one_job_and_one_run_record(
+    start_gateway: StartGateway,
+    tokens: Tokens,
+    http: aiohttp.ClientSession,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    one, two = await two_gateways(start_gateway)
+    carol = tokens("carol")
+    body = {"prompt": "charge once", "metadata": {"order": 7}}
+    answers = await asyncio.gather(
+        *(
+            post(http, (one, two)[n % 2].url, carol, body, **{"Idempotency-Key": "order-7"})
+            for n in range(20)
+        )
+    )
+    assert {status for status, _ in answers} == {202}
+    assert len({b["job_id"] for _, b in answers}) == 1
+    assert len({b["submitted_at"] for _, b in answers}) == 1, "every replay names the first"
+    (job_id,) = {b["job_id"] for _, b in answers}
+    assert await run_job_ids(kafka_bootstrap, topic_prefix) == [job_id]
+    outcomes = Counter(d["outcome"] for d in await decided_requests(kafka_bootstrap, topic_prefix))
+    assert outcomes == {"accepted": 1, "replayed": 19}
+
+
+async def test_an_owner_stopped_abruptly_mid_stream_moves_its_partitions_and_limits_stay_exact(
+    start_gateway: StartGateway,
+    tokens: Tokens,
+    http: aiohttp.ClientSession,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    doomed, survivor = await two_gateways(
+        start_gateway,
+        gateway_max_in_flight=60,
+        gateway_submissions_per_minute=0,
+        gateway_publish_timeout_s=20,
+    )
+    user = user_owned_by(doomed, topic_prefix)
+    token = tokens(user)
+
+    async def stream(n: int) -> tuple[int, dict[str, Any]]:
+        await asyncio.sleep(n * 0.01)  # a steady stream, about 100 per second
+        return await post(http, survivor.url, token, {"prompt": f"p{n}"})
+
+    requests = asyncio.gather(*(stream(n) for n in range(150)))
+    await wait_for(
+        lambda: decided(doomed, "accepted") >= 10,
+        timeout=30,
+        message="the doomed owner deciding",
+    )
+    # Abruptly: its loops die wherever they are, a transaction perhaps open.
+    await doomed.background.cancel()
+    await doomed.stop()
+    answers = await requests
+    assert survivor.owner is not None and len(survivor.owner.owned) == PARTITIONS
+    statuses = Counter(status for status, _ in answers)
+    assert statuses[202] == 60, statuses
+    assert set(statuses) <= {202, 429, 503}
+    decisions = await decided_requests(kafka_bootstrap, topic_prefix)
+    ids = [d["request_id"] for d in decisions]
+    assert len(ids) == len(set(ids)), "no request decided twice"
+    accepted = sorted(b["job_id"] for s, b in answers if s == 202)
+    assert sorted(d["job_id"] for d in decisions if d["outcome"] == "accepted") == accepted
+    assert sorted(await run_job_ids(kafka_bootstrap, topic_prefix)) == accepted
+
+
+async def test_a_request_whose_decision_never_comes_is_a_503_and_never_a_job(
+    start_gateway: StartGateway,
+    tokens: Tokens,
+    http: aiohttp.ClientSession,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    gw = await start_gateway(gateway_publish_timeout_s=2)
+    assert gw.owner is not None
+    gw.owner.paused.set()  # the owner decides nothing: no decision comes
+    status, problem = await post(http, gw.url, tokens("dave"), {"prompt": "late"})
+    assert status == 503
+    assert problem["type"].endswith("/kafka-unavailable")
+    gw.owner.paused.clear()  # it decides again, past the request's accept_by
+    await wait_for(lambda: decided(gw, "expired") == 1, message="the late request refused")
+    assert await run_job_ids(kafka_bootstrap, topic_prefix) == []
+    records = await topic_records(kafka_bootstrap, topic_prefix)
+    assert not any(r.type == "job.accepted" for rs in records.values() for r, _ in rs)
+
+
+async def test_job_links_name_the_notifier_serving_the_jobs_chunk_partition(
+    start_gateway: StartGateway, tokens: Tokens, http: aiohttp.ClientSession
+) -> None:
+    urls = ["ws://notifier-0.test/ws", "ws://notifier-1.test/ws"]
+    gw = await start_gateway(gateway_notifier_ws_urls=",".join(urls), gateway_max_in_flight=0)
+    erin = tokens("erin")
+    links = {}
+    for n in range(30):  # both instances named, but for a chance of 2 in 2**30
+        status, body = await post(http, gw.url, erin, {"prompt": f"p{n}"})
+        assert status == 202
+        links[body["job_id"]] = body["links"]["websocket"]
+    chunk_partitions = 4  # the session's topics
+    assert links == {j: urls[notifier_for(j, chunk_partitions, 2)] for j in links}
+    assert set(links.values()) == set(urls), "both instances named"
+
+
+async def test_the_sse_proxy_reaches_the_notifier_serving_the_job(
+    start_gateway: StartGateway, tokens: Tokens, http: aiohttp.ClientSession
+) -> None:
+    runners = []
+    urls = []
+    for n in range(2):
+
+        async def events(request: web.Request, n: int = n) -> web.Response:
+            return web.Response(text=f"data: notifier-{n}\n\n", content_type="text/event-stream")
+
+        app = web.Application()
+        app.router.add_get("/api/v1/jobs/{job_id}/events", events)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    try:
+        gw = await start_gateway(gateway_notifier_sse_urls=",".join(urls), gateway_max_in_flight=0)
+        frank = tokens("frank")
+        seen = set()
+        for n in range(24):  # both instances reached, but for a chance of 2 in 2**24
+            status, body = await post(http, gw.url, frank, {"prompt": f"p{n}"})
+            assert status == 202
+            job_id = body["job_id"]
+            async with http.get(
+                f"{gw.url}/api/v1/jobs/{job_id}/events", headers=bearer(frank)
+            ) as resp:
+                assert resp.status == 200
+                text = await resp.text()
+            expected = notifier_for(job_id, 4, 2)
+            assert text == f"data: notifier-{expected}\n\n"
+            seen.add(expected)
+        assert seen == {0, 1}
+    finally:
+        for runner in runners:
+            await runner.cleanup()
