@@ -139,6 +139,7 @@ class Intake:
         # Whether the current generation was assigned by the sticky assignor: only then may
         # the next revocation keep its jobs (a round-robin peer could take them at once).
         self._sticky = False
+        self._claims_read: asyncio.Task[None] | None = None
         # Attempts started (ours, and those read from the events topic on assignment).
         self.claims = Claims()
         # Per partition: offset -> job id of the records handed on and not final yet.
@@ -170,6 +171,7 @@ class Intake:
     async def stop(self) -> None:
         """Leave the group; a claims read still retrying gives up."""
         self._stopping = True
+        await self._cancel_claims_read()
         await self.consumer.stop()
 
     async def lag(self) -> dict[str, int]:
@@ -234,6 +236,13 @@ class Intake:
         if not assigned:
             self._claims_ready.set()
             return
+        # Read outside the callback: a member stuck in it misses the next rebalance's join
+        # and is evicted while its kept jobs still run. The fetch waits for it instead.
+        self._claims_read = asyncio.create_task(self._read_claims(assigned))
+        self._claims_read.add_done_callback(_log_crash)
+
+    async def _read_claims(self, assigned: set[TopicPartition]) -> None:
+        """Read every claim on the assigned partitions, then let the fetch take their jobs."""
         first_delay, max_delay = self.backoff_s
         delay = first_delay
         began = time.monotonic()
@@ -260,6 +269,13 @@ class Intake:
         self.on_claims(len(claims), events, time.monotonic() - began)
         self._claims_ready.set()
 
+    async def _cancel_claims_read(self) -> None:
+        task, self._claims_read = self._claims_read, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def revoked(self, revoked: set[TopicPartition]) -> None:
         """Stop taking records; commit what is final before the group reassigns.
 
@@ -270,6 +286,7 @@ class Intake:
         """
         self._generation += 1
         self._claims_ready.clear()
+        await self._cancel_claims_read()  # of the previous assignment: it is gone
         if self.assignor is not None:
             self.assignor.chosen = False  # set again only if the next generation is sticky
         if not self._sticky:
@@ -426,3 +443,9 @@ class Intake:
     async def final_commit(self) -> None:
         with contextlib.suppress(KafkaError):
             await self._commit()
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    # The fetch of the assignment waits for this read: a bug in it must at least be seen.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("a claims read crashed: %r", exc, exc_info=exc)
