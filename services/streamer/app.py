@@ -11,6 +11,7 @@ import openai
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from prometheus_client import CollectorRegistry
 
 from services.streamer.breaker import CircuitBreaker
@@ -32,6 +33,7 @@ from services.streamer.reruns import Reruns
 from services.streamer.runner import run_job
 from services.streamer.scheduler import Scheduler
 from services.streamer.settings import StreamerSettings
+from services.streamer.sticky import StickyAssignor
 from services.streamer.upstream import make_client
 from shared.http import add_ops_routes, serve_http
 from shared.kafka import client_options, ensure_topics, make_producer
@@ -174,7 +176,7 @@ class StreamerService:
             await self._producer.flush()
 
     async def _revoke(self, revoked: set[TopicPartition]) -> None:
-        # The revocation callback returns only once these jobs stopped and their records
+        # The rebalance callback returns only once these jobs stopped and their records
         # are on the broker: the partitions' next owner starts after it.
         await self.dispatcher.drop_revoked(revoked)
         await self._flush()
@@ -242,6 +244,8 @@ class StreamerService:
         self, name: str, group: str, topics: list[str], bands: dict[str, int], prefetch: int
     ) -> Intake:
         s = self.settings
+        # Told what the intake holds once it exists; consulted only at a join.
+        assignor = StickyAssignor(set)
         consumer = AIOKafkaConsumer(
             **client_options(s),
             bootstrap_servers=s.kafka_bootstrap_servers,
@@ -253,6 +257,8 @@ class StreamerService:
             auto_offset_reset="earliest",
             session_timeout_ms=s.streamer_session_timeout_ms,
             heartbeat_interval_ms=s.streamer_heartbeat_interval_ms,
+            # Round robin only while a member of an earlier version is in the group.
+            partition_assignment_strategy=(assignor, RoundRobinPartitionAssignor),
             # Jobs run long, but the fetch loop keeps polling, so the default poll bound holds.
         )
         intake = Intake(
@@ -274,12 +280,16 @@ class StreamerService:
                 timeout_s=s.streamer_claims_timeout_s,
             ),
             on_claims=self._on_claims,
+            assignor=assignor,
+            running_partitions=self.inflight.partitions,
+            on_kept=self.metrics.jobs_kept_by_rebalance.inc,
             max_delay_s=s.streamer_max_not_before_s,
             accept_skew_s=s.streamer_accept_skew_s,
             on_late=self.metrics.jobs_appended_late.inc,
             on_kafka_error=self.metrics.loop_errors.labels(f"intake_{name}").inc,
             backoff_s=LOOP_BACKOFF_S,
         )
+        assignor.held = intake.held
         intake.subscribe(bands)
         return intake
 

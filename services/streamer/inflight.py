@@ -8,6 +8,8 @@ import logging
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
+from aiokafka import TopicPartition
+
 from services.streamer.job import Running
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,14 @@ class InFlight:
         self._tasks[task] = running
         task.add_done_callback(self._forget)
         task.add_done_callback(_log_crash)
+
+    def partitions(self, source: str) -> set[TopicPartition]:
+        """The partitions of `source` whose jobs have a task alive here."""
+        return {
+            running.tp
+            for running in self._tasks.values()
+            if running is not None and running.tp is not None and running.source == source
+        }
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)

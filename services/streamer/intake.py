@@ -20,6 +20,7 @@ from services.streamer.claims_log import ClaimsSource
 from services.streamer.job import Running
 from services.streamer.offsets import OffsetTracker
 from services.streamer.rejects import Rejected
+from services.streamer.sticky import StickyAssignor
 from shared.contracts import RunJob, parse_record
 from shared.deadletter import MAX_JOB_ID_CHARS
 
@@ -111,6 +112,9 @@ class Intake:
         claims_source: ClaimsSource,
         *,
         on_claims: Callable[[int, int, float], None] = lambda _claims, _events, _s: None,
+        assignor: StickyAssignor | None = None,
+        running_partitions: Callable[[str], set[TopicPartition]] = lambda _source: set(),
+        on_kept: Callable[[int], None] = lambda _jobs: None,
         max_delay_s: float = 3600.0,
         accept_skew_s: float = 1.0,
         on_late: Callable[[], None] = lambda: None,
@@ -126,6 +130,16 @@ class Intake:
         self.group_id = group_id
         self.claims_source = claims_source
         self.on_claims = on_claims
+        self.assignor = assignor
+        self.running_partitions = running_partitions
+        self.on_kept = on_kept
+        # Partitions whose jobs stay ours across a rebalance until an assignment leaves them
+        # out; the sticky assignor gives none of them to another member meanwhile.
+        self._held: set[TopicPartition] = set()
+        # Whether the current generation was assigned by the sticky assignor: only then may
+        # the next revocation keep its jobs (a round-robin peer could take them at once).
+        self._sticky = False
+        self._claims_read: asyncio.Task[None] | None = None
         # Attempts started (ours, and those read from the events topic on assignment).
         self.claims = Claims()
         # Per partition: offset -> job id of the records handed on and not final yet.
@@ -157,6 +171,7 @@ class Intake:
     async def stop(self) -> None:
         """Leave the group; a claims read still retrying gives up."""
         self._stopping = True
+        await self._cancel_claims_read()
         await self.consumer.stop()
 
     async def lag(self) -> dict[str, int]:
@@ -185,11 +200,49 @@ class Intake:
         """Remember our own start; its job.started event is what a successor reads."""
         self.claims.started(job_id, attempt)
 
+    def held(self) -> set[TopicPartition]:
+        """What this member holds: its partitions, and those of jobs still running here."""
+        return self._held | self.running_partitions(self.name)
+
     async def assigned(self, assigned: set[TopicPartition]) -> None:
-        """Read every claim on the assigned partitions before any of their jobs is taken."""
+        """Cut the jobs of partitions not assigned back, then read the new ones' claims.
+
+        Every claim on the assigned partitions is read before any of their jobs is taken.
+        """
+        self._sticky = self.assignor is not None and self.assignor.chosen
+        lost = self.held() - assigned
+        if lost:
+            await self._let_go(lost, still_assigned=False)
+        kept = self._held & assigned
+        if kept:
+            self.on_kept(sum(self.offsets.inflight(tp) for tp in kept))
+        for tp in kept:
+            # Its records up to here run or ran here: fetch on after them, not from the commit.
+            resume = self.offsets.fetched(tp)
+            if resume is not None:
+                self.consumer.seek(tp, resume)
+        self._held = set(assigned) if self._sticky else set()
+        log.info(
+            "%s: %d partitions assigned (%s), %d kept, %d let go",
+            self.name,
+            len(assigned),
+            "sticky" if self._sticky else "round robin",
+            len(kept),
+            len(lost),
+        )
+        if lost and self._sticky:
+            # Given to nobody while we held them: a new generation hands them on.
+            self._request_rejoin()
         if not assigned:
             self._claims_ready.set()
             return
+        # Read outside the callback: a member stuck in it misses the next rebalance's join
+        # and is evicted while its kept jobs still run. The fetch waits for it instead.
+        self._claims_read = asyncio.create_task(self._read_claims(assigned))
+        self._claims_read.add_done_callback(_log_crash)
+
+    async def _read_claims(self, assigned: set[TopicPartition]) -> None:
+        """Read every claim on the assigned partitions, then let the fetch take their jobs."""
         first_delay, max_delay = self.backoff_s
         delay = first_delay
         began = time.monotonic()
@@ -216,15 +269,56 @@ class Intake:
         self.on_claims(len(claims), events, time.monotonic() - began)
         self._claims_ready.set()
 
+    async def _cancel_claims_read(self) -> None:
+        task, self._claims_read = self._claims_read, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def revoked(self, revoked: set[TopicPartition]) -> None:
-        """Stop what runs from the revoked partitions and commit, before the new owner starts."""
+        """Stop taking records; commit what is final before the group reassigns.
+
+        Under the sticky assignor the running jobs go on: this member sends their
+        partitions as held, so no other member gets them until an assignment leaves them
+        out here and `assigned` has cut them. Otherwise they stop now, before the callback
+        returns, so that the partitions' next owner starts after.
+        """
         self._generation += 1
         self._claims_ready.clear()
-        await self.on_revoke(revoked)
+        await self._cancel_claims_read()  # of the previous assignment: it is gone
+        if self.assignor is not None:
+            self.assignor.chosen = False  # set again only if the next generation is sticky
+        if not self._sticky:
+            self._held = set()
+            await self._let_go(
+                set(revoked) | self.running_partitions(self.name), still_assigned=True
+            )
+            return
         await self._commit()
-        for tp in revoked:
+
+    async def _let_go(self, lost: set[TopicPartition], *, still_assigned: bool) -> None:
+        """Cut the jobs of `lost` partitions, commit what is final, forget them.
+
+        Partitions no longer assigned cannot be committed (aiokafka refuses the whole
+        commit): what finished on them since the revocation is skipped by their next
+        owner, whose claims say it ended.
+        """
+        await self.on_revoke(lost)
+        if still_assigned:
+            await self._commit()
+        for tp in lost:
             self.offsets.forget(tp)
             self._offered.pop(tp, None)
+        if not still_assigned:
+            await self._commit()
+
+    def _request_rejoin(self) -> None:
+        # aiokafka has no public call for this: the coordinator's own trigger, as a
+        # metadata change uses it.
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        if coordinator is not None:
+            coordinator.request_rejoin()
 
     def _pause_full_bands(self) -> None:
         assigned = self.consumer.assignment()
@@ -244,6 +338,9 @@ class Intake:
         first_delay, max_delay = self.backoff_s
         delay = first_delay
         while True:
+            # Before the fetch, not after: records a fetch returns across a rebalance may
+            # belong to partitions since lost, or be re-fetched on kept ones.
+            await self._claims_ready.wait()
             try:
                 self._pause_full_bands()
                 generation = self._generation
@@ -256,11 +353,13 @@ class Intake:
                 delay = min(delay * 2, max_delay)
                 continue
             delay = first_delay
-            await self._claims_ready.wait()
             for tp, records in batch.items():
+                taken = self.offsets.fetched(tp)
                 for record in records:
                     if self._generation != generation:
                         break  # revoked meanwhile: the next owner (maybe us) fetches it again
+                    if taken is not None and record.offset < taken:
+                        continue  # taken before a rebalance that kept its partition here
                     self.offsets.track(tp, record.offset)
                     await self._take(tp, record)
 
@@ -344,3 +443,9 @@ class Intake:
     async def final_commit(self) -> None:
         with contextlib.suppress(KafkaError):
             await self._commit()
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    # The fetch of the assignment waits for this read: a bug in it must at least be seen.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("a claims read crashed: %r", exc, exc_info=exc)

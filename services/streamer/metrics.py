@@ -128,7 +128,12 @@ class StreamerMetrics:
         )
         self.attempts_cut_by_rebalance = Counter(
             "streamjobs_streamer_attempts_cut_by_rebalance_total",
-            "Attempts cut short because their partition was revoked; the next owner reruns them",
+            "Attempts cut short because their partition moved; the next owner reruns them",
+            registry=registry,
+        )
+        self.jobs_kept_by_rebalance = Counter(
+            "streamjobs_streamer_jobs_kept_by_rebalance_total",
+            "Jobs fetched and not final whose partition a rebalance assigned back: they go on",
             registry=registry,
         )
         self.claims_loaded = Counter(

@@ -21,12 +21,14 @@ class OffsetTracker(Generic[P]):
         self._done: dict[P, set[int]] = {}
         self._next: dict[P, int] = {}  # the commit point reached, not yet handed out
         self._committed: dict[P, int] = {}
+        self._fetched: dict[P, int] = {}  # one past the last record tracked
 
     def track(self, partition: P, offset: int) -> None:
         queue = self._inflight.setdefault(partition, deque())
         if queue and offset <= queue[-1]:
             return  # a re-fetch of a record already tracked
         queue.append(offset)
+        self._fetched[partition] = max(self._fetched.get(partition, 0), offset + 1)
         self._done.setdefault(partition, set())
 
     def done(self, partition: P, offset: int) -> None:
@@ -47,6 +49,10 @@ class OffsetTracker(Generic[P]):
             return queue[0]
         return self._next.get(partition, self._committed.get(partition))
 
+    def fetched(self, partition: P) -> int | None:
+        """The offset after the last record tracked: where a kept partition's fetch resumes."""
+        return self._fetched.get(partition)
+
     def inflight(self, partition: P) -> int:
         return len(self._inflight.get(partition, ()))
 
@@ -63,3 +69,4 @@ class OffsetTracker(Generic[P]):
         self._done.pop(partition, None)
         self._next.pop(partition, None)
         self._committed.pop(partition, None)
+        self._fetched.pop(partition, None)

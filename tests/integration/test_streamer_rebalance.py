@@ -1,5 +1,6 @@
 """Streamers joining, leaving on SIGTERM and killed under load: partitions move, no job is
-lost, no two attempts of one job overlap, every job completes once."""
+lost, no two attempts of one job overlap, every job completes once, and a join reruns only
+the jobs of the partitions that moved."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from aiokafka import AIOKafkaProducer
 
 from deploy.localstack.procs import free_port
 from shared.contracts import JobCompleted, JobStarted, TokenChunk
-from shared.topics import chunks_topic, events_topic
+from shared.routing import chunk_partition
+from shared.topics import Priority, chunks_topic, events_topic, job_topic
 from tests.integration.test_streamer_streaming import (
     StartStreamer,
     fresh_sim,
@@ -211,7 +213,7 @@ async def two_streamers_under_load(
     return job_ids
 
 
-async def test_a_second_streamer_joining_under_load_takes_partitions_without_overlap(
+async def test_a_second_streamer_joining_under_load_reruns_only_the_jobs_of_moved_partitions(
     kafka_bootstrap: str,
     topic_prefix: str,
     producer: AIOKafkaProducer,
@@ -227,8 +229,20 @@ async def test_a_second_streamer_joining_under_load_takes_partitions_without_ove
     await start_streamer(instance_id="w2", streamer_grace_s=0.5)
     completed = await check_every_job_ran_once_at_a_time(kafka_bootstrap, topic_prefix, job_ids)
     events = await events_when(kafka_bootstrap, topic_prefix, all_final(job_ids))
-    assert started_by(events, "w2"), "the joining streamer took no partition"
+    partitions = len(await producer.partitions_for(job_topic(Priority.NORMAL, topic_prefix)))
+    partition = {job_id: chunk_partition(job_id, partitions) for job_id in job_ids}
+    moved = {partition[j] for j, done in completed.items() if worker_of_final(events, done) == "w2"}
+    assert moved, "the joining streamer took no partition with jobs"
+    assert len(moved) <= partitions // 2, f"more than the joiner's share moved: {moved}"
+    for job_id, done in completed.items():
+        if partition[job_id] not in moved:
+            assert done.data.attempt == 1, f"{job_id} of a kept partition was rerun"
+            assert worker_of_final(events, done) == "w1"
     assert any(c.data.attempt > 1 for c in completed.values()), "no job was moved mid-stream"
+
+
+def worker_of_final(events: list[Any], done: JobCompleted) -> str:
+    return worker_of(events, done.job_id, done.data.attempt)
 
 
 async def test_a_streamer_leaving_on_sigterm_under_load_hands_its_jobs_over_without_overlap(
