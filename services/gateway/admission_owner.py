@@ -28,6 +28,7 @@ from services.gateway.admission_records import (
     AdmissionRequest,
     Decision,
     Outcome,
+    admission_group,
     admissions_topic,
     decisions_topic,
     transactional_id,
@@ -46,10 +47,6 @@ from shared.topics import (
 
 log = logging.getLogger(__name__)
 FETCH_WAIT_MS = 20
-
-
-def admission_group(prefix: str) -> str:
-    return f"{prefix}-gateway-admission"
 
 
 def _headers(record_type: str, trace_id: str) -> Headers:

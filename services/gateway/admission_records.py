@@ -16,8 +16,6 @@ from enum import StrEnum
 from shared.topics import Priority
 
 HEADER_REPLY_TO = "reply_to"
-# One consumer group of every gateway on the admission topic: one owner per partition.
-GROUP_ADMISSION = "streamjobs-gateway-admission"
 
 
 def admissions_topic(prefix: str) -> str:
@@ -28,9 +26,19 @@ def decisions_topic(prefix: str) -> str:
     return f"{prefix}.admission-decisions"
 
 
+def admission_group(prefix: str) -> str:
+    """One consumer group of every gateway on the admission topic: one owner per partition."""
+    return f"{prefix}-gateway-admission"
+
+
+def transactional_id_prefix(prefix: str) -> str:
+    """What every admission transactional id starts with (one ACL grants them all)."""
+    return f"{prefix}-admission-"
+
+
 def transactional_id(prefix: str, partition: int) -> str:
     """One per admission partition: a new owner's producer fences the previous owner's."""
-    return f"{prefix}-admission-{partition}"
+    return f"{transactional_id_prefix(prefix)}{partition}"
 
 
 class Outcome(StrEnum):

@@ -91,7 +91,11 @@ class NotifierService:
         self._started = True
         security = client_options(s)
         await ensure_topics(
-            s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions, security=security
+            s.kafka_bootstrap_servers,
+            s.topic_prefix,
+            s.job_partitions,
+            security=security,
+            replication=s,
         )
         reader = Reader(
             s.kafka_bootstrap_servers,

@@ -74,7 +74,11 @@ class ResultsService:
             await migrate(conn)
         security = client_options(s)
         await ensure_topics(
-            s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions, security=security
+            s.kafka_bootstrap_servers,
+            s.topic_prefix,
+            s.job_partitions,
+            security=security,
+            replication=s,
         )
 
         consumer = AIOKafkaConsumer(
