@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_c
 from aiokafka.helpers import create_ssl_context
 
 from shared.contracts import Envelope
-from shared.settings import KafkaSecuritySettings, TopicReplicationSettings
+from shared.settings import CommonSettings, KafkaSecuritySettings, TopicReplicationSettings
 from shared.topics import (
     HEADER_SCHEMA_VERSION,
     HEADER_TRACEPARENT,
@@ -186,6 +186,19 @@ async def ensure_topics(
         timeout_s=timeout_s,
         security=security,
         replication=replication,
+    )
+
+
+async def ensure_service_topics(
+    settings: CommonSettings, extra: Mapping[str, TopicSpec] | None = None
+) -> None:
+    """A service's start-up check: the streamjobs topics (and `extra`), created where
+    missing with the service's own partitions, replication and Kafka credentials."""
+    await ensure_created(
+        settings.kafka_bootstrap_servers,
+        {**streamjobs_topics(settings.topic_prefix, settings.job_partitions), **(extra or {})},
+        security=client_options(settings),
+        replication=settings,
     )
 
 

@@ -30,10 +30,9 @@ from shared.contracts import Envelope
 from shared.http import serve_http
 from shared.kafka import (
     client_options,
-    ensure_created,
+    ensure_service_topics,
     make_producer,
     publish,
-    streamjobs_topics,
 )
 from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
@@ -72,6 +71,7 @@ def build_gateway(
         admission=Admission(
             link,
             metrics,
+            repairs,
             instance=settings.gateway_instance_id,
             timeout_s=settings.gateway_publish_timeout_s,
         ),
@@ -143,15 +143,7 @@ class GatewayService:
         prefix = s.topic_prefix
         stack = self._stack
         security = client_options(s)
-        await ensure_created(
-            s.kafka_bootstrap_servers,
-            {
-                **streamjobs_topics(prefix, s.job_partitions),
-                **admission_topics(prefix, s.gateway_admission_partitions),
-            },
-            security=security,
-            replication=s,
-        )
+        await ensure_service_topics(s, admission_topics(prefix, s.gateway_admission_partitions))
         producer = make_producer(
             s.kafka_bootstrap_servers, client_id=f"gateway-{self.instance}", security=security
         )
@@ -249,6 +241,7 @@ class GatewayService:
             sse=self.sse,
         )
         self.api.notifiers.chunk_partitions = chunk_partitions
+        link.on_late = self.api.admission.late
         stack.push_async_callback(self.api.drain)
         app = build_app(self.api, self.registry, ready=self._ready, info=self._info)
         self.port = await serve_http(app, s.gateway_host, s.gateway_port, stack)
