@@ -52,6 +52,18 @@ def _follows_revocations(package: ModuleType) -> bool:
     return any("follow_revocations(" in text or "RevocationFollower(" in text for text in sources)
 
 
+def _view() -> EventsView:
+    return EventsView(
+        submissions_per_minute=60,
+        max_in_flight=10,
+        window_s=60.0,
+        final_retention_s=60.0,
+        max_jobs=100,
+        in_flight_retry_after_s=1.0,
+        max_idempotency_keys=100,
+    )
+
+
 def _verifier() -> TokenVerifier:
     return TokenVerifier.from_settings(ResultsSettings(streamjobs_auth_secret="s" * 32))
 
@@ -78,15 +90,7 @@ def test_the_revocations_follower_reads_the_declared_topic() -> None:
 
 
 def test_the_gateway_events_view_reads_the_declared_topics() -> None:
-    view = EventsView(
-        submissions_per_minute=60,
-        max_in_flight=10,
-        window_s=60.0,
-        final_retention_s=60.0,
-        max_jobs=100,
-        in_flight_retry_after_s=1.0,
-        max_idempotency_keys=100,
-    )
+    view = _view()
     reader = EventsReader(BOOTSTRAP, PREFIX, view, lookback_s=60.0)
     assert reader.follower.topics == EVENTS_VIEW.topics(PREFIX)
     assert GATEWAY.consumers == (
@@ -98,15 +102,7 @@ def test_the_gateway_events_view_reads_the_declared_topics() -> None:
 
 
 def test_the_admission_owner_and_link_use_the_declared_topics_group_and_transactional_ids() -> None:
-    view = EventsView(
-        submissions_per_minute=60,
-        max_in_flight=10,
-        window_s=60.0,
-        final_retention_s=60.0,
-        max_jobs=100,
-        in_flight_retry_after_s=1.0,
-        max_idempotency_keys=100,
-    )
+    view = _view()
     metrics = GatewayMetrics(CollectorRegistry())
     owner = AdmissionOwner(BOOTSTRAP, PREFIX, view, metrics, instance="g-0", batch=10, rebuild_s=1)
     assert [owner.topic] == ADMISSION_OWNER.topics(PREFIX)
