@@ -41,9 +41,10 @@ def _description(channel: Channel) -> str:
 
 
 def _reading(consumer: Consumer) -> str:
-    if consumer.group is None:
+    group = consumer.group_name()
+    if group is None:
         return "Read with no consumer group: every instance reads every partition."
-    return f"Read in a consumer group, by default {consumer.group}."
+    return f"Read in a consumer group, by default {group}."
 
 
 def _subscriber_handler(schema: Any) -> Any:
@@ -70,7 +71,7 @@ def service_broker(service: ServiceChannels) -> KafkaBroker:
         for channel in consumer.channels:
             broker.subscriber(
                 channel.topic(),
-                group_id=consumer.group,
+                group_id=consumer.group_name(),
                 title=f"{service.service}:{channel.name}:{consumer.name}",
                 description=f"{_description(channel)} {_reading(consumer)}",
             )(_subscriber_handler(_schema(channel)))

@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-
-from pydantic import BaseModel
+from typing import Any
 
 from shared.contracts import (
     CancelJob,
@@ -47,7 +46,7 @@ class Channel:
 
     name: str
     topic_of: Callable[[str], str]
-    records: tuple[type[BaseModel], ...]
+    records: tuple[type[Any], ...]  # pydantic models or dataclasses
     description: str
     key: str = "job_id"
 
@@ -60,12 +59,16 @@ class Consumer:
     """One consumer of a service over `channels`; `group` is its default consumer group.
 
     No group (`None`) means the consumer reads every partition itself, so each instance
-    sees every record.
+    sees every record. `group_of(prefix)` names a group under the topic prefix instead.
     """
 
     name: str
     channels: tuple[Channel, ...]
     group: str | None = None
+    group_of: Callable[[str], str] | None = None
+
+    def group_name(self, prefix: str = PREFIX) -> str | None:
+        return self.group_of(prefix) if self.group_of is not None else self.group
 
     def topics(self, prefix: str = PREFIX) -> list[str]:
         return [channel.topic(prefix) for channel in self.channels]
@@ -73,11 +76,13 @@ class Consumer:
 
 @dataclass(frozen=True)
 class ServiceChannels:
-    """What one service (also its Kafka principal) publishes and consumes."""
+    """What one service (also its Kafka principal) publishes and consumes; `transactional_ids`
+    names the prefix of its transactional producers' ids, if it has any."""
 
     service: str
     publishes: tuple[Channel, ...]
     consumers: tuple[Consumer, ...]
+    transactional_ids: Callable[[str], str] | None = None
 
     @property
     def consumes(self) -> tuple[Channel, ...]:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -15,7 +16,7 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_c
 from aiokafka.helpers import create_ssl_context
 
 from shared.contracts import Envelope
-from shared.settings import KafkaSecuritySettings, TopicReplicationSettings
+from shared.settings import CommonSettings, KafkaSecuritySettings, TopicReplicationSettings
 from shared.topics import (
     HEADER_SCHEMA_VERSION,
     HEADER_TRACEPARENT,
@@ -119,6 +120,56 @@ async def publish(producer: AIOKafkaProducer, topic: str, envelope: Envelope) ->
     )
 
 
+@dataclass(frozen=True)
+class TopicSpec:
+    """How one topic is created: its partitions and its own configs (replication apart)."""
+
+    partitions: int
+    configs: Mapping[str, str] = field(default_factory=dict)
+
+
+async def create_missing_topics(
+    admin: AIOKafkaAdminClient,
+    topics: Mapping[str, TopicSpec],
+    replication: TopicReplicationSettings,
+) -> list[str]:
+    """Create those of `topics` that do not exist yet; returns the names created.
+
+    Every topic gets `replication`'s replicas and `min.insync.replicas`. Under ACLs a
+    service sees the topics it may describe; where they all exist already (an operator
+    created them) nothing is created, so services need no Create permission.
+    """
+    existing = set(await admin.list_topics())
+    missing = [t for t in topics if t not in existing]
+    if not missing:
+        return []
+    durability = {"min.insync.replicas": str(replication.kafka_min_insync_replicas)}
+    with contextlib.suppress(TopicAlreadyExistsError):  # another service may be first
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    t,
+                    num_partitions=topics[t].partitions,
+                    replication_factor=replication.kafka_replication_factor,
+                    topic_configs={**durability, **topics[t].configs},
+                )
+                for t in missing
+            ]
+        )
+        raise_refused(response)
+    log.info("created topics %s", missing)
+    return missing
+
+
+def streamjobs_topics(prefix: str, partitions: int) -> dict[str, TopicSpec]:
+    """The job, retry, control, event, chunk and dead-letter topics, one partition count."""
+    job_records = {*job_topics(prefix), retry_topic(prefix)}
+    return {
+        t: TopicSpec(partitions, JOB_TOPIC_CONFIGS if t in job_records else {})
+        for t in all_topics(prefix)
+    }
+
+
 async def ensure_topics(
     bootstrap_servers: str,
     prefix: str,
@@ -128,42 +179,49 @@ async def ensure_topics(
     security: KafkaOptions | None = None,
     replication: TopicReplicationSettings | None = None,
 ) -> None:
-    """Create every streamjobs topic that is missing (same partition count each).
+    """Create every streamjobs topic that is missing (same partition count each)."""
+    await ensure_created(
+        bootstrap_servers,
+        streamjobs_topics(prefix, partitions),
+        timeout_s=timeout_s,
+        security=security,
+        replication=replication,
+    )
 
-    Under ACLs a service sees the topics it may describe; where they all exist already (an
-    operator created them) nothing is created, so services need no Create permission.
-    Replicas and `min.insync.replicas` come from `replication`, by default from the
-    environment (`KAFKA_REPLICATION_FACTOR`, `KAFKA_MIN_INSYNC_REPLICAS`): every service
-    calls this at start-up, so whichever creates a topic first gives it the cluster's values.
+
+async def ensure_service_topics(
+    settings: CommonSettings, extra: Mapping[str, TopicSpec] | None = None
+) -> None:
+    """A service's start-up check: the streamjobs topics (and `extra`), created where
+    missing with the service's own partitions, replication and Kafka credentials."""
+    await ensure_created(
+        settings.kafka_bootstrap_servers,
+        {**streamjobs_topics(settings.topic_prefix, settings.job_partitions), **(extra or {})},
+        security=client_options(settings),
+        replication=settings,
+    )
+
+
+async def ensure_created(
+    bootstrap_servers: str,
+    topics: Mapping[str, TopicSpec],
+    *,
+    timeout_s: float = 30.0,
+    security: KafkaOptions | None = None,
+    replication: TopicReplicationSettings | None = None,
+) -> None:
+    """`create_missing_topics` with an admin client of its own.
+
+    Replicas and `min.insync.replicas` come from `replication` (a service passes its own
+    settings), by default from the environment: every service calls this at start-up, so
+    whichever creates a topic first gives it the cluster's values.
     """
     replicas = replication or TopicReplicationSettings()
-    durability = {"min.insync.replicas": str(replicas.kafka_min_insync_replicas)}
 
-    async def create_missing(admin: AIOKafkaAdminClient, _deadline: float) -> None:
-        existing = set(await admin.list_topics())
-        missing = [t for t in all_topics(prefix) if t not in existing]
-        job_records = {*job_topics(prefix), retry_topic(prefix)}
-        if missing:
-            # Another service may create them first.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                response = await admin.create_topics(
-                    [
-                        NewTopic(
-                            t,
-                            num_partitions=partitions,
-                            replication_factor=replicas.kafka_replication_factor,
-                            topic_configs={
-                                **durability,
-                                **(JOB_TOPIC_CONFIGS if t in job_records else {}),
-                            },
-                        )
-                        for t in missing
-                    ]
-                )
-                raise_refused(response)
-            log.info("created topics %s", missing)
+    async def create(admin: AIOKafkaAdminClient, _deadline: float) -> None:
+        await create_missing_topics(admin, topics, replicas)
 
-    await with_admin(bootstrap_servers, create_missing, timeout_s=timeout_s, security=security)
+    await with_admin(bootstrap_servers, create, timeout_s=timeout_s, security=security)
 
 
 async def with_admin(

@@ -9,26 +9,25 @@ longer matter and a tombstone (null value) may prune the topic after that time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.follower import PartitionFollower, StartAt, each_record
 from shared.kafka import (
     KafkaOptions,
+    TopicSpec,
     client_options,
+    create_missing_topics,
     make_producer,
-    raise_refused,
     with_admin,
 )
 from shared.runtime import BackgroundTasks
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, TopicReplicationSettings
 from shared.topics import revocations_topic
 from shared.verifier import TokenVerifier
 
@@ -53,27 +52,21 @@ async def ensure_revocations_topic(
     *,
     timeout_s: float = 30.0,
     security: KafkaOptions | None = None,
+    replication: TopicReplicationSettings | None = None,
 ) -> str:
     """Create the compacted revocations topic if it is missing; returns its name.
 
     Under Kafka ACLs services may not create topics: the operator's admin creates this one
-    with the others, and a service only finds it here.
+    with the others, and a service only finds it here. Replicas and `min.insync.replicas`
+    come from `replication`, by default from the environment.
     """
     topic = revocations_topic(prefix)
+    # One partition: revocations are few and every reader wants them all, in order.
+    spec = {topic: TopicSpec(1, {"cleanup.policy": "compact"})}
+    replicas = replication or TopicReplicationSettings()
 
     async def create(admin: AIOKafkaAdminClient, deadline: float) -> str:
-        if topic not in set(await admin.list_topics()):
-            brokers = (await admin.describe_cluster()).get("brokers") or [None]
-            # One partition: revocations are few and every reader wants them all, in order.
-            new = NewTopic(
-                topic,
-                num_partitions=1,
-                replication_factor=min(3, len(brokers)),
-                topic_configs={"cleanup.policy": "compact"},
-            )
-            with contextlib.suppress(TopicAlreadyExistsError):
-                raise_refused(await admin.create_topics([new]))
-                log.info("created topic %s", topic)
+        await create_missing_topics(admin, spec, replicas)
         # A reader that asks for the topic's metadata before its leader is elected is told
         # it does not exist, and would not ask again for minutes: wait for the leader here.
         while not await _has_leaders(admin, topic):
@@ -129,9 +122,11 @@ class RevocationFollower:
         *,
         client_id: str = "",
         security: KafkaOptions | None = None,
+        replication: TopicReplicationSettings | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.security = security or {}
+        self.replication = replication
         self.prefix = prefix
         self.topic = revocations_topic(prefix)
         self.verifier = verifier
@@ -156,7 +151,9 @@ class RevocationFollower:
 
     async def start(self, *, catchup_timeout_s: float = 15.0) -> None:
         """Join the topic and read it to its end, so no revoked token is served at start-up."""
-        await ensure_revocations_topic(self.bootstrap, self.prefix, security=self.security)
+        await ensure_revocations_topic(
+            self.bootstrap, self.prefix, security=self.security, replication=self.replication
+        )
         await self._follower.start()
         try:
             async with asyncio.timeout(catchup_timeout_s):
@@ -214,6 +211,7 @@ async def follow_revocations(
         verifier,
         client_id=client_id,
         security=client_options(settings),
+        replication=settings,
     )
     stack.push_async_callback(follower.stop)
     await follower.start(catchup_timeout_s=settings.streamjobs_auth_revocations_catchup_s)

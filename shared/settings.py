@@ -51,17 +51,18 @@ class KafkaSecuritySettings(BaseSettings):
 
 
 class TopicReplicationSettings(BaseSettings):
-    """`KAFKA_REPLICATION_FACTOR` and `KAFKA_MIN_INSYNC_REPLICAS`: how `shared.kafka.ensure_topics`
-    creates missing topics. One broker (`make run`) takes 1/1; a cluster of three or more
-    takes 3/2, so a record acknowledged with `acks=all` survives the loss of any one broker."""
+    """`KAFKA_REPLICATION_FACTOR` and `KAFKA_MIN_INSYNC_REPLICAS`: how missing topics are
+    created (`shared.kafka.create_missing_topics`); every service has them through
+    `CommonSettings`. One broker (`make run`) takes 1/1; a cluster of three or more takes
+    3/2, so a record acknowledged with `acks=all` survives the loss of any one broker."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     kafka_replication_factor: int = Field(
-        default=1, ge=1, description="replicas of each topic ensure_topics creates"
+        default=1, ge=1, description="replicas of each topic a service creates"
     )
     kafka_min_insync_replicas: int = Field(
-        default=1, ge=1, description="min.insync.replicas of each topic ensure_topics creates"
+        default=1, ge=1, description="min.insync.replicas of each topic a service creates"
     )
 
     @model_validator(mode="after")
@@ -74,7 +75,7 @@ class TopicReplicationSettings(BaseSettings):
         return self
 
 
-class CommonSettings(KafkaSecuritySettings):
+class CommonSettings(KafkaSecuritySettings, TopicReplicationSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     kafka_bootstrap_servers: str = Field(
@@ -82,8 +83,6 @@ class CommonSettings(KafkaSecuritySettings):
     )
     topic_prefix: str = "streamjobs"
     job_partitions: int = Field(default=4, ge=1, description="partitions of each topic")
-    kafka_replication_factor: int = Field(default=1, ge=1, description="of topics created")
-    kafka_min_insync_replicas: int = Field(default=1, ge=1, description="of topics created")
     streamjobs_auth_secret: SecretStr = Field(
         description="HMAC-SHA256 key that signs API tokens (JWT HS256); the same in every"
         f" service, at least {MIN_SECRET_BYTES} bytes"

@@ -51,6 +51,10 @@ topics() {  # topics [--config K=V] NAME...: create each if it is missing
 topics --config message.timestamp.type=LogAppendTime \
   "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.jobs.retry"
 topics "$P.jobs.dlq" "$P.control" "$P.events" "$P.chunks"
+# The gateways' admission requests (append time judges accept_by) and decisions: one
+# partition count for both, GATEWAY_ADMISSION_PARTITIONS of the gateways.
+JOB_PARTITIONS="${GATEWAY_ADMISSION_PARTITIONS:-8}" topics --config message.timestamp.type=LogAppendTime "$P.admissions"
+JOB_PARTITIONS="${GATEWAY_ADMISSION_PARTITIONS:-8}" topics "$P.admission-decisions"
 # Token revocations: compacted, one partition, read whole by every service that checks tokens.
 "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
   --create --if-not-exists --topic "$P.revocations" --partitions 1 "${REPLICAS[@]}" \
@@ -63,8 +67,11 @@ grant results describe topic prefixed "$P."
 grant notifier describe topic prefixed "$P."
 grant doctor describe topic prefixed "$P."
 
-grant gateway write topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.control" "$P.events"
-grant gateway read topic literal "$P.events" "$P.revocations"
+grant gateway write topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.control" "$P.events" "$P.admissions" "$P.admission-decisions"
+grant gateway read topic literal "$P.events" "$P.revocations" "$P.admissions" "$P.admission-decisions"
+grant gateway read group literal "$P-gateway-admission"
+grant gateway write transactional-id prefixed "$P-admission-"
+grant gateway describe transactional-id prefixed "$P-admission-"
 
 grant streamer read topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.jobs.retry" "$P.control"
 grant streamer write topic literal "$P.chunks" "$P.jobs.retry" "$P.events" "$P.jobs.dlq"

@@ -25,14 +25,15 @@ SERVICE_PRINCIPALS = tuple(service.service for service in SERVICES)
 DOCTOR_PRINCIPAL = "doctor"
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 
-Resource = Literal["topic", "group"]
+Resource = Literal["topic", "group", "transactional-id"]
 Pattern = Literal["literal", "prefixed"]
 Operation = Literal["read", "write", "describe"]
 
 
 @dataclass(frozen=True, order=True)
 class Acl:
-    """One ALLOW grant: `principal` may do `operation` on the named topic or group."""
+    """One ALLOW grant: `principal` may do `operation` on the named topic, group or
+    transactional id."""
 
     principal: str
     resource: Resource
@@ -69,6 +70,20 @@ def service_acls(
         group = group_acl(service, groups.get(principal))
         if group is not None:
             acls.append(group)
+        # Groups named under the prefix (the gateways' admission group) are granted by name.
+        acls += [
+            Acl(principal, "group", c.group_of(prefix), "literal", "read")
+            for c in service.consumers
+            if c.group_of is not None
+        ]
+        if service.transactional_ids is not None:
+            # A transactional producer describes its id (InitProducerId) and writes under it.
+            acls += [
+                Acl(
+                    principal, "transactional-id", service.transactional_ids(prefix), "prefixed", op
+                )
+                for op in ("write", "describe")
+            ]
     return sorted(acls)
 
 
@@ -109,9 +124,14 @@ def apply_acls(
             "sasl.password": password,
         }
     )
+    resource_types = {
+        "topic": ck.ResourceType.TOPIC,
+        "group": ck.ResourceType.GROUP,
+        "transactional-id": ck.ResourceType.TRANSACTIONAL_ID,
+    }
     bindings = [
         ck.AclBinding(
-            ck.ResourceType.TOPIC if acl.resource == "topic" else ck.ResourceType.GROUP,
+            resource_types[acl.resource],
             acl.name,
             ck.ResourcePatternType.LITERAL
             if acl.pattern == "literal"

@@ -384,7 +384,9 @@ class Fleet:
             await ensure_topics(
                 self.bootstrap_servers, self.topic_prefix, self.partitions, replication=replication
             )
-            await ensure_revocations_topic(self.bootstrap_servers, self.topic_prefix)
+            await ensure_revocations_topic(
+                self.bootstrap_servers, self.topic_prefix, replication=replication
+            )
         except KafkaError as exc:
             raise StartupError(f"could not create the fleet's topics: {exc}") from exc
 

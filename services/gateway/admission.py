@@ -4,8 +4,10 @@ decides for the user (admission_owner.py); its decision is the answer. No HTTP h
 `Admitted` job or a `Rejection` comes out.
 
 The request carries `accept_by`, half the publish timeout after submission: the owner refuses
-a request it reaches later, and the requester waits the whole timeout before its 503, so the
-other half bounds the owner's commit and the reply. A 503 therefore never becomes a job.
+a request it reaches later, or whose transaction is still open then, and the requester waits
+the whole timeout before its 503. A commit may still take longer than the other half: an
+acceptance that reaches the requester after its 503 has its job cancelled (`late`, through
+`Repairs`), so a 503 never becomes a job that runs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from services.gateway.idempotency import Remembered
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.publisher import PUBLISH_ERRORS
 from services.gateway.rejection import Rejection, retry_later
+from services.gateway.repair import Repairs
 from services.gateway.view import JobEntry, fingerprint, idempotent_job_id
 from shared.api import JobSubmission
 from shared.auth import Principal
@@ -80,10 +83,17 @@ def build_records(
 
 class Admission:
     def __init__(
-        self, link: AdmissionLink, metrics: GatewayMetrics, *, instance: str, timeout_s: float
+        self,
+        link: AdmissionLink,
+        metrics: GatewayMetrics,
+        repairs: Repairs,
+        *,
+        instance: str,
+        timeout_s: float,
     ) -> None:
         self.link = link
         self.metrics = metrics
+        self.repairs = repairs
         self.instance = instance
         self.timeout_s = timeout_s
 
@@ -91,6 +101,12 @@ class Admission:
         self, who: Principal, sub: JobSubmission, key: str | None, trace_id: str
     ) -> Admitted | Rejection:
         """Admit `sub` for `who`; `key` is a valid Idempotency-Key or None."""
+        if self.repairs.full:
+            # A 503 now could not be voided if its acceptance came late: refuse it first.
+            self.metrics.background_full.inc()
+            return retry_later(
+                "kafka-unavailable", "Job queue unavailable", "the job was not queued; try again", 1
+            )
         digest = fingerprint(
             sub.prompt, sub.job_type, sub.priority.value, sub.config.model_dump(), sub.metadata
         )
@@ -143,6 +159,16 @@ class Admission:
             )
         self.metrics.publish_latency.observe(time.perf_counter() - started)
         return self._answer(decision, sub, trace_id)
+
+    def late(self, request: AdmissionRequest, decision: Decision) -> None:
+        """An acceptance of a request answered 503 already: cancel its job."""
+        self.metrics.admission_late_voids.inc()
+        log.warning(
+            "job %s accepted after its 503: cancelling it",
+            decision.job_id,
+            extra={"job_id": decision.job_id, "trace_id": request.trace_id},
+        )
+        self.repairs.void(decision.job_id, request.trace_id, request.user_id)
 
     def _answer(
         self, decision: Decision, sub: JobSubmission, trace_id: str

@@ -4,12 +4,18 @@ partition, the decision comes back on the decisions topic.
 Every gateway follows every decisions partition from the end (read committed: a decision
 is seen only once its job's records are too) and picks out its own by the reply-to header
 before parsing anything; a decision it did not ask for is dropped at that header.
+
+A request given up on (the requester answered 503) may still be accepted: its transaction
+began before accept_by and committed late. Such requests are remembered for a while, and
+an acceptance that comes for one goes to `on_late`, which voids the job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -18,6 +24,7 @@ from services.gateway.admission_records import (
     HEADER_REPLY_TO,
     AdmissionRequest,
     Decision,
+    Outcome,
     decisions_topic,
 )
 from shared.follower import Batch, PartitionFollower, StartAt
@@ -27,6 +34,10 @@ log = logging.getLogger(__name__)
 
 # (user id, request record): appended to the admission topic, raises on a failed send.
 SendRequest = Callable[[str, bytes], Awaitable[None]]
+LateAcceptance = Callable[[AdmissionRequest, Decision], None]
+# Requests given up on and still watched for a late acceptance: the most, and for how long.
+MAX_ABANDONED = 10_000
+ABANDONED_S = 300.0
 
 
 class AdmissionLink(Protocol):
@@ -49,6 +60,9 @@ class KafkaAdmissionLink:
         self.instance = instance
         self._reply_to = instance.encode()
         self._waiting: dict[str, asyncio.Future[Decision]] = {}
+        # request id -> (request, until when watched), oldest first.
+        self._abandoned: OrderedDict[str, tuple[AdmissionRequest, float]] = OrderedDict()
+        self.on_late: LateAcceptance | None = None
         self.follower = PartitionFollower(
             bootstrap,
             [decisions_topic(prefix)],
@@ -78,9 +92,18 @@ class KafkaAdmissionLink:
                 await self.send(request.user_id, request.to_bytes())
                 return await answer
         except TimeoutError:
+            self._abandon(request)
             return None
         finally:
             del self._waiting[request.request_id]
+
+    def _abandon(self, request: AdmissionRequest) -> None:
+        now = time.monotonic()
+        while self._abandoned and (
+            len(self._abandoned) >= MAX_ABANDONED or next(iter(self._abandoned.values()))[1] < now
+        ):
+            self._abandoned.popitem(last=False)
+        self._abandoned[request.request_id] = (request, now + ABANDONED_S)
 
     def _handle(self, batch: Batch) -> None:
         for records in batch.values():
@@ -95,3 +118,8 @@ class KafkaAdmissionLink:
                 waiting = self._waiting.get(decision.request_id)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(decision)
+                    continue
+                abandoned = self._abandoned.pop(decision.request_id, None)
+                late = abandoned is not None and decision.outcome is Outcome.ACCEPTED
+                if late and abandoned is not None and self.on_late is not None:
+                    self.on_late(abandoned[0], decision)

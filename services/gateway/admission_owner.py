@@ -28,6 +28,7 @@ from services.gateway.admission_records import (
     AdmissionRequest,
     Decision,
     Outcome,
+    admission_group,
     admissions_topic,
     decisions_topic,
     transactional_id,
@@ -48,16 +49,30 @@ log = logging.getLogger(__name__)
 FETCH_WAIT_MS = 20
 
 
-def admission_group(prefix: str) -> str:
-    return f"{prefix}-gateway-admission"
-
-
 def _headers(record_type: str, trace_id: str) -> Headers:
     return [
         (HEADER_TYPE, record_type.encode()),
         (HEADER_SCHEMA_VERSION, b"1"),
         (HEADER_TRACEPARENT, traceparent(trace_id)),
     ]
+
+
+class _Overdue(Exception):
+    """An acceptance still uncommitted at its request's accept_by."""
+
+    def __str__(self) -> str:
+        return "an acceptance was not committed by its accept_by"
+
+
+async def _commit_in_time(
+    producer: AIOKafkaProducer, decided: list[tuple[AdmissionRequest, Decision]]
+) -> None:
+    """Commit, unless an acceptance's requester is about to answer 503 (then it is aborted
+    and decided again: expired). A commit that ends late all the same is voided by it."""
+    now = time.time()
+    if any(d.outcome is Outcome.ACCEPTED and now > r.accept_by for r, d in decided):
+        raise _Overdue
+    await producer.commit_transaction()
 
 
 class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -273,7 +288,7 @@ class AdmissionOwner:
                     sent.extend(await self._send_job(producer, request))
             await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group)
             await asyncio.gather(*sent)
-            await producer.commit_transaction()
+            await _commit_in_time(producer, decided)
         except ProducerFenced:
             # Another producer took the partition's id: nothing of this committed. Still
             # assigned here, the partition is fenced and rebuilt again before deciding; if it
@@ -286,7 +301,7 @@ class AdmissionOwner:
             if tp in consumer.assignment():
                 await self.take([*(TopicPartition(self.topic, p) for p in self.owned), tp])
             return
-        except KafkaError as exc:
+        except (KafkaError, _Overdue) as exc:
             self._take_back(decided)
             log.warning("admission transaction on %s failed, deciding again: %s", tp, exc)
             await self._abort(producer)

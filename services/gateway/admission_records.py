@@ -10,14 +10,12 @@ it and a later owner of the partition rebuilds the user's recent state from it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 
 from shared.topics import Priority
 
 HEADER_REPLY_TO = "reply_to"
-# One consumer group of every gateway on the admission topic: one owner per partition.
-GROUP_ADMISSION = "streamjobs-gateway-admission"
 
 
 def admissions_topic(prefix: str) -> str:
@@ -28,9 +26,26 @@ def decisions_topic(prefix: str) -> str:
     return f"{prefix}.admission-decisions"
 
 
+def admission_group(prefix: str) -> str:
+    """One consumer group of every gateway on the admission topic: one owner per partition."""
+    return f"{prefix}-gateway-admission"
+
+
+def transactional_id_prefix(prefix: str) -> str:
+    """What every admission transactional id starts with (one ACL grants them all)."""
+    return f"{prefix}-admission-"
+
+
 def transactional_id(prefix: str, partition: int) -> str:
     """One per admission partition: a new owner's producer fences the previous owner's."""
-    return f"{prefix}-admission-{partition}"
+    return f"{transactional_id_prefix(prefix)}{partition}"
+
+
+def _to_json(record: AdmissionRequest | Decision) -> bytes:
+    # Every field is a str, number, bool or str enum: a shallow dict, not `asdict`'s deep
+    # copy, which cost more than the encoding on the submit path.
+    names = _FIELDS[type(record)]
+    return json.dumps({n: getattr(record, n) for n in names}, separators=(",", ":")).encode()
 
 
 class Outcome(StrEnum):
@@ -59,7 +74,7 @@ class AdmissionRequest:
     trace_id: str
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return _to_json(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> AdmissionRequest:
@@ -86,7 +101,7 @@ class Decision:
     retry_after_s: int = 0
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return _to_json(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Decision:
@@ -95,3 +110,8 @@ class Decision:
         data["outcome"] = Outcome(data["outcome"])
         data["priority"] = Priority(data["priority"])
         return cls(**data)
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in (AdmissionRequest, Decision)
+}

@@ -14,7 +14,7 @@ from services.gateway.admission import Admission
 from services.gateway.admission_link import AdmissionLink, KafkaAdmissionLink
 from services.gateway.admission_owner import AdmissionOwner
 from services.gateway.admission_records import admissions_topic
-from services.gateway.admission_topics import ensure_admission_topics
+from services.gateway.admission_topics import admission_topics
 from services.gateway.cancel import Cancels
 from services.gateway.events import EventsReader
 from services.gateway.handlers import Gateway
@@ -28,7 +28,12 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.view import EventsView
 from shared.contracts import Envelope
 from shared.http import serve_http
-from shared.kafka import client_options, ensure_topics, make_producer, publish
+from shared.kafka import (
+    client_options,
+    ensure_service_topics,
+    make_producer,
+    publish,
+)
 from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import chunks_topic, control_topic, events_topic
@@ -66,6 +71,7 @@ def build_gateway(
         admission=Admission(
             link,
             metrics,
+            repairs,
             instance=settings.gateway_instance_id,
             timeout_s=settings.gateway_publish_timeout_s,
         ),
@@ -137,17 +143,7 @@ class GatewayService:
         prefix = s.topic_prefix
         stack = self._stack
         security = client_options(s)
-        await ensure_topics(
-            s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions, security=security
-        )
-        await ensure_admission_topics(
-            s.kafka_bootstrap_servers,
-            prefix,
-            s.gateway_admission_partitions,
-            replication_factor=s.kafka_replication_factor,
-            min_insync_replicas=s.kafka_min_insync_replicas,
-            security=security,
-        )
+        await ensure_service_topics(s, admission_topics(prefix, s.gateway_admission_partitions))
         producer = make_producer(
             s.kafka_bootstrap_servers, client_id=f"gateway-{self.instance}", security=security
         )
@@ -245,6 +241,7 @@ class GatewayService:
             sse=self.sse,
         )
         self.api.notifiers.chunk_partitions = chunk_partitions
+        link.on_late = self.api.admission.late
         stack.push_async_callback(self.api.drain)
         app = build_app(self.api, self.registry, ready=self._ready, info=self._info)
         self.port = await serve_http(app, s.gateway_host, s.gateway_port, stack)

@@ -74,12 +74,12 @@ class GatewayMetrics:
         )
         self.background_publishes = Gauge(
             "streamjobs_gateway_background_publishes",
-            "Voids and republishes being retried in the background (bounded)",
+            "Voids of late admissions being retried in the background (bounded)",
             registry=registry,
         )
         self.background_full = Counter(
             "streamjobs_gateway_background_full_total",
-            "Submissions refused with 503 because the background publishes reached their bound",
+            "Submissions refused with 503 because the background voids reached their bound",
             registry=registry,
         )
         self.sse_streams = Gauge(
@@ -108,6 +108,11 @@ class GatewayMetrics:
             "streamjobs_gateway_admission_decision_seconds",
             "From a submission (requester's clock) to its decision committed by the owner",
             buckets=_HTTP_BUCKETS,
+            registry=registry,
+        )
+        self.admission_late_voids = Counter(
+            "streamjobs_gateway_admission_late_voids_total",
+            "Jobs accepted after their requester had answered 503, cancelled by the requester",
             registry=registry,
         )
         self.admission_partitions = Gauge(

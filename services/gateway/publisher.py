@@ -1,5 +1,5 @@
-"""The gateway's Kafka publisher port: one record, a pair in one produce request, or one
-record retried until the broker takes it. Built over any `send(topic, envelope)`."""
+"""The gateway's Kafka publisher port: one record, or one record retried until the broker
+takes it. Built over any `send(topic, envelope)`."""
 
 from __future__ import annotations
 
@@ -24,27 +24,6 @@ class Publisher:
         """Publish one record within the timeout; raises one of `PUBLISH_ERRORS`."""
         async with asyncio.timeout(self.timeout_s):
             await self.send(topic, record)
-
-    async def pair(
-        self, first: tuple[str, Envelope], second: tuple[str, Envelope]
-    ) -> tuple[BaseException | None, BaseException | None]:
-        """Publish two records at once; the error of each, or None where it was acknowledged.
-
-        Both are handed to the producer together, first one first, so they leave in one
-        produce request: one broker round trip per submission instead of two, and the
-        accepted fact is appended before the command a streamer acts on.
-        """
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                outcomes = await asyncio.gather(
-                    self.send(*first), self.send(*second), return_exceptions=True
-                )
-        except TimeoutError as exc:
-            return exc, exc
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, PUBLISH_ERRORS):
-                raise outcome
-        return outcomes[0], outcomes[1]
 
     async def until_taken(self, topic: str, record: Envelope) -> None:
         """Publish until the broker has it (its event id dedupes), or until cancelled."""

@@ -119,7 +119,7 @@ class GatewaySettings(CommonSettings):
     gateway_max_background_publishes: int = Field(
         default=10_000,
         ge=1,
-        description="voids and republishes retried in the background during a Kafka outage;"
+        description="voids of jobs accepted after their 503, retried in the background;"
         " past it submissions answer 503",
     )
     gateway_sse_max_streams: int = Field(

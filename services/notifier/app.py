@@ -25,7 +25,7 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.sse import SseEndpoint
 from services.notifier.ws import WebSocketEndpoint
 from shared.http import add_ops_routes, serve_http
-from shared.kafka import client_options, ensure_topics
+from shared.kafka import client_options, ensure_service_topics
 from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import chunks_topic, events_topic
@@ -90,9 +90,7 @@ class NotifierService:
         s = self.settings
         self._started = True
         security = client_options(s)
-        await ensure_topics(
-            s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions, security=security
-        )
+        await ensure_service_topics(s)
         reader = Reader(
             s.kafka_bootstrap_servers,
             events_topic(s.topic_prefix),

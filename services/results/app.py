@@ -22,7 +22,7 @@ from services.results.migrations import migrate
 from services.results.retention import sweep
 from services.results.settings import ResultsSettings
 from shared.http import add_ops_routes, serve_http
-from shared.kafka import client_options, ensure_topics, make_producer
+from shared.kafka import client_options, ensure_service_topics, make_producer
 from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.verifier import TokenVerifier
@@ -73,9 +73,7 @@ class ResultsService:
         async with pool.acquire() as conn:
             await migrate(conn)
         security = client_options(s)
-        await ensure_topics(
-            s.kafka_bootstrap_servers, s.topic_prefix, s.job_partitions, security=security
-        )
+        await ensure_service_topics(s)
 
         consumer = AIOKafkaConsumer(
             *PERSISTER.topics(s.topic_prefix),

@@ -11,13 +11,13 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.gateway.admission_records import decisions_topic
 from services.gateway.app import GatewayService
 from shared.kafka import assign_every_partition
 from shared.routing import chunk_partition, notifier_for
-from shared.topics import Priority, job_topic
+from shared.topics import Priority, control_topic, job_topic
 from tests.integration.gateway_harness import (
     StartGateway,
     Tokens,
@@ -232,6 +232,76 @@ async def test_a_request_whose_decision_never_comes_is_a_503_and_never_a_job(
     assert await run_job_ids(kafka_bootstrap, topic_prefix) == []
     records = await topic_records(kafka_bootstrap, topic_prefix)
     assert not any(r.type == "job.accepted" for rs in records.values() for r, _ in rs)
+
+
+async def test_an_owner_slowed_past_accept_by_before_its_commit_aborts_and_refuses(
+    start_gateway: StartGateway,
+    tokens: Tokens,
+    http: aiohttp.ClientSession,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first transaction's records are appended, then the owner is slowed past the
+    # request's accept_by (1 s: half the publish timeout) before it would commit.
+    send_offsets = AIOKafkaProducer.send_offsets_to_transaction
+    slowed: list[bool] = []
+
+    async def slow_send_offsets(producer: AIOKafkaProducer, *args: Any, **kwargs: Any) -> None:
+        if not slowed:
+            slowed.append(True)
+            await asyncio.sleep(1.5)  # the slowness under test, not a wait for an event
+        await send_offsets(producer, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaProducer, "send_offsets_to_transaction", slow_send_offsets)
+    gw = await start_gateway(gateway_publish_timeout_s=2)
+    status, _ = await post(http, gw.url, tokens("frank"), {"prompt": "slow owner"})
+    assert status == 503
+    assert slowed
+    # Aborted, then decided again: expired, never accepted, no job, nothing to void.
+    assert decided(gw, "expired") == 1
+    assert decided(gw, "accepted") == 0
+    assert await run_job_ids(kafka_bootstrap, topic_prefix) == []
+
+
+async def test_an_acceptance_committed_after_its_503_has_its_job_cancelled(
+    start_gateway: StartGateway,
+    tokens: Tokens,
+    http: aiohttp.ClientSession,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The owner decides in time and appends its transaction, then its commit stalls until
+    # the requester has answered 503: the job's records commit after that answer.
+    released = asyncio.Event()
+    commit = AIOKafkaProducer.commit_transaction
+
+    async def stalled_commit(producer: AIOKafkaProducer) -> None:
+        await released.wait()
+        await commit(producer)
+
+    monkeypatch.setattr(AIOKafkaProducer, "commit_transaction", stalled_commit)
+    gw = await start_gateway(gateway_publish_timeout_s=2)
+    status, problem = await post(http, gw.url, tokens("erin"), {"prompt": "slow commit"})
+    assert status == 503
+    assert problem["type"].endswith("/kafka-unavailable")
+    released.set()
+
+    def late_voids() -> float:
+        value = gw.registry.get_sample_value("streamjobs_gateway_admission_late_voids_total")
+        return value or 0.0
+
+    await wait_for(lambda: late_voids() == 1, message="the late acceptance seen by its requester")
+    # The job exists now, so it must be cancelled: an admin cancel follows its command.
+    [job_id] = await run_job_ids(kafka_bootstrap, topic_prefix)
+
+    async def cancelled() -> bool:
+        records = await topic_records(kafka_bootstrap, topic_prefix)
+        cancels = [r for r, _ in records[control_topic(topic_prefix)] if r.job_id == job_id]
+        return len(cancels) == 1 and cancels[0].data.admin
+
+    await wait_for(cancelled, message="the cancel of the job accepted after its 503")
 
 
 async def test_job_links_name_the_notifier_serving_the_jobs_chunk_partition(

@@ -5,6 +5,7 @@ the rest; a stranger cannot connect at all; real services work end to end over S
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
 )
 
 from deploy.localstack.acls import (
@@ -30,11 +32,19 @@ from deploy.localstack.acls import (
 )
 from deploy.localstack.kafka import KafkaNode
 from deploy.localstack.procs import free_port
+from services.gateway.admission_records import transactional_id
+from services.gateway.admission_topics import admission_topics
 from services.gateway.app import create_service as create_gateway
 from services.gateway.settings import GatewaySettings
 from shared.auth import issue_token
 from shared.contracts import parse_record
-from shared.kafka import TopicsUnavailable, client_options, ensure_topics, make_producer
+from shared.kafka import (
+    TopicsUnavailable,
+    client_options,
+    ensure_created,
+    ensure_topics,
+    make_producer,
+)
 from shared.revocation import ensure_revocations_topic
 from shared.settings import KafkaSecuritySettings
 from shared.topics import (
@@ -56,7 +66,12 @@ pytestmark = [pytest.mark.kafka]
 PREFIX = "acl"
 STREAMER_GROUP = f"{PREFIX}-streamer"
 RESULTS_GROUP = f"{PREFIX}-results"
-PASSWORDS = {name: uuid.uuid4().hex for name in (ADMIN_USER, *SERVICE_PRINCIPALS, DOCTOR_PRINCIPAL)}
+# A principal with every grant of the gateway but its transactional ids.
+UNTRANSACTED = "untransacted"
+PASSWORDS = {
+    name: uuid.uuid4().hex
+    for name in (ADMIN_USER, *SERVICE_PRINCIPALS, DOCTOR_PRINCIPAL, UNTRANSACTED)
+}
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +91,19 @@ def sasl_kafka(test_state_dir: Path) -> Iterator[KafkaNode]:
 
         async def create() -> None:
             await ensure_topics(node.bootstrap_servers, PREFIX, 2, security=admin)
+            await ensure_created(
+                node.bootstrap_servers, admission_topics(PREFIX, 2), security=admin
+            )
             await ensure_revocations_topic(node.bootstrap_servers, PREFIX, security=admin)
 
         asyncio.run(create())
-        apply_acls(
-            node.bootstrap_servers,
-            ADMIN_USER,
-            node.admin_password,
-            service_acls(PREFIX, streamer_group=STREAMER_GROUP, results_group=RESULTS_GROUP),
-        )
+        acls = service_acls(PREFIX, streamer_group=STREAMER_GROUP, results_group=RESULTS_GROUP)
+        untransacted = [
+            dataclasses.replace(acl, principal=UNTRANSACTED)
+            for acl in acls
+            if acl.principal == "gateway" and acl.resource != "transactional-id"
+        ]
+        apply_acls(node.bootstrap_servers, ADMIN_USER, node.admin_password, acls + untransacted)
         yield node
     finally:
         node.stop()
@@ -294,6 +313,7 @@ async def test_gateway_and_results_services_work_end_to_end_over_sasl(
             results_url=f"http://127.0.0.1:{free_port()}",
             results_timeout_s=5,
             gateway_public_ws_url="ws://127.0.0.1:1/ws",
+            gateway_admission_partitions=2,
             **principal_settings("gateway"),
         )
     )
@@ -361,6 +381,31 @@ async def test_gateway_and_results_services_work_end_to_end_over_sasl(
             timeout=40,
             message="the job persisted by the results service over SASL",
         )
+
+
+async def start_admission_producer_as(kafka: KafkaNode, user: str) -> None:
+    """Start (InitProducerId) and stop the transactional producer of admission partition 0."""
+    producer = AIOKafkaProducer(
+        **as_user(user),
+        bootstrap_servers=kafka.bootstrap_servers,
+        transactional_id=transactional_id(PREFIX, 0),
+        enable_idempotence=True,
+        acks="all",
+    )
+    try:
+        await asyncio.wait_for(producer.start(), 20)
+    finally:
+        await producer.stop()
+
+
+async def test_only_a_principal_granted_the_admission_transactional_ids_can_admit(
+    sasl_kafka: KafkaNode,
+) -> None:
+    # An admission owner decides only through its partition's transactional producer: a
+    # principal with every other grant of the gateway is refused that producer, so no job.
+    await start_admission_producer_as(sasl_kafka, "gateway")
+    with pytest.raises(TransactionalIdAuthorizationFailed):
+        await start_admission_producer_as(sasl_kafka, UNTRANSACTED)
 
 
 async def test_a_service_that_may_not_see_its_topics_stops_naming_them(

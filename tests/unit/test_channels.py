@@ -12,9 +12,13 @@ import services.gateway
 import services.notifier
 import services.results
 import services.streamer
-from deploy.localstack.acls import group_acl
-from services.gateway.channels import EVENTS_VIEW, GATEWAY
+from deploy.localstack.acls import group_acl, service_acls
+from services.gateway.admission_link import KafkaAdmissionLink
+from services.gateway.admission_owner import AdmissionOwner
+from services.gateway.admission_records import transactional_id
+from services.gateway.channels import ADMISSION_OWNER, DECISIONS_READER, EVENTS_VIEW, GATEWAY
 from services.gateway.events import EventsReader
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.view import EventsView
 from services.notifier.channels import NOTIFIER, READER
 from services.notifier.metrics import NotifierMetrics
@@ -48,6 +52,18 @@ def _follows_revocations(package: ModuleType) -> bool:
     return any("follow_revocations(" in text or "RevocationFollower(" in text for text in sources)
 
 
+def _view() -> EventsView:
+    return EventsView(
+        submissions_per_minute=60,
+        max_in_flight=10,
+        window_s=60.0,
+        final_retention_s=60.0,
+        max_jobs=100,
+        in_flight_retry_after_s=1.0,
+        max_idempotency_keys=100,
+    )
+
+
 def _verifier() -> TokenVerifier:
     return TokenVerifier.from_settings(ResultsSettings(streamjobs_auth_secret="s" * 32))
 
@@ -74,18 +90,37 @@ def test_the_revocations_follower_reads_the_declared_topic() -> None:
 
 
 def test_the_gateway_events_view_reads_the_declared_topics() -> None:
-    view = EventsView(
-        submissions_per_minute=60,
-        max_in_flight=10,
-        window_s=60.0,
-        final_retention_s=60.0,
-        max_jobs=100,
-        in_flight_retry_after_s=1.0,
-        max_idempotency_keys=100,
-    )
+    view = _view()
     reader = EventsReader(BOOTSTRAP, PREFIX, view, lookback_s=60.0)
     assert reader.follower.topics == EVENTS_VIEW.topics(PREFIX)
-    assert GATEWAY.consumers == (EVENTS_VIEW, REVOCATIONS_FOLLOWER)
+    assert GATEWAY.consumers == (
+        EVENTS_VIEW,
+        REVOCATIONS_FOLLOWER,
+        ADMISSION_OWNER,
+        DECISIONS_READER,
+    )
+
+
+def test_the_admission_owner_and_link_use_the_declared_topics_group_and_transactional_ids() -> None:
+    view = _view()
+    metrics = GatewayMetrics(CollectorRegistry())
+    owner = AdmissionOwner(BOOTSTRAP, PREFIX, view, metrics, instance="g-0", batch=10, rebuild_s=1)
+    assert [owner.topic] == ADMISSION_OWNER.topics(PREFIX)
+    assert owner.group == ADMISSION_OWNER.group_name(PREFIX)
+    assert [owner.decisions] == DECISIONS_READER.topics(PREFIX)
+
+    async def send(_user: str, _record: bytes) -> None:
+        return None
+
+    link = KafkaAdmissionLink(BOOTSTRAP, PREFIX, send, instance="g-0")
+    assert link.follower.topics == DECISIONS_READER.topics(PREFIX)
+    assert GATEWAY.transactional_ids is not None
+    prefix = GATEWAY.transactional_ids(PREFIX)
+    assert all(transactional_id(PREFIX, p).startswith(prefix) for p in range(8))
+    # The grants follow: the group by its name, the ids by their prefix.
+    gateway = {(a.resource, a.name, a.operation) for a in service_acls(PREFIX)}
+    assert ("group", owner.group, "read") in gateway
+    assert {("transactional-id", prefix, op) for op in ("write", "describe")} <= gateway
 
 
 def test_the_streamer_intakes_and_control_reader_read_the_declared_topics() -> None:
