@@ -36,7 +36,7 @@ from services.streamer.settings import StreamerSettings
 from services.streamer.sticky import StickyAssignor
 from services.streamer.upstream import make_client
 from shared.http import add_ops_routes, serve_http
-from shared.kafka import client_options, ensure_topics, make_producer
+from shared.kafka import client_options, ensure_service_topics, make_producer
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import PRIORITY_ORDER, events_topic, job_topic
 
@@ -84,7 +84,7 @@ class StreamerService:
         s = self.settings
         prefix = s.topic_prefix
         security = client_options(s)
-        await ensure_topics(s.kafka_bootstrap_servers, prefix, s.job_partitions, security=security)
+        await ensure_service_topics(s)
         stack = self._stack
         producer = make_producer(
             s.kafka_bootstrap_servers, client_id=f"streamer-{self.worker}", security=security
