@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.json or fleet.state_dir / "chaos-results.json"
     figures.write(out)
     print(figures.table())
+    for job_id, lines in figures.twice.items():
+        print(f"finished twice: job {job_id}", *lines, sep="\n  ")
     print(f"figures in {out}")
     return 0 if figures.ok else 1
 
