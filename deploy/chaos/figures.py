@@ -30,6 +30,8 @@ class Figures:
     # Each job that finished twice, its records on the job and events topics in order: what
     # the run says about why (which attempts, which streamer, at which offsets).
     twice: dict[str, list[str]] = field(default_factory=dict)
+    # The same for each job lost, its last status in the results API first.
+    lost_jobs: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

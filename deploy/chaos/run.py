@@ -40,6 +40,7 @@ class ChaosOptions:
     pause_s: float = 1.0  # between a kill and its restart: long enough to be felt
     drain_timeout_s: float = 120.0
     whole_timeout_s: float = 90.0  # for every partition to be back in sync after a restart
+    ready_timeout_s: float = 180.0  # for a restarted process: a JVM on a busy box is slow
 
 
 async def run_chaos(
@@ -96,7 +97,7 @@ async def crash(
     await asyncio.to_thread(fleet.kill, role, i)
     await asyncio.sleep(options.pause_s)
     started = time.monotonic()
-    await asyncio.to_thread(fleet.start_process, role, i)
+    await asyncio.to_thread(fleet.start_process, role, i, timeout_s=options.ready_timeout_s)
     say(f"  kill -9 {role}-{i}: ready again {time.monotonic() - started:.1f} s after its restart")
 
 
@@ -127,8 +128,13 @@ async def drain(fleet: Fleet, load: Load, timeout_s: float, figures: Figures) ->
         figures.redirects += job.follower.redirects
         figures.longest_stall_s = max(figures.longest_stall_s, job.follower.longest_stall_s)
     twice = {job_id for job_id, count in finals.items() if count > 1}
-    if twice:
-        figures.twice = await histories(fleet, twice)
+    lost = {job_id for job_id, (status, _) in statuses.items() if status not in FINAL_STATUSES}
+    if twice or lost:
+        history = await histories(fleet, twice | lost)
+        figures.twice = {job_id: history[job_id] for job_id in twice}
+        figures.lost_jobs = {
+            job_id: [f"results API: {statuses[job_id][0]}", *history[job_id]] for job_id in lost
+        }
 
 
 async def final_statuses(

@@ -50,6 +50,8 @@ FLEET_LIMITS = {"GATEWAY_MAX_IN_FLIGHT": "5", "GATEWAY_SUBMISSIONS_PER_MINUTE": 
 # find a fleet that is not still catching up with restarts, and none pays the fleet's start
 # out of its own timeout.
 KILLS = "kills"
+# Linux's default first ephemeral port (net.ipv4.ip_local_port_range).
+EPHEMERAL_START = 32768
 # The last tests of the session: they stop the fleet.
 STOPS_THE_FLEET = "stops_the_fleet"
 
@@ -128,11 +130,14 @@ async def committed_records(
 
 def free_offset(state_dir: Path) -> FleetPorts:
     """An offset at which every port of the fleet is free (the defaults may be in use by a
-    fleet someone runs by hand)."""
+    fleet someone runs by hand) and below the kernel's ephemeral range: a port in it may be
+    taken by any outgoing connection between this probe and the process's bind (a restart
+    binds again much later)."""
     for _ in range(50):
-        ports = FleetPorts(offset=random.randrange(1000, 35000))
+        ports = FleetPorts(offset=random.randrange(-23000, 3000))
         probe = Fleet(state_dir, STATE / "cache", ports=ports)
-        if all(port_free(port) for port in probe.all_ports()):
+        every = probe.all_ports()
+        if max(every) < EPHEMERAL_START and all(port_free(port) for port in every):
             return ports
     raise RuntimeError("no free set of ports for the fleet")
 
