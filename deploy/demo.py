@@ -1,7 +1,9 @@
 """Submit a demo job through the REST API and print its tokens as they arrive over the WebSocket.
 
 `python -m deploy.demo [--prompt TEXT] [--priority high]`; reads the URLs and
-token from the environment (`.state/stack.env`, written by `make run`).
+token from the environment (`.state/stack.env`, written by `make run` and `make fleet`).
+It streams from the notifier instance the job's `links.websocket` names (`STREAMJOBS_WS_URL`
+when there is none) and follows a `redirect` frame to another instance.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from websockets.asyncio.client import connect
 
+MAX_REDIRECTS = 3  # instances agree on who serves a job, so one is all a client should see
 DEFAULT_PROMPT = "Explain in a few sentences why streaming LLM output token by token helps users."
 
 
@@ -25,7 +29,10 @@ def out(text: str) -> None:
     sys.stdout.flush()
 
 
-async def submit(http: aiohttp.ClientSession, base: str, args: argparse.Namespace) -> str:
+async def submit(
+    http: aiohttp.ClientSession, base: str, args: argparse.Namespace
+) -> tuple[str, str | None]:
+    """The new job's id and its `links.websocket` (the notifier instance that serves it)."""
     body = {
         "prompt": args.prompt,
         "job_type": args.job_type,
@@ -39,23 +46,56 @@ async def submit(http: aiohttp.ClientSession, base: str, args: argparse.Namespac
             raise RuntimeError(f"submit failed: HTTP {resp.status} {payload}")
     job_id: str = payload["job_id"]
     out(f"submitted job {job_id} ({args.job_type}, priority {args.priority})\n\n")
-    return job_id
+    return job_id, (payload.get("links") or {}).get("websocket")
+
+
+@dataclass
+class Progress:
+    """Where the stream is: what a subscription at another instance resumes from."""
+
+    attempt: int = 0
+    last_seq: int = -1
+
+    def subscribe_frame(self, job_id: str) -> str:
+        frame: dict[str, Any] = {
+            "type": "subscribe",
+            "channel": f"job:{job_id}",
+            "last_seq": self.last_seq,
+        }
+        if self.attempt:
+            frame["attempt"] = self.attempt
+        return json.dumps(frame)
 
 
 async def stream(ws_url: str, token: str, job_id: str) -> dict[str, Any]:
-    """Print the job's text as it streams; return the final event."""
+    """Print the job's text as it streams; return the final event. A notifier instance that
+    does not serve the job answers with a redirect: resume there from the last chunk."""
+    progress = Progress()
+    for _ in range(MAX_REDIRECTS + 1):
+        ended = await stream_from(ws_url, token, job_id, progress)
+        if isinstance(ended, dict):
+            return ended
+        out(f"[redirected to {ended}]\n")
+        ws_url = ended
+    raise RuntimeError(f"more than {MAX_REDIRECTS} redirects")
+
+
+async def stream_from(
+    ws_url: str, token: str, job_id: str, progress: Progress
+) -> dict[str, Any] | str:
+    """One connection: the final event, or the URL a redirect names."""
     async with connect(ws_url) as ws:
         await ws.send(json.dumps({"type": "auth", "token": token}))
-        await ws.send(json.dumps({"type": "subscribe", "channel": f"job:{job_id}", "last_seq": -1}))
-        attempt = 0
+        await ws.send(progress.subscribe_frame(job_id))
         async for raw in ws:
             msg = json.loads(raw)
             kind = msg.get("type")
             if kind == "chunk":
-                if msg["attempt"] != attempt:
-                    if attempt:
+                if msg["attempt"] != progress.attempt:
+                    if progress.attempt:
                         out(f"\n[attempt {msg['attempt']} restarts the stream]\n")
-                    attempt = msg["attempt"]
+                    progress.attempt = msg["attempt"]
+                progress.last_seq = msg["seq"]
                 out(msg["text"])
             elif kind == "event" and msg["event"] in (
                 "job.completed",
@@ -66,6 +106,8 @@ async def stream(ws_url: str, token: str, job_id: str) -> dict[str, Any]:
                 return dict(msg)
             elif kind == "event" and msg["event"] == "job.retrying":
                 out(f"\n[retrying: {msg['data'].get('reason')}]\n")
+            elif kind == "redirect":
+                return str(msg["url"])
             elif kind == "error":
                 raise RuntimeError(f"notifier refused: {msg}")
     raise RuntimeError("the WebSocket closed before the job finished")
@@ -94,8 +136,8 @@ async def run(args: argparse.Namespace) -> int:
     headers = {"Authorization": f"Bearer {token}"}
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
-        job_id = await submit(http, base, args)
-        final = await stream(ws_url, token, job_id)
+        job_id, link = await submit(http, base, args)
+        final = await stream(link or ws_url, token, job_id)
         if final["event"] != "job.completed":
             out(f"job ended {final['event']}: {final.get('data')}\n")
             return 1

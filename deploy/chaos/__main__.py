@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.json or fleet.state_dir / "chaos-results.json"
     figures.write(out)
     print(figures.table())
+    for what, jobs in (("finished twice", figures.twice), ("lost", figures.lost_jobs)):
+        for job_id, lines in jobs.items():
+            print(f"{what}: job {job_id}", *lines, sep="\n  ")
     print(f"figures in {out}")
     return 0 if figures.ok else 1
 

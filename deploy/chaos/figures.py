@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # Any of these above zero fails the run: each is a promise of the design broken.
@@ -27,6 +27,11 @@ class Figures:
     longest_stall_s: float = 0.0
     jobs_rerun: int = 0  # attempt > 1
     duration_s: float = 0.0
+    # Each job that finished twice, its records on the job and events topics in order: what
+    # the run says about why (which attempts, which streamer, at which offsets).
+    twice: dict[str, list[str]] = field(default_factory=dict)
+    # The same for each job lost, its last status in the results API first.
+    lost_jobs: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -54,6 +54,7 @@ class Follower:
     token: str
     url: str  # the job's `links.websocket`
     fallback_urls: list[str]  # every notifier, tried in turn while `url` is unreachable
+    start_url: str = ""  # where the first connection goes (default `url`)
     seqs: SeqCheck = field(default_factory=SeqCheck)
     final_events: list[str] = field(default_factory=list)
     resumes: int = 0
@@ -72,7 +73,7 @@ class Follower:
     async def run(self, deadline: float) -> None:
         """Follow until the final event or `deadline` (loop time)."""
         loop = asyncio.get_running_loop()
-        url, tries = self.url, 0
+        url, tries = self.start_url or self.url, 0
         self._last_frame = time.monotonic()
         while not self.done and loop.time() < deadline:
             try:

@@ -1,7 +1,8 @@
 """A steady load of jobs over every gateway, one WebSocket follower per accepted job.
 
 Submissions rotate over the gateways and over a pool of users (each user's rate and
-in-flight limits stay far away). A gateway that cannot be reached is retried on the next
+in-flight limits stay far away). Every other follower first connects to a notifier that does
+not serve its job, so that it is redirected. A gateway that cannot be reached is retried on the next
 one with the same Idempotency-Key, so a submission whose answer was lost is not made twice.
 """
 
@@ -99,8 +100,17 @@ class Load:
 
     def _follow(self, job_id: str, user: str, token: str, answer: dict[str, Any]) -> None:
         url = (answer.get("links") or {}).get("websocket") or self.notifier_ws[0]
-        follower = Follower(job_id, token, url, list(self.notifier_ws))
+        # Every other client first connects where its link does not point, as a client that
+        # knows one notifier address would: the redirect is exercised under chaos too.
+        start = self._elsewhere(url) if len(self.jobs) % 2 else url
+        follower = Follower(job_id, token, url, list(self.notifier_ws), start_url=start)
         job = Job(job_id, user, token, follower)
         loop = asyncio.get_running_loop()
         job.task = asyncio.create_task(follower.run(loop.time() + self.follow_s))
         self.jobs.append(job)
+
+    def _elsewhere(self, url: str) -> str:
+        """The notifier after `url` in the list (`url` itself in a fleet of one)."""
+        if url not in self.notifier_ws:
+            return url
+        return self.notifier_ws[(self.notifier_ws.index(url) + 1) % len(self.notifier_ws)]

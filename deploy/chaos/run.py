@@ -12,12 +12,12 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from deploy.chaos.faults import busiest_partition, wait_until_whole
 from deploy.chaos.figures import Figures
@@ -25,7 +25,7 @@ from deploy.chaos.follower import FINAL_EVENTS
 from deploy.chaos.load import Job, Load
 from deploy.localstack.fleet import ROLES, Fleet
 from shared.kafka import assign_every_partition
-from shared.topics import chunks_topic, events_topic
+from shared.topics import chunks_topic, events_topic, job_topics, retry_topic
 
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
@@ -40,6 +40,7 @@ class ChaosOptions:
     pause_s: float = 1.0  # between a kill and its restart: long enough to be felt
     drain_timeout_s: float = 120.0
     whole_timeout_s: float = 90.0  # for every partition to be back in sync after a restart
+    ready_timeout_s: float = 180.0  # for a restarted process: a JVM on a busy box is slow
 
 
 async def run_chaos(
@@ -96,7 +97,7 @@ async def crash(
     await asyncio.to_thread(fleet.kill, role, i)
     await asyncio.sleep(options.pause_s)
     started = time.monotonic()
-    await asyncio.to_thread(fleet.start_process, role, i)
+    await asyncio.to_thread(fleet.start_process, role, i, timeout_s=options.ready_timeout_s)
     say(f"  kill -9 {role}-{i}: ready again {time.monotonic() - started:.1f} s after its restart")
 
 
@@ -126,6 +127,14 @@ async def drain(fleet: Fleet, load: Load, timeout_s: float, figures: Figures) ->
         figures.clients_resumed += job.follower.resumes > 0
         figures.redirects += job.follower.redirects
         figures.longest_stall_s = max(figures.longest_stall_s, job.follower.longest_stall_s)
+    twice = {job_id for job_id, count in finals.items() if count > 1}
+    lost = {job_id for job_id, (status, _) in statuses.items() if status not in FINAL_STATUSES}
+    if twice or lost:
+        history = await histories(fleet, twice | lost)
+        figures.twice = {job_id: history[job_id] for job_id in twice}
+        figures.lost_jobs = {
+            job_id: [f"results API: {statuses[job_id][0]}", *history[job_id]] for job_id in lost
+        }
 
 
 async def final_statuses(
@@ -166,26 +175,51 @@ async def job_view(http: aiohttp.ClientSession, gateway: str, job: Job) -> dict[
 
 async def count_final_events(fleet: Fleet, job_ids: set[str]) -> Counter[str]:
     """Final events per job on the events topic, committed ones only, read whole."""
-    topic = events_topic(fleet.topic_prefix)
+    counts: Counter[str] = Counter()
+    async for _, envelope in committed(fleet.bootstrap_servers, [events_topic(fleet.topic_prefix)]):
+        job_id = envelope.get("job_id")
+        if job_id in job_ids and envelope.get("type") in FINAL_EVENTS:
+            counts[job_id] += 1
+    return counts
+
+
+async def histories(fleet: Fleet, job_ids: set[str]) -> dict[str, list[str]]:
+    """Per job, one line per committed record of it on the job, retry and events topics:
+    where it is, when the broker appended it, its type, attempt and streamer."""
+    topics = [*job_topics(fleet.topic_prefix), retry_topic(fleet.topic_prefix)]
+    topics.append(events_topic(fleet.topic_prefix))
+    found: dict[str, list[tuple[int, str]]] = {job_id: [] for job_id in job_ids}
+    async for record, envelope in committed(fleet.bootstrap_servers, topics):
+        job_id = envelope.get("job_id")
+        if job_id not in found:
+            continue
+        data = envelope.get("data") or {}
+        line = (
+            f"{record.topic}[{record.partition}]@{record.offset} {envelope.get('type')}"
+            f" attempt={data.get('attempt')} worker={data.get('worker', '-')}"
+            f" at={record.timestamp}"
+        )
+        found[job_id].append((record.timestamp, line))
+    return {job_id: [line for _, line in sorted(lines)] for job_id, lines in found.items()}
+
+
+async def committed(
+    bootstrap: str, topics: list[str]
+) -> AsyncIterator[tuple[ConsumerRecord[bytes, bytes], dict[str, Any]]]:
+    """Every committed record of `topics` from the beginning to the ends when the read
+    starts, with its envelope."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=fleet.bootstrap_servers,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
     )
     await consumer.start()
-    counts: Counter[str] = Counter()
     try:
-        tps = await assign_every_partition(consumer, [topic])
+        tps = await assign_every_partition(consumer, topics)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             batch = await consumer.getmany(timeout_ms=1000)
             for records in batch.values():
                 for record in records:
-                    envelope = json.loads(record.value or b"{}")
-                    job_id = envelope.get("job_id")
-                    if job_id in job_ids and envelope.get("type") in FINAL_EVENTS:
-                        counts[job_id] += 1
+                    yield record, json.loads(record.value or b"{}")
     finally:
         await consumer.stop()
-    return counts

@@ -9,9 +9,13 @@ What a test gets (`RunningFleet`):
 - `token(user, admin=False)`: an API token the fleet accepts.
 - `kill(role, i)`: kill -9 one process (`kafka` i is broker i, node id i + 1);
   `restart(role, i)`: start it again and wait until it is ready.
+- `committed_records(bootstrap, topics)`: every committed record of `topics`, read to their
+  ends with a read_committed consumer.
 - `manifest_path`: fleet.json (every process: role, instance, pid, ports, URLs, log);
   `fleet`: the `deploy.localstack.fleet.Fleet` itself.
 A test that kills something restarts it before it ends, so the next test finds a whole fleet.
+Fleet tests time only their own call (`timeout(..., func_only=True)`): the fleet's start is
+bounded by its own readiness waits and must not eat the first test's budget.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiokafka import ConsumerRecord
 
+from deploy.chaos.run import committed
 from deploy.localstack.envfile import write_fleet_env
 from deploy.localstack.fleet import Fleet, FleetPorts
 from deploy.localstack.procs import port_free
@@ -37,18 +43,35 @@ FAST_GROUPS = {
     "RESULTS_HEARTBEAT_INTERVAL_MS": "1000",
     "SIM_TTFT_MS": "20",
 }
+# A small in-flight limit, so that exact admission is tested with few long jobs; the rate
+# limit far above what any test submits, so that only the in-flight limit refuses.
+FLEET_LIMITS = {"GATEWAY_MAX_IN_FLIGHT": "5", "GATEWAY_SUBMISSIONS_PER_MINUTE": "100000"}
+# Tests that kill and restart processes of the fleet: they run after the others, which then
+# find a fleet that is not still catching up with restarts, and none pays the fleet's start
+# out of its own timeout.
+KILLS = "kills"
+# Linux's default first ephemeral port (net.ipv4.ip_local_port_range).
+EPHEMERAL_START = 32768
 # The last tests of the session: they stop the fleet.
 STOPS_THE_FLEET = "stops_the_fleet"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
+        "markers", f"{KILLS}: kills processes of the session's fleet, so it runs late"
+    )
+    config.addinivalue_line(
         "markers", f"{STOPS_THE_FLEET}: stops the session's fleet, so it runs after every other"
     )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.get_closest_marker(STOPS_THE_FLEET) is not None)
+    def order(item: pytest.Item) -> int:
+        if item.get_closest_marker(STOPS_THE_FLEET) is not None:
+            return 2
+        return 1 if item.get_closest_marker(KILLS) is not None else 0
+
+    items.sort(key=order)
 
 
 @dataclass
@@ -97,13 +120,24 @@ class RunningFleet:
         self.fleet.refresh_manifest()
 
 
+async def committed_records(
+    bootstrap: str, topics: list[str]
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every committed record of `topics`, from the beginning to the ends the read starts
+    with (read_committed: aborted transactions are not there)."""
+    return [record async for record, _ in committed(bootstrap, topics)]
+
+
 def free_offset(state_dir: Path) -> FleetPorts:
     """An offset at which every port of the fleet is free (the defaults may be in use by a
-    fleet someone runs by hand)."""
+    fleet someone runs by hand) and below the kernel's ephemeral range: a port in it may be
+    taken by any outgoing connection between this probe and the process's bind (a restart
+    binds again much later)."""
     for _ in range(50):
-        ports = FleetPorts(offset=random.randrange(1000, 35000))
+        ports = FleetPorts(offset=random.randrange(-23000, 3000))
         probe = Fleet(state_dir, STATE / "cache", ports=ports)
-        if all(port_free(port) for port in probe.all_ports()):
+        every = probe.all_ports()
+        if max(every) < EPHEMERAL_START and all(port_free(port) for port in every):
             return ports
     raise RuntimeError("no free set of ports for the fleet")
 
@@ -117,7 +151,7 @@ def fleet(test_state_dir: Path) -> Iterator[RunningFleet]:
         brokers=3,
         instances=2,
         ports=free_offset(state),
-        extra_env=FAST_GROUPS,
+        extra_env=FAST_GROUPS | FLEET_LIMITS,
     )
     try:
         running.start()

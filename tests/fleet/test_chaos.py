@@ -15,7 +15,8 @@ from tests.fleet.conftest import RunningFleet
 @pytest.mark.kafka
 @pytest.mark.postgres
 @pytest.mark.e2e
-@pytest.mark.timeout(300)
+@pytest.mark.kills  # after the other fleet tests (tests/fleet/conftest.py)
+@pytest.mark.timeout(420, func_only=True)  # ten restarts waited for, then a drain
 async def test_two_rounds_of_kill_9_lose_no_job_and_no_client_sees_a_gap_or_duplicate(
     fleet: RunningFleet,
 ) -> None:
@@ -27,13 +28,12 @@ async def test_two_rounds_of_kill_9_lose_no_job_and_no_client_sees_a_gap_or_dupl
     print(figures.table())
     assert figures.kills == 2 * 5  # a Kafka node and one of each of the four services a round
     assert figures.submitted >= 20, "the load ran through the rounds"
-    assert figures.lost == 0
+    assert figures.lost == 0, figures.lost_jobs
+    assert figures.completed_twice == 0, figures.twice
     assert figures.gaps == 0
     assert figures.duplicates == 0
     assert figures.clients_resumed > 0, "killing a notifier made its clients resume"
-    # `completed_twice` is printed above and fails `make chaos`; it is not asserted here yet:
-    # a streamer killed between a job's final event and its offset commit runs the job again
-    # (attempt identity across streamer rebalances is being made exact separately).
+    assert figures.redirects > 0, "the clients that start at the other notifier are redirected"
 
 
 def test_seqs_of_one_attempt_in_order_are_neither_gap_nor_duplicate() -> None:
@@ -67,6 +67,7 @@ def test_a_new_attempt_that_does_not_start_at_zero_is_a_gap() -> None:
 def test_figures_fail_on_any_lost_twice_gap_or_duplicate() -> None:
     assert Figures(submitted=3, completed=3).ok
     for name in ("lost", "completed_twice", "gaps", "duplicates"):
-        broken = Figures(**{name: 1})
+        broken = Figures()
+        setattr(broken, name, 1)
         assert not broken.ok
         assert f"{name}=1" in broken.table()

@@ -19,7 +19,12 @@ from tests.conftest import ROOT
 from tests.fleet.conftest import RunningFleet
 from tests.support import wait_for
 
-pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = [
+    pytest.mark.kafka,
+    pytest.mark.postgres,
+    pytest.mark.e2e,
+    pytest.mark.timeout(240, func_only=True),
+]
 
 
 async def test_every_topic_has_three_replicas_and_min_insync_two(fleet: RunningFleet) -> None:
