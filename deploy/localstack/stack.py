@@ -39,7 +39,8 @@ from deploy.localstack.procs import (
     require_free,
     wait_for_http,
 )
-from shared.kafka import ensure_topics
+from services.gateway.admission_topics import admission_topics
+from shared.kafka import ensure_created, ensure_topics
 from shared.revocation import ensure_revocations_topic
 
 SERVICES = ("results", "streamer", "notifier", "gateway")
@@ -203,7 +204,9 @@ class Stack:
 
     def _grant(self, kafka: KafkaNode) -> None:
         """As the admin: create the topics (services may not) and every service's ACLs."""
-        partitions = int(self.service_env().get("JOB_PARTITIONS", "4"))
+        env = self.service_env()
+        partitions = int(env.get("JOB_PARTITIONS", "4"))
+        admission_partitions = int(env.get("GATEWAY_ADMISSION_PARTITIONS", "8"))
         admin = kafka.admin_options()
 
         async def create() -> None:
@@ -212,6 +215,11 @@ class Stack:
             )
             await ensure_revocations_topic(
                 kafka.bootstrap_servers, self.topic_prefix, security=admin
+            )
+            await ensure_created(
+                kafka.bootstrap_servers,
+                admission_topics(self.topic_prefix, admission_partitions),
+                security=admin,
             )
 
         try:

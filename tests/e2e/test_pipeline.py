@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,9 @@ def read_all_records(bootstrap: str, topics: list[str]) -> dict[str, list[bytes]
             "bootstrap.servers": bootstrap,
             "group.id": "e2e-independent-reader",
             "enable.auto.commit": False,
+            # Transactional writes (admission) leave commit markers at offsets of their own:
+            # a partition is read through once the position reaches the high watermark.
+            "isolation.level": "read_committed",
         }
     )
     try:
@@ -151,13 +155,16 @@ def read_all_records(bootstrap: str, topics: list[str]) -> dict[str, list[bytes]
                 if high <= low:
                     continue
                 consumer.assign([TopicPartition(topic, partition, low)])
-                while True:
-                    msg = consumer.poll(5)
-                    assert msg is not None, f"timed out reading {topic}[{partition}]"
-                    assert msg.error() is None, msg.error()
-                    records[topic].append(msg.value())
-                    if msg.offset() >= high - 1:
-                        break
+                tp = TopicPartition(topic, partition)
+                deadline = time.monotonic() + 10
+                while (position := consumer.position([tp])[0].offset) < high:
+                    assert time.monotonic() < deadline, (
+                        f"timed out reading {topic}[{partition}] at {position} of {high}"
+                    )
+                    msg = consumer.poll(0.2)
+                    if msg is not None:
+                        assert msg.error() is None, msg.error()
+                        records[topic].append(msg.value())
         return records
     finally:
         consumer.close()
