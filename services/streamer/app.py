@@ -245,7 +245,7 @@ class StreamerService:
     ) -> Intake:
         s = self.settings
         # Told what the intake holds once it exists; consulted only at a join.
-        assignor = StickyAssignor(set)
+        assignor = StickyAssignor(set) if s.streamer_sticky_assignment else None
         consumer = AIOKafkaConsumer(
             **client_options(s),
             bootstrap_servers=s.kafka_bootstrap_servers,
@@ -258,7 +258,11 @@ class StreamerService:
             session_timeout_ms=s.streamer_session_timeout_ms,
             heartbeat_interval_ms=s.streamer_heartbeat_interval_ms,
             # Round robin only while a member of an earlier version is in the group.
-            partition_assignment_strategy=(assignor, RoundRobinPartitionAssignor),
+            partition_assignment_strategy=(
+                (assignor, RoundRobinPartitionAssignor)
+                if assignor is not None
+                else (RoundRobinPartitionAssignor,)
+            ),
             # Jobs run long, but the fetch loop keeps polling, so the default poll bound holds.
         )
         intake = Intake(
@@ -289,7 +293,8 @@ class StreamerService:
             on_kafka_error=self.metrics.loop_errors.labels(f"intake_{name}").inc,
             backoff_s=LOOP_BACKOFF_S,
         )
-        assignor.held = intake.held
+        if assignor is not None:
+            assignor.held = intake.held
         intake.subscribe(bands)
         return intake
 

@@ -26,6 +26,12 @@ class StreamerSettings(CommonSettings):
     streamer_idle_timeout_s: float = Field(default=30.0, gt=0)
     streamer_group_id: str = JOB_GROUP
     streamer_retry_group_id: str = RETRY_GROUP
+    streamer_sticky_assignment: bool = Field(
+        default=False,
+        description="sticky partition assignment: a rebalance reruns only the jobs of moved"
+        " partitions; off (round robin: every running job is cut) until a job submitted"
+        " while the assignment settles is taken at once",
+    )
     streamer_session_timeout_ms: int = Field(default=10_000, ge=1000)
     streamer_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     streamer_cancel_ttl_s: float = Field(

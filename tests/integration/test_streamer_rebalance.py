@@ -220,13 +220,14 @@ async def test_a_second_streamer_joining_under_load_reruns_only_the_jobs_of_move
     fleet: Fleet,
     start_streamer: StartStreamer,
 ) -> None:
+    fleet.env["STREAMER_STICKY_ASSIGNMENT"] = "true"
     await fleet.start("w1")
     job_ids = await submit_load(producer, topic_prefix, seconds=12)
     await events_when(
         kafka_bootstrap, topic_prefix, lambda es: len(started_by(es, "w1")) >= JOBS // 2
     )
     # In this process, so that it joins within seconds on a loaded machine.
-    await start_streamer(instance_id="w2", streamer_grace_s=0.5)
+    await start_streamer(instance_id="w2", streamer_grace_s=0.5, streamer_sticky_assignment=True)
     completed = await check_every_job_ran_once_at_a_time(kafka_bootstrap, topic_prefix, job_ids)
     events = await events_when(kafka_bootstrap, topic_prefix, all_final(job_ids))
     partitions = len(await producer.partitions_for(job_topic(Priority.NORMAL, topic_prefix)))
