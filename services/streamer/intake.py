@@ -26,6 +26,9 @@ from shared.deadletter import MAX_JOB_ID_CHARS
 
 log = logging.getLogger(__name__)
 
+# How long one read of an assignment's committed offsets may take before it is tried again.
+COMMITTED_TIMEOUT_S = 5.0
+
 # Called with a job parsed from a record; the intake tracks its offset until `done`.
 Offer = Callable[[Running, int], None]
 # Called with a record that cannot be run; returns once it is dead-lettered and its
@@ -248,9 +251,12 @@ class Intake:
         began = time.monotonic()
         while True:
             try:
-                committed = await self.admin.list_consumer_group_offsets(
-                    self.group_id, partitions=sorted(assigned)
-                )
+                # Bounded: an admin request to a coordinator that is moving may never answer,
+                # and the fetch of every assigned partition waits for this read.
+                async with asyncio.timeout(COMMITTED_TIMEOUT_S):
+                    committed = await self.admin.list_consumer_group_offsets(
+                        self.group_id, partitions=sorted(assigned)
+                    )
                 # No commit yet (-1): the group starts at the earliest record.
                 positions = {
                     tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in assigned
