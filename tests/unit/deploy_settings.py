@@ -18,20 +18,6 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "notifier": NotifierSettings,
 }
 
-# Names of the fleet's settings, agreed between the parts that add them to the services'
-# settings classes; a deployment sets them already. Once a class has the field, the name
-# is accepted through it and its entry here changes nothing.
-FLEET_SETTINGS: dict[str, set[str]] = {
-    "gateway": {"GATEWAY_INSTANCE_ID", "GATEWAY_NOTIFIER_WS_URLS", "GATEWAY_NOTIFIER_SSE_URLS"},
-    "notifier": {
-        "NOTIFIER_INSTANCE",
-        "NOTIFIER_INSTANCES",
-        "NOTIFIER_PUBLIC_WS_URLS",
-        "NOTIFIER_PUBLIC_SSE_URLS",
-    },
-}
-FLEET_COMMON_SETTINGS = {"KAFKA_REPLICATION_FACTOR", "KAFKA_MIN_INSYNC_REPLICAS"}
-
 # The settings that name a port each service listens on.
 PORT_SETTINGS: dict[str, tuple[str, ...]] = {
     "gateway": ("GATEWAY_PORT",),
@@ -58,11 +44,7 @@ def env_names(service: str) -> set[str]:
             names.add(alias)
         else:
             names.add(prefix + field_name)
-    return (
-        {name.upper() for name in names}
-        | FLEET_SETTINGS.get(service, set())
-        | (FLEET_COMMON_SETTINGS)
-    )
+    return {name.upper() for name in names}
 
 
 def unknown_env_names(service: str, env: dict[str, str]) -> set[str]:
