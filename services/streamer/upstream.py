@@ -146,6 +146,7 @@ def request_for(job: RunJobData) -> dict[str, Any]:
     return request
 
 
+CHAT_COMPLETIONS = "/chat/completions"
 # What the SDK's own stream maps to APITimeoutError and APIConnectionError while reading.
 _TIMEOUTS = (httpx2.TimeoutException,)
 _CUTS = (httpx2.RequestError, ssl.SSLError)
@@ -162,41 +163,47 @@ async def stream_tokens(
     The model (when it differs from the one asked for) and the usage are also yielded
     as they arrive, once each, so an attempt cut short can still report them.
 
-    The SDK builds and sends the request (auth, headers, status errors); the body is read
-    as bytes and parsed here, without a model object per chunk. Closing the generator
-    (task cancelled) closes the HTTP stream at once.
+    The SDK sends the request (base URL, auth, headers, timeouts, status errors) through
+    its generic `post`, with the body `request_for` built: the typed `create` first walks
+    every parameter through its TypedDict transform, ~0.8 ms of CPU per request for a body
+    that needs none. The answer is read as bytes and parsed here, without a model object
+    per chunk. Closing the generator (task cancelled) closes the HTTP stream at once.
     """
     reader = SSEReader(job.config.model)
     try:
-        async with client.chat.completions.with_streaming_response.create(
-            **request_for(job)
-        ) as api_response:
-            response = api_response.http_response
-            body = response.aiter_bytes()
-            try:
-                async for data in body:
-                    for item in reader.feed(data):
-                        yield item
-                    if reader.done:
-                        break
-                for item in reader.end():
+        response = await client.post(
+            CHAT_COMPLETIONS,
+            body=request_for(job),
+            cast_to=httpx2.Response,
+            stream=True,
+            stream_cls=None,
+        )
+        body = response.aiter_bytes()
+        try:
+            async for data in body:
+                for item in reader.feed(data):
                     yield item
                 if reader.done:
-                    with contextlib.suppress(TimeoutError, *_TIMEOUTS, *_CUTS):
-                        async with asyncio.timeout(DRAIN_S):
-                            async for _ in body:
-                                pass
-            except _TIMEOUTS as exc:
-                raise classify(openai.APITimeoutError(request=response.request)) from exc
-            except _CUTS as exc:
-                raise classify(openai.APIConnectionError(request=response.request)) from exc
-            except StreamedError as exc:
-                error = openai.APIError(str(exc), response.request, body=exc.body)
-                raise classify(error) from exc
-            except MalformedEvent as exc:
-                raise UpstreamServerError(str(exc)) from exc
-            finally:
-                await body.aclose()
+                    break
+            for item in reader.end():
+                yield item
+            if reader.done:
+                with contextlib.suppress(TimeoutError, *_TIMEOUTS, *_CUTS):
+                    async with asyncio.timeout(DRAIN_S):
+                        async for _ in body:
+                            pass
+        except _TIMEOUTS as exc:
+            raise classify(openai.APITimeoutError(request=response.request)) from exc
+        except _CUTS as exc:
+            raise classify(openai.APIConnectionError(request=response.request)) from exc
+        except StreamedError as exc:
+            error = openai.APIError(str(exc), response.request, body=exc.body)
+            raise classify(error) from exc
+        except MalformedEvent as exc:
+            raise UpstreamServerError(str(exc)) from exc
+        finally:
+            await body.aclose()
+            await response.aclose()
     except openai.OpenAIError as exc:
         raise classify(exc) from exc
     if reader.finish_reason is None:
