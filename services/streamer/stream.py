@@ -22,6 +22,7 @@ from services.streamer.upstream import (
     UpstreamUsage,
     stream_tokens,
 )
+from shared.routing import chunk_partition
 from shared.topics import chunks_topic
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class AttemptStream:
         self._sends: list[asyncio.Future[Any]] = []
         self._topic = chunks_topic(deps.prefix)
         self._key = running.job.job_id.encode()
+        self._partition: int | None = None
         self._encoder = ChunkEncoder(
             running.job.job_id, running.job.trace_id, running.job.data.attempt
         )
@@ -183,8 +185,18 @@ class AttemptStream:
 
     async def _send(self, chunk: Chunk) -> None:
         # Hot path: no pydantic; the record's bytes are built from the chunk's own fields.
-        future = await self.deps.producer.send(
-            self._topic, self._encoder.encode(chunk), key=self._key, headers=self._encoder.headers
+        producer = self.deps.producer
+        if self._partition is None:
+            # Where the default partitioner puts the key (and where readers look for the
+            # job), worked out once per attempt rather than by a murmur2 in Python per chunk.
+            partitions = await producer.partitions_for(self._topic)
+            self._partition = chunk_partition(self.running.job.job_id, len(partitions))
+        future = await producer.send(
+            self._topic,
+            self._encoder.encode(chunk),
+            key=self._key,
+            partition=self._partition,
+            headers=self._encoder.headers,
         )
         self._sends.append(future)
         # Counted per chunk, not per token: the per-token path stays minimal.

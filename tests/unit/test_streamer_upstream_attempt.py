@@ -24,6 +24,7 @@ from services.streamer.stream import AttemptStream
 from services.streamer.upstream import StreamEnd, UpstreamTimeout
 from shared.contracts import CancelJobData, ModelConfig, RunJob, RunJobData, TokenChunk, utcnow
 from shared.contracts import parse_record as parse
+from shared.routing import chunk_partition
 from shared.topics import Priority
 from tests.support import wait_for
 from tests.unit.test_streamer_upstream_sse import event, finish, token
@@ -55,13 +56,20 @@ class FakeProducer:
     """Records every chunk sent; `pause` makes each send give way to the loop first."""
 
     records: list[TokenChunk] = field(default_factory=list)
+    partitions: set[int] = field(default_factory=lambda: {0, 1, 2, 3})
     pause: int = 0
 
-    async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[None]:
+    async def partitions_for(self, topic: str) -> set[int]:
+        return self.partitions
+
+    async def send(
+        self, topic: str, value: bytes, *, partition: int, **_: Any
+    ) -> asyncio.Future[None]:
         for _ in range(self.pause):
             await asyncio.sleep(0)
         record = parse(value)
         assert isinstance(record, TokenChunk)
+        assert partition == chunk_partition(record.job_id, len(self.partitions))
         self.records.append(record)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
