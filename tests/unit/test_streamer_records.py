@@ -49,7 +49,7 @@ epochs = st.one_of(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     job_id=st.text(min_size=1, max_size=40),
     trace_id=st.text(alphabet="0123456789abcdef", min_size=32, max_size=32),
