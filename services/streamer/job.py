@@ -7,7 +7,7 @@ import enum
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -20,8 +20,6 @@ from shared.contracts import CancelJobData, RunJob
 
 if TYPE_CHECKING:
     from services.streamer.stream import AttemptStream
-
-CANCEL = object()  # queue marker: the user cancelled while streaming
 
 
 class Outcome(enum.Enum):
@@ -77,8 +75,8 @@ class Running:
     offset: int = -1
     due: float = 0.0  # monotonic time before which a retry must not start
     cancel: CancelJobData | None = None
-    reader: asyncio.Task[None] | None = None
-    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    # The attempt's upstream reader; cancelling it closes the HTTP stream at once.
+    reader: asyncio.Task[Any] | None = None
     # Whose cancels count: the owner of the first RunJob this instance saw for the job id,
     # not whatever a later record claims.
     owner: str = ""
@@ -93,6 +91,5 @@ class Running:
             return
         self.cancel = cancel
         if self.reader is not None:
-            # Cancelling the reader closes the upstream HTTP stream at once.
+            # The attempt sees its reader cancelled, flushes what it read and ends cancelled.
             self.reader.cancel()
-            self.queue.put_nowait(CANCEL)

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import logging
 import math
-from datetime import UTC, datetime
+from collections import deque
 from typing import Any
 
 from services.streamer.chunker import Chunk, Chunker
-from services.streamer.job import CANCEL, Deps, Running
+from services.streamer.job import Deps, Running
+from services.streamer.records import ChunkEncoder
 from services.streamer.streamed import Streamed, nothing_streamed, streamed_so_far
 from services.streamer.upstream import (
     StreamEnd,
@@ -21,19 +22,21 @@ from services.streamer.upstream import (
     UpstreamUsage,
     stream_tokens,
 )
-from shared.contracts import TokenChunk, TokenChunkData
-from shared.kafka import headers_for
+from shared.routing import chunk_partition
 from shared.topics import chunks_topic
 
 log = logging.getLogger(__name__)
 
 
-def _ts(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
-
-
 class AttemptStream:
-    """Reads the upstream in a child task and publishes coalesced chunks as tokens come."""
+    """Reads the upstream into the chunker in one task; publishes the chunks as they are cut.
+
+    The reader task parses each token and feeds the chunker: no queue between them. This
+    coroutine (`run`) is the attempt's clock and its only publisher: it sends every chunk
+    in seq order, flushes a chunk whose window passed while no token came, and ends the
+    attempt on the job and idle timeouts. A cancel cancels the reader, which closes the
+    upstream HTTP stream at once.
+    """
 
     def __init__(self, running: Running, deps: Deps, started: float) -> None:
         self.running = running
@@ -41,79 +44,120 @@ class AttemptStream:
         self.started = started
         self.chunker = Chunker(window_ms=deps.window_ms, max_tokens=deps.max_tokens)
         self.first_token_at: float | None = None
+        self.last_token_at = started
         self.model = running.job.data.config.model
         self.reported: UpstreamUsage | None = None
         self._sends: list[asyncio.Future[Any]] = []
         self._topic = chunks_topic(deps.prefix)
         self._key = running.job.job_id.encode()
-        self._headers: list[tuple[str, bytes]] | None = None
+        self._partition: int | None = None
+        self._encoder = ChunkEncoder(
+            running.job.job_id, running.job.trace_id, running.job.data.attempt
+        )
+        # Chunks cut but not sent yet, in seq order: whoever cuts one appends it at once.
+        self._ready: deque[Chunk] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._timer: asyncio.Timeout | None = None
 
-    async def _read(self) -> None:
-        queue = self.running.queue
+    def _wake_up(self, _: object = None) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _read(self) -> StreamEnd:
+        chunker = self.chunker
+        clock = self.deps.clock
+        ready = self._ready
+        window_s = self.deps.window_ms / 1000.0
         try:
             async for item in stream_tokens(self.deps.client, self.running.job.data):
-                queue.put_nowait(item)
-        except UpstreamError as exc:
-            queue.put_nowait(exc)
+                if type(item) is str:
+                    now = clock()
+                    self.last_token_at = now
+                    if self.first_token_at is None:
+                        self.first_token_at = now
+                        self.deps.metrics.time_to_first_token.observe(now - self.started)
+                    chunk = chunker.add(item, now)
+                    if chunk is not None:
+                        ready.append(chunk)
+                        self._wake_up()
+                    elif chunker.pending == 1:
+                        self._window_opened(window_s)
+                elif isinstance(item, StreamEnd):
+                    return item
+                elif isinstance(item, UpstreamModel):
+                    self.model = item.model
+                elif isinstance(item, UpstreamUsage):
+                    self.reported = item
+        except UpstreamError:
+            raise
         except Exception as exc:  # the transport may raise its own errors: a boundary
             log.exception("upstream stream broke")
-            queue.put_nowait(UpstreamServerError(repr(exc)))
+            raise UpstreamServerError(repr(exc)) from exc
+        raise UpstreamServerError("the upstream stream ended without its end")
+
+    def _window_opened(self, window_s: float) -> None:
+        """A token now waits for its window: the clock must wake by then (once per chunk)."""
+        timer = self._timer
+        if timer is None or timer.expired():
+            return  # the clock is awake already and reads the window when it sleeps again
+        when = asyncio.get_running_loop().time() + window_s
+        current = timer.when()
+        if current is None or when < current:
+            timer.reschedule(when)
 
     async def run(self) -> StreamEnd | None:
         """The stream's end, or None when cancelled by the user; raises `UpstreamError`."""
         running = self.running
         if running.cancel is not None:
             return None
-        running.reader = asyncio.create_task(self._read())
-        queue = running.queue
+        loop = asyncio.get_running_loop()
+        reader = asyncio.create_task(self._read())
+        running.reader = reader
+        reader.add_done_callback(self._wake_up)
         clock = self.deps.clock
         chunker = self.chunker
         idle_s = self.deps.idle_timeout_s
         job_deadline = self.started + self.deps.job_timeout_s
-        idle_deadline = self.started + idle_s
         while True:
+            await self._send_ready()
+            if reader.done():
+                break
+            now = clock()
+            idle_deadline = self.last_token_at + idle_s
+            deadline = min(chunker.deadline() or math.inf, idle_deadline, job_deadline)
+            self._wake = loop.create_future()
             try:
-                item = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                flush_at = chunker.deadline() or math.inf
-                wait = min(flush_at, idle_deadline, job_deadline) - clock()
-                try:
-                    async with asyncio.timeout(max(wait, 0.0)):
-                        item = await queue.get()
-                except TimeoutError:
-                    now = clock()
-                    chunk = chunker.due(now)
-                    if chunk is not None:
-                        await self._send(chunk)
-                    if now >= job_deadline:
-                        await self._flush()  # what was read counts as streamed
-                        raise UpstreamTimeout("job timeout") from None
-                    if now >= idle_deadline:
-                        await self._flush()
-                        raise UpstreamTimeout(f"no token for {idle_s:g} s") from None
-                    continue
-            if type(item) is str:
+                async with asyncio.timeout_at(loop.time() + max(deadline - now, 0.0)) as timer:
+                    self._timer = timer
+                    await self._wake
+            except TimeoutError:
                 now = clock()
-                idle_deadline = now + idle_s
-                if self.first_token_at is None:
-                    self.first_token_at = now
-                    self.deps.metrics.time_to_first_token.observe(now - self.started)
-                chunk = chunker.add(item, now)
+                chunk = chunker.due(now)
                 if chunk is not None:
-                    await self._send(chunk)
-            elif isinstance(item, StreamEnd):
-                await self._flush()
-                return item
-            elif item is CANCEL:
-                await self._flush()
-                return None
-            elif isinstance(item, UpstreamModel):
-                self.model = item.model
-            elif isinstance(item, UpstreamUsage):
-                self.reported = item
-            else:
-                await self._flush()
-                raise item
+                    self._ready.append(chunk)
+                if now >= job_deadline:
+                    await self._stop_reading()
+                    raise UpstreamTimeout("job timeout") from None
+                if now >= self.last_token_at + idle_s:
+                    await self._stop_reading()
+                    raise UpstreamTimeout(f"no token for {idle_s:g} s") from None
+            finally:
+                self._timer = None
+                self._wake = None
+        if reader.cancelled():  # only a user's cancel cancels the reader while we run
+            await self._flush()
+            return None
+        error = reader.exception()
+        await self._flush()
+        if error is not None:
+            raise error
+        return reader.result()
+
+    async def _stop_reading(self) -> None:
+        """End the reader (and the HTTP stream); what it had read counts as streamed."""
+        await self.close()
+        await self._flush()
 
     def streamed(self) -> Streamed:
         """What this attempt has streamed so far (published chunks), for a cut-short end."""
@@ -131,27 +175,28 @@ class AttemptStream:
     async def _flush(self) -> None:
         chunk = self.chunker.flush(self.deps.clock())
         if chunk is not None:
-            await self._send(chunk)
+            self._ready.append(chunk)
+        await self._send_ready()
+
+    async def _send_ready(self) -> None:
+        ready = self._ready
+        while ready:
+            await self._send(ready.popleft())
 
     async def _send(self, chunk: Chunk) -> None:
-        # Hot path: no validation of our own fields; encode once.
-        job = self.running.job
-        record = TokenChunk.model_construct(
-            job_id=job.job_id,
-            trace_id=job.trace_id,
-            data=TokenChunkData.model_construct(
-                attempt=job.data.attempt,
-                seq=chunk.seq,
-                text=chunk.text,
-                tokens=chunk.tokens,
-                first_token_at=_ts(chunk.first_token_at),
-                emitted_at=_ts(chunk.emitted_at),
-            ),
-        )
-        if self._headers is None:
-            self._headers = headers_for(record)
-        future = await self.deps.producer.send(
-            self._topic, record.to_bytes(), key=self._key, headers=self._headers
+        # Hot path: no pydantic; the record's bytes are built from the chunk's own fields.
+        producer = self.deps.producer
+        if self._partition is None:
+            # Where the default partitioner puts the key (and where readers look for the
+            # job), worked out once per attempt rather than by a murmur2 in Python per chunk.
+            partitions = await producer.partitions_for(self._topic)
+            self._partition = chunk_partition(self.running.job.job_id, len(partitions))
+        future = await producer.send(
+            self._topic,
+            self._encoder.encode(chunk),
+            key=self._key,
+            partition=self._partition,
+            headers=self._encoder.headers,
         )
         self._sends.append(future)
         # Counted per chunk, not per token: the per-token path stays minimal.
@@ -165,9 +210,11 @@ class AttemptStream:
             self._sends.clear()
 
     async def close(self) -> None:
+        """Stop the reader if it still runs: its end was `run`'s to report, not ours."""
         reader = self.running.reader
-        if reader is not None and not reader.done():
+        if reader is None:
+            return
+        if not reader.done():
             reader.cancel()
-        if reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        with contextlib.suppress(asyncio.CancelledError, UpstreamError):
+            await reader

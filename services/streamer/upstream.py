@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import openai
 
+from services.streamer.sse import MalformedEvent, SSEReader, StreamedError
+from services.streamer.sse import UpstreamModel as UpstreamModel  # part of this adapter's API
+from services.streamer.sse import UpstreamUsage as UpstreamUsage
 from shared.contracts import RunJobData
 from shared.jobtypes import JOB_TYPES
 
@@ -71,22 +78,6 @@ class StreamEnd:
     total_tokens: int
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamModel:
-    """The model the upstream says it streams with, when it differs from the one asked for."""
-
-    model: str
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamUsage:
-    """The usage the upstream reported, as soon as it did (before the stream's end)."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
 def make_client(base_url: str, api_key: str, *, aiohttp_client: bool) -> openai.AsyncOpenAI:
     # Retries are ours (backoff, retry topic, breaker): the SDK must not retry on its own.
     http_client: Any = None
@@ -133,6 +124,37 @@ def messages_for(job: RunJobData) -> list[Any]:
     return messages
 
 
+def request_for(job: RunJobData) -> dict[str, Any]:
+    """The chat completion request of one attempt, streamed with its usage."""
+    config = job.config
+    request: dict[str, Any] = {
+        "model": config.model,
+        "messages": messages_for(job),
+        "max_tokens": config.max_tokens,
+        "temperature": config.temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if config.top_p is not None:
+        request["top_p"] = config.top_p
+    if config.seed is not None:
+        request["seed"] = config.seed
+    job_type = JOB_TYPES.get(job.job_type)
+    response_format = job_type.response_format() if job_type is not None else None
+    if response_format is not None:
+        request["response_format"] = response_format  # structured output of the type's schema
+    return request
+
+
+CHAT_COMPLETIONS = "/chat/completions"
+# What the SDK's own stream maps to APITimeoutError and APIConnectionError while reading.
+_TIMEOUTS = (httpx2.TimeoutException,)
+_CUTS = (httpx2.RequestError, ssl.SSLError)
+# After [DONE], how long the rest of an HTTP/1.1 body may take: read to its end, the
+# connection is reused; a server that keeps it open past this is not waited for.
+DRAIN_S = 0.1
+
+
 async def stream_tokens(
     client: openai.AsyncOpenAI, job: RunJobData
 ) -> AsyncIterator[str | StreamEnd | UpstreamModel | UpstreamUsage]:
@@ -141,63 +163,60 @@ async def stream_tokens(
     The model (when it differs from the one asked for) and the usage are also yielded
     as they arrive, once each, so an attempt cut short can still report them.
 
-    Closing the generator (task cancelled) closes the HTTP stream at once.
+    The SDK sends the request (base URL, auth, headers, timeouts, status errors) through
+    its generic `post`, with the body `request_for` built: the typed `create` first walks
+    every parameter through its TypedDict transform, ~0.8 ms of CPU per request for a body
+    that needs none. The answer is read as bytes and parsed here, without a model object
+    per chunk. Closing the generator (task cancelled) closes the HTTP stream at once.
     """
-    config = job.config
-    extra: dict[str, Any] = {}
-    if config.top_p is not None:
-        extra["top_p"] = config.top_p
-    if config.seed is not None:
-        extra["seed"] = config.seed
-    job_type = JOB_TYPES.get(job.job_type)
-    response_format = job_type.response_format() if job_type is not None else None
-    if response_format is not None:
-        extra["response_format"] = response_format  # structured output of the type's schema
-    model = config.model
-    finish_reason: str | None = None
-    usage: Any = None
-    completion = 0
+    reader = SSEReader(job.config.model)
     try:
-        stream = await client.chat.completions.create(
-            model=config.model,
-            messages=messages_for(job),
-            max_tokens=config.max_tokens,
-            temperature=config.temperature,
+        response = await client.post(
+            CHAT_COMPLETIONS,
+            body=request_for(job),
+            cast_to=httpx2.Response,
             stream=True,
-            stream_options={"include_usage": True},
-            **extra,
+            stream_cls=None,
         )
-        async with stream:
-            async for chunk in stream:
-                if chunk.model and chunk.model != model:
-                    model = chunk.model
-                    yield UpstreamModel(model)
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                    yield UpstreamUsage(
-                        usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
-                    )
-                if not chunk.choices:
-                    continue
-                choice = chunk.choices[0]
-                text = choice.delta.content
-                if text:
-                    completion += 1
-                    yield text
-                if choice.finish_reason is not None:
-                    finish_reason = choice.finish_reason
+        body = response.aiter_bytes()
+        try:
+            async for data in body:
+                for item in reader.feed(data):
+                    yield item
+                if reader.done:
+                    break
+            for item in reader.end():
+                yield item
+            if reader.done:
+                with contextlib.suppress(TimeoutError, *_TIMEOUTS, *_CUTS):
+                    async with asyncio.timeout(DRAIN_S):
+                        async for _ in body:
+                            pass
+        except _TIMEOUTS as exc:
+            raise classify(openai.APITimeoutError(request=response.request)) from exc
+        except _CUTS as exc:
+            raise classify(openai.APIConnectionError(request=response.request)) from exc
+        except StreamedError as exc:
+            error = openai.APIError(str(exc), response.request, body=exc.body)
+            raise classify(error) from exc
+        except MalformedEvent as exc:
+            raise UpstreamServerError(str(exc)) from exc
+        finally:
+            await body.aclose()
+            await response.aclose()
     except openai.OpenAIError as exc:
         raise classify(exc) from exc
-    if finish_reason is None:
+    if reader.finish_reason is None:
         # The body ended without a finish reason: the stream was cut.
         raise UpstreamStreamCut("stream ended without a finish reason")
+    usage = reader.usage
     if usage is not None:
         yield StreamEnd(
-            model,
-            finish_reason,
+            reader.model,
+            reader.finish_reason,
             usage.prompt_tokens,
             usage.completion_tokens,
             usage.total_tokens,
         )
     else:
-        yield StreamEnd(model, finish_reason, 0, completion, completion)
+        yield StreamEnd(reader.model, reader.finish_reason, 0, reader.tokens, reader.tokens)

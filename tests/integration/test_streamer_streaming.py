@@ -28,6 +28,7 @@ from shared.contracts import (
     parse_record,
 )
 from shared.kafka import make_producer, publish
+from shared.routing import chunk_partition
 from shared.topics import Priority, chunks_topic, control_topic, dlq_topic, events_topic, job_topic
 from tests.support import wait_for
 
@@ -447,3 +448,47 @@ async def test_ops_routes_report_health_readiness_metrics_and_lag_per_band(
     text = await metrics()
     assert "streamjobs_streamer_slots_in_use 1.0" in text
     assert "streamjobs_streamer_chunks_published_total" in text
+
+
+async def test_a_jobs_chunks_land_on_the_partition_its_readers_compute(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    producer: AIOKafkaProducer,
+    start_streamer: StartStreamer,
+) -> None:
+    await start_streamer()
+    jobs = [make_job(f"Placed {i}. [[sim tokens=30 tps=300]]") for i in range(6)]
+    for job in jobs:
+        await submit(producer, topic_prefix, job)
+    expected = 0
+    for job in jobs:
+        events = await events_until_final(kafka_bootstrap, topic_prefix, job.job_id)
+        assert events[-1].type == "job.completed"
+        expected += events[-1].data.chunks
+    topic = chunks_topic(topic_prefix)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        placed: dict[str, set[int]] = {}
+        seen = 0
+        deadline = time.monotonic() + 20
+        while seen < expected:
+            assert time.monotonic() < deadline, f"{seen} of {expected} chunks: {placed}"
+            batch = await consumer.getmany(timeout_ms=200)
+            for tp, records in batch.items():
+                for record in records:
+                    seen += 1
+                    placed.setdefault(parse_record(record.value or b"").job_id, set()).add(
+                        tp.partition
+                    )
+    finally:
+        await consumer.stop()
+    assert len(partitions) == 4
+    for job in jobs:
+        assert placed[job.job_id] == {chunk_partition(job.job_id, len(partitions))}, job.job_id

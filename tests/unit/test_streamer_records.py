@@ -6,8 +6,13 @@ from datetime import UTC, datetime
 
 import httpx2 as httpx
 import openai
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from services.streamer.chunker import Chunk
 from services.streamer.job import RetryPolicy
+from services.streamer.records import ChunkEncoder
 from services.streamer.upstream import (
     UpstreamRateLimited,
     UpstreamRejected,
@@ -16,6 +21,7 @@ from services.streamer.upstream import (
     classify,
 )
 from shared.contracts import TokenChunk, TokenChunkData, parse_record
+from shared.kafka import headers_for
 
 
 def constructed_chunk(seq: int) -> TokenChunk:
@@ -34,6 +40,67 @@ def test_a_chunk_built_without_validation_serialises_to_a_valid_record() -> None
     assert isinstance(parsed, TokenChunk)
     assert (parsed.data.attempt, parsed.data.seq, parsed.data.text) == (2, 3, "hé llo")
     assert parsed.type == "job.chunk" and parsed.event_id is not None
+
+
+# Epoch seconds from 1970 to 2200, with and without a fraction of a second.
+epochs = st.one_of(
+    st.floats(min_value=0, max_value=7_258_118_400, allow_nan=False),
+    st.integers(min_value=0, max_value=7_258_118_400).map(float),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    job_id=st.text(min_size=1, max_size=40),
+    trace_id=st.text(alphabet="0123456789abcdef", min_size=32, max_size=32),
+    attempt=st.integers(min_value=1, max_value=2**31),
+    seq=st.integers(min_value=0, max_value=2**40),
+    text=st.text(max_size=60),
+    tokens=st.integers(min_value=0, max_value=10_000),
+    first=epochs,
+    emitted=epochs,
+)
+def test_an_encoded_chunk_is_the_record_pydantic_would_write(
+    job_id: str,
+    trace_id: str,
+    attempt: int,
+    seq: int,
+    text: str,
+    tokens: int,
+    first: float,
+    emitted: float,
+) -> None:
+    encoded = ChunkEncoder(job_id, trace_id, attempt).encode(
+        Chunk(seq, text, tokens, first, emitted)
+    )
+    parsed = parse_record(encoded)
+    expected = TokenChunk(
+        job_id=job_id,
+        trace_id=trace_id,
+        event_id=parsed.event_id,
+        occurred_at=parsed.occurred_at,
+        data=TokenChunkData(
+            attempt=attempt,
+            seq=seq,
+            text=text,
+            tokens=tokens,
+            first_token_at=datetime.fromtimestamp(first, UTC),
+            emitted_at=datetime.fromtimestamp(emitted, UTC),
+        ),
+    )
+    assert parsed == expected
+    # The same JSON as pydantic's, field for field and format for format, in its order.
+    ours, theirs = orjson.loads(encoded), orjson.loads(expected.to_bytes())
+    assert ours == theirs
+    assert list(ours) == list(theirs) and list(ours["data"]) == list(theirs["data"])
+
+
+def test_each_encoded_chunk_has_its_own_event_id_and_the_record_headers() -> None:
+    encoder = ChunkEncoder("job-1", "0af7651916cd43dd8448eb211c80319c", 1)
+    chunk = Chunk(0, "a", 1, 1.5, 1.5)
+    first, second = (parse_record(encoder.encode(chunk)) for _ in range(2))
+    assert first.event_id != second.event_id
+    assert encoder.headers == headers_for(first)
 
 
 def test_retry_delay_grows_is_bounded_and_honours_retry_after() -> None:
