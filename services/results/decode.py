@@ -12,8 +12,8 @@ writes, are rounded here and cut there.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, NamedTuple
+from datetime import UTC, datetime
+from typing import Annotated, Literal, NamedTuple
 from uuid import UUID
 
 import msgspec
@@ -22,7 +22,7 @@ from services.results.projection import aware
 from shared.contracts import LIFECYCLE_TYPES, LifecycleEvent, TokenChunk, parse_record
 from shared.text import clean_json, clean_text
 
-__all__ = ["ChunkRow", "StoredEvent", "UnexpectedType", "read_record"]
+__all__ = ["ChunkRow", "StoredEvent", "UnexpectedType", "fast_chunk_row", "read_record"]
 
 # The only way NUL or a lone surrogate can reach a string: a `\u` escape (the JSON parsers
 # refuse them raw, and refuse invalid UTF-8). Records with any escape take the slow path.
@@ -73,22 +73,26 @@ class _ChunkData(msgspec.Struct, forbid_unknown_fields=True):
     emitted_at: datetime
 
 
-class _Chunk(msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="job.chunk"):
+class _Chunk(msgspec.Struct, forbid_unknown_fields=True):
     # Unknown fields (a newer producer's) are not refused: they send the record to the
     # contract parser, which ignores them as every consumer must.
+    type: Literal["job.chunk"]
     job_id: str
     data: _ChunkData
+    # Defaults stand in for what the row does not hold; null is refused, as the contract does.
     schema_version: int = 1
-    event_id: UUID | None = None
-    occurred_at: datetime | None = None
+    event_id: UUID = UUID(int=0)
+    occurred_at: datetime = datetime(1970, 1, 1, tzinfo=UTC)
     trace_id: str = ""
 
 
 _CHUNK = msgspec.json.Decoder(_Chunk)
 
 
-def _fast_chunk(value: bytes) -> ChunkRow | None:
+def fast_chunk_row(value: bytes) -> ChunkRow | None:
     """The chunk's row, or None where the contract parser must decide."""
+    if _ESCAPE in value:
+        return None
     try:
         chunk = _CHUNK.decode(value)
     except msgspec.DecodeError:  # msgspec.ValidationError included
@@ -130,8 +134,8 @@ def read_record(value: bytes, *, chunk_expected: bool) -> StoredEvent | ChunkRow
     tried first. Raises `pydantic.ValidationError` for what the contract cannot read and
     `UnexpectedType` for a record of another type.
     """
-    if chunk_expected and _ESCAPE not in value:
-        row = _fast_chunk(value)
+    if chunk_expected:
+        row = fast_chunk_row(value)
         if row is not None:
             return row
     parsed = parse_record(value)
