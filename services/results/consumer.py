@@ -2,8 +2,11 @@
 
 Offsets are committed only after every record of the batch was either stored or
 dead-lettered, so a crash or an outage loses nothing; the writes are idempotent,
-so what comes again is harmless. While PostgreSQL is away the batch is retried
-with capped backoff and no further record is read. A write the database refuses
+so what comes again is harmless. The next batch is read and decoded while the
+current one is written (the database works on one core, we on the other), and
+batches are written and committed strictly in the order they were read. While
+PostgreSQL is away the batch is retried with capped backoff and no record past
+the one batch read ahead is read. A write the database refuses
 for what a record holds is split in halves until the record that causes it is
 alone: that one goes to the DLQ topic with its reason, the others are stored, so
 no record can stall a partition.
@@ -12,6 +15,7 @@ no record can stall a partition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -104,10 +108,22 @@ class Persister:
         self._chunks_topic = chunks_topic(settings.topic_prefix)
 
     async def run(self) -> None:
-        while True:
-            batch = await self._collect()
-            if batch.offsets:
-                await self._flush(batch)
+        writing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                batch = await self._collect()
+                if writing is not None:
+                    # One write at a time, in read order: offsets never commit past a gap.
+                    await writing
+                    writing = None
+                if batch.offsets:
+                    writing = asyncio.create_task(self._flush(batch))
+        finally:
+            if writing is not None:
+                # Cut short: neither committed to Kafka nor to PostgreSQL, so it comes again.
+                writing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writing
 
     async def rewind(self) -> None:
         """Seek every assigned partition back to its committed offset.
