@@ -248,11 +248,33 @@ async def write_batch(
 
     Chunk rows come cleaned (`services.results.decode`); events are cleaned here.
     """
+    # Nearly always every chunk of a batch is new, and a plain COPY into the table costs
+    # the server half of what the upsert does: the first try does that. A batch holding
+    # a chunk already stored (a replay after a crash or a rebalance, or the same chunk
+    # twice) aborts on its first statement and is written again with the staged upsert.
+    try:
+        return await _write_batch(conn, events, chunks, price_of, new_chunks=True)
+    except asyncpg.UniqueViolationError:
+        return await _write_batch(conn, events, chunks, price_of, new_chunks=False)
+
+
+async def _write_batch(
+    conn: asyncpg.Connection,
+    events: Sequence[StoredEvent],
+    chunks: Sequence[ChunkRow],
+    price_of: Callable[[str | None], ModelPrice],
+    *,
+    new_chunks: bool,
+) -> BatchOutcome:
     outcome = BatchOutcome()
     async with conn.transaction():
         await conn.execute(_CREATE_STAGING)
-        if chunks:
-            outcome.chunks = await _write_chunks(conn, chunks)
+        if chunks and new_chunks:
+            await conn.copy_records_to_table("chunks", records=chunks, columns=CHUNK_COLUMNS)
+            outcome.chunks = len(chunks)
+        elif chunks:
+            # DO NOTHING skips the second of a key within the batch as well.
+            outcome.chunks = await _copy_upsert(conn, "chunks", chunks, _INSERT_CHUNKS)
         partials: set[str] = set()
         if events:
             partials = await _write_events(conn, events, price_of, outcome)
@@ -269,21 +291,6 @@ async def write_batch(
                     [c.first_token_at for c in firsts],
                 )
     return outcome
-
-
-async def _write_chunks(conn: asyncpg.Connection, chunks: Sequence[ChunkRow]) -> int:
-    """Store the new chunks; returns how many were new."""
-    # Nearly always every chunk of a batch is new, and a plain COPY into the table costs
-    # the server half of what the upsert does: try that, all or nothing (a savepoint).
-    # A batch holding a chunk already stored (a replay after a crash or a rebalance, or
-    # the same chunk twice) is staged and upserted instead.
-    try:
-        async with conn.transaction():
-            await conn.copy_records_to_table("chunks", records=chunks, columns=CHUNK_COLUMNS)
-    except asyncpg.UniqueViolationError:
-        # DO NOTHING skips the second of a key within the batch as well.
-        return await _copy_upsert(conn, "chunks", chunks, _INSERT_CHUNKS)
-    return len(chunks)
 
 
 async def _write_events(
