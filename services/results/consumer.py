@@ -2,8 +2,11 @@
 
 Offsets are committed only after every record of the batch was either stored or
 dead-lettered, so a crash or an outage loses nothing; the writes are idempotent,
-so what comes again is harmless. While PostgreSQL is away the batch is retried
-with capped backoff and no further record is read. A write the database refuses
+so what comes again is harmless. The next batch is read and decoded while the
+current one is written (the database works on one core, we on the other), and
+batches are written and committed strictly in the order they were read. While
+PostgreSQL is away the batch is retried with capped backoff and no record past
+the one batch read ahead is read. A write the database refuses
 for what a record holds is split in halves until the record that causes it is
 alone: that one goes to the DLQ topic with its reason, the others are stored, so
 no record can stall a partition.
@@ -12,6 +15,7 @@ no record can stall a partition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,39 +31,27 @@ from aiokafka.errors import (
 )
 from pydantic import ValidationError
 
+from services.results.decode import ChunkRow, StoredEvent, UnexpectedType, read_record
 from services.results.faults import CONNECTION_ERRORS, WriteFault, classify
 from services.results.metrics import ResultsMetrics
 from services.results.settings import ResultsSettings
 from services.results.store import BatchOutcome, write_batch
-from shared.contracts import (
-    LIFECYCLE_TYPES,
-    JobCancelled,
-    JobCompleted,
-    JobDeadLettered,
-    JobFailed,
-    LifecycleEvent,
-    TokenChunk,
-    parse_record,
-)
+from shared.contracts import JobCancelled, JobCompleted, JobDeadLettered, JobFailed
 from shared.deadletter import poison_record
 from shared.kafka import publish
 from shared.retry import retry_until_done
-from shared.text import clean_json, clean_text
-from shared.topics import dlq_topic
+from shared.text import clean_text
+from shared.topics import chunks_topic, dlq_topic
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CONNECTION_ERRORS", "Batch", "CommitObserver", "Item", "Persister"]
 
-# The one way an unstorable character reaches us: the JSON parser refuses raw NULs and
-# lone surrogate escapes, but decodes `\u0000` to NUL. Records without it skip the cleaning.
-_NUL_ESCAPE = b"\\u0000"
-
 # (Kafka timestamps of the batch's records in ms, wall time of the commit in s)
 CommitObserver = Callable[[list[int], float], None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Item:
     """One readable record of a batch, with where it came from (for the DLQ)."""
 
@@ -67,7 +59,7 @@ class Item:
     partition: int
     offset: int
     value: bytes | None
-    record: LifecycleEvent | TokenChunk
+    record: StoredEvent | ChunkRow
 
 
 @dataclass
@@ -82,20 +74,15 @@ class Batch:
         return len(self.items)
 
 
-def _split(items: Sequence[Item]) -> tuple[list[LifecycleEvent], list[TokenChunk]]:
-    events: list[LifecycleEvent] = []
-    chunks: list[TokenChunk] = []
+def _split(items: Sequence[Item]) -> tuple[list[StoredEvent], list[ChunkRow]]:
+    events: list[StoredEvent] = []
+    chunks: list[ChunkRow] = []
     for item in items:
-        if isinstance(item.record, TokenChunk):
+        if isinstance(item.record, ChunkRow):
             chunks.append(item.record)
         else:
             events.append(item.record)
     return events, chunks
-
-
-def _cleaned(record: LifecycleEvent | TokenChunk) -> LifecycleEvent | TokenChunk:
-    """The same record with its NULs replaced (shared.text), so every column can hold it."""
-    return type(record).model_validate(clean_json(record.model_dump()))
 
 
 class Persister:
@@ -118,12 +105,25 @@ class Persister:
         self.db_ok = True
         self.batches_written = 0
         self._positions: dict[TopicPartition, int] = {}
+        self._chunks_topic = chunks_topic(settings.topic_prefix)
 
     async def run(self) -> None:
-        while True:
-            batch = await self._collect()
-            if batch.offsets:
-                await self._flush(batch)
+        writing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                batch = await self._collect()
+                if writing is not None:
+                    # One write at a time, in read order: offsets never commit past a gap.
+                    await writing
+                    writing = None
+                if batch.offsets:
+                    writing = asyncio.create_task(self._flush(batch))
+        finally:
+            if writing is not None:
+                # Cut short: neither committed to Kafka nor to PostgreSQL, so it comes again.
+                writing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writing
 
     async def rewind(self) -> None:
         """Seek every assigned partition back to its committed offset.
@@ -171,12 +171,10 @@ class Persister:
             self._poison(record, batch, "empty record value", "EmptyRecord")
             return
         try:
-            parsed = parse_record(record.value)
-            if not isinstance(parsed, (TokenChunk, *LIFECYCLE_TYPES)):
-                self._poison(record, batch, f"unexpected record type {parsed.type}", "WrongType")
-                return
-            if _NUL_ESCAPE in record.value:
-                parsed = _cleaned(parsed)
+            parsed = read_record(record.value, chunk_expected=record.topic == self._chunks_topic)
+        except UnexpectedType as exc:
+            self._poison(record, batch, str(exc), "WrongType")
+            return
         except ValidationError as exc:
             self._poison(record, batch, _first_line(exc), "ValidationError")
             return
@@ -403,7 +401,9 @@ def _log_final(items: list[Item]) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
     for item in items:
-        event = item.record
+        if not isinstance(item.record, StoredEvent):
+            continue
+        event = item.record.event
         if isinstance(event, _FINAL):
             log.info(
                 "stored %s of attempt %d",

@@ -34,9 +34,11 @@ class ResultsSettings(CommonSettings):
         description="bind address; the gateway is the public entry, so loopback by default",
     )
     results_group_id: str = GROUP_RESULTS
-    results_batch_size: int = Field(default=2000, ge=1, description="records per transaction")
+    results_batch_size: int = Field(
+        default=10_000, ge=1, description="most records per transaction (and per fetch)"
+    )
     results_batch_delay_ms: float = Field(
-        default=100.0, ge=0, description="longest a record waits in the buffer"
+        default=50.0, ge=0, description="longest a record waits in the buffer"
     )
     results_session_timeout_ms: int = Field(default=10_000, ge=1000)
     results_heartbeat_interval_ms: int = Field(default=3_000, ge=100)

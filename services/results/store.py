@@ -1,11 +1,13 @@
 """Writes one batch of events and chunks to PostgreSQL in one transaction, idempotently.
 
-Chunks go in with one array INSERT … ON CONFLICT DO NOTHING; lifecycle events are
-deduplicated by event_id, applied to the jobs they touch (locked for the
-transaction), and the changed jobs and new results are upserted with executemany.
-A failed or cancelled job's result is what its last attempt streamed, rebuilt
-whenever a chunk of that attempt arrives after the final fact. Every string is
-cleaned by `shared.text` on its way in: PostgreSQL refuses NUL and lone surrogates.
+Every table is written the same way: the batch's rows are COPYed (binary) into a
+temporary staging table of this connection, then moved with one INSERT … SELECT …
+ON CONFLICT, so a batch costs a handful of statements whatever its size. Chunks are
+deduplicated on (job_id, attempt, seq); lifecycle events by event_id, applied to the
+jobs they touch (locked for the transaction), and the changed jobs and new results
+are upserted. A failed or cancelled job's result is what its last attempt streamed,
+rebuilt whenever a chunk of that attempt arrives after the final fact. Every string
+is cleaned by `shared.text` on its way in: PostgreSQL refuses NUL and lone surrogates.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from services.results.decode import ChunkRow, StoredEvent
 from services.results.projection import (
     JobRow,
     ResultRow,
@@ -36,7 +39,6 @@ from shared.contracts import (
     JobCompleted,
     JobFailed,
     LifecycleEvent,
-    TokenChunk,
     parse_record,
 )
 from shared.jobtypes import ParsedResponse, parse_response
@@ -66,19 +68,6 @@ JOB_COLUMNS = (
     "error_type",
 )
 _JSON_COLUMNS = {"config", "metadata"}
-_UPSERT_JOB = "INSERT INTO jobs ({cols}) VALUES ({vals}) ON CONFLICT (job_id) DO UPDATE SET {sets}, updated_at = now()".format(  # noqa: E501
-    cols=", ".join(JOB_COLUMNS),
-    vals=", ".join(
-        f"${i}::jsonb" if c in _JSON_COLUMNS else f"${i}" for i, c in enumerate(JOB_COLUMNS, 1)
-    ),
-    # The first accepted fact fixed the owner; no later write may change it.
-    sets=", ".join(
-        "user_id = COALESCE(jobs.user_id, EXCLUDED.user_id)"
-        if c == "user_id"
-        else f"{c} = EXCLUDED.{c}"
-        for c in JOB_COLUMNS[1:]
-    ),
-)
 RESULT_COLUMNS = (
     "job_id",
     "attempt",
@@ -100,26 +89,56 @@ RESULT_COLUMNS = (
     "completed_at",
     "usage_estimated",
 )
-_UPSERT_RESULT = "INSERT INTO results ({cols}) VALUES ({vals}) ON CONFLICT (job_id) DO UPDATE SET {sets}".format(  # noqa: E501
-    cols=", ".join(RESULT_COLUMNS),
-    vals=", ".join(
-        f"${i}::jsonb" if c in ("parsed_response", "severity_breakdown") else f"${i}"
-        for i, c in enumerate(RESULT_COLUMNS, 1)
-    ),
-    sets=", ".join(f"{c} = EXCLUDED.{c}" for c in RESULT_COLUMNS[1:]),
+CHUNK_COLUMNS = ChunkRow._fields
+EVENT_COLUMNS = ("event_id", "job_id", "type", "occurred_at", "applied", "payload")
+
+
+def _staging(table: str) -> str:
+    return f"{table}_staging"
+
+
+_STAGED = {
+    "jobs": JOB_COLUMNS,
+    "results": RESULT_COLUMNS,
+    "chunks": CHUNK_COLUMNS,
+    "events": EVENT_COLUMNS,
+}
+# The staging tables have the columns (and types) of their tables and no constraints;
+# IF NOT EXISTS makes this one cheap round trip per batch on a connection that has them.
+_CREATE_STAGING = "; ".join(
+    f"CREATE TEMP TABLE IF NOT EXISTS {_staging(table)} ON COMMIT DELETE ROWS AS"
+    f" SELECT {', '.join(columns)} FROM {table} WITH NO DATA"
+    for table, columns in _STAGED.items()
 )
-_INSERT_CHUNKS = """
-INSERT INTO chunks (job_id, attempt, seq, text, tokens, first_token_at, emitted_at)
-SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::int[],
-                     $6::timestamptz[], $7::timestamptz[])
-ON CONFLICT (job_id, attempt, seq) DO NOTHING
-"""
-_INSERT_EVENTS = """
-INSERT INTO events (event_id, job_id, type, occurred_at, applied, payload)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[],
-                     $6::jsonb[])
-ON CONFLICT (event_id) DO NOTHING
-"""
+
+
+def _move(table: str, conflict: str) -> str:
+    """Empty `table`'s staging table into it: a table may be staged twice in one batch."""
+    cols = ", ".join(_STAGED[table])
+    return (
+        f"WITH staged AS (DELETE FROM {_staging(table)} RETURNING *)"
+        f" INSERT INTO {table} ({cols}) SELECT {cols} FROM staged ON CONFLICT {conflict}"
+    )
+
+
+_UPSERT_JOB = _move(
+    "jobs",
+    "(job_id) DO UPDATE SET {sets}, updated_at = now()".format(
+        # The first accepted fact fixed the owner; no later write may change it.
+        sets=", ".join(
+            "user_id = COALESCE(jobs.user_id, EXCLUDED.user_id)"
+            if c == "user_id"
+            else f"{c} = EXCLUDED.{c}"
+            for c in JOB_COLUMNS[1:]
+        )
+    ),
+)
+_UPSERT_RESULT = _move(
+    "results",
+    "(job_id) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in RESULT_COLUMNS[1:]),
+)
+_INSERT_CHUNKS = _move("chunks", "(job_id, attempt, seq) DO NOTHING")
+_INSERT_EVENTS = _move("events", "(event_id) DO NOTHING")
 # Sorted, so two instances locking overlapping jobs (during a rebalance) cannot deadlock.
 _LOCK_JOBS = """
 SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(j, 0) AS k
@@ -130,6 +149,15 @@ UPDATE jobs SET first_token_at = c.at
 FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS c(job_id, attempt, at)
 WHERE jobs.job_id = c.job_id AND jobs.attempt = c.attempt AND jobs.first_token_at IS NULL
 """
+
+
+async def _copy_upsert(
+    conn: asyncpg.Connection, table: str, rows: Sequence[tuple[Any, ...]], upsert: str
+) -> int:
+    """Stage `rows` with COPY, then move them into `table`; the rows it inserted or updated."""
+    await conn.copy_records_to_table(_staging(table), records=rows, columns=_STAGED[table])
+    status = await conn.execute(upsert)
+    return int(status.rsplit(" ", 1)[1])
 
 
 # The final facts whose attempt's chunks make a partial result.
@@ -212,15 +240,41 @@ def _result_args(result: ResultRow) -> tuple[Any, ...]:
 
 async def write_batch(
     conn: asyncpg.Connection,
-    events: Sequence[LifecycleEvent],
-    chunks: Sequence[TokenChunk],
+    events: Sequence[StoredEvent],
+    chunks: Sequence[ChunkRow],
     price_of: Callable[[str | None], ModelPrice],
 ) -> BatchOutcome:
-    """Write one batch in one transaction; the same batch written twice changes nothing."""
+    """Write one batch in one transaction; the same batch written twice changes nothing.
+
+    Chunk rows come cleaned (`services.results.decode`); events are cleaned here.
+    """
+    # Nearly always every chunk of a batch is new, and a plain COPY into the table costs
+    # the server half of what the upsert does: the first try does that. A batch holding
+    # a chunk already stored (a replay after a crash or a rebalance, or the same chunk
+    # twice) aborts on its first statement and is written again with the staged upsert.
+    try:
+        return await _write_batch(conn, events, chunks, price_of, new_chunks=True)
+    except asyncpg.UniqueViolationError:
+        return await _write_batch(conn, events, chunks, price_of, new_chunks=False)
+
+
+async def _write_batch(
+    conn: asyncpg.Connection,
+    events: Sequence[StoredEvent],
+    chunks: Sequence[ChunkRow],
+    price_of: Callable[[str | None], ModelPrice],
+    *,
+    new_chunks: bool,
+) -> BatchOutcome:
     outcome = BatchOutcome()
     async with conn.transaction():
-        if chunks:
-            outcome.chunks = await _write_chunks(conn, chunks)
+        await conn.execute(_CREATE_STAGING)
+        if chunks and new_chunks:
+            await conn.copy_records_to_table("chunks", records=chunks, columns=CHUNK_COLUMNS)
+            outcome.chunks = len(chunks)
+        elif chunks:
+            # DO NOTHING skips the second of a key within the batch as well.
+            outcome.chunks = await _copy_upsert(conn, "chunks", chunks, _INSERT_CHUNKS)
         partials: set[str] = set()
         if events:
             partials = await _write_events(conn, events, price_of, outcome)
@@ -228,40 +282,26 @@ async def write_batch(
             late = {c.job_id for c in chunks} - partials
             if late:
                 await _rebuild_partials(conn, sorted(late), chunks, price_of, outcome)
-            firsts = [c for c in chunks if c.data.seq == 0]
+            firsts = [c for c in chunks if c.seq == 0]
             if firsts:
                 await conn.execute(
                     _FIRST_TOKEN,
                     [c.job_id for c in firsts],
-                    [c.data.attempt for c in firsts],
-                    [aware(c.data.first_token_at) for c in firsts],
+                    [c.attempt for c in firsts],
+                    [c.first_token_at for c in firsts],
                 )
     return outcome
 
 
-async def _write_chunks(conn: asyncpg.Connection, chunks: Sequence[TokenChunk]) -> int:
-    unique = {(c.job_id, c.data.attempt, c.data.seq): c for c in chunks}
-    rows = list(unique.values())
-    status = await conn.execute(
-        _INSERT_CHUNKS,
-        [clean_text(c.job_id) for c in rows],
-        [c.data.attempt for c in rows],
-        [c.data.seq for c in rows],
-        [clean_text(c.data.text) for c in rows],
-        [c.data.tokens for c in rows],
-        [aware(c.data.first_token_at) for c in rows],
-        [aware(c.data.emitted_at) for c in rows],
-    )
-    return int(status.rsplit(" ", 1)[1])
-
-
 async def _write_events(
     conn: asyncpg.Connection,
-    events: Sequence[LifecycleEvent],
+    stored: Sequence[StoredEvent],
     price_of: Callable[[str | None], ModelPrice],
     outcome: BatchOutcome,
 ) -> set[str]:
     """Apply and store `events`; returns the jobs whose partial result it wrote."""
+    events = [s.event for s in stored]
+    raw = {s.event.event_id: s.raw for s in stored}
     job_ids = sorted({e.job_id for e in events})
     await conn.execute(_LOCK_JOBS, job_ids)
     seen = {
@@ -315,20 +355,25 @@ async def _write_events(
         ):
             late_accepted.add(job.job_id)
     if fresh:
-        await conn.execute(
-            _INSERT_EVENTS,
-            [e.event_id for e, _ in fresh],
-            [e.job_id for e, _ in fresh],
-            [e.type for e, _ in fresh],
-            [aware(e.occurred_at) for e, _ in fresh],
-            [applied for _, applied in fresh],
-            # Built from the python dump: a lone surrogate cannot pass model_dump_json.
-            [_json(e.model_dump(mode="json")) for e, _ in fresh],
-        )
+        rows = [
+            (
+                e.event_id,
+                e.job_id,
+                e.type,
+                aware(e.occurred_at),
+                applied,
+                # The record's own text where it is valid jsonb (decode.py), else the
+                # python dump: a lone surrogate cannot pass model_dump_json.
+                raw[e.event_id] or _json(e.model_dump(mode="json")),
+            )
+            for e, applied in fresh
+        ]
+        await _copy_upsert(conn, "events", rows, _INSERT_EVENTS)
     if changed:
-        await conn.executemany(_UPSERT_JOB, [_job_args(j) for j in changed.values()])
+        await _copy_upsert(conn, "jobs", [_job_args(j) for j in changed.values()], _UPSERT_JOB)
     if results:
-        await conn.executemany(_UPSERT_RESULT, [_result_args(r) for r in results.values()])
+        rows = [_result_args(r) for r in results.values()]
+        await _copy_upsert(conn, "results", rows, _UPSERT_RESULT)
         outcome.results.extend(results.values())
     if late_accepted:
         await _reparse(conn, [jobs[j] for j in sorted(late_accepted)])
@@ -358,19 +403,19 @@ async def _write_partials(
         model = event.data.model or job.model
         rows.append(partial_result_of(job, event, got, price_of(model)))
     if rows:
-        await conn.executemany(_UPSERT_RESULT, [_result_args(r) for r in rows])
+        await _copy_upsert(conn, "results", [_result_args(r) for r in rows], _UPSERT_RESULT)
         outcome.partial_results += len(rows)
 
 
 async def _rebuild_partials(
     conn: asyncpg.Connection,
     job_ids: list[str],
-    chunks: Sequence[TokenChunk],
+    chunks: Sequence[ChunkRow],
     price_of: Callable[[str | None], ModelPrice],
     outcome: BatchOutcome,
 ) -> None:
     """Chunks that reached us after their job failed or was cancelled join its result."""
-    touched = {(c.job_id, c.data.attempt) for c in chunks}
+    touched = {(c.job_id, c.attempt) for c in chunks}
     ended: list[tuple[JobRow, JobFailed | JobCancelled]] = []
     for record in await conn.fetch(_ENDED, job_ids, list(_PARTIAL_TYPES)):
         final = parse_record(record["final_payload"])

@@ -50,6 +50,7 @@ async def test_replayed_events_store_one_result(
         await wait_for(lambda: caught_up(service), message="results never caught up")
         # Tokens and cost are counted once per stored result, not per delivery.
         assert service.metrics.tokens.labels("gpt-4o-mini", "prompt")._value.get() == 10
+        assert service.metrics.chunks_persisted._value.get() == 3
         assert service.metrics.cost.labels("gpt-4o-mini")._value.get() > 0
         # And a second consumer group reading everything again from the start.
     replay = settings_for(
@@ -62,12 +63,44 @@ async def test_replayed_events_store_one_result(
     async with running(replay) as service:
         await wait_for(lambda: caught_up(service), message="replay never caught up")
         assert service.metrics.events_persisted.labels("job.completed")._value.get() == 0
+        assert service.metrics.chunks_persisted._value.get() == 0
         assert service.metrics.cost.labels("gpt-4o-mini")._value.get() == 0
     assert await count(database_url, "SELECT count(*) FROM jobs") == 1
     assert await count(database_url, "SELECT count(*) FROM results") == 1
     assert await count(database_url, "SELECT count(*) FROM events") == 3
     assert await count(database_url, "SELECT count(*) FROM chunks") == 3
     assert await count(database_url, "SELECT count(*) FROM jobs WHERE status = 'completed'") == 1
+
+
+async def test_a_batch_of_stored_and_new_chunks_stores_each_new_one_once(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    database_url: str,
+    auth_secret: str,
+    producer: AIOKafkaProducer,
+) -> None:
+    first = job_script("j", outcome="running", texts=("a", "b"))
+    settings = settings_for(kafka_bootstrap, topic_prefix, database_url, auth_secret)
+    async with running(settings) as service:
+        await publish_script(producer, topic_prefix, first)
+        await wait_for(lambda: caught_up(service), message="first chunks not written")
+        # The streamer's chunks again (a rebalance re-reads them) with the ones after them.
+        again = job_script("j", texts=("a2", "b2", "c", "d"))
+        again.events = again.events[-1:]
+        await publish_script(producer, topic_prefix, again)
+        await wait_for(lambda: caught_up(service), message="mixed batch not written")
+        assert service.metrics.chunks_persisted._value.get() == 4
+    conn = await asyncpg.connect(database_url)
+    try:
+        texts = [
+            r["text"]
+            for r in await conn.fetch("SELECT text FROM chunks WHERE job_id = 'j' ORDER BY seq")
+        ]
+        status = await conn.fetchval("SELECT status FROM jobs WHERE job_id = 'j'")
+    finally:
+        await conn.close()
+    assert texts == ["a", "b", "c", "d"]  # a stored chunk is never written over
+    assert status == "completed"
 
 
 async def test_late_accepted_completes_the_job_and_parses_its_response(
