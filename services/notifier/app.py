@@ -119,8 +119,9 @@ class NotifierService:
             process_request=self.ws.process_request,
             create_connection=BoundedConnection,  # bounds the library's automatic pongs
             compression=None,  # a deflate context per connection costs ~300 KB
-            ping_interval=s.notifier_ping_interval_s,
-            ping_timeout=s.notifier_ping_timeout_s,
+            # No keepalive task per connection: the sweep pings (WebSocketEndpoint.keepalive).
+            ping_interval=None,
+            ping_timeout=None,
             close_timeout=2,
             max_size=s.notifier_max_message_bytes,
             max_queue=8,

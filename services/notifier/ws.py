@@ -1,7 +1,9 @@
 """The WebSocket endpoint `/ws` (library `websockets`) and the ops routes on the same port.
 
-One handler task reads the client's messages; one writer task per connection
-sends what the hub queued for it. Plain HTTP requests for `/healthz`,
+One handler task reads the client's messages; what the hub queues for a client is
+written to its socket at the end of the event-loop turn (`flush.py`), with no task of
+its own, and keepalive pings go out from the sweep (`keepalive`), not from a task per
+connection: at 20,000 connections each task costs. Plain HTTP requests for `/healthz`,
 `/readyz` and `/metrics` are answered in `process_request` without an upgrade.
 Every close the server makes carries one of the codes below (documented in
 docs/websocket-protocol.md), and every reply goes through the bounded outbox.
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -28,6 +31,7 @@ from services.notifier.access import MissingScope, TokenCheck
 from services.notifier.authorisation import SubscribeError
 from services.notifier.client import Client
 from services.notifier.connection import BoundedConnection
+from services.notifier.flush import Flusher
 from services.notifier.frames import Frame, control, error_frame
 from services.notifier.hub import Hub
 from services.notifier.limits import ConnectionLimits, TooManyConnections
@@ -80,9 +84,17 @@ class WebSocketEndpoint:
         self.ready = ready
         self.limits = limits
         self.tokens = tokens
-        self.clients: dict[Client, ServerConnection] = {}
+        self.clients: dict[Client, BoundedConnection] = {}
+        self.stalled: set[BoundedConnection] = set()  # frames waiting for a full socket
         self._sent = metrics.frames_sent.labels("ws")
         self._gauge = metrics.connections.labels("ws")
+        self.flusher = Flusher(self.clients, self._sent.inc)
+        # Summed on scrape, not on every sweep: a walk over every connection costs.
+        metrics.buffered_bytes.set_function(self.buffered_bytes)
+        # The keepalive round: every connection is visited once per ping interval.
+        self._round: list[BoundedConnection] = []
+        self._round_at = 0
+        self._round_visited: float | None = None
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
@@ -110,6 +122,8 @@ class WebSocketEndpoint:
                 await ws.close(CLOSE_TRY_AGAIN, str(exc))
             return
         self._gauge.inc()
+        if isinstance(ws, BoundedConnection):
+            ws.forget_handshake()
         try:
             principal = await self._authenticate(ws)
             if principal is None:
@@ -169,40 +183,31 @@ class WebSocketEndpoint:
             await ws.close(close_code, code)
 
     async def _serve(self, ws: ServerConnection, principal: Principal) -> None:
-        def kill(code: int, reason: str) -> None:
-            client.close(code, reason)
-            # The writer may be stuck in a send to a client that stopped reading.
-            writer.cancel()
-            asyncio.get_running_loop().create_task(ws.close(code, reason))
+        if not isinstance(ws, BoundedConnection):  # serve(create_connection=BoundedConnection)
+            raise TypeError(f"unexpected connection class {type(ws).__name__}")
+        conn = ws
 
-        client = Client(principal, self.settings.notifier_queue_frames, kill=kill)
-        writer = asyncio.create_task(self._write(ws, client))
-        self.clients[client] = ws
+        def kill(code: int, reason: str) -> None:
+            # What is queued cannot be sent to a client that stopped reading: dropped.
+            client.close(code, reason)
+            client.reset(())
+            client.send_started = None
+            self.stalled.discard(conn)
+            conn.shut(code, reason)
+
+        client = Client(
+            principal, self.settings.notifier_queue_frames, kill=kill, wake=self.flusher.mark
+        )
+        self.clients[client] = conn
+        conn.attach(client, self.stalled, self._sent.inc)
         try:
-            await self._read(ws, client)
+            await self._read(conn, client)
         except ConnectionClosed:
             pass
         finally:
             self.clients.pop(client, None)
+            self.stalled.discard(conn)
             self.hub.drop(client)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await writer
-
-    async def _write(self, ws: ServerConnection, client: Client) -> None:
-        sent = self._sent
-        while True:
-            frames = await client.take()
-            if not frames:
-                code, reason = client.closing or (1000, "")
-                await ws.close(code, reason)
-                return
-            for frame in frames:
-                client.send_started = time.monotonic()
-                await ws.send(frame.text)
-            client.send_started = None
-            client.inflight_chars = 0
-            sent.inc(len(frames))
 
     async def _read(self, ws: ServerConnection, client: Client) -> None:
         bad_in_a_row = 0
@@ -255,12 +260,10 @@ class WebSocketEndpoint:
                 reply(error_frame(exc.code, exc.message, channel=channel))
 
     def buffered_bytes(self) -> int:
-        """What the server holds for its WebSocket clients: outboxes, batches in flight, sockets."""
+        """What the server holds for its WebSocket clients: outboxes and socket buffers."""
         total = 0
-        for client, ws in self.clients.items():
-            total += client.queued_chars + client.inflight_chars
-            if isinstance(ws, BoundedConnection):
-                total += ws.buffered_bytes()
+        for client, conn in self.clients.items():
+            total += client.queued_chars + conn.buffered_bytes()
         return total
 
     def close_revoked(self, token_id: str) -> None:
@@ -271,12 +274,35 @@ class WebSocketEndpoint:
                 client.close(CLOSE_AUTH, "token revoked")
 
     def sweep(self, now: float) -> None:
-        """Close connections whose send has been blocked too long (the client stopped reading)."""
+        """Close connections whose send has been blocked too long (the client stopped reading),
+        and take the keepalive round a step further."""
         limit = self.settings.notifier_slow_consumer_s
-        self.metrics.buffered_bytes.set(self.buffered_bytes())
-        for client in list(self.clients):
-            started = client.send_started
-            if started is not None and now - started > limit:
+        for conn in list(self.stalled):
+            client = conn.client
+            started = client.send_started if client is not None else None
+            if client is None or started is None:
+                self.stalled.discard(conn)
+            elif now - started > limit:
                 self.metrics.slow_closes.inc()
-                client.send_started = None
                 client.kill(CLOSE_SLOW, "slow consumer")
+        self.keepalive(asyncio.get_running_loop().time())
+
+    def keepalive(self, now: float) -> None:
+        """Visit the share of connections due since the last call, so that each one is
+        visited about once per ping interval (`BoundedConnection.visit_keepalive`).
+
+        An unanswered ping is noticed at a later visit: a dead client goes within the ping
+        timeout plus up to one interval.
+        """
+        s = self.settings
+        last, self._round_visited = self._round_visited, now
+        if last is None:
+            return
+        if self._round_at >= len(self._round):
+            self._round = list(self.clients.values())
+            self._round_at = 0
+        due = math.ceil(len(self._round) * (now - last) / s.notifier_ping_interval_s)
+        end = min(len(self._round), self._round_at + due)
+        for conn in self._round[self._round_at : end]:
+            conn.visit_keepalive(now, s.notifier_ping_interval_s, s.notifier_ping_timeout_s)
+        self._round_at = end
