@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
-from websockets.frames import CloseCode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import State
+from websockets.protocol import Event, State
 
 from services.notifier.client import Client
 
@@ -44,6 +44,12 @@ class BoundedConnection(ServerConnection):
     _stalled: set[BoundedConnection] | None = None
     _closer: asyncio.Task[None] | None = None
     _on_sent: Callable[[int], None] | None = None
+    # Set once the handler attached: each message is handed over as it arrives, in the
+    # protocol callback, instead of through the library's queue and a task awaiting recv().
+    _on_message: Callable[[str | bytes], None] | None = None
+    _on_lost: Callable[[], None] | None = None
+    _parts: list[bytes] | None = None  # a fragmented message so far
+    _parts_opcode = Opcode.TEXT
     last_seen = 0.0  # loop time of the last bytes the client sent (a pong included)
     pinged_at: float | None = None  # loop time of the last keepalive ping
 
@@ -73,6 +79,44 @@ class BoundedConnection(ServerConnection):
         super().connection_lost(exc)
         if self._stalled is not None:
             self._stalled.discard(self)
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def process_event(self, event: Event) -> None:
+        on_message = self._on_message
+        if on_message is None or not isinstance(event, Frame):
+            super().process_event(event)
+            return
+        opcode = event.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if event.fin:
+                self._deliver(opcode, bytes(event.data), on_message)
+            else:
+                self._parts, self._parts_opcode = [bytes(event.data)], opcode
+        elif opcode is Opcode.CONT:
+            # The protocol has checked the sequence and the size (max_size) of the fragments.
+            if self._parts is not None:
+                self._parts.append(bytes(event.data))
+                if event.fin:
+                    data, self._parts = b"".join(self._parts), None
+                    self._deliver(self._parts_opcode, data, on_message)
+        else:
+            super().process_event(event)  # ping, pong, close: the library's
+
+    def _deliver(
+        self, opcode: Opcode, data: bytes, on_message: Callable[[str | bytes], None]
+    ) -> None:
+        if opcode is Opcode.BINARY:
+            on_message(data)
+            return
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as exc:
+            # As the library's recv() does: a text message that is not UTF-8 closes with 1007.
+            self.shut(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+            self._on_message = None
+            return
+        on_message(text)
 
     def forget_handshake(self) -> None:
         """Drop what only the opening handshake needed: at 20,000 connections, 60 MB."""
@@ -86,12 +130,31 @@ class BoundedConnection(ServerConnection):
         self.drain_waiters = []  # type: ignore[assignment]
 
     def attach(
-        self, client: Client, stalled: set[BoundedConnection], on_sent: Callable[[int], None]
+        self,
+        client: Client,
+        stalled: set[BoundedConnection],
+        *,
+        on_sent: Callable[[int], None],
+        on_message: Callable[[str | bytes], None],
+        on_lost: Callable[[], None],
     ) -> None:
-        """From now on, frames queued for `client` are written here."""
+        """From now on, frames queued for `client` are written here, and each message the
+        client sends goes to `on_message` as it is received."""
         self.client = client
         self._stalled = stalled
         self._on_sent = on_sent
+        self._on_message = on_message
+        self._on_lost = on_lost
+        # The library's receive queue is not used from now on. Frames a client sent with its
+        # handshake request, before the answer, were queued there: they are handed over
+        # first. Its deque (a 64-slot block) becomes a list, which does the one thing still
+        # asked of it here, `append`, after a connection failed (1007) and stopped handing
+        # over; nothing calls recv().
+        queue = self.recv_messages.frames
+        early = list(queue.queue)
+        queue.queue = []  # type: ignore[assignment]
+        for frame in early:
+            self.process_event(frame)
 
     def buffered_bytes(self) -> int:
         """Bytes written to the socket that the client has not taken yet."""
