@@ -103,6 +103,8 @@ class NotifierService:
             placement=self.placement,
             client_id=f"notifier-{self.instance}",
             security=security,
+            fetch_max_wait_ms=s.notifier_fetch_max_wait_ms,
+            fetch_min_bytes=s.notifier_fetch_min_bytes,
         )
         self.reader = reader
         self._stack.push_async_callback(reader.stop)

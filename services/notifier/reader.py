@@ -29,7 +29,7 @@ from shared.contracts import (
     parse_record,
 )
 from shared.follower import Batch, PartitionFollower, StartAt
-from shared.kafka import KafkaOptions
+from shared.kafka import DEFAULT_FETCH_MAX_WAIT_MS, DEFAULT_FETCH_MIN_BYTES, KafkaOptions
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class Reader:
         placement: Placement | None = None,
         client_id: str = "notifier",
         security: KafkaOptions | None = None,
+        fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
+        fetch_min_bytes: int = DEFAULT_FETCH_MIN_BYTES,
     ) -> None:
         self.events_topic = events_topic
         self.chunks_topic = chunks_topic
@@ -72,7 +74,8 @@ class Reader:
             security=security,
             client_id=client_id,
             auto_offset_reset="latest",
-            fetch_max_wait_ms=20,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            fetch_min_bytes=fetch_min_bytes,
         )
         self._records_chunks = metrics.records.labels(chunks_topic)
         self._records_events = metrics.records.labels(events_topic)
