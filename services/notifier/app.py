@@ -105,6 +105,7 @@ class NotifierService:
             security=security,
             fetch_max_wait_ms=s.notifier_fetch_max_wait_ms,
             fetch_min_bytes=s.notifier_fetch_min_bytes,
+            after_batch=self.ws.flusher.flush,
         )
         self.reader = reader
         self._stack.push_async_callback(reader.stop)

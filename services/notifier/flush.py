@@ -1,7 +1,8 @@
 """Writes what the hub queued for WebSocket clients, once per event-loop turn and client.
 
 A Kafka batch queues its frames for many clients without awaiting; the flush that
-follows in the same loop turn hands each client's frames to its socket in one
+follows (the reader calls it at the end of each batch, the event loop at the end of
+any other turn that queued frames) hands each client's frames to its socket in one
 write, so a client that gets several chunks of one batch costs one system call.
 """
 

@@ -51,6 +51,7 @@ class Reader:
         security: KafkaOptions | None = None,
         fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
         fetch_min_bytes: int = DEFAULT_FETCH_MIN_BYTES,
+        after_batch: Callable[[], None] | None = None,
     ) -> None:
         self.events_topic = events_topic
         self.chunks_topic = chunks_topic
@@ -58,6 +59,9 @@ class Reader:
         self.on_event = on_event
         self.on_chunk = on_chunk
         self.on_history = on_history
+        # Writes what the batch queued: the next poll may return buffered records at once,
+        # without the event loop turning in between.
+        self.after_batch = after_batch
         self.metrics = metrics
         self.placement = placement if placement is not None else Placement()
         events_start = StartAt.LOOKBACK if on_history is None else StartAt.BEGINNING
@@ -134,6 +138,8 @@ class Reader:
                 window = self._window.get(tp, 0)
                 for record in records:
                     self._event(record.value or b"", now, record.offset < window)
+        if batch and self.after_batch is not None:
+            self.after_batch()
 
     def _chunk(self, value: bytes, now: float) -> None:
         try:
