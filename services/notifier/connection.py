@@ -120,6 +120,9 @@ class BoundedConnection(ServerConnection):
 
     def forget_handshake(self) -> None:
         """Drop what only the opening handshake needed: at 20,000 connections, 60 MB."""
+        if self.protocol.extensions:
+            # Frame.ws is framed for no extension: a negotiated one would need its own framing.
+            raise RuntimeError(f"unexpected WebSocket extensions {self.protocol.extensions}")
         if self.request is not None:
             # The library's parser keeps the request object itself: its headers are emptied.
             self.request.headers.clear()
