@@ -91,10 +91,21 @@ def headers_for(envelope: Envelope) -> Headers:
     ]
 
 
+# Latency tuning of the record hop, producer send to consumer poll (the chunk and event
+# topics: the notifier adds ~1 ms over it). A producer sends at once: aiokafka keeps one
+# request in flight per broker, so records sent meanwhile still leave together, and load
+# batches them without a linger adding to every record's hop. A consumer's fetch stays parked
+# at the broker, which answers it as soon as one byte is appended: a long wait costs no
+# latency, and spares the idle fetches a short one makes (and a record arriving between them).
+DEFAULT_LINGER_MS = 0
+DEFAULT_FETCH_MAX_WAIT_MS = 100
+DEFAULT_FETCH_MIN_BYTES = 1
+
+
 def make_producer(
     bootstrap_servers: str,
     *,
-    linger_ms: int = 2,
+    linger_ms: int = DEFAULT_LINGER_MS,
     client_id: str = "",
     security: KafkaOptions | None = None,
 ) -> AIOKafkaProducer:

@@ -103,6 +103,9 @@ class NotifierService:
             placement=self.placement,
             client_id=f"notifier-{self.instance}",
             security=security,
+            fetch_max_wait_ms=s.notifier_fetch_max_wait_ms,
+            fetch_min_bytes=s.notifier_fetch_min_bytes,
+            after_batch=self.ws.flusher.flush,
         )
         self.reader = reader
         self._stack.push_async_callback(reader.stop)
@@ -119,8 +122,9 @@ class NotifierService:
             process_request=self.ws.process_request,
             create_connection=BoundedConnection,  # bounds the library's automatic pongs
             compression=None,  # a deflate context per connection costs ~300 KB
-            ping_interval=s.notifier_ping_interval_s,
-            ping_timeout=s.notifier_ping_timeout_s,
+            # No keepalive task per connection: the sweep pings (WebSocketEndpoint.keepalive).
+            ping_interval=None,
+            ping_timeout=None,
             close_timeout=2,
             max_size=s.notifier_max_message_bytes,
             max_queue=8,

@@ -81,7 +81,7 @@ class Authorisation:
         self, client: Client, job_id: str, last_seq: int, attempt: int | None, now: float
     ) -> None:
         """Hold a job subscription until its owner is known, or its wait is over."""
-        client.pending.add(f"job:{job_id}")
+        client.pending[f"job:{job_id}"] = None
         self.pending.setdefault(job_id, []).append(
             Pending(client, job_id, last_seq, attempt, now + self.pending_s)
         )
@@ -93,7 +93,7 @@ class Authorisation:
         keep, go = [], []
         for p in waiting:
             if self.may_see(p.client, state):
-                p.client.pending.discard(channel)
+                p.client.pending.pop(channel, None)
                 go.append(p)
             else:
                 keep.append(p)
@@ -119,7 +119,7 @@ class Authorisation:
 
     def _refuse(self, p: Pending) -> None:
         channel = f"job:{p.job_id}"
-        p.client.pending.discard(channel)
+        p.client.pending.pop(channel, None)
         self.metrics.auth_failures.labels("forbidden").inc()
         self._reply(p.client, [error_frame("forbidden", FORBIDDEN, channel=channel)])
         p.client.on_subscribe(channel, False)
@@ -128,7 +128,7 @@ class Authorisation:
         """Forget a waiting subscription; False if the client had none on `channel`."""
         if channel not in client.pending:
             return False
-        client.pending.discard(channel)
+        client.pending.pop(channel, None)
         job_id = channel.partition(":")[2]
         left = [p for p in self.pending.get(job_id, []) if p.client is not client]
         if left:

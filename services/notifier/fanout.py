@@ -46,14 +46,14 @@ class Fanout:
                 self.send(users, frame)
 
     def add_job(self, client: Client, job_id: str) -> None:
-        client.channels.add(f"job:{job_id}")
+        client.channels[f"job:{job_id}"] = None
         self.jobs.setdefault(job_id, set()).add(client)
         self.count += 1
 
     def add_user(self, client: Client, user_id: str) -> None:
         channel = f"user:{user_id}"
         if channel not in client.channels:
-            client.channels.add(channel)
+            client.channels[channel] = None
             self.users.setdefault(user_id, set()).add(client)
             self.count += 1
 
@@ -61,7 +61,7 @@ class Fanout:
         """End a live subscription; False if the client had none on `channel`."""
         if channel not in client.channels:
             return False
-        client.channels.discard(channel)
+        client.channels.pop(channel, None)
         kind, _, ident = channel.partition(":")
         table = self.jobs if kind == "job" else self.users
         subs = table.get(ident)
@@ -76,5 +76,5 @@ class Fanout:
         """The job is forgotten: its subscribers lose the channel, without a word."""
         channel = f"job:{job_id}"
         for client in self.jobs.pop(job_id, set()):
-            client.channels.discard(channel)
+            client.channels.pop(channel, None)
             self.count -= 1

@@ -1,12 +1,14 @@
 """Server frames, encoded once: the same object is queued for every subscriber.
 
-A `Frame` holds the WebSocket text and builds its SSE form at most once, on
-first use, so one chunk costs one JSON encoding whatever the audience.
+A `Frame` holds the message text and builds its WebSocket frame and its SSE form
+at most once each, on first use, so one chunk costs one JSON encoding and one
+WebSocket framing whatever the audience.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
 from shared.contracts import LifecycleEvent, TokenChunk
@@ -23,13 +25,34 @@ class Frame:
     A reconnecting SSE client sends that id back (`resume.parse_last_event_id`).
     """
 
-    __slots__ = ("_sse", "event", "sse_id", "text")
+    __slots__ = ("_sse", "_ws", "event", "sse_id", "text")
 
     def __init__(self, text: str, event: str, sse_id: str | None = None) -> None:
         self.text = text
         self.event = event
         self.sse_id = sse_id
         self._sse: bytes | None = None
+        self._ws: bytes | None = None
+
+    @property
+    def ws(self) -> bytes:
+        """The whole WebSocket text frame (RFC 6455 §5.2), the same bytes for every client.
+
+        A server's frames are not masked, and the notifier negotiates no extension
+        (`compression=None`), so one framing serves every connection.
+        """
+        if self._ws is None:
+            # A lone surrogate cannot travel as UTF-8: it is replaced, not a failed fan-out.
+            payload = self.text.encode("utf-8", "replace")
+            size = len(payload)
+            if size < 126:
+                head = bytes((0x81, size))
+            elif size < 65_536:
+                head = struct.pack("!BBH", 0x81, 126, size)
+            else:
+                head = struct.pack("!BBQ", 0x81, 127, size)
+            self._ws = head + payload
+        return self._ws
 
     @property
     def sse(self) -> bytes:

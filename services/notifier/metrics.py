@@ -53,7 +53,7 @@ class NotifierMetrics:
         )
         self.buffered_bytes = Gauge(
             "streamjobs_notifier_buffered_bytes",
-            "What is held for WebSocket clients: outboxes, batches being sent, socket buffers",
+            "What is held for WebSocket clients: outboxes and socket buffers (summed when scraped)",
             registry=registry,
         )
         self.owners_known = Gauge(

@@ -29,7 +29,7 @@ from shared.contracts import (
     parse_record,
 )
 from shared.follower import Batch, PartitionFollower, StartAt
-from shared.kafka import KafkaOptions
+from shared.kafka import DEFAULT_FETCH_MAX_WAIT_MS, DEFAULT_FETCH_MIN_BYTES, KafkaOptions
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ class Reader:
         placement: Placement | None = None,
         client_id: str = "notifier",
         security: KafkaOptions | None = None,
+        fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
+        fetch_min_bytes: int = DEFAULT_FETCH_MIN_BYTES,
+        after_batch: Callable[[], None] | None = None,
     ) -> None:
         self.events_topic = events_topic
         self.chunks_topic = chunks_topic
@@ -56,6 +59,9 @@ class Reader:
         self.on_event = on_event
         self.on_chunk = on_chunk
         self.on_history = on_history
+        # Writes what the batch queued: the next poll may return buffered records at once,
+        # without the event loop turning in between.
+        self.after_batch = after_batch
         self.metrics = metrics
         self.placement = placement if placement is not None else Placement()
         events_start = StartAt.LOOKBACK if on_history is None else StartAt.BEGINNING
@@ -72,7 +78,8 @@ class Reader:
             security=security,
             client_id=client_id,
             auto_offset_reset="latest",
-            fetch_max_wait_ms=20,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            fetch_min_bytes=fetch_min_bytes,
         )
         self._records_chunks = metrics.records.labels(chunks_topic)
         self._records_events = metrics.records.labels(events_topic)
@@ -131,6 +138,8 @@ class Reader:
                 window = self._window.get(tp, 0)
                 for record in records:
                     self._event(record.value or b"", now, record.offset < window)
+        if batch and self.after_batch is not None:
+            self.after_batch()
 
     def _chunk(self, value: bytes, now: float) -> None:
         try:

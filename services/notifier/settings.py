@@ -6,6 +6,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
+from shared.kafka import DEFAULT_FETCH_MAX_WAIT_MS, DEFAULT_FETCH_MIN_BYTES
 from shared.settings import CommonSettings
 
 
@@ -77,6 +78,18 @@ class NotifierSettings(CommonSettings):
         ge=1,
         description="notifier instances sharing the chunk partitions; every one must be restarted"
         " with the same count when it changes",
+    )
+    notifier_fetch_max_wait_ms: int = Field(
+        default=DEFAULT_FETCH_MAX_WAIT_MS,
+        ge=0,
+        description="how long the broker may hold the chunk and event fetch while nothing is"
+        " appended; it answers at once when a record is (see NOTIFIER_FETCH_MIN_BYTES)",
+    )
+    notifier_fetch_min_bytes: int = Field(
+        default=DEFAULT_FETCH_MIN_BYTES,
+        ge=1,
+        description="bytes the broker waits for before it answers that fetch; 1: each record"
+        " as soon as it is appended",
     )
     notifier_public_ws_urls: str = Field(
         default="",

@@ -1,7 +1,9 @@
 """The WebSocket endpoint `/ws` (library `websockets`) and the ops routes on the same port.
 
-One handler task reads the client's messages; one writer task per connection
-sends what the hub queued for it. Plain HTTP requests for `/healthz`,
+One handler task reads the client's messages; what the hub queues for a client is
+written to its socket at the end of the event-loop turn (`flush.py`), with no task of
+its own, and keepalive pings go out from the sweep (`keepalive`), not from a task per
+connection: at 20,000 connections each task costs. Plain HTTP requests for `/healthz`,
 `/readyz` and `/metrics` are answered in `process_request` without an upgrade.
 Every close the server makes carries one of the codes below (documented in
 docs/websocket-protocol.md), and every reply goes through the bounded outbox.
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -23,18 +26,20 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from services.notifier.access import MissingScope, TokenCheck
 from services.notifier.authorisation import SubscribeError
 from services.notifier.client import Client
 from services.notifier.connection import BoundedConnection
-from services.notifier.frames import Frame, control, error_frame
+from services.notifier.flush import Flusher
+from services.notifier.frames import control, error_frame
 from services.notifier.hub import Hub
 from services.notifier.limits import ConnectionLimits, TooManyConnections
 from services.notifier.metrics import NotifierMetrics
-from services.notifier.protocol import Auth, BadMessage, Ping, Subscribe, parse_message
+from services.notifier.protocol import Auth, BadMessage, Message, Ping, Subscribe, parse_message
 from services.notifier.settings import NotifierSettings
-from shared.auth import InvalidToken, Principal
+from shared.auth import InvalidToken
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +85,17 @@ class WebSocketEndpoint:
         self.ready = ready
         self.limits = limits
         self.tokens = tokens
-        self.clients: dict[Client, ServerConnection] = {}
+        self.clients: dict[Client, BoundedConnection] = {}
+        self.stalled: set[BoundedConnection] = set()  # frames waiting for a full socket
         self._sent = metrics.frames_sent.labels("ws")
         self._gauge = metrics.connections.labels("ws")
+        self.flusher = Flusher(self.clients, self._sent.inc)
+        # Summed on scrape, not on every sweep: a walk over every connection costs.
+        metrics.buffered_bytes.set_function(self.buffered_bytes)
+        # The keepalive round: every connection is visited once per ping interval.
+        self._round: list[BoundedConnection] = []
+        self._round_at = 0
+        self._round_visited: float | None = None
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
@@ -111,156 +124,56 @@ class WebSocketEndpoint:
             return
         self._gauge.inc()
         try:
-            principal = await self._authenticate(ws)
-            if principal is None:
-                return
+            if not isinstance(ws, BoundedConnection):  # serve(create_connection=...)
+                raise TypeError(f"unexpected connection class {type(ws).__name__}")
+            ws.forget_handshake()
+            session = Session(self, ws)
+            client = session.client
+            self.clients[client] = ws
+            ws.attach(
+                client,
+                self.stalled,
+                on_sent=self._sent.inc,
+                on_message=session.on_message,
+                on_lost=session.lost,
+            )
             try:
-                self.limits.bind(principal.user_id)
-            except TooManyConnections as exc:
-                self.metrics.connections_refused.labels("user_cap").inc()
-                await self._refuse(ws, CLOSE_USER_CAP, "too_many_connections", str(exc))
-                return
-            try:
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send(control("authenticated", user_id=principal.user_id).text)
-                await self._serve(ws, principal)
+                await self._serve(ws, session)
             finally:
-                self.limits.unbind(principal.user_id)
+                self.clients.pop(client, None)
+                self.stalled.discard(ws)
+                self.hub.drop(client)
+                if session.user_id is not None:
+                    self.limits.unbind(session.user_id)
         finally:
             self._gauge.dec()
             self.limits.close()
 
-    async def _authenticate(self, ws: ServerConnection) -> Principal | None:
+    async def _serve(self, ws: BoundedConnection, session: Session) -> None:
+        """Wait for the auth message, then for the end: messages are handled as they come."""
+        authed = session.authed
+        if authed is None:
+            raise RuntimeError("a session is served once")
         try:
             async with asyncio.timeout(self.settings.notifier_auth_timeout_s):
-                raw = await ws.recv()
+                await authed
         except TimeoutError:
             self.metrics.auth_failures.labels("timeout").inc()
             await ws.close(CLOSE_AUTH, "auth timeout")
-            return None
-        except ConnectionClosed:
-            return None
-        try:
-            message = parse_message(raw)
-        except BadMessage as exc:
-            message = None
-            detail = exc.message
-        else:
-            detail = "the first message must be {'type': 'auth', 'token': ...}"
-        if not isinstance(message, Auth):
-            self.metrics.auth_failures.labels("missing").inc()
-            await self._refuse(ws, CLOSE_AUTH, "auth_required", detail)
-            return None
-        try:
-            principal = self.tokens.reader(message.token)
-        except InvalidToken as exc:
-            self.metrics.auth_failures.labels("invalid").inc()
-            await self._refuse(ws, CLOSE_AUTH, "bad_token", str(exc))
-            return None
-        except MissingScope as exc:
-            self.metrics.auth_failures.labels("scope").inc()
-            await self._refuse(ws, CLOSE_SCOPE, "insufficient_scope", str(exc))
-            return None
-        return principal
-
-    async def _refuse(self, ws: ServerConnection, close_code: int, code: str, message: str) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(error_frame(code, message).text)
-            await ws.close(close_code, code)
-
-    async def _serve(self, ws: ServerConnection, principal: Principal) -> None:
-        def kill(code: int, reason: str) -> None:
-            client.close(code, reason)
-            # The writer may be stuck in a send to a client that stopped reading.
-            writer.cancel()
-            asyncio.get_running_loop().create_task(ws.close(code, reason))
-
-        client = Client(principal, self.settings.notifier_queue_frames, kill=kill)
-        writer = asyncio.create_task(self._write(ws, client))
-        self.clients[client] = ws
-        try:
-            await self._read(ws, client)
-        except ConnectionClosed:
-            pass
-        finally:
-            self.clients.pop(client, None)
-            self.hub.drop(client)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await writer
-
-    async def _write(self, ws: ServerConnection, client: Client) -> None:
-        sent = self._sent
-        while True:
-            frames = await client.take()
-            if not frames:
-                code, reason = client.closing or (1000, "")
-                await ws.close(code, reason)
-                return
-            for frame in frames:
-                client.send_started = time.monotonic()
-                await ws.send(frame.text)
-            client.send_started = None
-            client.inflight_chars = 0
-            sent.inc(len(frames))
-
-    async def _read(self, ws: ServerConnection, client: Client) -> None:
-        bad_in_a_row = 0
-        refused = 0
-        hub = self.hub
-
-        def on_subscribe(_channel: str, ok: bool) -> None:
-            nonlocal refused
-            if not ok:
-                refused += 1
-                if refused >= MAX_REFUSED:
-                    client.close(CLOSE_FORBIDDEN, "too many refused subscriptions")
-
-        def reply(frame: Frame) -> None:
-            hub.reply(client, [frame])
-
-        client.on_subscribe = on_subscribe
-        async for raw in ws:
-            if client.closing is not None:
-                continue  # being closed by the server: what the client still sends is ignored
-            try:
-                message = parse_message(raw)
-                if isinstance(message, Subscribe):
-                    if message.kind == "job":
-                        hub.subscribe_job(
-                            client,
-                            message.ident,
-                            message.last_seq,
-                            message.attempt,
-                            time.monotonic(),
-                        )
-                    else:
-                        hub.subscribe_user(client, message.ident)
-                elif isinstance(message, Ping):
-                    reply(control("pong", id=message.ident))
-                elif isinstance(message, Auth):
-                    reply(error_frame("bad_message", "already authenticated"))
-                else:
-                    ok = hub.unsubscribe(client, message.channel)
-                    reply(control("unsubscribed", channel=message.channel, existed=ok))
-                bad_in_a_row = 0
-            except BadMessage as exc:
-                self.metrics.bad_messages.inc()
-                bad_in_a_row += 1
-                reply(error_frame(exc.code, exc.message))
-                if bad_in_a_row >= MAX_BAD_MESSAGES:
-                    client.close(CLOSE_BAD_MESSAGE, "too many bad messages")
-            except SubscribeError as exc:
-                channel = message.channel if isinstance(message, Subscribe) else None
-                reply(error_frame(exc.code, exc.message, channel=channel))
+            return
+        session.authed = None
+        del authed  # not held while the connection lasts
+        # A future of its own, not wait_closed(): its shield costs three objects more per
+        # connection, and 20,000 connections wait here.
+        ended = session.ended = asyncio.get_running_loop().create_future()
+        if ws.state is not State.CLOSED:
+            await ended
 
     def buffered_bytes(self) -> int:
-        """What the server holds for its WebSocket clients: outboxes, batches in flight, sockets."""
+        """What the server holds for its WebSocket clients: outboxes and socket buffers."""
         total = 0
-        for client, ws in self.clients.items():
-            total += client.queued_chars + client.inflight_chars
-            if isinstance(ws, BoundedConnection):
-                total += ws.buffered_bytes()
+        for client, conn in self.clients.items():
+            total += client.queued_chars + conn.buffered_bytes()
         return total
 
     def close_revoked(self, token_id: str) -> None:
@@ -271,12 +184,172 @@ class WebSocketEndpoint:
                 client.close(CLOSE_AUTH, "token revoked")
 
     def sweep(self, now: float) -> None:
-        """Close connections whose send has been blocked too long (the client stopped reading)."""
+        """Close connections whose send has been blocked too long (the client stopped reading),
+        and take the keepalive round a step further."""
         limit = self.settings.notifier_slow_consumer_s
-        self.metrics.buffered_bytes.set(self.buffered_bytes())
-        for client in list(self.clients):
-            started = client.send_started
-            if started is not None and now - started > limit:
+        for conn in list(self.stalled):
+            client = conn.client
+            started = client.send_started if client is not None else None
+            if client is None or started is None:
+                self.stalled.discard(conn)
+            elif now - started > limit:
                 self.metrics.slow_closes.inc()
-                client.send_started = None
                 client.kill(CLOSE_SLOW, "slow consumer")
+        self.keepalive(asyncio.get_running_loop().time())
+
+    def keepalive(self, now: float) -> None:
+        """Visit the share of connections due since the last call, so that each one is
+        visited about once per ping interval (`BoundedConnection.visit_keepalive`).
+
+        An unanswered ping is noticed at a later visit: a dead client goes within the ping
+        timeout plus up to one interval.
+        """
+        s = self.settings
+        last, self._round_visited = self._round_visited, now
+        if last is None:
+            return
+        if self._round_at >= len(self._round):
+            self._round = list(self.clients.values())
+            self._round_at = 0
+        due = math.ceil(len(self._round) * (now - last) / s.notifier_ping_interval_s)
+        end = min(len(self._round), self._round_at + due)
+        for conn in self._round[self._round_at : end]:
+            conn.visit_keepalive(now, s.notifier_ping_interval_s, s.notifier_ping_timeout_s)
+        self._round_at = end
+
+
+class Session:
+    """One WebSocket connection's conversation: an auth message first, then subscriptions.
+
+    Each message is handled in the connection's receive callback, on the event loop
+    without awaiting (replies go through the client's bounded outbox), so a connection
+    needs no task reading it.
+    """
+
+    __slots__ = (
+        "authed",
+        "bad_in_a_row",
+        "client",
+        "conn",
+        "ended",
+        "endpoint",
+        "refused",
+        "user_id",
+    )
+
+    def __init__(self, endpoint: WebSocketEndpoint, conn: BoundedConnection) -> None:
+        self.endpoint = endpoint
+        self.conn = conn
+        self.client = Client(
+            None,
+            endpoint.settings.notifier_queue_frames,
+            kill=self.kill,
+            on_subscribe=self.on_subscribe,
+            wake=endpoint.flusher.mark,
+        )
+        # Done with True once authenticated, False once refused or gone.
+        self.authed: asyncio.Future[bool] | None = asyncio.get_running_loop().create_future()
+        self.ended: asyncio.Future[None] | None = None  # done once the connection is closed
+        self.user_id: str | None = None  # bound in the limits once authenticated
+        self.bad_in_a_row = 0
+        self.refused = 0
+
+    def _settle(self, ok: bool) -> None:
+        if self.authed is not None and not self.authed.done():
+            self.authed.set_result(ok)
+
+    def lost(self) -> None:
+        self._settle(False)
+        if self.ended is not None and not self.ended.done():
+            self.ended.set_result(None)
+
+    def kill(self, code: int, reason: str) -> None:
+        # What is queued cannot be sent to a client that stopped reading: dropped.
+        client = self.client
+        client.close(code, reason)
+        client.reset(())
+        client.send_started = None
+        self.endpoint.stalled.discard(self.conn)
+        self.conn.shut(code, reason)
+
+    def on_subscribe(self, _channel: str, ok: bool) -> None:
+        if not ok:
+            self.refused += 1
+            if self.refused >= MAX_REFUSED:
+                self.client.close(CLOSE_FORBIDDEN, "too many refused subscriptions")
+
+    def _refuse(self, close_code: int, code: str, message: str) -> None:
+        self.client.push([error_frame(code, message)])
+        self.client.close(close_code, code)
+        self._settle(False)
+
+    def _authenticate(self, raw: str | bytes) -> None:
+        endpoint = self.endpoint
+        failures = endpoint.metrics.auth_failures
+        try:
+            message = parse_message(raw)
+        except BadMessage as exc:
+            message = None
+            detail = exc.message
+        else:
+            detail = "the first message must be {'type': 'auth', 'token': ...}"
+        if not isinstance(message, Auth):
+            failures.labels("missing").inc()
+            self._refuse(CLOSE_AUTH, "auth_required", detail)
+            return
+        try:
+            principal = endpoint.tokens.reader(message.token)
+        except InvalidToken as exc:
+            failures.labels("invalid").inc()
+            self._refuse(CLOSE_AUTH, "bad_token", str(exc))
+            return
+        except MissingScope as exc:
+            failures.labels("scope").inc()
+            self._refuse(CLOSE_SCOPE, "insufficient_scope", str(exc))
+            return
+        try:
+            endpoint.limits.bind(principal.user_id)
+        except TooManyConnections as exc:
+            endpoint.metrics.connections_refused.labels("user_cap").inc()
+            self._refuse(CLOSE_USER_CAP, "too_many_connections", str(exc))
+            return
+        self.user_id = principal.user_id
+        self.client.principal = principal
+        self.client.push([control("authenticated", user_id=principal.user_id)])
+        self._settle(True)
+
+    def on_message(self, raw: str | bytes) -> None:
+        client = self.client
+        if client.closing is not None:
+            return  # being closed by the server: what the client still sends is ignored
+        if client.principal is None:
+            self._authenticate(raw)
+            return
+        hub = self.endpoint.hub
+        message: Message | None = None
+        try:
+            message = parse_message(raw)
+            if isinstance(message, Subscribe):
+                if message.kind == "job":
+                    hub.subscribe_job(
+                        client, message.ident, message.last_seq, message.attempt, time.monotonic()
+                    )
+                else:
+                    hub.subscribe_user(client, message.ident)
+            elif isinstance(message, Ping):
+                hub.reply(client, [control("pong", id=message.ident)])
+            elif isinstance(message, Auth):
+                hub.reply(client, [error_frame("bad_message", "already authenticated")])
+            else:
+                ok = hub.unsubscribe(client, message.channel)
+                hub.reply(client, [control("unsubscribed", channel=message.channel, existed=ok)])
+            self.bad_in_a_row = 0
+        except BadMessage as exc:
+            self.endpoint.metrics.bad_messages.inc()
+            self.bad_in_a_row += 1
+            hub.reply(client, [error_frame(exc.code, exc.message)])
+            if self.bad_in_a_row >= MAX_BAD_MESSAGES:
+                client.close(CLOSE_BAD_MESSAGE, "too many bad messages")
+        except SubscribeError as exc:
+            channel = message.channel if isinstance(message, Subscribe) else None
+            hub.reply(client, [error_frame(exc.code, exc.message, channel=channel)])

@@ -87,7 +87,10 @@ class StreamerService:
         await ensure_service_topics(s)
         stack = self._stack
         producer = make_producer(
-            s.kafka_bootstrap_servers, client_id=f"streamer-{self.worker}", security=security
+            s.kafka_bootstrap_servers,
+            linger_ms=s.streamer_kafka_linger_ms,
+            client_id=f"streamer-{self.worker}",
+            security=security,
         )
         await producer.start()
         stack.push_async_callback(producer.stop)

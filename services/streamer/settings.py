@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 
 from services.streamer.channels import JOB_GROUP, RETRY_GROUP
+from shared.kafka import DEFAULT_LINGER_MS
 from shared.settings import CommonSettings
 
 
@@ -86,4 +87,10 @@ class StreamerSettings(CommonSettings):
     streamer_breaker_cooldown_s: float = Field(default=10.0, gt=0)
     streamer_lag_interval_s: float = Field(
         default=5.0, gt=0, description="how often consumer lag is measured for /metrics"
+    )
+    streamer_kafka_linger_ms: int = Field(
+        default=DEFAULT_LINGER_MS,
+        ge=0,
+        description="producer linger of the chunk and event records; 0 sends at once (records"
+        " sent while a request is in flight still travel together)",
     )
