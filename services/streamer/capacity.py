@@ -36,6 +36,10 @@ class Capacity:
         self.overloaded = False
         self.ceiling = 0  # slots in use when the overload began
         self._samples: deque[tuple[float, float]] = deque()
+        # Samples in the window over each bound: the p99 is over a bound exactly when more
+        # than 1% of them are, so no sample is sorted on the way.
+        self._over_max = 0
+        self._over_resume = 0
 
     def p99(self) -> float:
         """The p99 lag of the samples in the window (0 when there are none)."""
@@ -43,19 +47,28 @@ class Capacity:
             return 0.0
         return nearest_rank([lag for _, lag in self._samples], 0.99)
 
+    def _p99_over(self, over: int) -> bool:
+        # Nearest rank: the p99 is the k-th smallest of n, k = ceil(0.99 n); it is over a
+        # bound when at least n - k + 1 samples are.
+        n = len(self._samples)
+        return over >= n - math.ceil(0.99 * n) + 1
+
     def observe(self, now: float, lag_s: float, in_use: int) -> bool:
         """Add one lag sample taken at `now`; whether the overloaded state changed."""
         if self.max_lag_s <= 0:
             return False
         samples = self._samples
         samples.append((now, lag_s))
-        while samples and samples[0][0] < now - self.window_s:
-            samples.popleft()
-        p99 = self.p99()
-        if not self.overloaded and p99 > self.max_lag_s:
+        self._over_max += lag_s > self.max_lag_s
+        self._over_resume += lag_s > self.resume_lag_s
+        while samples[0][0] < now - self.window_s:
+            _, old = samples.popleft()
+            self._over_max -= old > self.max_lag_s
+            self._over_resume -= old > self.resume_lag_s
+        if not self.overloaded and self._p99_over(self._over_max):
             self.overloaded, self.ceiling = True, in_use
             return True
-        if self.overloaded and p99 <= self.resume_lag_s:
+        if self.overloaded and not self._p99_over(self._over_resume):
             self.overloaded = False
             return True
         return False

@@ -4,6 +4,7 @@ streamer still starts (alone, then through the dispatch loop over fakes)."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -121,3 +122,18 @@ async def test_a_dispatcher_that_caught_up_takes_the_waiting_jobs_again() -> Non
         assert s.metric("streamjobs_streamer_overloaded") == 0
         await wait_for(lambda: len(s.upstream.attempts) == 2, message="both jobs started")
         assert not s.dispatcher.holds_back(NORMAL)
+
+
+def test_the_overload_decision_follows_the_window_p99_exactly() -> None:
+    c = capacity()
+    rng = random.Random(7)
+    changes = 0
+    for i in range(2000):
+        # Calm stretches with rare spikes, and busy stretches.
+        busy = (i // 250) % 2 == 1
+        lag = rng.uniform(0, 0.08) if busy else rng.choice([0.001] * 150 + [0.03, 0.06])
+        was = c.overloaded
+        changes += c.observe(i * 0.01, lag, in_use=0)
+        bound = c.resume_lag_s if was else c.max_lag_s
+        assert c.overloaded == (c.p99() > bound), f"sample {i}"
+    assert changes >= 4, "both ways, more than once"
