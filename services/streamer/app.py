@@ -17,15 +17,18 @@ from prometheus_client import CollectorRegistry
 from services.streamer.breaker import CircuitBreaker
 from services.streamer.cancel_matching import CancelMatching
 from services.streamer.cancels import Owners, PendingCancels
+from services.streamer.capacity import Capacity
 from services.streamer.channels import JOB_INTAKE, RETRY_INTAKE
 from services.streamer.claims_log import EventsClaims
 from services.streamer.control import ControlReader
 from services.streamer.delayed import DelayedRetries
 from services.streamer.dispatch import RETRY_BAND, Dispatcher
+from services.streamer.fence import PriorityFence
 from services.streamer.inflight import InFlight
 from services.streamer.intake import Intake
 from services.streamer.job import Deps, RetryPolicy, Running
 from services.streamer.lag import report_lag
+from services.streamer.looplag import monitor_loop_lag
 from services.streamer.metrics import StreamerMetrics
 from services.streamer.outcomes import KafkaEvents
 from services.streamer.rejects import Rejects
@@ -105,6 +108,17 @@ class StreamerService:
         self._admin = AIOKafkaAdminClient(**security, bootstrap_servers=s.kafka_bootstrap_servers)
         await self._admin.start()
         stack.push_async_callback(self._admin.close)
+        # The fence's own client: on the intake's connection its requests would wait
+        # behind a long-polling fetch (a broker answers one connection's requests in order).
+        self._ends_reader = AIOKafkaConsumer(
+            **security,
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            client_id=f"streamer-fence-{self.worker}",
+            enable_auto_commit=False,
+            isolation_level="read_committed",  # ends are last stable offsets, as fetched
+        )
+        await self._ends_reader.start()
+        stack.push_async_callback(self._ends_reader.stop)
 
         first_delay_s = s.streamer_retry_base_s or 0.5
         self.rejects = Rejects(
@@ -149,7 +163,11 @@ class StreamerService:
         self.port = await serve_http(app, s.streamer_host, s.streamer_port, stack)
 
         self._started = True
+        stack.push_async_callback(self.fence.close)
         self._background.spawn(self.dispatcher.loop())
+        self._background.spawn(
+            monitor_loop_lag(s.streamer_loop_lag_interval_ms / 1000, self.dispatcher.loop_lag)
+        )
         self._background.spawn(self._control.loop())
         self._background.spawn(self.rejects.control_loop())
         for intake in self._intakes.values():
@@ -205,6 +223,13 @@ class StreamerService:
             retry_delays_s=(first_delay_s, s.streamer_retry_max_s or 10.0),
         )
         deps = self.deps
+        self.fence = PriorityFence(
+            bands=lambda: self._intakes["jobs"].bands() if "jobs" in self._intakes else {},
+            seen=lambda tp: self._intakes["jobs"].seen(tp),
+            end_offsets=self._ends_reader.end_offsets,
+            waiting=self.scheduler.waiting,
+            on_check=self.metrics.fence_checks.inc,
+        )
         self.dispatcher = Dispatcher(
             scheduler=self.scheduler,
             delayed=self.delayed,
@@ -217,6 +242,12 @@ class StreamerService:
             events=events,
             ledgers=self._intakes,
             metrics=self.metrics,
+            capacity=Capacity(
+                s.streamer_max_loop_lag_ms / 1000,
+                s.streamer_resume_loop_lag_ms / 1000,
+                s.streamer_loop_lag_window_s,
+            ),
+            fence=self.fence,
         )
 
     def _deps(self, producer: AIOKafkaProducer, client: openai.AsyncOpenAI) -> Deps:
@@ -295,6 +326,8 @@ class StreamerService:
             on_late=self.metrics.jobs_appended_late.inc,
             on_kafka_error=self.metrics.loop_errors.labels(f"intake_{name}").inc,
             backoff_s=LOOP_BACKOFF_S,
+            held_back=self.dispatcher.holds_back,
+            on_progress=self.fence.progressed if name == "jobs" else lambda: None,
         )
         if assignor is not None:
             assignor.held = intake.held

@@ -1,7 +1,9 @@
 """The dispatch loop: admission of fetched jobs, slots filled by band, each job run as a task.
 
-Which band goes next is the scheduler's call (scheduler.py); this module feeds it and starts
-what it hands out, and ends each attempt's bookkeeping: slot, offset, or a rerun.
+Which band goes next is the scheduler's call (scheduler.py); whether the loop has room for
+another stream is capacity.py's, and whether the higher bands are all fetched fence.py's.
+This module feeds them, starts what they let through, and ends each attempt's bookkeeping:
+slot, offset, or a rerun.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.streamer.cancel_matching import CancelMatching
+from services.streamer.capacity import URGENT_RANK, Capacity
 from services.streamer.delayed import DelayedRetries
+from services.streamer.fence import PriorityFence, Verdict
 from services.streamer.inflight import InFlight
 from services.streamer.job import Running
 from services.streamer.metrics import StreamerMetrics
@@ -43,8 +47,12 @@ class Dispatcher:
         events: EventPublisher,
         ledgers: Mapping[str, OffsetLedger],
         metrics: StreamerMetrics,
+        capacity: Capacity,
+        fence: PriorityFence,
     ) -> None:
         self.scheduler = scheduler
+        self.capacity = capacity
+        self.fence = fence
         self.delayed = delayed
         self.inflight = inflight
         self.cancels = cancels
@@ -55,6 +63,32 @@ class Dispatcher:
         self.metrics = metrics
         self.accepting = True
         self._wake = asyncio.Event()
+        fence.wake = self._wake.set
+
+    def loop_lag(self, lag_s: float) -> None:
+        """One loop lag sample: it may close admission, or open it again."""
+        self.metrics.loop_lag.observe(lag_s)
+        if self.capacity.observe(time.monotonic(), lag_s, self.scheduler.in_use):
+            overloaded = self.capacity.overloaded
+            self.metrics.overloaded.set(1 if overloaded else 0)
+            log.warning(
+                "loop lag p99 %.0f ms: %s",
+                self.capacity.p99() * 1000,
+                "overloaded, no new jobs but urgent ones" if overloaded else "taking jobs again",
+            )
+            self._wake.set()
+
+    def holds_back(self, band: int) -> bool:
+        """Whether the intake should leave `band`'s partitions in Kafka for now.
+
+        What could not start anyway stays there (an overloaded loop), and so do lower bands
+        while the fetch must bring a higher band's records first.
+        """
+        if band == RETRY_BAND:
+            return False
+        if not self.capacity.admits(band, self.scheduler.in_use):
+            return True
+        return self.fence.holds_back(band)
 
     def backlog(self, rank: int) -> int:
         """Jobs fetched and waiting in a band (the retry topic's: those not due yet)."""
@@ -109,10 +143,35 @@ class Dispatcher:
             now = time.monotonic()
             for running, rank in self.delayed.pop_due(now):
                 self.scheduler.offer(running, rank, now)
-            while self.accepting and (waiting := self.scheduler.take(now)) is not None:
-                self._launch(waiting.item, now)
+            self._fill(now)
             self.metrics.slots_in_use.set(self.scheduler.in_use)
             self.metrics.jobs_waiting.set(self.scheduler.waiting())
+
+    def _fill(self, now: float) -> None:
+        """Start waiting jobs into free slots while capacity and the fence let them."""
+        scheduler, fence = self.scheduler, self.fence
+        while self.accepting and scheduler.free_slots > 0:
+            head = scheduler.peek(now)
+            if head is None or not self.capacity.admits(head.rank, scheduler.in_use):
+                break
+            if head.rank > URGENT_RANK:
+                verdict = fence.verdict(head.rank)
+                if verdict is Verdict.STALE:
+                    # Ask for every band above the least urgent one waiting: one answer
+                    # then serves all the lower jobs that fit the free slots.
+                    lowest = scheduler.lowest_waiting()
+                    fence.request(head.rank if lowest is None else lowest)
+                    break
+                if verdict is Verdict.UNSEEN:
+                    self.metrics.fence_holds.inc()
+                    fence.hold(head.rank)
+                    break
+            waiting = scheduler.take(now)
+            if waiting is None:
+                break
+            self._launch(waiting.item, now)
+        # Ends read before this pass describe Kafka as it was: the next pass asks again.
+        fence.spend()
 
     def _launch(self, running: Running, now: float) -> None:
         job = running.job

@@ -81,6 +81,21 @@ def appended_too_late(job: RunJob, timestamp_ms: int, timestamp_type: int, skew_
     return timestamp_ms / 1000 > accept_by.timestamp() + skew_s
 
 
+def consumed_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The offset after what `consumer` returned of `tp` (control records included), if known.
+
+    aiokafka's `position()` waits for a position it does not have yet (a partition just
+    assigned); its subscription state answers at once.
+    """
+    subscription = getattr(consumer, "_subscription", None)
+    current = getattr(subscription, "subscription", None)
+    assignment = getattr(current, "assignment", None)
+    state = assignment.state_value(tp) if assignment is not None else None
+    if state is None or not state.has_valid_position:
+        return None
+    return int(state.position)
+
+
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
     def __init__(self, intake: Intake) -> None:
         self.intake = intake
@@ -96,7 +111,9 @@ class Intake:
     """Reads RunJob records of some topics in a consumer group and hands them on by band.
 
     Partitions of a band pause while `backlog(rank)` reaches `prefetch`, so memory stays
-    bounded while a higher band's partitions keep being fetched.
+    bounded while a higher band's partitions keep being fetched, and while `held_back(band)`
+    says its jobs could not start or must wait for a higher band's. After every fetch,
+    `seen(tp)` says how far records were handed on and `on_progress` is called.
     """
 
     def __init__(
@@ -123,7 +140,14 @@ class Intake:
         on_late: Callable[[], None] = lambda: None,
         on_kafka_error: Callable[[], None] = lambda: None,
         backoff_s: tuple[float, float] = (0.2, 10.0),
+        held_back: Callable[[int], bool] = lambda _band: False,
+        on_progress: Callable[[], None] = lambda: None,
     ) -> None:
+        self.held_back = held_back
+        self.on_progress = on_progress
+        # Per assigned partition: the offset after the records handed on (control records
+        # included), known once the partition was fetched in this assignment.
+        self._seen: dict[TopicPartition, int] = {}
         self.max_delay_s = max_delay_s
         self.accept_skew_s = accept_skew_s
         self.on_late = on_late
@@ -167,6 +191,18 @@ class Intake:
     def subscribe(self, band_of_topic: dict[str, int]) -> None:
         self._band_of_topic = band_of_topic
         self.consumer.subscribe(self.topics, listener=_Revocations(self))
+
+    def bands(self) -> dict[TopicPartition, int]:
+        """The assigned partitions, each with its band."""
+        return {
+            tp: band
+            for tp in self.consumer.assignment()
+            if (band := self._band_of_topic.get(tp.topic)) is not None
+        }
+
+    def seen(self, tp: TopicPartition) -> int | None:
+        """How far the records of `tp` were handed on, if it was fetched since assigned."""
+        return self._seen.get(tp)
 
     def ready(self) -> bool:
         return bool(self.consumer.assignment()) and self._claims_ready.is_set()
@@ -291,6 +327,7 @@ class Intake:
         returns, so that the partitions' next owner starts after.
         """
         self._generation += 1
+        self._seen.clear()  # until fetched again in the next assignment
         self._claims_ready.clear()
         await self._cancel_claims_read()  # of the previous assignment: it is gone
         if self.assignor is not None:
@@ -326,17 +363,17 @@ class Intake:
         if coordinator is not None:
             coordinator.request_rejoin()
 
-    def _pause_full_bands(self) -> None:
+    def _pause_held_bands(self) -> None:
         assigned = self.consumer.assignment()
         paused = self.consumer.paused()
         for tp in assigned:
             band = self._band_of_topic.get(tp.topic)
             if band is None:
                 continue
-            full = self.backlog(band) >= self.prefetch
-            if full and tp not in paused:
+            hold = self.backlog(band) >= self.prefetch or self.held_back(band)
+            if hold and tp not in paused:
                 self.consumer.pause(tp)
-            elif not full and tp in paused:
+            elif not hold and tp in paused:
                 self.consumer.resume(tp)
 
     async def fetch_loop(self) -> None:
@@ -348,7 +385,7 @@ class Intake:
             # belong to partitions since lost, or be re-fetched on kept ones.
             await self._claims_ready.wait()
             try:
-                self._pause_full_bands()
+                self._pause_held_bands()
                 generation = self._generation
                 batch = await consumer.getmany(timeout_ms=100, max_records=500)
             except KafkaError as exc:
@@ -368,6 +405,16 @@ class Intake:
                         continue  # taken before a rebalance that kept its partition here
                     self.offsets.track(tp, record.offset)
                     await self._take(tp, record)
+            if self._generation == generation:
+                self._note_seen()
+                self.on_progress()
+
+    def _note_seen(self) -> None:
+        """After a fetch was handed on: how far each assigned partition is read now."""
+        for tp in self.consumer.assignment():
+            position = consumed_position(self.consumer, tp)
+            if position is not None:
+                self._seen[tp] = position
 
     async def _take(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         offset, key, value = record.offset, record.key, record.value

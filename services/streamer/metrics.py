@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Loop lag: admission closes at tens of milliseconds; an overloaded loop lags by seconds.
+_LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -175,5 +177,27 @@ class StreamerMetrics:
         self.jobs_waiting = Gauge(
             "streamjobs_streamer_jobs_waiting",
             "Jobs fetched, waiting for a slot",
+            registry=registry,
+        )
+        self.loop_lag = Histogram(
+            "streamjobs_streamer_loop_lag_seconds",
+            "How much later than asked the event loop ran a short sleep's wake-up",
+            buckets=_LOOP_LAG_BUCKETS,
+            registry=registry,
+        )
+        self.overloaded = Gauge(
+            "streamjobs_streamer_overloaded",
+            "1 while the loop lags too much to start new jobs (urgent ones replace finished"
+            " ones), else 0",
+            registry=registry,
+        )
+        self.fence_checks = Counter(
+            "streamjobs_streamer_priority_fence_checks_total",
+            "End offsets of the higher bands read before starting a job below the top band",
+            registry=registry,
+        )
+        self.fence_holds = Counter(
+            "streamjobs_streamer_priority_fence_holds_total",
+            "Times a lower band's job waited for a higher band's records to be fetched first",
             registry=registry,
         )

@@ -50,10 +50,7 @@ class Scheduler(Generic[T]):
             return waiting.rank
         return waiting.rank - int((now - waiting.since) // self.aging_s)
 
-    def take(self, now: float) -> Waiting[T] | None:
-        """Claim a slot for the best waiting job, or None when no slot or no job."""
-        if self.in_use >= self.slots:
-            return None
+    def _best(self, now: float) -> deque[Waiting[T]] | None:
         best: deque[Waiting[T]] | None = None
         best_key: tuple[int, int] | None = None
         for queue in self._queues:
@@ -64,6 +61,22 @@ class Scheduler(Generic[T]):
             key = (self._effective_rank(head, now), head.rank)
             if best_key is None or key < best_key:
                 best, best_key = queue, key
+        return best
+
+    def peek(self, now: float) -> Waiting[T] | None:
+        """The job `take` would hand out next, slots aside; it stays queued."""
+        best = self._best(now)
+        return best[0] if best is not None else None
+
+    def lowest_waiting(self) -> int | None:
+        """The least urgent band with a job waiting."""
+        return max((rank for rank, queue in enumerate(self._queues) if queue), default=None)
+
+    def take(self, now: float) -> Waiting[T] | None:
+        """Claim a slot for the best waiting job, or None when no slot or no job."""
+        if self.in_use >= self.slots:
+            return None
+        best = self._best(now)
         if best is None:
             return None
         self.in_use += 1

@@ -94,3 +94,21 @@ class StreamerSettings(CommonSettings):
         description="producer linger of the chunk and event records; 0 sends at once (records"
         " sent while a request is in flight still travel together)",
     )
+    streamer_max_loop_lag_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="no new job starts while the p99 loop lag of the last window is over"
+        " this (urgent ones only replace finished ones); 0 = off",
+    )
+    streamer_resume_loop_lag_ms: float = Field(
+        default=25.0,
+        ge=0,
+        description="an overloaded streamer takes jobs again once the window's p99 loop lag"
+        " is at or under this",
+    )
+    streamer_loop_lag_interval_ms: float = Field(
+        default=10.0, gt=0, description="how often the loop lag is sampled"
+    )
+    streamer_loop_lag_window_s: float = Field(
+        default=1.0, gt=0, description="the loop lag samples admission looks at"
+    )

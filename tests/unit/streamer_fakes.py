@@ -13,8 +13,10 @@ from prometheus_client import CollectorRegistry
 
 from services.streamer.cancel_matching import CancelMatching
 from services.streamer.cancels import Owners, PendingCancels
+from services.streamer.capacity import Capacity
 from services.streamer.delayed import DelayedRetries
 from services.streamer.dispatch import Dispatcher
+from services.streamer.fence import PriorityFence
 from services.streamer.inflight import InFlight
 from services.streamer.job import Running
 from services.streamer.metrics import StreamerMetrics
@@ -124,6 +126,25 @@ class FakeKafka:
 
 
 @dataclass
+class FakeBands:
+    """The job intake as the fence sees it: assigned partitions by band, how far each was
+    handed on, and Kafka's end offsets (failing the first `failures` reads)."""
+
+    bands: dict[TopicPartition, int] = field(default_factory=dict)
+    seen: dict[TopicPartition, int] = field(default_factory=dict)
+    ends: dict[TopicPartition, int] = field(default_factory=dict)
+    reads: int = 0
+    failures: int = 0
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        self.reads += 1
+        if self.failures:
+            self.failures -= 1
+            raise KafkaConnectionError("broker away")
+        return {tp: self.ends.get(tp, 0) for tp in partitions}
+
+
+@dataclass
 class Streamer:
     """The dispatch use cases wired over fakes, as the composition root wires them."""
 
@@ -135,6 +156,8 @@ class Streamer:
     ledger: FakeLedger
     kafka: FakeKafka
     registry: CollectorRegistry
+    bands: FakeBands
+    fence: PriorityFence
 
     def metric(self, name: str) -> float:
         return self.registry.get_sample_value(name) or 0.0
@@ -142,8 +165,16 @@ class Streamer:
 
 @asynccontextmanager
 async def streamer(
-    *, slots: int = 1, kafka_failures: int = 0, cancel_failures: int = 0
+    *,
+    slots: int = 1,
+    kafka_failures: int = 0,
+    cancel_failures: int = 0,
+    bands: FakeBands | None = None,
+    max_lag_s: float = 0.0,
+    window_s: float = 1.0,
 ) -> AsyncIterator[Streamer]:
+    """The dispatch use cases; no partition known to the fence, admission by capacity off,
+    unless `bands` and `max_lag_s` say otherwise."""
     registry = CollectorRegistry()
     metrics = StreamerMetrics(registry)
     scheduler: Scheduler[Running] = Scheduler(slots, aging_s=30.0)
@@ -154,6 +185,15 @@ async def streamer(
     ledgers = {"jobs": ledger}
     upstream = FakeUpstream()
     kafka = FakeKafka(kafka_failures)
+    bands = bands if bands is not None else FakeBands()
+    fence = PriorityFence(
+        bands=lambda: bands.bands,
+        seen=bands.seen.get,
+        end_offsets=bands.end_offsets,
+        waiting=scheduler.waiting,
+        on_check=metrics.fence_checks.inc,
+        retry_s=0.01,
+    )
     cancels = CancelMatching(
         pending=PendingCancels(),
         owners=Owners(),
@@ -175,11 +215,16 @@ async def streamer(
         events=events,
         ledgers=ledgers,
         metrics=metrics,
+        capacity=Capacity(max_lag_s, max_lag_s / 2, window_s),
+        fence=fence,
     )
     loop = asyncio.create_task(dispatcher.loop())
     try:
-        yield Streamer(dispatcher, cancels, inflight, upstream, events, ledger, kafka, registry)
+        yield Streamer(
+            dispatcher, cancels, inflight, upstream, events, ledger, kafka, registry, bands, fence
+        )
     finally:
+        await fence.close()
         loop.cancel()
         await inflight.finish(0.0)
         await asyncio.gather(loop, return_exceptions=True)

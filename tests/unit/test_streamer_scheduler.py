@@ -101,3 +101,23 @@ def test_release_without_take_is_an_error() -> None:
 def test_zero_slots_is_rejected() -> None:
     with pytest.raises(ValueError, match="slots"):
         Scheduler[str](0)
+
+
+def test_peek_names_the_next_job_without_claiming_a_slot() -> None:
+    s: Scheduler[str] = Scheduler(1, aging_s=0)
+    assert s.peek(0.0) is None
+    s.offer("n", NORMAL, 0.0)
+    s.offer("u", URGENT, 0.0)
+    head = s.peek(0.0)
+    assert head is not None and head.item == "u"
+    assert s.in_use == 0 and s.waiting() == 2
+    taken = s.take(0.0)
+    assert taken is head
+
+
+def test_the_least_urgent_band_waiting_is_known() -> None:
+    s: Scheduler[str] = Scheduler(1, aging_s=0)
+    assert s.lowest_waiting() is None
+    s.offer("h", HIGH, 0.0)
+    s.offer("n", NORMAL, 0.0)
+    assert s.lowest_waiting() == NORMAL
