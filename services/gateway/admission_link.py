@@ -3,7 +3,9 @@ partition, the decision comes back on the decisions topic.
 
 Every gateway follows every decisions partition from the end (read committed: a decision
 is seen only once its job's records are too) and picks out its own by the reply-to header
-before parsing anything; a decision it did not ask for is dropped at that header.
+before parsing anything; a decision it did not ask for is dropped at that header. A
+decision this gateway made itself as the owner comes in-process too (`deliver`), once its
+transaction committed; whichever copy comes second finds no one waiting and is dropped.
 
 A request given up on (the requester answered 503) may still be accepted: its transaction
 began before accept_by and committed late. Such requests are remembered for a while, and
@@ -19,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from services.gateway.admission_owner import FETCH_WAIT_MS
+from services.gateway.admission_owner import DECISIONS_FETCH_WAIT_MS
 from services.gateway.admission_records import (
     HEADER_REPLY_TO,
     AdmissionRequest,
@@ -72,7 +74,7 @@ class KafkaAdmissionLink:
             name="gateway-decisions",
             security=security,
             client_id=f"gateway-decisions-{instance}",
-            fetch_max_wait_ms=FETCH_WAIT_MS,
+            fetch_max_wait_ms=DECISIONS_FETCH_WAIT_MS,
         )
 
     async def start(self, timeout_s: float = 30.0) -> None:
@@ -115,11 +117,16 @@ class KafkaAdmissionLink:
                 except (ValueError, KeyError, TypeError):
                     log.warning("unreadable decision at offset %d", record.offset)
                     continue
-                waiting = self._waiting.get(decision.request_id)
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(decision)
-                    continue
-                abandoned = self._abandoned.pop(decision.request_id, None)
-                late = abandoned is not None and decision.outcome is Outcome.ACCEPTED
-                if late and abandoned is not None and self.on_late is not None:
-                    self.on_late(abandoned[0], decision)
+                self.deliver(decision)
+
+    def deliver(self, decision: Decision) -> None:
+        """A committed decision on one of this gateway's requests: its answer, or, for a
+        request given up on, a late acceptance to void."""
+        waiting = self._waiting.get(decision.request_id)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(decision)
+            return
+        abandoned = self._abandoned.pop(decision.request_id, None)
+        late = abandoned is not None and decision.outcome is Outcome.ACCEPTED
+        if late and abandoned is not None and self.on_late is not None:
+            self.on_late(abandoned[0], decision)

@@ -62,6 +62,13 @@ class GatewaySettings(CommonSettings):
     gateway_admission_batch: int = Field(
         default=500, ge=1, description="admission requests decided in one transaction at most"
     )
+    gateway_admission_linger_ms: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="how long an admission request waits to share its produce request; while"
+        " one is in flight the next requests batch up anyway",
+    )
     gateway_max_prompt_chars: int = Field(default=32_000, ge=1)
     gateway_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     gateway_max_target_bytes: int = Field(
