@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from services.gateway.admission_link import KafkaAdmissionLink
 from services.gateway.admission_records import decisions_topic
 from services.gateway.app import GatewayService
 from shared.kafka import assign_every_partition
@@ -199,6 +200,19 @@ async def test_an_owner_stopped_abruptly_mid_stream_moves_its_partitions_and_lim
     accepted = sorted(b["job_id"] for s, b in answers if s == 202)
     assert sorted(d["job_id"] for d in decisions if d["outcome"] == "accepted") == accepted
     assert sorted(await run_job_ids(kafka_bootstrap, topic_prefix)) == accepted
+
+
+async def test_a_gateway_answers_its_own_requests_without_reading_their_decisions_back(
+    kit: GatewayKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
+    # Every decision read from the topic is dropped: only the owner's in-process answer,
+    # given once its transaction committed, can make this a 202.
+    monkeypatch.setattr(KafkaAdmissionLink, "_handle", lambda _self, _batch: None)
+    gw = await start_gateway(gateway_publish_timeout_s=4)
+    status, body = await post(http, gw.url, tokens("erin"), {"prompt": "answered here"})
+    assert status == 202
+    assert await run_job_ids(kafka_bootstrap, topic_prefix) == [body["job_id"]]
 
 
 async def test_a_request_whose_decision_never_comes_is_a_503_and_never_a_job(
