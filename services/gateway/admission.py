@@ -105,11 +105,13 @@ class Admission:
         *,
         instance: str,
         timeout_s: float,
+        reply_partition: int = -1,
     ) -> None:
         self.link = link
         self.metrics = metrics
         self.repairs = repairs
         self.instance = instance
+        self.reply_partition = reply_partition
         self.timeout_s = timeout_s
 
     async def submit(
@@ -150,6 +152,7 @@ class Admission:
             accepted=accepted,
             run=run,
             trace_id=trace_id,
+            reply_partition=self.reply_partition,
         )
         started = time.perf_counter()
         try:

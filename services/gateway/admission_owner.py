@@ -12,8 +12,9 @@ accepted facts, the job commands and the consumer offset: all of it is visible, 
 it, and a request is decided again only if its decision never committed.
 
 A request this gateway asked itself is answered in-process once its transaction has
-committed (`on_local`), rather than through its decision read back from the topic: the
-same answer, a fetch sooner. Other gateways read theirs from the decisions topic.
+committed (`on_local`), rather than through a record read back: the same answer, a fetch
+sooner. Another gateway's answer is a copy of the decision on that gateway's partition of
+the replies topic, in the same transaction.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from services.gateway.admission_records import (
     admissions_topic,
     decisions_topic,
     encode_record,
+    replies_topic,
     transactional_id,
 )
 from services.gateway.decider import apply_decision, decide, undo
@@ -150,6 +152,7 @@ class AdmissionOwner:
         self.session_timeout_ms = session_timeout_ms
         self.topic = admissions_topic(prefix)
         self.decisions = decisions_topic(prefix)
+        self.replies = replies_topic(prefix)
         self.group = admission_group(prefix)
         self._producers: dict[int, AIOKafkaProducer] = {}  # the partitions decided here
         self._revoked: dict[int, AIOKafkaProducer] = {}  # revoked, maybe given straight back
@@ -322,7 +325,7 @@ class AdmissionOwner:
             await producer.begin_transaction()
             sent = []
             for request, decision in decided:
-                sent.append(await self._send_decision(producer, tp.partition, request, decision))
+                sent.extend(await self._send_decision(producer, tp.partition, request, decision))
                 if decision.outcome is Outcome.ACCEPTED:
                     sent.extend(await self._send_job(producer, request))
             await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group)
@@ -356,15 +359,26 @@ class AdmissionOwner:
 
     async def _send_decision(
         self, producer: AIOKafkaProducer, partition: int, req: AdmissionRequest, d: Decision
-    ) -> asyncio.Future[object]:
-        fut: asyncio.Future[object] = await producer.send(
-            self.decisions,
-            value=d.to_bytes(),
-            key=req.user_id.encode(),
-            partition=partition,
-            headers=[(HEADER_REPLY_TO, req.reply_to.encode())],
-        )
-        return fut
+    ) -> list[asyncio.Future[object]]:
+        value, key = d.to_bytes(), req.user_id.encode()
+        headers = [(HEADER_REPLY_TO, req.reply_to.encode())]
+        sent: list[asyncio.Future[object]] = [
+            await producer.send(
+                self.decisions, value=value, key=key, partition=partition, headers=headers
+            )
+        ]
+        local = self.on_local is not None and req.reply_to == self._reply_to
+        if not local and req.reply_partition >= 0:
+            sent.append(
+                await producer.send(
+                    self.replies,
+                    value=value,
+                    key=key,
+                    partition=req.reply_partition,
+                    headers=headers,
+                )
+            )
+        return sent
 
     async def _send_job(
         self, producer: AIOKafkaProducer, req: AdmissionRequest

@@ -3,15 +3,18 @@ user's admission partition: the request (with the job's records built) and the d
 
 Both are JSON records keyed by user id, encoded and decoded by orjson. The request is
 appended to `{prefix}.admissions` (broker append time); the decision to the same partition
-number of `{prefix}.admission-decisions`, inside the owner's transaction, where the
-requester reads it and a later owner of the partition rebuilds the user's recent state
-from it. The job's two records travel inside the request as JSON objects, not as escaped
-JSON text: the requester encodes the request once, the owner decodes it once and encodes
-each record once more as the value it appends.
+number of `{prefix}.admission-decisions`, inside the owner's transaction, where a later
+owner of the partition rebuilds the user's recent state from it. The requester's copy goes,
+in the same transaction, to its own partition of `{prefix}.admission-replies` (the request
+names it), so each gateway reads only its own answers; a gateway that asked itself is
+answered in-process and gets no copy. The job's two records travel inside the request as
+JSON objects, not as escaped JSON text: the requester encodes the request once, the owner
+decodes it once and encodes each record once more as the value it appends.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -29,6 +32,20 @@ def admissions_topic(prefix: str) -> str:
 
 def decisions_topic(prefix: str) -> str:
     return f"{prefix}.admission-decisions"
+
+
+def replies_topic(prefix: str) -> str:
+    return f"{prefix}.admission-replies"
+
+
+def reply_partition(instance: str, partitions: int) -> int:
+    """The replies partition an instance reads: its ordinal where its id ends in one (a
+    StatefulSet pod, `gateway-1`), else a hash of the id. Two instances on one partition
+    each still pick out their own replies by the reply-to header."""
+    ordinal = instance.rpartition("-")[2]
+    if ordinal.isdigit():
+        return int(ordinal) % partitions
+    return zlib.crc32(instance.encode()) % partitions
 
 
 def admission_group(prefix: str) -> str:
@@ -92,6 +109,8 @@ class AdmissionRequest:
     accepted: dict[str, Any]  # the job.accepted record
     run: dict[str, Any]  # the job.run record
     trace_id: str
+    # The requester's partition of the replies topic; -1: it reads the decisions topic.
+    reply_partition: int = -1
 
     def to_bytes(self) -> bytes:
         return _to_json(self)

@@ -74,6 +74,7 @@ def build_gateway(
             repairs,
             instance=settings.gateway_instance_id,
             timeout_s=settings.gateway_publish_timeout_s,
+            reply_partition=settings.gateway_reply_partition,
         ),
         cancels=Cancels(
             view,
@@ -233,6 +234,7 @@ class GatewayService:
             prefix,
             send_request,
             instance=self.instance,
+            reply_partition=s.gateway_reply_partition,
             security=security,
         )
         stack.push_async_callback(link.stop)

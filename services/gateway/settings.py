@@ -6,6 +6,7 @@ import socket
 
 from pydantic import Field
 
+from services.gateway.admission_records import reply_partition
 from services.gateway.storable import ENVELOPE_LEVELS, PARSER_DEPTH_LIMIT
 from shared.settings import CommonSettings
 
@@ -138,6 +139,11 @@ class GatewaySettings(CommonSettings):
     gateway_sse_wait_s: float = Field(
         default=2.0, gt=0, description="how long a new SSE stream waits for a free slot; then 503"
     )
+
+    @property
+    def gateway_reply_partition(self) -> int:
+        """The partition of the replies topic this instance reads (from its instance id)."""
+        return reply_partition(self.gateway_instance_id, self.gateway_admission_partitions)
 
     @property
     def notifier_ws_urls(self) -> list[str]:

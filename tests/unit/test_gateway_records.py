@@ -13,7 +13,7 @@ import pytest
 from aiokafka import ConsumerRecord
 
 from services.gateway.admission import build_records
-from services.gateway.admission_records import AdmissionRequest, encode_record
+from services.gateway.admission_records import AdmissionRequest, encode_record, reply_partition
 from services.gateway.events import EventsReader
 from services.gateway.submit import Submission, parse_request
 from services.gateway.view import EventsView, fingerprint, idempotent_job_id
@@ -169,3 +169,13 @@ def test_an_unreadable_acceptance_is_skipped_and_counted() -> None:
     reader._handle({None: [bad]})  # type: ignore[dict-item]
     assert reader.view.job(job_id) is None
     assert reader.skipped == 1
+
+
+def test_each_gateway_reads_the_replies_partition_its_instance_id_names() -> None:
+    # StatefulSet pods and the fleet's instances end in their ordinal: one partition each.
+    assert [reply_partition(f"streamjobs-gateway-{n}", 8) for n in range(10)] == [
+        0, 1, 2, 3, 4, 5, 6, 7, 0, 1,
+    ]  # fmt: skip
+    # Any other id is hashed: stable, and within the topic.
+    assert reply_partition("gw.example.internal", 8) == reply_partition("gw.example.internal", 8)
+    assert 0 <= reply_partition("gw.example.internal", 8) < 8
