@@ -51,10 +51,10 @@ topics() {  # topics [--config K=V] NAME...: create each if it is missing
 topics --config message.timestamp.type=LogAppendTime \
   "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.jobs.retry"
 topics "$P.jobs.dlq" "$P.control" "$P.events" "$P.chunks"
-# The gateways' admission requests (append time judges accept_by) and decisions: one
-# partition count for both, GATEWAY_ADMISSION_PARTITIONS of the gateways.
+# The gateways' admission requests (append time judges accept_by), decisions and replies: one
+# partition count for all three, GATEWAY_ADMISSION_PARTITIONS of the gateways.
 JOB_PARTITIONS="${GATEWAY_ADMISSION_PARTITIONS:-8}" topics --config message.timestamp.type=LogAppendTime "$P.admissions"
-JOB_PARTITIONS="${GATEWAY_ADMISSION_PARTITIONS:-8}" topics "$P.admission-decisions"
+JOB_PARTITIONS="${GATEWAY_ADMISSION_PARTITIONS:-8}" topics "$P.admission-decisions" "$P.admission-replies"
 # Token revocations: compacted, one partition, read whole by every service that checks tokens.
 "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
   --create --if-not-exists --topic "$P.revocations" --partitions 1 "${REPLICAS[@]}" \
@@ -67,8 +67,8 @@ grant results describe topic prefixed "$P."
 grant notifier describe topic prefixed "$P."
 grant doctor describe topic prefixed "$P."
 
-grant gateway write topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.control" "$P.events" "$P.admissions" "$P.admission-decisions"
-grant gateway read topic literal "$P.events" "$P.revocations" "$P.admissions" "$P.admission-decisions"
+grant gateway write topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.control" "$P.events" "$P.admissions" "$P.admission-decisions" "$P.admission-replies"
+grant gateway read topic literal "$P.events" "$P.revocations" "$P.admissions" "$P.admission-decisions" "$P.admission-replies"
 grant gateway read group literal "$P-gateway-admission"
 grant gateway write transactional-id prefixed "$P-admission-"
 grant gateway describe transactional-id prefixed "$P-admission-"

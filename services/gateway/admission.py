@@ -30,7 +30,7 @@ from services.gateway.repair import Repairs
 from services.gateway.view import JobEntry, fingerprint, idempotent_job_id
 from shared.api import JobSubmission
 from shared.auth import Principal
-from shared.contracts import JobAccepted, JobAcceptedData, RunJob, RunJobData, utcnow
+from shared.contracts import utcnow
 from shared.lifecycle import JobStatus
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,14 @@ def build_records(
     trace_id: str,
     submitted_at: datetime,
     accept_by: datetime | None = None,
-) -> tuple[JobAccepted, RunJob]:
-    """The lifecycle fact and the command of one accepted job, with one trace id.
+    config: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The lifecycle fact (`JobAccepted`) and the command (`RunJob`) of one accepted job, with
+    one trace id, as the documents their models would write (`config`: the submission's
+    config, dumped already).
 
+    Built as plain dicts from a validated submission: on the submit path neither is
+    validated or constructed as a model again, and each is encoded once, by orjson.
     `accept_by` is when the gateway gives up on the command: appended later, it is not run.
     """
     spec: dict[str, Any] = {
@@ -61,24 +66,34 @@ def build_records(
         "prompt": submission.prompt,
         "job_type": submission.job_type,
         "priority": submission.priority,
-        "config": submission.config,
+        "config": config if config is not None else submission.config.model_dump(),
         "metadata": submission.metadata,
         "submitted_at": submitted_at,
     }
-    # Built from a validated submission: constructed, not validated again (the hot path).
-    accepted = JobAccepted.model_construct(
-        job_id=job_id,
-        occurred_at=submitted_at,
-        trace_id=trace_id,
-        data=JobAcceptedData.model_construct(**spec),
-    )
-    run = RunJob.model_construct(
-        job_id=job_id,
-        occurred_at=submitted_at,
-        trace_id=trace_id,
-        data=RunJobData.model_construct(**spec, attempt=1, accept_by=accept_by),
+    accepted = _envelope("job.accepted", job_id, submitted_at, trace_id, spec)
+    run = _envelope(
+        "job.run",
+        job_id,
+        submitted_at,
+        trace_id,
+        {**spec, "attempt": 1, "not_before": None, "accept_by": accept_by},
     )
     return accepted, run
+
+
+def _envelope(
+    record_type: str, job_id: str, at: datetime, trace_id: str, data: dict[str, Any]
+) -> dict[str, Any]:
+    """The fields of `shared.contracts.Envelope`, in its order."""
+    return {
+        "type": record_type,
+        "schema_version": 1,
+        "event_id": uuid.uuid4(),
+        "job_id": job_id,
+        "occurred_at": at,
+        "trace_id": trace_id,
+        "data": data,
+    }
 
 
 class Admission:
@@ -90,11 +105,13 @@ class Admission:
         *,
         instance: str,
         timeout_s: float,
+        reply_partition: int = -1,
     ) -> None:
         self.link = link
         self.metrics = metrics
         self.repairs = repairs
         self.instance = instance
+        self.reply_partition = reply_partition
         self.timeout_s = timeout_s
 
     async def submit(
@@ -107,9 +124,8 @@ class Admission:
             return retry_later(
                 "kafka-unavailable", "Job queue unavailable", "the job was not queued; try again", 1
             )
-        digest = fingerprint(
-            sub.prompt, sub.job_type, sub.priority.value, sub.config.model_dump(), sub.metadata
-        )
+        config = sub.config.model_dump()
+        digest = fingerprint(sub.prompt, sub.job_type, sub.priority.value, config, sub.metadata)
         job_id = str(uuid.uuid4()) if key is None else idempotent_job_id(who.user_id, key)
         submitted_at = utcnow()
         accept_by = submitted_at + timedelta(seconds=self.timeout_s / 2)
@@ -120,6 +136,7 @@ class Admission:
             trace_id=trace_id,
             submitted_at=submitted_at,
             accept_by=accept_by,
+            config=config,
         )
         request = AdmissionRequest(
             request_id=uuid.uuid4().hex,
@@ -132,9 +149,10 @@ class Admission:
             priority=sub.priority,
             submitted_at=submitted_at.timestamp(),
             accept_by=accept_by.timestamp(),
-            accepted=accepted.to_bytes().decode(),
-            run=run.to_bytes().decode(),
+            accepted=accepted,
+            run=run,
             trace_id=trace_id,
+            reply_partition=self.reply_partition,
         )
         started = time.perf_counter()
         try:

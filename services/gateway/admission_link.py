@@ -1,9 +1,11 @@
 """The requesting side of admission: a request goes to the owner of the user's admission
-partition, the decision comes back on the decisions topic.
+partition, the decision comes back in-process or on the replies topic.
 
-Every gateway follows every decisions partition from the end (read committed: a decision
-is seen only once its job's records are too) and picks out its own by the reply-to header
-before parsing anything; a decision it did not ask for is dropped at that header.
+A decision this gateway made itself as the owner comes in-process (`deliver`), once its
+transaction committed. Another owner's comes on this gateway's own partition of the
+replies topic (`reply_partition`, named in each request), followed from the end, read
+committed (a reply is seen only once its job's records are too); a reply to another
+instance sharing the partition is dropped at its reply-to header, before parsing.
 
 A request given up on (the requester answered 503) may still be accepted: its transaction
 began before accept_by and committed late. Such requests are remembered for a while, and
@@ -19,13 +21,15 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from services.gateway.admission_owner import FETCH_WAIT_MS
+from aiokafka import TopicPartition
+
+from services.gateway.admission_owner import DECISIONS_FETCH_WAIT_MS
 from services.gateway.admission_records import (
     HEADER_REPLY_TO,
     AdmissionRequest,
     Decision,
     Outcome,
-    decisions_topic,
+    replies_topic,
 )
 from shared.follower import Batch, PartitionFollower, StartAt
 from shared.kafka import KafkaOptions
@@ -54,10 +58,13 @@ class KafkaAdmissionLink:
         send: SendRequest,
         *,
         instance: str,
+        reply_partition: int | None = None,
         security: KafkaOptions | None = None,
     ) -> None:
+        """`reply_partition`: the one replies partition read; None reads them all."""
         self.send = send
         self.instance = instance
+        self.reply_partition = reply_partition
         self._reply_to = instance.encode()
         self._waiting: dict[str, asyncio.Future[Decision]] = {}
         # request id -> (request, until when watched), oldest first.
@@ -65,15 +72,19 @@ class KafkaAdmissionLink:
         self.on_late: LateAcceptance | None = None
         self.follower = PartitionFollower(
             bootstrap,
-            [decisions_topic(prefix)],
+            [replies_topic(prefix)],
             self._handle,
             start=StartAt.END,
+            choose=None if reply_partition is None else self._own_partition,
             poll_ms=500,
-            name="gateway-decisions",
+            name="gateway-replies",
             security=security,
-            client_id=f"gateway-decisions-{instance}",
-            fetch_max_wait_ms=FETCH_WAIT_MS,
+            client_id=f"gateway-replies-{instance}",
+            fetch_max_wait_ms=DECISIONS_FETCH_WAIT_MS,
         )
+
+    def _own_partition(self, found: list[TopicPartition]) -> list[TopicPartition]:
+        return [tp for tp in found if tp.partition == self.reply_partition]
 
     async def start(self, timeout_s: float = 30.0) -> None:
         await self.follower.start(timeout_s)
@@ -115,11 +126,16 @@ class KafkaAdmissionLink:
                 except (ValueError, KeyError, TypeError):
                     log.warning("unreadable decision at offset %d", record.offset)
                     continue
-                waiting = self._waiting.get(decision.request_id)
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(decision)
-                    continue
-                abandoned = self._abandoned.pop(decision.request_id, None)
-                late = abandoned is not None and decision.outcome is Outcome.ACCEPTED
-                if late and abandoned is not None and self.on_late is not None:
-                    self.on_late(abandoned[0], decision)
+                self.deliver(decision)
+
+    def deliver(self, decision: Decision) -> None:
+        """A committed decision on one of this gateway's requests: its answer, or, for a
+        request given up on, a late acceptance to void."""
+        waiting = self._waiting.get(decision.request_id)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(decision)
+            return
+        abandoned = self._abandoned.pop(decision.request_id, None)
+        late = abandoned is not None and decision.outcome is Outcome.ACCEPTED
+        if late and abandoned is not None and self.on_late is not None:
+            self.on_late(abandoned[0], decision)

@@ -10,6 +10,11 @@ job a previous owner accepted before the view has read its fact, and only then d
 The decisions of one poll of a partition are written in ONE transaction together with the
 accepted facts, the job commands and the consumer offset: all of it is visible, or none of
 it, and a request is decided again only if its decision never committed.
+
+A request this gateway asked itself is answered in-process once its transaction has
+committed (`on_local`), rather than through a record read back: the same answer, a fetch
+sooner. Another gateway's answer is a copy of the decision on that gateway's partition of
+the replies topic, in the same transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -31,6 +36,8 @@ from services.gateway.admission_records import (
     admission_group,
     admissions_topic,
     decisions_topic,
+    encode_record,
+    replies_topic,
     transactional_id,
 )
 from services.gateway.decider import apply_decision, decide, undo
@@ -46,7 +53,41 @@ from shared.topics import (
 )
 
 log = logging.getLogger(__name__)
-FETCH_WAIT_MS = 20
+# The broker answers a fetch at the first append (a transaction marker included), so these
+# bound only the wait of a fetch that finds nothing: how often an idle gateway polls. The
+# owner's is short all the same: a request decided again after an abort is fetched anew
+# only once the fetch in flight has come back.
+OWNER_FETCH_WAIT_MS = 50
+DECISIONS_FETCH_WAIT_MS = 500
+# Per partition: a batch that fills up makes every later send wait for its drain, and the
+# owner appends a whole poll's records at once (the broker takes up to 1 MiB per batch).
+MAX_BATCH_BYTES = 512 * 1024
+
+
+def admission_producer(
+    bootstrap: str,
+    *,
+    client_id: str,
+    linger_ms: int,
+    transactional_id: str | None = None,
+    security: KafkaOptions | None = None,
+) -> AIOKafkaProducer:
+    """A producer of admission traffic: requests, or (with `transactional_id`) an owner's
+    decisions and job records. Idempotent: a request retried by the client is one request."""
+    return AIOKafkaProducer(
+        **(security or {}),
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        transactional_id=transactional_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        max_batch_size=MAX_BATCH_BYTES,
+    )
+
+
+# A decision on a request this instance sent, committed: its requester is in this process.
+LocalReply = Callable[[Decision], None]
 
 
 def _headers(record_type: str, trace_id: str) -> Headers:
@@ -111,6 +152,7 @@ class AdmissionOwner:
         self.session_timeout_ms = session_timeout_ms
         self.topic = admissions_topic(prefix)
         self.decisions = decisions_topic(prefix)
+        self.replies = replies_topic(prefix)
         self.group = admission_group(prefix)
         self._producers: dict[int, AIOKafkaProducer] = {}  # the partitions decided here
         self._revoked: dict[int, AIOKafkaProducer] = {}  # revoked, maybe given straight back
@@ -119,6 +161,8 @@ class AdmissionOwner:
         self._deciding = asyncio.Lock()  # a rebalance waits for the transaction under way
         self.paused = asyncio.Event()  # set: decide nothing (operations and tests)
         self.joined = asyncio.Event()  # set at the first assignment, an empty one too
+        self.on_local: LocalReply | None = None
+        self._reply_to = instance
 
     @property
     def owned(self) -> list[int]:
@@ -146,9 +190,7 @@ class AdmissionOwner:
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=max(100, self.session_timeout_ms // 10),
             max_poll_records=self.batch,
-            # A request waits for the owner's fetch: the broker answers it at the first
-            # append, this only bounds a wait that read committed may lengthen.
-            fetch_max_wait_ms=FETCH_WAIT_MS,
+            fetch_max_wait_ms=OWNER_FETCH_WAIT_MS,
         )
         self._consumer.subscribe([self.topic], listener=_Ownership(self))
         await self._consumer.start()
@@ -196,14 +238,14 @@ class AdmissionOwner:
             log.info("admission partitions %s owned by %s", partitions, self.instance)
 
     async def _fence(self, partition: int) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            **self.security,
-            bootstrap_servers=self.bootstrap,
+        # No linger: a poll's records are all appended before the sender runs, and the
+        # commit waits for them; lingering would only delay the commit.
+        producer = admission_producer(
+            self.bootstrap,
             client_id=f"gateway-admission-{self.instance}-{partition}",
             transactional_id=transactional_id(self.prefix, partition),
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=1,
+            linger_ms=0,
+            security=self.security,
         )
         await producer.start()  # InitProducerId: the previous owner is fenced from here on
         return producer
@@ -283,7 +325,7 @@ class AdmissionOwner:
             await producer.begin_transaction()
             sent = []
             for request, decision in decided:
-                sent.append(await self._send_decision(producer, tp.partition, request, decision))
+                sent.extend(await self._send_decision(producer, tp.partition, request, decision))
                 if decision.outcome is Outcome.ACCEPTED:
                     sent.extend(await self._send_job(producer, request))
             await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group)
@@ -308,21 +350,35 @@ class AdmissionOwner:
             consumer.seek(tp, records[0].offset)
             return
         done = time.time()
+        local = self.on_local
         for request, decision in decided:
             self.metrics.admission_decisions.labels(decision.outcome.value).inc()
             self.metrics.admission_latency.observe(max(0.0, done - request.submitted_at))
+            if local is not None and request.reply_to == self._reply_to:
+                local(decision)
 
     async def _send_decision(
         self, producer: AIOKafkaProducer, partition: int, req: AdmissionRequest, d: Decision
-    ) -> asyncio.Future[object]:
-        fut: asyncio.Future[object] = await producer.send(
-            self.decisions,
-            value=d.to_bytes(),
-            key=req.user_id.encode(),
-            partition=partition,
-            headers=[(HEADER_REPLY_TO, req.reply_to.encode())],
-        )
-        return fut
+    ) -> list[asyncio.Future[object]]:
+        value, key = d.to_bytes(), req.user_id.encode()
+        headers = [(HEADER_REPLY_TO, req.reply_to.encode())]
+        sent: list[asyncio.Future[object]] = [
+            await producer.send(
+                self.decisions, value=value, key=key, partition=partition, headers=headers
+            )
+        ]
+        local = self.on_local is not None and req.reply_to == self._reply_to
+        if not local and req.reply_partition >= 0:
+            sent.append(
+                await producer.send(
+                    self.replies,
+                    value=value,
+                    key=key,
+                    partition=req.reply_partition,
+                    headers=headers,
+                )
+            )
+        return sent
 
     async def _send_job(
         self, producer: AIOKafkaProducer, req: AdmissionRequest
@@ -331,13 +387,13 @@ class AdmissionOwner:
         # The fact first, then the command a streamer acts on, as the single publisher did.
         accepted: asyncio.Future[object] = await producer.send(
             events_topic(self.prefix),
-            value=req.accepted.encode(),
+            value=encode_record(req.accepted),
             key=key,
             headers=_headers("job.accepted", req.trace_id),
         )
         run: asyncio.Future[object] = await producer.send(
             job_topic(req.priority, self.prefix),
-            value=req.run.encode(),
+            value=encode_record(req.run),
             key=key,
             headers=_headers("job.run", req.trace_id),
         )

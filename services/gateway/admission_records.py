@@ -1,17 +1,25 @@
 """What travels between a gateway that is asked to admit a job and the gateway that owns the
 user's admission partition: the request (with the job's records built) and the decision.
 
-Both are small JSON records keyed by user id. The request is appended to
-`{prefix}.admissions` (broker append time); the decision to the same partition number of
-`{prefix}.admission-decisions`, inside the owner's transaction, where the requester reads
-it and a later owner of the partition rebuilds the user's recent state from it.
+Both are JSON records keyed by user id, encoded and decoded by orjson. The request is
+appended to `{prefix}.admissions` (broker append time); the decision to the same partition
+number of `{prefix}.admission-decisions`, inside the owner's transaction, where a later
+owner of the partition rebuilds the user's recent state from it. The requester's copy goes,
+in the same transaction, to its own partition of `{prefix}.admission-replies` (the request
+names it), so each gateway reads only its own answers; a gateway that asked itself is
+answered in-process and gets no copy. The job's two records travel inside the request as
+JSON objects, not as escaped JSON text: the requester encodes the request once, the owner
+decodes it once and encodes each record once more as the value it appends.
 """
 
 from __future__ import annotations
 
-import json
+import zlib
 from dataclasses import dataclass, fields
 from enum import StrEnum
+from typing import Any
+
+import orjson
 
 from shared.topics import Priority
 
@@ -24,6 +32,20 @@ def admissions_topic(prefix: str) -> str:
 
 def decisions_topic(prefix: str) -> str:
     return f"{prefix}.admission-decisions"
+
+
+def replies_topic(prefix: str) -> str:
+    return f"{prefix}.admission-replies"
+
+
+def reply_partition(instance: str, partitions: int) -> int:
+    """The replies partition an instance reads: its ordinal where its id ends in one (a
+    StatefulSet pod, `gateway-1`), else a hash of the id. Two instances on one partition
+    each still pick out their own replies by the reply-to header."""
+    ordinal = instance.rpartition("-")[2]
+    if ordinal.isdigit():
+        return int(ordinal) % partitions
+    return zlib.crc32(instance.encode()) % partitions
 
 
 def admission_group(prefix: str) -> str:
@@ -41,11 +63,26 @@ def transactional_id(prefix: str, partition: int) -> str:
     return f"{transactional_id_prefix(prefix)}{partition}"
 
 
+# Datetimes as the records' own models write them (RFC 3339, "Z" for UTC).
+JSON_OPTIONS = orjson.OPT_UTC_Z
+
+
+def encode_record(document: dict[str, Any]) -> bytes:
+    """One record's value: a job record built as a dict, or one read back from a request."""
+    return orjson.dumps(document, option=JSON_OPTIONS)
+
+
 def _to_json(record: AdmissionRequest | Decision) -> bytes:
-    # Every field is a str, number, bool or str enum: a shallow dict, not `asdict`'s deep
-    # copy, which cost more than the encoding on the submit path.
+    # A shallow dict, not `asdict`'s deep copy, which cost more than the encoding did.
     names = _FIELDS[type(record)]
-    return json.dumps({n: getattr(record, n) for n in names}, separators=(",", ":")).encode()
+    return orjson.dumps({n: getattr(record, n) for n in names}, option=JSON_OPTIONS)
+
+
+def _from_json(raw: bytes) -> dict[str, Any]:
+    data = orjson.loads(raw)
+    if not isinstance(data, dict):
+        raise TypeError("not a JSON object")
+    return data
 
 
 class Outcome(StrEnum):
@@ -69,9 +106,11 @@ class AdmissionRequest:
     priority: Priority
     submitted_at: float  # epoch seconds, the records' occurred_at
     accept_by: float  # epoch seconds; decided later, the request is refused
-    accepted: str  # the job.accepted record, JSON
-    run: str  # the job.run record, JSON
+    accepted: dict[str, Any]  # the job.accepted record
+    run: dict[str, Any]  # the job.run record
     trace_id: str
+    # The requester's partition of the replies topic; -1: it reads the decisions topic.
+    reply_partition: int = -1
 
     def to_bytes(self) -> bytes:
         return _to_json(self)
@@ -79,7 +118,9 @@ class AdmissionRequest:
     @classmethod
     def from_bytes(cls, raw: bytes) -> AdmissionRequest:
         """Raises ValueError, KeyError or TypeError for a record that is not a request."""
-        data = json.loads(raw)
+        data = _from_json(raw)
+        if not isinstance(data.get("accepted"), dict) or not isinstance(data.get("run"), dict):
+            raise TypeError("a request carries its job's two records as objects")
         data["priority"] = Priority(data["priority"])
         return cls(**data)
 
@@ -106,7 +147,7 @@ class Decision:
     @classmethod
     def from_bytes(cls, raw: bytes) -> Decision:
         """Raises ValueError, KeyError or TypeError for a record that is not a decision."""
-        data = json.loads(raw)
+        data = _from_json(raw)
         data["outcome"] = Outcome(data["outcome"])
         data["priority"] = Priority(data["priority"])
         return cls(**data)

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from services.gateway.admission import Admission
 from services.gateway.admission_link import AdmissionLink, KafkaAdmissionLink
-from services.gateway.admission_owner import AdmissionOwner
+from services.gateway.admission_owner import AdmissionOwner, admission_producer
 from services.gateway.admission_records import admissions_topic
 from services.gateway.admission_topics import admission_topics
 from services.gateway.cancel import Cancels
@@ -74,6 +74,7 @@ def build_gateway(
             repairs,
             instance=settings.gateway_instance_id,
             timeout_s=settings.gateway_publish_timeout_s,
+            reply_partition=settings.gateway_reply_partition,
         ),
         cancels=Cancels(
             view,
@@ -151,7 +152,7 @@ class GatewayService:
         await producer.start()
         # Know every partition we write to now: in a broker outage a send must be queued at
         # once, not wait for metadata, so a void (cancel) follows its job's records closely.
-        for topic in (events_topic(prefix), control_topic(prefix), admissions_topic(prefix)):
+        for topic in (events_topic(prefix), control_topic(prefix)):
             await producer.partitions_for(topic)
         # A job's notifier follows from its chunk partition: links need the partition count.
         chunk_partitions = len(await producer.partitions_for(chunks_topic(prefix)))
@@ -211,8 +212,20 @@ class GatewayService:
                 "admission group not joined after %g s; serving", s.gateway_view_catchup_timeout_s
             )
 
+        # Requests have a producer of their own, tuned for them: cancels and voids on the
+        # other never wait behind a full batch of requests, nor requests behind them.
+        requests = admission_producer(
+            s.kafka_bootstrap_servers,
+            client_id=f"gateway-requests-{self.instance}",
+            linger_ms=s.gateway_admission_linger_ms,
+            security=security,
+        )
+        stack.push_async_callback(requests.stop)
+        await requests.start()
+        await requests.partitions_for(admissions_topic(prefix))
+
         async def send_request(user_id: str, request: bytes) -> None:
-            await producer.send_and_wait(
+            await requests.send_and_wait(
                 admissions_topic(prefix), value=request, key=user_id.encode()
             )
 
@@ -221,11 +234,13 @@ class GatewayService:
             prefix,
             send_request,
             instance=self.instance,
+            reply_partition=s.gateway_reply_partition,
             security=security,
         )
         stack.push_async_callback(link.stop)
         await link.start()
         self._background.spawn(link.loop())
+        owner.on_local = link.deliver
 
         async def send(topic: str, envelope: Envelope) -> None:
             await publish(producer, topic, envelope)

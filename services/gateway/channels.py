@@ -9,6 +9,7 @@ from services.gateway.admission_records import (
     admission_group,
     admissions_topic,
     decisions_topic,
+    replies_topic,
     transactional_id_prefix,
 )
 from shared.channels import (
@@ -33,8 +34,16 @@ DECISIONS = Channel(
     "admission-decisions",
     decisions_topic,
     (Decision,),
-    "Admission decisions, written in the owner's transaction with the job's records; the"
-    " requester reads its own by the reply_to header, a new owner rebuilds from them.",
+    "Admission decisions, written in the owner's transaction with the job's records, on the"
+    " partition of their requests; a new owner of a partition rebuilds from them.",
+    key="user_id",
+)
+REPLIES = Channel(
+    "admission-replies",
+    replies_topic,
+    (Decision,),
+    "A copy of each decision for a request from another gateway, in the same transaction, on"
+    " the requester's partition (from its instance id; reply_to header names it).",
     key="user_id",
 )
 
@@ -42,12 +51,20 @@ DECISIONS = Channel(
 EVENTS_VIEW = Consumer("events-view", (EVENTS,))
 # All gateways in one group on the requests: each partition, so each user, has one owner.
 ADMISSION_OWNER = Consumer("admission", (ADMISSIONS,), group_of=admission_group)
-# No group: the requester follows every partition for its replies, a new owner its own.
+# No group: a new owner reads its partitions' decisions back when it takes them.
 DECISIONS_READER = Consumer("decisions", (DECISIONS,))
+# No group: a requester follows its own partition of the replies.
+REPLIES_READER = Consumer("replies", (REPLIES,))
 
 GATEWAY = ServiceChannels(
     "gateway",
-    publishes=(*JOBS, CONTROL, EVENTS, ADMISSIONS, DECISIONS),
-    consumers=(EVENTS_VIEW, REVOCATIONS_FOLLOWER, ADMISSION_OWNER, DECISIONS_READER),
+    publishes=(*JOBS, CONTROL, EVENTS, ADMISSIONS, DECISIONS, REPLIES),
+    consumers=(
+        EVENTS_VIEW,
+        REVOCATIONS_FOLLOWER,
+        ADMISSION_OWNER,
+        DECISIONS_READER,
+        REPLIES_READER,
+    ),
     transactional_ids=transactional_id_prefix,
 )

@@ -2,22 +2,37 @@
 
 On start it seeks each partition to the first record of the lookback window
 (`offsets_for_times`), reads up to the end offsets it saw then, and follows from there.
+
+Every gateway reads every event, so a record is read no further than the view needs: a
+status change by its key and type header alone (a `job.completed` carries the whole
+response, which the view never looks at), an acceptance of a job the view holds already
+not at all, and any other acceptance by the few fields it counts, through orjson. A record
+without the type header is parsed and validated whole, as before.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
+from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
-from services.gateway.view import EventsView, fingerprint
-from shared.contracts import JobAccepted, LifecycleEvent, parse_record
-from shared.follower import Batch, PartitionFollower, StartAt
+from services.gateway.view import EventsView, fingerprint, is_keyed
+from shared.contracts import LIFECYCLE_TYPES, JobAccepted, LifecycleEvent, parse_record
+from shared.follower import Batch, PartitionFollower, Record, StartAt
 from shared.kafka import KafkaOptions
-from shared.topics import events_topic
+from shared.topics import HEADER_TYPE, Priority, events_topic
 
 log = logging.getLogger(__name__)
+ACCEPTED = "job.accepted"
+# What a header may name: a lifecycle type the view applies by the header alone.
+_STATUS_TYPES = frozenset(
+    name for t in LIFECYCLE_TYPES if (name := t.model_fields["type"].default) != ACCEPTED
+)
+_BAD_ACCEPTANCE = (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError)
 
 
 def apply_event(view: EventsView, record: LifecycleEvent) -> None:
@@ -87,11 +102,48 @@ class EventsReader:
     def _handle(self, batch: Batch) -> None:
         for records in batch.values():
             for record in records:
-                self._apply(record.value, record.offset)
+                self._read(record)
         now = time.time()
         if now - self._last_expiry >= 1.0:
             self.view.expire(now)
             self._last_expiry = now
+
+    def _read(self, record: Record) -> None:
+        record_type = _header_type(record)
+        job_id = record.key.decode(errors="replace") if record.key else ""
+        if record_type is None or not job_id:
+            self._apply(record.value, record.offset)
+        elif record_type in _STATUS_TYPES:
+            # The record's own timestamp stands for occurred_at: it dates a final status.
+            self.view.status_event(job_id, record_type, record.timestamp / 1000)
+        elif record_type == ACCEPTED and self.view.job(job_id) is None:
+            self._accept(job_id, record)
+
+    def _accept(self, job_id: str, record: Record) -> None:
+        try:
+            envelope: dict[str, Any] = orjson.loads(record.value or b"")
+            d = envelope["data"]
+            job_type, priority = str(d["job_type"]), Priority(d["priority"])
+            # Only a keyed job's body is compared again (a repeated Idempotency-Key).
+            digest = (
+                fingerprint(
+                    d["prompt"], job_type, priority.value, d["config"], d.get("metadata") or {}
+                )
+                if is_keyed(job_id)
+                else b""
+            )
+            self.view.accepted(
+                job_id,
+                owner=str(d["user_id"]),
+                job_type=job_type,
+                priority=priority,
+                submitted_at=datetime.fromisoformat(d["submitted_at"]),
+                digest=digest,
+                at=datetime.fromisoformat(envelope["occurred_at"]).timestamp(),
+            )
+        except _BAD_ACCEPTANCE:
+            self.skipped += 1
+            log.warning("unreadable acceptance on %s at offset %d", self.topic, record.offset)
 
     def _apply(self, value: bytes | None, offset: int) -> None:
         try:
@@ -103,3 +155,10 @@ class EventsReader:
             return
         if isinstance(record, LifecycleEvent):
             apply_event(self.view, record)
+
+
+def _header_type(record: Record) -> str | None:
+    for key, value in record.headers:
+        if key == HEADER_TYPE:
+            return bytes(value).decode(errors="replace")
+    return None

@@ -6,6 +6,7 @@ import socket
 
 from pydantic import Field
 
+from services.gateway.admission_records import reply_partition
 from services.gateway.storable import ENVELOPE_LEVELS, PARSER_DEPTH_LIMIT
 from shared.settings import CommonSettings
 
@@ -61,6 +62,13 @@ class GatewaySettings(CommonSettings):
     )
     gateway_admission_batch: int = Field(
         default=500, ge=1, description="admission requests decided in one transaction at most"
+    )
+    gateway_admission_linger_ms: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="how long an admission request waits to share its produce request; while"
+        " one is in flight the next requests batch up anyway",
     )
     gateway_max_prompt_chars: int = Field(default=32_000, ge=1)
     gateway_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
@@ -131,6 +139,11 @@ class GatewaySettings(CommonSettings):
     gateway_sse_wait_s: float = Field(
         default=2.0, gt=0, description="how long a new SSE stream waits for a free slot; then 503"
     )
+
+    @property
+    def gateway_reply_partition(self) -> int:
+        """The partition of the replies topic this instance reads (from its instance id)."""
+        return reply_partition(self.gateway_instance_id, self.gateway_admission_partitions)
 
     @property
     def notifier_ws_urls(self) -> list[str]:

@@ -1,9 +1,14 @@
-"""Fixtures and helpers of the gateway's integration tests: in-process gateways, tokens, topics."""
+"""Fixtures and helpers of the gateway's integration tests: in-process gateways, tokens, topics.
+
+A test module imports `kit` (and names it in `__all__`, as pytest finds fixtures by module
+attribute) and takes one `kit: GatewayKit` in place of the fixtures it bundles.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -21,10 +26,11 @@ StartGateway = Callable[..., Awaitable[GatewayService]]
 Tokens = Callable[..., str]
 
 
-@pytest.fixture
-async def start_gateway(
+@contextlib.asynccontextmanager
+async def gateways(
     kafka_bootstrap: str, topic_prefix: str, auth_secret: str
 ) -> AsyncIterator[StartGateway]:
+    """Starts in-process gateways on the test's topics; stops them all at the end."""
     started: list[GatewayService] = []
     nobody = f"http://127.0.0.1:{free_port()}"  # no results service unless a test gives one
 
@@ -49,13 +55,14 @@ async def start_gateway(
         started.append(service)
         return service
 
-    yield start
-    for service in reversed(started):
-        await service.stop()
+    try:
+        yield start
+    finally:
+        for service in reversed(started):
+            await service.stop()
 
 
-@pytest.fixture
-def tokens(auth_secret: str) -> Tokens:
+def token_maker(auth_secret: str) -> Tokens:
     def make(user_id: str, scopes: tuple[str, ...] = DEFAULT_SCOPES) -> str:
         return issue_token(auth_secret, user_id, scopes)
 
@@ -63,9 +70,52 @@ def tokens(auth_secret: str) -> Tokens:
 
 
 @pytest.fixture
+async def start_gateway(
+    kafka_bootstrap: str, topic_prefix: str, auth_secret: str
+) -> AsyncIterator[StartGateway]:
+    async with gateways(kafka_bootstrap, topic_prefix, auth_secret) as start:
+        yield start
+
+
+@pytest.fixture
+def tokens(auth_secret: str) -> Tokens:
+    return token_maker(auth_secret)
+
+
+@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+class GatewayKit(NamedTuple):
+    """What nearly every gateway test takes: unpack it as the fixtures it stands for."""
+
+    start_gateway: StartGateway
+    tokens: Tokens
+    http: aiohttp.ClientSession
+    kafka_bootstrap: str
+    topic_prefix: str
+
+
+@pytest.fixture
+async def kit(
+    kafka_bootstrap: str, topic_prefix: str, auth_secret: str
+) -> AsyncIterator[GatewayKit]:
+    """The fixtures of a gateway test in one: it needs no other imported fixture."""
+    async with (
+        gateways(kafka_bootstrap, topic_prefix, auth_secret) as start,
+        aiohttp.ClientSession() as http,
+    ):
+        yield GatewayKit(start, token_maker(auth_secret), http, kafka_bootstrap, topic_prefix)
+
+
+async def post_job(
+    http: aiohttp.ClientSession, url: str, token: str, body: dict[str, Any], **headers: str
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Submit `body`: the status, the JSON answer and the answer's headers."""
+    async with http.post(f"{url}/api/v1/jobs", json=body, headers=bearer(token, **headers)) as resp:
+        return resp.status, await resp.json(), dict(resp.headers)
 
 
 def bearer(token: str, **extra: str) -> dict[str, str]:

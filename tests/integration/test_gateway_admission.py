@@ -13,24 +13,24 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from services.gateway.admission_link import KafkaAdmissionLink
 from services.gateway.admission_records import decisions_topic
 from services.gateway.app import GatewayService
 from shared.kafka import assign_every_partition
 from shared.routing import chunk_partition, notifier_for
 from shared.topics import Priority, control_topic, job_topic
 from tests.integration.gateway_harness import (
+    GatewayKit,
     StartGateway,
-    Tokens,
     bearer,
-    http,
-    start_gateway,
-    tokens,
+    kit,
+    post_job,
     topic_records,
 )
 from tests.support import wait_for
 
 pytestmark = pytest.mark.kafka
-__all__ = ["http", "start_gateway", "tokens"]  # fixtures
+__all__ = ["kit"]  # fixtures
 
 PARTITIONS = 4  # the harness's admission partitions
 
@@ -38,8 +38,8 @@ PARTITIONS = 4  # the harness's admission partitions
 async def post(
     http: aiohttp.ClientSession, url: str, token: str, body: dict[str, Any], **headers: str
 ) -> tuple[int, dict[str, Any]]:
-    async with http.post(f"{url}/api/v1/jobs", json=body, headers=bearer(token, **headers)) as resp:
-        return resp.status, await resp.json()
+    status, answer, _ = await post_job(http, url, token, body, **headers)
+    return status, answer
 
 
 async def run_job_ids(bootstrap: str, prefix: str) -> list[str]:
@@ -107,12 +107,9 @@ def user_owned_by(gateway: GatewayService, prefix: str) -> str:
 
 
 async def test_200_concurrent_submissions_over_two_gateways_accept_exactly_the_in_flight_limit(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
+    kit: GatewayKit,
 ) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     gateways = await two_gateways(
         start_gateway, gateway_max_in_flight=20, gateway_submissions_per_minute=0
     )
@@ -128,12 +125,9 @@ async def test_200_concurrent_submissions_over_two_gateways_accept_exactly_the_i
 
 
 async def test_200_concurrent_submissions_over_two_gateways_accept_exactly_the_per_minute_limit(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
+    kit: GatewayKit,
 ) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     gateways = await two_gateways(
         start_gateway, gateway_max_in_flight=0, gateway_submissions_per_minute=30
     )
@@ -148,12 +142,9 @@ async def test_200_concurrent_submissions_over_two_gateways_accept_exactly_the_p
 
 
 async def test_one_key_sent_to_both_gateways_at_once_is_one_job_and_one_run_record(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
+    kit: GatewayKit,
 ) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     one, two = await two_gateways(start_gateway)
     carol = tokens("carol")
     body = {"prompt": "charge once", "metadata": {"order": 7}}
@@ -173,12 +164,9 @@ async def test_one_key_sent_to_both_gateways_at_once_is_one_job_and_one_run_reco
 
 
 async def test_an_owner_stopped_abruptly_mid_stream_moves_its_partitions_and_limits_stay_exact(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
+    kit: GatewayKit,
 ) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     doomed, survivor = await two_gateways(
         start_gateway,
         gateway_max_in_flight=60,
@@ -214,13 +202,23 @@ async def test_an_owner_stopped_abruptly_mid_stream_moves_its_partitions_and_lim
     assert sorted(await run_job_ids(kafka_bootstrap, topic_prefix)) == accepted
 
 
-async def test_a_request_whose_decision_never_comes_is_a_503_and_never_a_job(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
+async def test_a_gateway_answers_its_own_requests_without_reading_their_decisions_back(
+    kit: GatewayKit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
+    # Every decision read from the topic is dropped: only the owner's in-process answer,
+    # given once its transaction committed, can make this a 202.
+    monkeypatch.setattr(KafkaAdmissionLink, "_handle", lambda _self, _batch: None)
+    gw = await start_gateway(gateway_publish_timeout_s=4)
+    status, body = await post(http, gw.url, tokens("erin"), {"prompt": "answered here"})
+    assert status == 202
+    assert await run_job_ids(kafka_bootstrap, topic_prefix) == [body["job_id"]]
+
+
+async def test_a_request_whose_decision_never_comes_is_a_503_and_never_a_job(
+    kit: GatewayKit,
+) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     gw = await start_gateway(gateway_publish_timeout_s=2)
     assert gw.owner is not None
     gw.owner.paused.set()  # the owner decides nothing: no decision comes
@@ -235,13 +233,9 @@ async def test_a_request_whose_decision_never_comes_is_a_503_and_never_a_job(
 
 
 async def test_an_owner_slowed_past_accept_by_before_its_commit_aborts_and_refuses(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
-    monkeypatch: pytest.MonkeyPatch,
+    kit: GatewayKit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     # The first transaction's records are appended, then the owner is slowed past the
     # request's accept_by (1 s: half the publish timeout) before it would commit.
     send_offsets = AIOKafkaProducer.send_offsets_to_transaction
@@ -265,13 +259,9 @@ async def test_an_owner_slowed_past_accept_by_before_its_commit_aborts_and_refus
 
 
 async def test_an_acceptance_committed_after_its_503_has_its_job_cancelled(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
-    monkeypatch: pytest.MonkeyPatch,
+    kit: GatewayKit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     # The owner decides in time and appends its transaction, then its commit stalls until
     # the requester has answered 503: the job's records commit after that answer.
     released = asyncio.Event()
@@ -305,8 +295,9 @@ async def test_an_acceptance_committed_after_its_503_has_its_job_cancelled(
 
 
 async def test_job_links_name_the_notifier_serving_the_jobs_chunk_partition(
-    start_gateway: StartGateway, tokens: Tokens, http: aiohttp.ClientSession
+    kit: GatewayKit,
 ) -> None:
+    start_gateway, tokens, http, *_ = kit
     urls = ["ws://notifier-0.test/ws", "ws://notifier-1.test/ws"]
     gw = await start_gateway(gateway_notifier_ws_urls=",".join(urls), gateway_max_in_flight=0)
     erin = tokens("erin")
@@ -320,9 +311,8 @@ async def test_job_links_name_the_notifier_serving_the_jobs_chunk_partition(
     assert set(links.values()) == set(urls), "both instances named"
 
 
-async def test_the_sse_proxy_reaches_the_notifier_serving_the_job(
-    start_gateway: StartGateway, tokens: Tokens, http: aiohttp.ClientSession
-) -> None:
+async def test_the_sse_proxy_reaches_the_notifier_serving_the_job(kit: GatewayKit) -> None:
+    start_gateway, tokens, http, *_ = kit
     runners = []
     urls = []
     for n in range(2):

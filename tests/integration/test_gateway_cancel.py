@@ -12,18 +12,15 @@ from shared.kafka import make_producer, publish
 from shared.lifecycle import JobStatus
 from shared.topics import control_topic, events_topic
 from tests.integration.gateway_harness import (
-    StartGateway,
-    Tokens,
+    GatewayKit,
     bearer,
-    http,
-    start_gateway,
-    tokens,
+    kit,
     topic_records,
 )
 from tests.support import wait_for
 
 pytestmark = pytest.mark.kafka
-__all__ = ["http", "start_gateway", "tokens"]  # fixtures
+__all__ = ["kit"]  # fixtures
 
 
 async def submit(http: aiohttp.ClientSession, url: str, token: str, **body: Any) -> str:
@@ -42,13 +39,8 @@ async def cancel(
         return resp.status, await resp.json()
 
 
-async def test_cancel_publishes_a_cancel_job_and_a_repeat_answers_the_same(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
-) -> None:
+async def test_cancel_publishes_a_cancel_job_and_a_repeat_answers_the_same(kit: GatewayKit) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     gw = await start_gateway()
     alice = tokens("alice")
     job_id = await submit(http, gw.url, alice)
@@ -63,13 +55,8 @@ async def test_cancel_publishes_a_cancel_job_and_a_repeat_answers_the_same(
     }
 
 
-async def test_another_users_cancel_is_not_found_and_publishes_nothing(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
-) -> None:
+async def test_another_users_cancel_is_not_found_and_publishes_nothing(kit: GatewayKit) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     gw = await start_gateway()
     job_id = await submit(http, gw.url, tokens("alice"))
     status, body = await cancel(http, gw.url, tokens("bob"), job_id)
@@ -79,13 +66,8 @@ async def test_another_users_cancel_is_not_found_and_publishes_nothing(
     assert records[control_topic(topic_prefix)] == []
 
 
-async def test_an_admin_may_cancel_anyones_job(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
-) -> None:
+async def test_an_admin_may_cancel_anyones_job(kit: GatewayKit) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     gw = await start_gateway()
     job_id = await submit(http, gw.url, tokens("alice"))
     status, _ = await cancel(http, gw.url, tokens("root", ("admin",)), job_id)
@@ -96,12 +78,9 @@ async def test_an_admin_may_cancel_anyones_job(
 
 
 async def test_cancelling_a_finished_job_is_a_conflict_and_a_cancelled_one_is_accepted(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
+    kit: GatewayKit,
 ) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     gw = await start_gateway()
     alice = tokens("alice")
     done, failed = await submit(http, gw.url, alice), await submit(http, gw.url, alice)
@@ -146,18 +125,16 @@ async def test_cancelling_a_finished_job_is_a_conflict_and_a_cancelled_one_is_ac
     assert records[control_topic(topic_prefix)] == []
 
 
-async def test_cancel_of_a_job_the_view_does_not_know_needs_the_read_side(
-    start_gateway: StartGateway, tokens: Tokens, http: aiohttp.ClientSession
-) -> None:
+async def test_cancel_of_a_job_the_view_does_not_know_needs_the_read_side(kit: GatewayKit) -> None:
+    start_gateway, tokens, http, *_ = kit
     gw = await start_gateway()  # no results service listens at its results_url
     status, body = await cancel(http, gw.url, tokens("alice"), "f" * 32)
     assert status == 503
     assert body["type"].endswith("/results-unavailable")
 
 
-async def test_a_second_gateway_knows_the_owner_from_the_events_topic(
-    start_gateway: StartGateway, tokens: Tokens, http: aiohttp.ClientSession
-) -> None:
+async def test_a_second_gateway_knows_the_owner_from_the_events_topic(kit: GatewayKit) -> None:
+    start_gateway, tokens, http, *_ = kit
     one, two = await start_gateway(), await start_gateway()
     job_id = await submit(http, one.url, tokens("alice"))
     await wait_for(lambda: two.view.job(job_id), message="the second gateway sees the job")

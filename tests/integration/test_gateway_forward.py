@@ -13,18 +13,18 @@ from aiohttp import web
 
 from services.results.app import ResultsService
 from tests.integration.gateway_harness import (
+    GatewayKit,
     StartGateway,
-    Tokens,
     bearer,
     http,
+    kit,
     start_gateway,
-    tokens,
 )
 from tests.integration.results_kit import running, settings_for
 from tests.support import wait_for
 
 pytestmark = pytest.mark.kafka
-__all__ = ["http", "start_gateway", "tokens"]  # fixtures
+__all__ = ["http", "kit", "start_gateway"]  # fixtures
 
 
 class StandIn:
@@ -73,8 +73,9 @@ async def stand_in() -> AsyncIterator[StandIn]:
 
 
 async def test_reads_are_forwarded_with_path_query_and_token_and_answered_as_is(
-    start_gateway: StartGateway, tokens: Tokens, http: aiohttp.ClientSession, stand_in: StandIn
+    kit: GatewayKit, stand_in: StandIn
 ) -> None:
+    start_gateway, tokens, http, *_ = kit
     gw = await start_gateway(results_url=stand_in.url)
     token = tokens("alice")
     stand_in.answer = (
@@ -128,8 +129,9 @@ async def test_reads_need_a_token_before_anything_is_forwarded(
 
 
 async def test_reads_answer_503_while_the_results_service_is_down_and_submitting_works(
-    start_gateway: StartGateway, tokens: Tokens, http: aiohttp.ClientSession
+    kit: GatewayKit,
 ) -> None:
+    start_gateway, tokens, http, *_ = kit
     gw = await start_gateway()  # nothing listens at its results_url
     token = tokens("alice")
     async with http.get(f"{gw.url}/api/v1/jobs/abc", headers=bearer(token)) as resp:
@@ -160,11 +162,9 @@ async def get(http: aiohttp.ClientSession, url: str, token: str) -> tuple[int, d
 
 @pytest.mark.postgres
 async def test_submitted_job_reads_back_through_the_real_results_service(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    results: ResultsService,
+    kit: GatewayKit, results: ResultsService
 ) -> None:
+    start_gateway, tokens, http, *_ = kit
     gw = await start_gateway(results_url=f"http://127.0.0.1:{results.port}")
     alice, bob = tokens("alice"), tokens("bob")
     async with http.post(
@@ -199,11 +199,9 @@ async def test_submitted_job_reads_back_through_the_real_results_service(
 
 @pytest.mark.postgres
 async def test_cancel_of_a_job_older_than_the_view_asks_the_results_service(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    results: ResultsService,
+    kit: GatewayKit, results: ResultsService
 ) -> None:
+    start_gateway, tokens, http, *_ = kit
     results_url = f"http://127.0.0.1:{results.port}"
     first = await start_gateway(results_url=results_url)
     alice, bob = tokens("alice"), tokens("bob")

@@ -3,34 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-import aiohttp
 import pytest
 
 from shared.contracts import JobCancelled, JobCancelledData, RunJob
 from shared.kafka import make_producer, publish
 from shared.topics import Priority, events_topic, job_topic
 from tests.integration.gateway_harness import (
-    StartGateway,
-    Tokens,
-    bearer,
-    http,
-    start_gateway,
-    tokens,
+    GatewayKit,
+    kit,
+    post_job,
     topic_records,
 )
 from tests.support import wait_for
 
 pytestmark = pytest.mark.kafka
-__all__ = ["http", "start_gateway", "tokens"]  # fixtures
+__all__ = ["kit"]  # fixtures
 
 
-async def post(
-    http: aiohttp.ClientSession, url: str, token: str, body: dict[str, Any], **headers: str
-) -> tuple[int, dict[str, Any], dict[str, str]]:
-    async with http.post(f"{url}/api/v1/jobs", json=body, headers=bearer(token, **headers)) as resp:
-        return resp.status, await resp.json(), dict(resp.headers)
+post = post_job
 
 
 async def run_jobs(bootstrap: str, prefix: str) -> list[RunJob]:
@@ -39,12 +30,9 @@ async def run_jobs(bootstrap: str, prefix: str) -> list[RunJob]:
 
 
 async def test_same_key_and_body_is_the_same_job_and_another_body_is_refused(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
+    kit: GatewayKit,
 ) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     gw = await start_gateway()
     alice = tokens("alice")
     body = {"prompt": "once only", "metadata": {"order": 1}}
@@ -66,13 +54,8 @@ async def test_same_key_and_body_is_the_same_job_and_another_body_is_refused(
     assert sorted(r.job_id for r in runs) == sorted([first[1]["job_id"], other[1]["job_id"]])
 
 
-async def test_concurrent_requests_with_one_key_publish_one_job(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
-) -> None:
+async def test_concurrent_requests_with_one_key_publish_one_job(kit: GatewayKit) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     gw = await start_gateway()
     alice = tokens("alice")
     answers = await asyncio.gather(
@@ -83,13 +66,8 @@ async def test_concurrent_requests_with_one_key_publish_one_job(
     assert len(await run_jobs(kafka_bootstrap, topic_prefix)) == 1
 
 
-async def test_an_idempotency_key_holds_across_two_gateway_instances(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
-) -> None:
+async def test_an_idempotency_key_holds_across_two_gateway_instances(kit: GatewayKit) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     one, two = await start_gateway(), await start_gateway()
     alice = tokens("alice")
     body = {"prompt": "pay once", "priority": "urgent"}
@@ -112,13 +90,8 @@ async def test_an_idempotency_key_holds_across_two_gateway_instances(
     assert [r.job_id for r in runs] == [first["job_id"]]
 
 
-async def test_submissions_per_minute_limit_answers_429_with_retry_after(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
-) -> None:
+async def test_submissions_per_minute_limit_answers_429_with_retry_after(kit: GatewayKit) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     gw = await start_gateway(gateway_submissions_per_minute=3, gateway_max_in_flight=0)
     alice = tokens("alice")
     for _ in range(3):
@@ -132,12 +105,9 @@ async def test_submissions_per_minute_limit_answers_429_with_retry_after(
 
 
 async def test_jobs_in_flight_limit_holds_across_instances_until_a_job_ends(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
+    kit: GatewayKit,
 ) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     limits = {"gateway_submissions_per_minute": 0, "gateway_max_in_flight": 2}
     one, two = await start_gateway(**limits), await start_gateway(**limits)
     alice = tokens("alice")

@@ -20,7 +20,12 @@ from services.gateway.routes import build_document
 from services.notifier.app import NotifierService
 from services.results.app import ResultsService
 from shared.auth import DEFAULT_SCOPES, SCOPE_ADMIN
-from tests.integration.gateway_harness import StartGateway, Tokens, start_gateway, tokens
+from tests.integration.gateway_harness import (
+    StartGateway,
+    Tokens,
+    start_gateway,
+    tokens,
+)
 from tests.integration.notifier_support import notifier_settings, running_notifier
 from tests.integration.results_kit import running, settings_for
 

@@ -11,17 +11,14 @@ import pytest
 from aiohttp import web
 
 from tests.integration.gateway_harness import (
-    StartGateway,
-    Tokens,
+    GatewayKit,
     bearer,
-    http,
-    start_gateway,
-    tokens,
+    kit,
 )
 from tests.support import wait_for
 
 pytestmark = pytest.mark.kafka
-__all__ = ["http", "start_gateway", "tokens"]  # fixtures
+__all__ = ["kit"]  # fixtures
 
 JOB = "00000000-0000-4000-8000-000000000001"
 
@@ -77,11 +74,9 @@ async def opened(http: aiohttp.ClientSession, url: str, token: str) -> aiohttp.C
 
 
 async def test_one_user_cannot_hold_every_stream_and_a_full_pool_answers_503_not_a_hang(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    notifier: QuietNotifier,
+    kit: GatewayKit, notifier: QuietNotifier
 ) -> None:
+    start_gateway, tokens, http, *_ = kit
     gw = await start_gateway(
         notifier_sse_url=notifier.url,
         gateway_sse_max_streams=3,

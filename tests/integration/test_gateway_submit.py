@@ -11,28 +11,25 @@ import pytest
 from shared.contracts import JobAccepted, RunJob
 from shared.topics import Priority, control_topic, events_topic, job_topic
 from tests.integration.gateway_harness import (
+    GatewayKit,
     StartGateway,
-    Tokens,
     bearer,
     http,
+    kit,
     start_gateway,
-    tokens,
     topic_records,
 )
 
 pytestmark = pytest.mark.kafka
-__all__ = ["http", "start_gateway", "tokens"]  # fixtures
+__all__ = ["http", "kit", "start_gateway"]  # fixtures
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 async def test_submission_publishes_run_job_on_its_band_and_accepted_on_events(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
+    kit: GatewayKit,
 ) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     gw = await start_gateway()
     body = {
         "prompt": "Audit this contract",
@@ -75,12 +72,9 @@ async def test_submission_publishes_run_job_on_its_band_and_accepted_on_events(
 
 
 async def test_each_band_goes_to_its_own_topic_and_without_traceparent_gets_a_fresh_trace(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
+    kit: GatewayKit,
 ) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     gw = await start_gateway()
     ids = {}
     for band in Priority:
@@ -161,13 +155,8 @@ BAD: list[tuple[str, bytes, int, str]] = [
 ]
 
 
-async def test_malformed_submissions_are_problems_and_publish_nothing(
-    start_gateway: StartGateway,
-    tokens: Tokens,
-    http: aiohttp.ClientSession,
-    kafka_bootstrap: str,
-    topic_prefix: str,
-) -> None:
+async def test_malformed_submissions_are_problems_and_publish_nothing(kit: GatewayKit) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     gw = await start_gateway(gateway_max_prompt_chars=100, gateway_max_body_bytes=4096)
     headers = bearer(tokens("carol"), **{"Content-Type": "application/json"})
     for name, raw, status, kind in BAD:

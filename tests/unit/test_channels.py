@@ -16,7 +16,13 @@ from deploy.localstack.acls import group_acl, service_acls
 from services.gateway.admission_link import KafkaAdmissionLink
 from services.gateway.admission_owner import AdmissionOwner
 from services.gateway.admission_records import transactional_id
-from services.gateway.channels import ADMISSION_OWNER, DECISIONS_READER, EVENTS_VIEW, GATEWAY
+from services.gateway.channels import (
+    ADMISSION_OWNER,
+    DECISIONS_READER,
+    EVENTS_VIEW,
+    GATEWAY,
+    REPLIES_READER,
+)
 from services.gateway.events import EventsReader
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.view import EventsView
@@ -98,6 +104,7 @@ def test_the_gateway_events_view_reads_the_declared_topics() -> None:
         REVOCATIONS_FOLLOWER,
         ADMISSION_OWNER,
         DECISIONS_READER,
+        REPLIES_READER,
     )
 
 
@@ -113,7 +120,7 @@ def test_the_admission_owner_and_link_use_the_declared_topics_group_and_transact
         return None
 
     link = KafkaAdmissionLink(BOOTSTRAP, PREFIX, send, instance="g-0")
-    assert link.follower.topics == DECISIONS_READER.topics(PREFIX)
+    assert link.follower.topics == REPLIES_READER.topics(PREFIX)
     assert GATEWAY.transactional_ids is not None
     prefix = GATEWAY.transactional_ids(PREFIX)
     assert all(transactional_id(PREFIX, p).startswith(prefix) for p in range(8))

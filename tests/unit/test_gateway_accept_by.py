@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from services.gateway.admission_records import encode_record
 from services.gateway.routes import build_app
 from shared.contracts import RunJob, parse_record, utcnow
 from tests.unit.test_gateway_api import ADMISSION, FakeKafka, auth, make_api, no_checks
@@ -41,7 +42,7 @@ async def test_a_503_is_answered_only_after_the_requests_accept_by() -> None:
         assert resp.status == 503
         assert time.perf_counter() - started >= TIMEOUT_S / 2 * 0.95
     (request,) = api.admission.link.asked  # type: ignore[attr-defined]
-    run = parse_record(request.run)
+    run = parse_record(encode_record(request.run))
     assert isinstance(run, RunJob) and run.data.accept_by is not None
     assert answered.timestamp() >= request.accept_by == run.data.accept_by.timestamp()
     await api.drain()

@@ -12,7 +12,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
-from services.gateway.admission_records import AdmissionRequest, Decision, Outcome
+from services.gateway.admission_records import (
+    AdmissionRequest,
+    Decision,
+    Outcome,
+    encode_record,
+)
 from services.gateway.app import build_gateway
 from services.gateway.decider import decide
 from services.gateway.handlers import Gateway
@@ -62,8 +67,9 @@ class InProcessAdmission:
         now = time.time()
         decision = decide(self.view, request, now=now, appended_at=now)
         if decision.outcome is Outcome.ACCEPTED:
-            self.kafka.sent.append((events_topic(self.prefix), parse_record(request.accepted)))
-            run = parse_record(request.run)
+            accepted = parse_record(encode_record(request.accepted))
+            self.kafka.sent.append((events_topic(self.prefix), accepted))
+            run = parse_record(encode_record(request.run))
             self.kafka.sent.append((job_topic(request.priority, self.prefix), run))
         return decision
 

@@ -39,8 +39,8 @@ def request(
         priority=Priority.NORMAL,
         submitted_at=T0,
         accept_by=T0 + 5,
-        accepted="{}",
-        run="{}",
+        accepted={},
+        run={},
         trace_id="0" * 32,
     )
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.gateway.admission import build_records
+from services.gateway.admission_records import encode_record
 from services.gateway.rejection import Rejection
 from services.gateway.settings import GatewaySettings
 from services.gateway.submit import parse_submission
@@ -44,7 +45,7 @@ def downstream_reads(submission: JobSubmission) -> None:
         submission, user_id="u", job_id=job_id, trace_id="0" * 31 + "1", submitted_at=utcnow()
     )
     for record in (accepted, run):
-        wire = record.model_dump_json().encode()
+        wire = encode_record(record)
         parsed = parse_record(wire)
         assert isinstance(parsed, JobAccepted | RunJob)
         assert parsed.data.metadata == submission.metadata
