@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import aiohttp
 
 from deploy.localstack.stack import Stack
-from shared.kafka import make_producer, publish
+from shared.kafka import publish
 from shared.topics import Priority, job_topic
 from tests.bench.figures import Figure, cpu_seconds, not_available
-from tests.bench.pipeline import Watch, run_job
+from tests.bench.pipeline import run_job, watching
 from tests.bench.promtext import delta, histogram_quantile, scrape
 
 LOOP_LAG = "streamjobs_streamer_loop_lag_seconds"
@@ -65,45 +65,40 @@ async def measure(
     url = f"{stack.urls()['streamer']}/metrics"
     # Each job outlasts its step's start and window, so the window sees every stream running.
     tokens = int(TPS * (window_s + 2.0))
-    watch = Watch(bootstrap, stack.topic_prefix, chunks=False)
-    await watch.start()
-    producer = make_producer(bootstrap)
-    await producer.start()
     done: list[Step] = []
-    try:
-        async with aiohttp.ClientSession() as http:
-            has_lag = (await scrape(http, url)).has(LOOP_LAG)
-            for streams in steps:
-                jobs = [
-                    run_job(f"ramp {i} [[sim tokens={tokens} tps={TPS}]]", Priority.HIGH, tokens)
-                    for i in range(streams)
-                ]
-                ids = [j.job_id for j in jobs]
-                topic = job_topic(Priority.HIGH, stack.topic_prefix)
-                await asyncio.gather(*(publish(producer, topic, j) for j in jobs))
-                began = await watch.started_within(ids, timeout=10)
-                await asyncio.sleep(0.5)  # past the first tokens of the last to start
-                first = await scrape(http, url)
-                cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
-                await asyncio.sleep(window_s)
-                last = await scrape(http, url)
-                wall = time.perf_counter() - wall0
-                cpu = cpu_seconds(pid) - cpu0
-                streamed = (last.value(TOKENS) or 0.0) - (first.value(TOKENS) or 0.0)
-                lag = last.buckets(LOOP_LAG)
-                p99 = (
-                    histogram_quantile(0.99, delta(first.buckets(LOOP_LAG), lag)) * 1000
-                    if lag is not None
-                    else math.nan
-                )
-                step = Step(streams, streamed / wall, cpu / wall, p99, len(ids) - began)
-                done.append(step)
-                await watch.settle(ids, stall_s=20)
-                if not step.within():
-                    break
-    finally:
-        await producer.stop()
-        await watch.stop()
+    async with (
+        watching(bootstrap, stack.topic_prefix, chunks=False) as (watch, producer),
+        aiohttp.ClientSession() as http,
+    ):
+        has_lag = (await scrape(http, url)).has(LOOP_LAG)
+        for streams in steps:
+            jobs = [
+                run_job(f"ramp {i} [[sim tokens={tokens} tps={TPS}]]", Priority.HIGH, tokens)
+                for i in range(streams)
+            ]
+            ids = [j.job_id for j in jobs]
+            topic = job_topic(Priority.HIGH, stack.topic_prefix)
+            await asyncio.gather(*(publish(producer, topic, j) for j in jobs))
+            began = await watch.started_within(ids, timeout=10)
+            await asyncio.sleep(0.5)  # past the first tokens of the last to start
+            first = await scrape(http, url)
+            cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+            await asyncio.sleep(window_s)
+            last = await scrape(http, url)
+            wall = time.perf_counter() - wall0
+            cpu = cpu_seconds(pid) - cpu0
+            streamed = (last.value(TOKENS) or 0.0) - (first.value(TOKENS) or 0.0)
+            lag = last.buckets(LOOP_LAG)
+            p99 = (
+                histogram_quantile(0.99, delta(first.buckets(LOOP_LAG), lag)) * 1000
+                if lag is not None
+                else math.nan
+            )
+            step = Step(streams, streamed / wall, cpu / wall, p99, len(ids) - began)
+            done.append(step)
+            await watch.settle(ids, stall_s=20, limit_s=60)
+            if not step.within():
+                break
 
     passing = [s for s in done if s.within()]
     ramp = "; ".join(str(s) for s in done)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.localstack.stack import Stack
 from shared.contracts import ModelConfig, RunJob, RunJobData, parse_record, utcnow
@@ -78,17 +80,19 @@ class Watch:
             await asyncio.sleep(0.02)
         return done
 
-    async def settle(self, job_ids: list[str], stall_s: float) -> int:
-        """Wait until every job finished or none has for `stall_s`; the count left unfinished.
-
-        A benchmark reports what it saw: jobs that never end are counted, not waited for.
+    async def settle(self, job_ids: list[str], stall_s: float, limit_s: float) -> int:
+        """Wait until every job finished, none has for `stall_s` or `limit_s` passed; the count
+        left unfinished. A benchmark reports what it saw: jobs that never end are counted,
+        not waited for.
         """
-        left, last, since = len(job_ids), -1, time.perf_counter()
+        left, last = len(job_ids), -1
+        began = since = time.perf_counter()
         while left:
             left = sum(j not in self.finished for j in job_ids)
+            now = time.perf_counter()
             if left != last:
-                last, since = left, time.perf_counter()
-            elif time.perf_counter() - since > stall_s:
+                last, since = left, now
+            elif now - since > stall_s or now - began > limit_s:
                 break
             await asyncio.sleep(0.05)
         return left
@@ -100,14 +104,26 @@ class Watch:
         await self.consumer.stop()
 
 
-async def measure(stack: Stack, bootstrap: str, streams: int, tokens: int) -> list[Figure]:
-    prefix = stack.topic_prefix
-    streamer_pid = stack.processes["streamer"].pid
-    watch = Watch(bootstrap, prefix)
+@contextlib.asynccontextmanager
+async def watching(
+    bootstrap: str, prefix: str, *, chunks: bool = True
+) -> AsyncIterator[tuple[Watch, AIOKafkaProducer]]:
+    """A started `Watch` and a producer for the jobs it watches, stopped in reverse."""
+    watch = Watch(bootstrap, prefix, chunks=chunks)
     await watch.start()
     producer = make_producer(bootstrap)
     await producer.start()
     try:
+        yield watch, producer
+    finally:
+        await producer.stop()
+        await watch.stop()
+
+
+async def measure(stack: Stack, bootstrap: str, streams: int, tokens: int) -> list[Figure]:
+    prefix = stack.topic_prefix
+    streamer_pid = stack.processes["streamer"].pid
+    async with watching(bootstrap, prefix) as (watch, producer):
         # Concurrency, CPU and records per token: `streams` jobs at once.
         jobs = [
             run_job(f"bench {i} [[sim tokens={tokens}]]", Priority.NORMAL, tokens)
@@ -117,7 +133,7 @@ async def measure(stack: Stack, bootstrap: str, streams: int, tokens: int) -> li
         await asyncio.gather(
             *(publish(producer, job_topic(Priority.NORMAL, prefix), j) for j in jobs)
         )
-        unfinished = await watch.settle([j.job_id for j in jobs], stall_s=20)
+        unfinished = await watch.settle([j.job_id for j in jobs], stall_s=20, limit_s=180)
         cpu = cpu_seconds(streamer_pid) - cpu0
         ids = {j.job_id for j in jobs}
         last_start = max((watch.started[j] for j in ids if j in watch.started), default=0.0)
@@ -137,8 +153,9 @@ async def measure(stack: Stack, bootstrap: str, streams: int, tokens: int) -> li
                 "streamer: CPU per streamed token",
                 cpu / max(watch.tokens, 1) * 1e6,
                 "us",
-                "<= 100",
-                f"{watch.tokens} tokens, {cpu:.2f} CPU s in the streamer process",
+                "-",
+                f"{watch.tokens} tokens, {cpu:.2f} CPU s in the streamer process; the target is"
+                " its ratio to the SDK's, below",
             ),
             Figure(
                 "streamer: Kafka chunk records per token",
@@ -147,11 +164,7 @@ async def measure(stack: Stack, bootstrap: str, streams: int, tokens: int) -> li
                 "<= 0.125",
             ),
         ]
-
         return figures
-    finally:
-        await producer.stop()
-        await watch.stop()
 
 
 def sdk_ratio(streamer: Figure, sdk: Figure) -> Figure:

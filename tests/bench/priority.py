@@ -17,10 +17,10 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 
 from deploy.localstack.stack import Stack
-from shared.kafka import make_producer, publish
+from shared.kafka import publish
 from shared.topics import Priority, job_topic
 from tests.bench.figures import Figure, cpu_seconds
-from tests.bench.pipeline import Watch, run_job
+from tests.bench.pipeline import Watch, run_job, watching
 from tests.bench.promtext import Scrape, delta, histogram_quantile, scrape
 
 LOOP_LAG = "streamjobs_streamer_loop_lag_seconds"
@@ -97,7 +97,7 @@ async def one_run(
     started = watch.started.get(urgent.job_id, math.inf)
     if math.isinf(started):
         signs += ", the urgent job did not start within 60 s"
-    unfinished = await watch.settle([*ids, urgent.job_id], stall_s=20)
+    unfinished = await watch.settle([*ids, urgent.job_id], stall_s=20, limit_s=90)
     freed = min((t for t in watch.finished.values() if in_kafka < t < started), default=in_kafka)
     return Run(
         kind=kind,
@@ -111,20 +111,15 @@ async def one_run(
 
 
 async def measure(stack: Stack, bootstrap: str, *, slots: int, backlog: int = 100) -> list[Figure]:
-    watch = Watch(bootstrap, stack.topic_prefix, chunks=False)
-    await watch.start()
-    producer = make_producer(bootstrap)
-    await producer.start()
     runs: list[Run] = []
-    try:
-        async with aiohttp.ClientSession() as http:
-            for spec in RUNS:
-                runs.append(
-                    await one_run(stack, watch, producer, http, spec, slots=slots, backlog=backlog)
-                )
-    finally:
-        await producer.stop()
-        await watch.stop()
+    async with (
+        watching(bootstrap, stack.topic_prefix, chunks=False) as (watch, producer),
+        aiohttp.ClientSession() as http,
+    ):
+        for spec in RUNS:
+            runs.append(
+                await one_run(stack, watch, producer, http, spec, slots=slots, backlog=backlog)
+            )
     worst = max(runs, key=lambda r: r.overtaken)
     overloaded = [i + 1 for i, r in enumerate(runs) if r.overloaded]
     detail = "; ".join(
