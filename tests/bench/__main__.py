@@ -71,7 +71,13 @@ async def run_user(b: Bench) -> list[Figure]:
     urls = stack.urls()
     token = issue_token(stack.auth_secret(), "bench-user")
     return await user.measure(
-        f"{urls['simulator']}/v1", urls["gateway"], urls["notifier_ws"], token, jobs=b.args.users
+        b.bootstrap,
+        stack.topic_prefix,
+        f"{urls['simulator']}/v1",
+        urls["gateway"],
+        urls["notifier_ws"],
+        token,
+        jobs=b.args.users,
     )
 
 

@@ -37,7 +37,8 @@ class UserStream:
     """One job as a user saw it: submitted, started by the streamer, chunks received."""
 
     submitted: float
-    started: float | None = None  # the job.started event's occurred_at
+    job_id: str = ""
+    started: float | None = None  # the job.started event's occurred_at (its last attempt)
     chunks: list[tuple[float, int]] = field(default_factory=list)
 
 

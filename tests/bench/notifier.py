@@ -41,6 +41,7 @@ from shared.contracts import (
 from shared.kafka import ensure_topics, headers_for, make_producer
 from shared.topics import Priority, chunks_topic, events_topic
 from tests.bench.figures import Figure, cpu_seconds, percentile, rss_bytes
+from tests.bench.wsclient import open_bare
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "bench-secret-0123456789abcdef0123456789"
@@ -181,6 +182,7 @@ async def measure(
     )
     producer = make_producer(bootstrap)  # tuned as the streamer's: the hop is theirs
     conns: list[ClientConnection] = []
+    bare: list[asyncio.Transport] = []
     tasks: list[asyncio.Task[None]] = []
     try:
         await wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
@@ -223,8 +225,19 @@ async def measure(
             conns.append(ws)
             tasks.append(asyncio.create_task(client_loop(ws, into)))
 
+        async def idle(job_id: str) -> None:
+            async with sem:
+                try:
+                    transport = await open_bare(
+                        "127.0.0.1", port, "/ws", token, job_id, tally, timeout=60
+                    )
+                except (OSError, TimeoutError) as exc:
+                    refused.append(exc)  # counted: the figure is the clients held
+                    return
+            bare.append(transport)
+
         connecting = time.perf_counter()
-        await asyncio.gather(*(one(i, job_ids[i % jobs], tally) for i in range(clients)))
+        await asyncio.gather(*(idle(job_ids[i % jobs]) for i in range(clients)))
         await until(lambda: tally.subscribed >= clients - len(refused), 60)
         connect_s = time.perf_counter() - connecting
         await asyncio.sleep(1.0)  # let the notifier's allocator settle
@@ -289,6 +302,8 @@ async def measure(
         # Aborted, not closed: 20,000 closing handshakes would time the bench, not the notifier.
         for ws in conns:
             ws.transport.abort()
+        for transport in bare:
+            transport.abort()
         await producer.stop()
         proc.terminate()
         try:
@@ -318,7 +333,8 @@ async def measure(
             "frames/s",
             ">= 10000",
             f"{burst_chunks} chunks x {jobs} jobs to {clients} clients, Kafka to client receipt;"
-            " the clients share this process, so it may bound the rate before the notifier",
+            " the idle clients are bare ones (tests/bench/wsclient.py) in this process, cheap"
+            " enough to leave the notifier its core, yet they share the machine",
         ),
         Figure(
             "notifier CPU per delivered message",

@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import json
 import time
-from datetime import datetime
 
 import aiohttp
 from websockets.asyncio.client import connect
 
 from tests.bench.figures import Figure, percentile
 from tests.bench.lag import DirectStream, UserStream, added_first_token, token_lags
+from tests.bench.pipeline import watching
 
 MODEL = "gpt-4o-mini"
 FINAL = frozenset({"job.completed", "job.failed", "job.cancelled"})
@@ -63,7 +63,7 @@ async def user_stream(
         answer = await resp.json()
         if resp.status != 202:
             raise RuntimeError(f"submit answered {resp.status}: {answer}")
-    job_id = answer["job_id"]
+    job_id = user.job_id = answer["job_id"]
     url = (answer.get("links") or {}).get("websocket") or ws_fallback
     attempt = 0
     async with connect(url, compression=None, open_timeout=60, ping_interval=None) as ws:
@@ -77,8 +77,6 @@ async def user_stream(
                 if msg["attempt"] != attempt:  # a retried attempt restarts the stream
                     attempt, user.chunks = msg["attempt"], []
                 user.chunks.append((received, int(msg["tokens"])))
-            elif kind == "event" and msg["event"] == "job.started":
-                user.started = datetime.fromisoformat(msg["occurred_at"]).timestamp()
             elif kind == "event" and msg["event"] in FINAL:
                 return user
             elif kind in ("error", "redirect"):
@@ -87,6 +85,8 @@ async def user_stream(
 
 
 async def measure(
+    bootstrap: str,
+    prefix: str,
     simulator_url: str,
     gateway_url: str,
     ws_url: str,
@@ -102,9 +102,14 @@ async def measure(
         direct = await asyncio.gather(
             *(direct_stream(http, simulator_url, i, tokens) for i in range(jobs))
         )
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=jobs * 2), timeout=timeout, headers=headers
-    ) as http:
+    # The attempts' starts come from the events topic: a client that subscribes after
+    # job.started went out does not get that frame, and the anchor must not depend on it.
+    async with (
+        watching(bootstrap, prefix, chunks=False) as (watch, _),
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=jobs * 2), timeout=timeout, headers=headers
+        ) as http,
+    ):
         # A warm-up job: connections, the gateway's producer, the notifier's first reads.
         with contextlib.suppress(RuntimeError):
             await user_stream(http, gateway_url, ws_url, token, jobs, 2)
@@ -115,10 +120,14 @@ async def measure(
             ),
             return_exceptions=True,
         )
+        # The events of the last jobs may trail their final frames at the clients.
+        await watch.settle([u.job_id for u in followed if isinstance(u, UserStream)], 2, 10)
     # A job that failed to stream is left out and counted, with the first reason seen.
     failures = [f for f in followed if isinstance(f, BaseException)]
     pairs = [(u, d) for u, d in zip(followed, direct, strict=True) if isinstance(u, UserStream)]
     users = [u for u, _ in pairs]
+    for u in users:
+        u.started = watch.latest_start.get(u.job_id)
 
     added = [x * 1000 for u, d in pairs if (x := added_first_token(u, d)) is not None]
     lags = [x * 1000 for u, d in pairs for x in token_lags(u, d)]
@@ -133,11 +142,12 @@ async def measure(
     )
     lag_note = (
         "token lag, per token k: the client's receipt of the chunk carrying k minus"
-        " (the job.started occurred_at, the streamer's clock as it began the attempt, +"
+        " (job.started occurred_at, read from the events topic: the streamer's clock as it"
+        " began the attempt, before publishing it and asking the upstream; +"
         " the time the direct reader got token k after its request); "
         f"{len(lags)} tokens; first to last token p50 {took:.2f} s at the client,"
         f" {took_direct:.2f} s direct"
-        + (f", {unanchored} jobs without a job.started frame left out" if unanchored else "")
+        + (f", {unanchored} jobs without a job.started left out" if unanchored else "")
         + (f"; {len(failures)} jobs did not stream ({failures[0]!r})" if failures else "")
     )
     return [
