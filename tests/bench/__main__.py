@@ -71,8 +71,6 @@ async def run_user(b: Bench) -> list[Figure]:
     urls = stack.urls()
     token = issue_token(stack.auth_secret(), "bench-user")
     return await user.measure(
-        b.bootstrap,
-        stack.topic_prefix,
         f"{urls['simulator']}/v1",
         urls["gateway"],
         urls["notifier_ws"],

@@ -2,9 +2,11 @@
 
 Times are epoch seconds on this machine's clock (the streamer's included). A stream is
 the receipt time of each token, by index. For the pipeline, a chunk's receipt is the
-receipt of every token it carries. The direct reader's offsets (token k's receipt minus
-its request) are what the simulator's schedule gave; the simulator is deterministic, so
-the pipeline's request of the same prompt gets the same schedule.
+receipt of every token it carries. The direct reader's times are what the simulator's
+schedule gave; the simulator is deterministic, so the pipeline's request of the same
+prompt gets the same schedule. The start of a stream counts in the added time to first
+token; token lag is the rest: how far each token falls behind the upstream's spacing
+from the moment the streamer had the first token.
 """
 
 from __future__ import annotations
@@ -28,17 +30,13 @@ class DirectStream:
     requested: float
     tokens: list[float] = field(default_factory=list)
 
-    def offsets(self) -> list[float]:
-        return [t - self.requested for t in self.tokens]
-
 
 @dataclass
 class UserStream:
     """One job as a user saw it: submitted, started by the streamer, chunks received."""
 
     submitted: float
-    job_id: str = ""
-    started: float | None = None  # the job.started event's occurred_at (its last attempt)
+    first_emitted: float | None = None  # emitted_at of the attempt's first chunk (seq 0)
     chunks: list[tuple[float, int]] = field(default_factory=list)
 
 
@@ -51,15 +49,16 @@ def added_first_token(user: UserStream, direct: DirectStream) -> float | None:
 
 
 def token_lags(user: UserStream, direct: DirectStream) -> list[float]:
-    """Per token k: client receipt - (job started + when the direct reader got token k).
+    """Per token k: client receipt - (first chunk emitted + (direct token k - direct token 0)).
 
-    The anchor is the streamer's clock as it began the attempt, before it published
-    job.started and asked the upstream; tokens beyond either stream's end are left out.
+    The streamer flushes the first token at once, so the first chunk's emitted_at is
+    when it had token 0; tokens beyond either stream's end are left out.
     """
-    if user.started is None:
+    if user.first_emitted is None or not direct.tokens:
         return []
     times = token_times(user.chunks)
+    zero = direct.tokens[0]
     return [
-        received - (user.started + offset)
-        for received, offset in zip(times, direct.offsets(), strict=False)
+        received - (user.first_emitted + (upstream - zero))
+        for received, upstream in zip(times, direct.tokens, strict=False)
     ]

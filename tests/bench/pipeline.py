@@ -45,7 +45,6 @@ class Watch:
             (events_topic(prefix), chunks_topic(prefix)) if chunks else (events_topic(prefix),)
         )
         self.started: dict[str, float] = {}
-        self.latest_start: dict[str, float] = {}  # of the job's last attempt so far
         self.finished: dict[str, float] = {}
         self.chunk_records = 0
         self.tokens = 0
@@ -69,7 +68,6 @@ class Watch:
             # streamer, and its own receipt order would misstate what started first.
             elif event.type == "job.started":
                 self.started.setdefault(event.job_id, event.occurred_at.timestamp())
-                self.latest_start[event.job_id] = event.occurred_at.timestamp()
             elif event.type in ("job.completed", "job.failed", "job.cancelled"):
                 self.finished[event.job_id] = event.occurred_at.timestamp()
 

@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import json
 import time
+from datetime import datetime
 
 import aiohttp
 from websockets.asyncio.client import connect
 
 from tests.bench.figures import Figure, percentile
 from tests.bench.lag import DirectStream, UserStream, added_first_token, token_lags
-from tests.bench.pipeline import watching
 
 MODEL = "gpt-4o-mini"
 FINAL = frozenset({"job.completed", "job.failed", "job.cancelled"})
@@ -63,7 +63,7 @@ async def user_stream(
         answer = await resp.json()
         if resp.status != 202:
             raise RuntimeError(f"submit answered {resp.status}: {answer}")
-    job_id = user.job_id = answer["job_id"]
+    job_id = answer["job_id"]
     url = (answer.get("links") or {}).get("websocket") or ws_fallback
     attempt = 0
     async with connect(url, compression=None, open_timeout=60, ping_interval=None) as ws:
@@ -75,7 +75,9 @@ async def user_stream(
             kind = msg.get("type")
             if kind == "chunk":
                 if msg["attempt"] != attempt:  # a retried attempt restarts the stream
-                    attempt, user.chunks = msg["attempt"], []
+                    attempt, user.chunks, user.first_emitted = msg["attempt"], [], None
+                if msg["seq"] == 0:
+                    user.first_emitted = datetime.fromisoformat(msg["emitted_at"]).timestamp()
                 user.chunks.append((received, int(msg["tokens"])))
             elif kind == "event" and msg["event"] in FINAL:
                 return user
@@ -85,8 +87,6 @@ async def user_stream(
 
 
 async def measure(
-    bootstrap: str,
-    prefix: str,
     simulator_url: str,
     gateway_url: str,
     ws_url: str,
@@ -102,14 +102,9 @@ async def measure(
         direct = await asyncio.gather(
             *(direct_stream(http, simulator_url, i, tokens) for i in range(jobs))
         )
-    # The attempts' starts come from the events topic: a client that subscribes after
-    # job.started went out does not get that frame, and the anchor must not depend on it.
-    async with (
-        watching(bootstrap, prefix, chunks=False) as (watch, _),
-        aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=jobs * 2), timeout=timeout, headers=headers
-        ) as http,
-    ):
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=jobs * 2), timeout=timeout, headers=headers
+    ) as http:
         # A warm-up job: connections, the gateway's producer, the notifier's first reads.
         with contextlib.suppress(RuntimeError):
             await user_stream(http, gateway_url, ws_url, token, jobs, 2)
@@ -120,19 +115,15 @@ async def measure(
             ),
             return_exceptions=True,
         )
-        # The events of the last jobs may trail their final frames at the clients.
-        await watch.settle([u.job_id for u in followed if isinstance(u, UserStream)], 2, 10)
     # A job that failed to stream is left out and counted, with the first reason seen.
     failures = [f for f in followed if isinstance(f, BaseException)]
     pairs = [(u, d) for u, d in zip(followed, direct, strict=True) if isinstance(u, UserStream)]
     users = [u for u, _ in pairs]
-    for u in users:
-        u.started = watch.latest_start.get(u.job_id)
 
     added = [x * 1000 for u, d in pairs if (x := added_first_token(u, d)) is not None]
     lags = [x * 1000 for u, d in pairs for x in token_lags(u, d)]
     direct_ttft = percentile([(d.tokens[0] - d.requested) * 1000 for d in direct if d.tokens], 50)
-    unanchored = sum(u.started is None for u in users)
+    unanchored = sum(u.first_emitted is None for u in users)
     took = percentile([u.chunks[-1][0] - u.chunks[0][0] for u in users if u.chunks], 50)
     took_direct = percentile([d.tokens[-1] - d.tokens[0] for d in direct if d.tokens], 50)
     setup = (
@@ -142,12 +133,12 @@ async def measure(
     )
     lag_note = (
         "token lag, per token k: the client's receipt of the chunk carrying k minus"
-        " (job.started occurred_at, read from the events topic: the streamer's clock as it"
-        " began the attempt, before publishing it and asking the upstream; +"
-        " the time the direct reader got token k after its request); "
+        " (the first chunk's emitted_at, when the streamer had token 0 and flushed it, +"
+        " how long after its token 0 the direct reader got token k); the stream's start"
+        " is in the added time to first token; "
         f"{len(lags)} tokens; first to last token p50 {took:.2f} s at the client,"
         f" {took_direct:.2f} s direct"
-        + (f", {unanchored} jobs without a job.started left out" if unanchored else "")
+        + (f", {unanchored} jobs without a first chunk left out" if unanchored else "")
         + (f"; {len(failures)} jobs did not stream ({failures[0]!r})" if failures else "")
     )
     return [

@@ -74,24 +74,24 @@ def test_a_chunk_counts_its_receipt_for_every_token_it_carries() -> None:
 
 def test_added_first_token_is_the_users_wait_beyond_reading_the_upstream_directly() -> None:
     direct = DirectStream(requested=100.0, tokens=[100.05, 100.06])
-    user = UserStream(submitted=200.0, started=200.01, chunks=[(200.08, 1)])
+    user = UserStream(submitted=200.0, first_emitted=200.07, chunks=[(200.08, 1)])
     assert added_first_token(user, direct) == pytest.approx(0.03)
     assert added_first_token(UserStream(submitted=200.0), direct) is None
 
 
-def test_token_lag_is_receipt_behind_the_upstream_schedule_from_the_attempts_start() -> None:
-    # The upstream gives token k at request + 50 ms + 10 ms * k; the streamer coalesced
-    # tokens 1-3 into one chunk, received 5 ms after the last of them was due.
+def test_token_lag_is_receipt_behind_the_upstream_spacing_from_the_first_token() -> None:
+    # The upstream gives one token every 10 ms; the streamer had token 0 at 10.0 and
+    # flushed it, coalesced tokens 1-3 into one chunk, received 5 ms after token 3 was due.
     direct = DirectStream(requested=0.0, tokens=[0.05, 0.06, 0.07, 0.08])
-    user = UserStream(submitted=9.0, started=10.0, chunks=[(10.052, 1), (10.085, 3)])
+    user = UserStream(submitted=9.0, first_emitted=10.0, chunks=[(10.002, 1), (10.035, 3)])
     lags = token_lags(user, direct)
     assert lags == pytest.approx([0.002, 0.025, 0.015, 0.005])
 
 
-def test_token_lag_needs_the_attempts_start_and_stops_at_the_shorter_stream() -> None:
+def test_token_lag_needs_the_first_chunk_and_stops_at_the_shorter_stream() -> None:
     direct = DirectStream(requested=0.0, tokens=[0.05])
     assert token_lags(UserStream(submitted=0.0, chunks=[(1.0, 2)]), direct) == []
-    user = UserStream(submitted=0.0, started=1.0, chunks=[(1.06, 2)])
+    user = UserStream(submitted=0.0, first_emitted=1.0, chunks=[(1.01, 2)])
     assert token_lags(user, direct) == pytest.approx([0.01])
 
 
