@@ -128,8 +128,9 @@ test: install helm lint ## lint, then every test (unit, integration, e2e) agains
 test-unit: install ## only the fast tests without I/O
 	$(PY) -m pytest tests/unit
 
-bench: install ## measure the pipeline against the simulator; writes bench-results.json
-	$(PY) -m tests.bench
+# BASE=old-bench-results.json prints each figure beside the old one; ONLY=user,gateway runs some.
+bench: install ## measure every figure beside its target (<= 10 min); BASE=old.json compares; writes bench-results.json
+	$(PY) -m tests.bench $(if $(BASE),--base '$(BASE)') $(if $(ONLY),--only '$(ONLY)') $(ARGS)
 
 schemas: install ## regenerate docs/asyncapi.json and docs/schemas/ from the models
 	$(PY) -m shared.asyncapi docs

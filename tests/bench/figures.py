@@ -7,18 +7,25 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
 class Figure:
     name: str
-    value: float
+    value: float  # NaN: not available in this run (the note says why)
     unit: str
     target: str  # as DESIGN.md states it, e.g. "<= 100"
     note: str = ""
 
+    @property
+    def available(self) -> bool:
+        return not math.isnan(self.value)
+
     def met(self) -> bool | None:
         """Whether the value meets the target, when the target is a plain bound."""
+        if not self.available:
+            return None
         op, _, bound = self.target.partition(" ")
         try:
             limit = float(bound)
@@ -29,6 +36,28 @@ class Figure:
         if op == ">=":
             return self.value >= limit
         return None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON has no NaN: a figure not available is written with a null value."""
+        out = asdict(self)
+        if not self.available:
+            out["value"] = None
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Figure:
+        value = raw.get("value")
+        return cls(
+            name=str(raw["name"]),
+            value=math.nan if value is None else float(value),
+            unit=str(raw.get("unit", "")),
+            target=str(raw.get("target", "-")),
+            note=str(raw.get("note", "")),
+        )
+
+
+def not_available(name: str, unit: str, target: str, why: str) -> Figure:
+    return Figure(name, math.nan, unit, target, f"not available: {why}")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,21 +84,30 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def number(value: float) -> str:
+    """A value as the tables print it: n/a when not available."""
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
 def render(figures: list[Figure]) -> str:
-    rows = [f"{'figure':<52} {'value':>12} {'unit':<10} {'target':<12} ok"]
+    rows = [f"{'figure':<60} {'value':>12} {'unit':<10} {'target':<12} ok"]
     for f in figures:
         met = f.met()
         mark = "-" if met is None else ("yes" if met else "NO")
-        rows.append(f"{f.name:<52} {f.value:>12.3f} {f.unit:<10} {f.target:<12} {mark}")
+        rows.append(f"{f.name:<60} {number(f.value):>12} {f.unit:<10} {f.target:<12} {mark}")
         if f.note:
             rows.append(f"    {f.note}")
     return "\n".join(rows)
 
 
+def load(path: Path) -> list[Figure]:
+    return [Figure.from_json(f) for f in json.loads(path.read_text()).get("figures", [])]
+
+
 def write(figures: list[Figure], path: Path) -> None:
     """Merge into `path`: figures of this run replace those of the same name."""
-    existing: dict[str, dict[str, object]] = {}
+    existing: dict[str, dict[str, Any]] = {}
     if path.exists():
-        existing = {f["name"]: f for f in json.loads(path.read_text()).get("figures", [])}
-    existing.update({f.name: asdict(f) for f in figures})
+        existing = {f.name: f.to_json() for f in load(path)}
+    existing.update({f.name: f.to_json() for f in figures})
     path.write_text(json.dumps({"figures": list(existing.values())}, indent=2) + "\n")

@@ -1,5 +1,9 @@
 """Gateway submissions: throughput and latency of `POST /api/v1/jobs` against a running gateway.
 
+Run with the whole stack up: the results service persists every accepted job and the
+notifier follows the events while the streamer streams the first jobs slowly and leaves
+the rest queued in Kafka (the jobs' prompt asks the simulator for 20 tokens at 10/s).
+
 Each request goes through exact admission before the 202: an admission request to the
 owner of the user's partition, its decision, JobAccepted and RunJob committed in one
 transaction, the decision read back. Run it with the gateway's rate limits off (or a user
@@ -16,7 +20,7 @@ import aiohttp
 from tests.bench.figures import Figure, percentile
 
 BODY = {
-    "prompt": "Summarise the benefits of event streaming in three sentences.",
+    "prompt": "Summarise the benefits of event streaming. [[sim tokens=20 tps=10]]",
     "job_type": "analysis",
     "priority": "normal",
     "config": {"model": "gpt-4o-mini", "max_tokens": 64},
@@ -27,6 +31,7 @@ async def measure(
     base_url: str,
     token: str,
     *,
+    stack_note: str = "",
     requests: int,
     concurrency: int,
     paced_rate: float = 1000.0,
@@ -73,7 +78,7 @@ async def measure(
             "gateway (admission exact): job submissions per second (closed loop)",
             len(latencies) / elapsed,
             "jobs/s",
-            ">= 1000",
+            ">= 5000",
             note,
         ),
         Figure("gateway (admission exact): closed-loop latency p99", percentile(ms, 99), "ms", "-"),
@@ -88,7 +93,8 @@ async def measure(
             f"gateway (admission exact): latency p99 at {paced_rate:g} submissions/s offered",
             percentile(paced_ms, 99),
             "ms",
-            "<= 20",
+            "<= 10",
+            stack_note,
         ),
     ]
 

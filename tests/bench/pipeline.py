@@ -1,12 +1,15 @@
-"""Streamer figures over real Kafka: concurrency, CPU and records per token, priority."""
+"""Streamer figures over real Kafka: concurrency, CPU and records per token, beside the SDK."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import time
 import uuid
+from collections.abc import AsyncIterator
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.localstack.stack import Stack
 from shared.contracts import ModelConfig, RunJob, RunJobData, parse_record, utcnow
@@ -35,9 +38,12 @@ class Watch:
     `started` and `finished` hold epoch seconds of the events (`occurred_at`).
     """
 
-    def __init__(self, bootstrap: str, prefix: str) -> None:
+    def __init__(self, bootstrap: str, prefix: str, *, chunks: bool = True) -> None:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        self.topics = (events_topic(prefix), chunks_topic(prefix))
+        # Without chunks it only learns starts and ends: cheaper beside a busy streamer.
+        self.topics = (
+            (events_topic(prefix), chunks_topic(prefix)) if chunks else (events_topic(prefix),)
+        )
         self.started: dict[str, float] = {}
         self.finished: dict[str, float] = {}
         self.chunk_records = 0
@@ -65,13 +71,31 @@ class Watch:
             elif event.type in ("job.completed", "job.failed", "job.cancelled"):
                 self.finished[event.job_id] = event.occurred_at.timestamp()
 
-    async def wait(self, job_ids: list[str], timeout: float) -> None:
+    async def started_within(self, job_ids: list[str], timeout: float) -> int:
+        """Wait at most `timeout` s for every job to start; how many did."""
         deadline = time.perf_counter() + timeout
-        while not all(j in self.finished for j in job_ids):
+        while (done := sum(j in self.started for j in job_ids)) < len(job_ids):
             if time.perf_counter() > deadline:
-                done = sum(j in self.finished for j in job_ids)
-                raise TimeoutError(f"{done}/{len(job_ids)} jobs finished in {timeout}s")
+                break
+            await asyncio.sleep(0.02)
+        return done
+
+    async def settle(self, job_ids: list[str], stall_s: float, limit_s: float) -> int:
+        """Wait until every job finished, none has for `stall_s` or `limit_s` passed; the count
+        left unfinished. A benchmark reports what it saw: jobs that never end are counted,
+        not waited for.
+        """
+        left, last = len(job_ids), -1
+        began = since = time.perf_counter()
+        while left:
+            left = sum(j not in self.finished for j in job_ids)
+            now = time.perf_counter()
+            if left != last:
+                last, since = left, now
+            elif now - since > stall_s or now - began > limit_s:
+                break
             await asyncio.sleep(0.05)
+        return left
 
     async def stop(self) -> None:
         if self.task:
@@ -80,14 +104,26 @@ class Watch:
         await self.consumer.stop()
 
 
-async def measure(stack: Stack, bootstrap: str, streams: int, tokens: int) -> list[Figure]:
-    prefix = stack.topic_prefix
-    streamer_pid = stack.processes["streamer"].pid
-    watch = Watch(bootstrap, prefix)
+@contextlib.asynccontextmanager
+async def watching(
+    bootstrap: str, prefix: str, *, chunks: bool = True
+) -> AsyncIterator[tuple[Watch, AIOKafkaProducer]]:
+    """A started `Watch` and a producer for the jobs it watches, stopped in reverse."""
+    watch = Watch(bootstrap, prefix, chunks=chunks)
     await watch.start()
     producer = make_producer(bootstrap)
     await producer.start()
     try:
+        yield watch, producer
+    finally:
+        await producer.stop()
+        await watch.stop()
+
+
+async def measure(stack: Stack, bootstrap: str, streams: int, tokens: int) -> list[Figure]:
+    prefix = stack.topic_prefix
+    streamer_pid = stack.processes["streamer"].pid
+    async with watching(bootstrap, prefix) as (watch, producer):
         # Concurrency, CPU and records per token: `streams` jobs at once.
         jobs = [
             run_job(f"bench {i} [[sim tokens={tokens}]]", Priority.NORMAL, tokens)
@@ -97,26 +133,29 @@ async def measure(stack: Stack, bootstrap: str, streams: int, tokens: int) -> li
         await asyncio.gather(
             *(publish(producer, job_topic(Priority.NORMAL, prefix), j) for j in jobs)
         )
-        await watch.wait([j.job_id for j in jobs], timeout=300)
+        unfinished = await watch.settle([j.job_id for j in jobs], stall_s=20, limit_s=180)
         cpu = cpu_seconds(streamer_pid) - cpu0
         ids = {j.job_id for j in jobs}
-        last_start = max(watch.started[j] for j in ids)
-        first_end = min(watch.finished[j] for j in ids)
-        overlap = last_start < first_end
+        last_start = max((watch.started[j] for j in ids if j in watch.started), default=0.0)
+        first_end = min((watch.finished[j] for j in ids if j in watch.finished), default=0.0)
+        overlap = last_start < first_end and not unfinished
+        trouble = f"; {unfinished} jobs never finished" if unfinished else ""
         figures = [
             Figure(
                 "streamer: concurrent streams held by one process",
                 float(streams if overlap else 0),
                 "streams",
                 ">= 500",
-                "all started before the first finished" if overlap else "streams did not overlap",
+                ("all started before the first finished" if overlap else "streams did not overlap")
+                + trouble,
             ),
             Figure(
                 "streamer: CPU per streamed token",
                 cpu / max(watch.tokens, 1) * 1e6,
                 "us",
-                "<= 100",
-                f"{watch.tokens} tokens, {cpu:.2f} CPU s in the streamer process",
+                "-",
+                f"{watch.tokens} tokens, {cpu:.2f} CPU s in the streamer process; the target is"
+                " its ratio to the SDK's, below",
             ),
             Figure(
                 "streamer: Kafka chunk records per token",
@@ -125,49 +164,17 @@ async def measure(stack: Stack, bootstrap: str, streams: int, tokens: int) -> li
                 "<= 0.125",
             ),
         ]
-
-        # Priority: an urgent job behind a backlog of normal ones.
-        backlog = [
-            run_job(f"backlog {i} [[sim tokens=200 tps=100]]", Priority.NORMAL, 200)
-            for i in range(streams * 2)
-        ]
-        await asyncio.gather(
-            *(publish(producer, job_topic(Priority.NORMAL, prefix), j) for j in backlog)
-        )
-        await asyncio.sleep(1.0)
-        urgent = run_job("urgent [[sim tokens=5]]", Priority.URGENT, 5)
-        sent = time.time()
-        await publish(producer, job_topic(Priority.URGENT, prefix), urgent)
-        await watch.wait([urgent.job_id], timeout=120)
-        urgent_start = watch.started[urgent.job_id]
-        await watch.wait([j.job_id for j in backlog], timeout=300)
-        # Every slot is busy when the urgent job comes: it must take the first slot that
-        # frees, ahead of every normal job still waiting.
-        freed = min((t for t in watch.finished.values() if t > sent), default=urgent_start)
-        overtaken = sum(sent < watch.started[j.job_id] < urgent_start for j in backlog)
-        figures += [
-            Figure(
-                "streamer: urgent job start delay under a normal backlog",
-                (urgent_start - sent) * 1000,
-                "ms",
-                "-",
-                f"{len(backlog)} normal jobs queued ahead, every one of {streams} slots busy",
-            ),
-            Figure(
-                "streamer: urgent job start after the first slot freed",
-                max(0.0, urgent_start - freed) * 1000,
-                "ms",
-                "-",
-                "the rest of the delay is waiting for a running job to finish",
-            ),
-            Figure(
-                "streamer: normal jobs started ahead of the waiting urgent job",
-                float(overtaken),
-                "jobs",
-                "<= 0",
-            ),
-        ]
         return figures
-    finally:
-        await producer.stop()
-        await watch.stop()
+
+
+def sdk_ratio(streamer: Figure, sdk: Figure) -> Figure:
+    """Streamer CPU per token over the SDK's reading the same streams in this run."""
+    ratio = streamer.value / sdk.value if sdk.value else math.nan
+    return Figure(
+        "streamer: CPU per token / SDK CPU per token (same run)",
+        ratio,
+        "ratio",
+        "<= 0.3",
+        f"{streamer.value:.1f} us in the streamer vs {sdk.value:.1f} us for the openai SDK alone"
+        " reading the same streams from the simulator",
+    )
