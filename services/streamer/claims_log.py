@@ -39,8 +39,8 @@ async def oldest_append_ms(
     record is only older than the committed ones after it, which keeps the bound safe.
     """
     consumer = _consumer(options)
-    await consumer.start()
-    try:
+    try:  # stopped even when its start fails or is cancelled: no client left open
+        await consumer.start()
         tps = list(positions)
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
@@ -72,9 +72,9 @@ async def read_claims(
     read = 0
     # Read committed: an event of an aborted transaction never happened.
     consumer = _consumer(options, isolation_level="read_committed")
-    await consumer.start()
     try:
         async with asyncio.timeout(timeout_s):
+            await consumer.start()  # within the bound: a slow bootstrap is a failed read
             tps = await assign_every_partition(consumer, [topic], timeout_s=timeout_s)
             starts = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
             ends = await consumer.end_offsets(tps)

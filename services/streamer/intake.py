@@ -400,7 +400,9 @@ class Intake:
                 taken = self.offsets.fetched(tp)
                 for record in records:
                     if self._generation != generation:
-                        break  # revoked meanwhile: the next owner (maybe us) fetches it again
+                        # Revoked meanwhile: the next owner (maybe us) fetches it again.
+                        self._fetch_again(tp, record.offset)
+                        break
                     if taken is not None and record.offset < taken:
                         continue  # taken before a rebalance that kept its partition here
                     self.offsets.track(tp, record.offset)
@@ -408,6 +410,20 @@ class Intake:
             if self._generation == generation:
                 self._note_seen()
                 self.on_progress()
+
+    def _fetch_again(self, tp: TopicPartition, offset: int) -> None:
+        """Put the fetch back to a record skipped because a rebalance came while it was fetched.
+
+        A fetch that began before the revocation can return records of the next assignment:
+        aiokafka has then moved that assignment's position past them, and without a seek
+        they would wait, untaken, until yet another rebalance. Records of the old assignment
+        need nothing: the new one starts again from its commit, which is not past them.
+        """
+        if tp not in self.consumer.assignment():
+            return
+        position = consumed_position(self.consumer, tp)
+        if position is not None and position > offset:
+            self.consumer.seek(tp, offset)
 
     def _note_seen(self) -> None:
         """After a fetch was handed on: how far each assigned partition is read now."""

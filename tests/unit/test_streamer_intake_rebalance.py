@@ -4,6 +4,7 @@ robin every revoked partition's jobs are cut before the callback returns."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,3 +133,78 @@ async def test_under_round_robin_a_revocation_cuts_every_job_before_it_returns()
     assert s.cut[-1] == {A, B}
     assert s.intake.offsets.fetched(A) is None
     assert s.intake.held() == set()
+
+
+@dataclass
+class _Position:
+    position: int
+    has_valid_position: bool = True
+
+
+@dataclass
+class FetchingConsumer(FakeConsumer):
+    """Its first fetch spans a whole rebalance, then returns records 5-7 of partition A, and
+    leaves A's position at `position_after` (None: the new assignment has none yet)."""
+
+    during_fetch: Any = None
+    position_after: int | None = None
+    positions: dict[TopicPartition, int] = field(default_factory=dict)
+    fetches: int = 0
+
+    def assignment(self) -> set[TopicPartition]:
+        return {A}
+
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
+    def state_value(self, tp: TopicPartition) -> _Position | None:
+        return _Position(self.positions[tp]) if tp in self.positions else None
+
+    @property
+    def _subscription(self) -> Any:  # the path intake.consumed_position reads
+        return type("S", (), {"subscription": type("A", (), {"assignment": self})()})()
+
+    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
+        self.fetches += 1
+        if self.fetches > 1:
+            await asyncio.sleep(3600)
+        await self.during_fetch()
+        if self.position_after is not None:
+            self.positions[A] = self.position_after
+        return {A: [Record(A.topic, A.partition, offset) for offset in (5, 6, 7)]}
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+
+
+async def fetch_across_a_rebalance(position_after: int | None) -> Setup:
+    s = setup()
+    consumer = FetchingConsumer(position_after=position_after)
+    s.intake.consumer = s.consumer = consumer  # type: ignore[assignment]
+    await rebalance(s, {A}, sticky=False)
+    consumer.during_fetch = lambda: rebalance(s, {A}, sticky=False)
+    loop = asyncio.create_task(s.intake.fetch_loop())
+    try:
+        await wait_for(lambda: consumer.fetches >= 2, message="the loop fetched again")
+    finally:
+        loop.cancel()
+    assert s.intake.offsets.fetched(A) is None, "a record fetched across a rebalance was taken"
+    return s
+
+
+async def test_records_of_the_next_assignment_skipped_across_a_rebalance_are_fetched_again() -> (
+    None
+):
+    # aiokafka already consumed 5-7 in the new assignment: without a seek nobody takes them.
+    s = await fetch_across_a_rebalance(position_after=8)
+    assert s.consumer.seeks == {A: 5}
+
+
+async def test_records_of_the_revoked_assignment_leave_the_new_position_alone() -> None:
+    # The new assignment starts from its commit by itself; a seek could only skip records.
+    s = await fetch_across_a_rebalance(position_after=None)
+    assert s.consumer.seeks == {}
