@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NOFILE = 65_536
 NOFILE_RESERVE = 300  # the paced streams' clients, Kafka and listening sockets
 GATEWAY_STREAMER_SLOTS = 16
+GATEWAY_USERS = 64  # 8 admission partitions by default: every one of them gets users
 
 
 @dataclass
@@ -129,7 +130,7 @@ async def run_gateway(b: Bench) -> list[Figure]:
     await asyncio.to_thread(
         stack.start_service, "streamer", STREAMER_SLOTS=str(GATEWAY_STREAMER_SLOTS)
     )
-    token = issue_token(stack.auth_secret(), "bench-gateway")
+    tokens = [issue_token(stack.auth_secret(), f"bench-gateway-{i}") for i in range(GATEWAY_USERS)]
     note = (
         "whole stack running: results persists and the notifier follows every job; the"
         f" streamer, restarted with {GATEWAY_STREAMER_SLOTS} slots, streams the first jobs"
@@ -137,7 +138,7 @@ async def run_gateway(b: Bench) -> list[Figure]:
     )
     return await gateway.measure(
         stack.urls()["gateway"],
-        token,
+        tokens,
         requests=b.args.submissions,
         concurrency=16,
         stack_note=note,

@@ -6,8 +6,10 @@ the rest queued in Kafka (the jobs' prompt asks the simulator for 20 tokens at 1
 
 Each request goes through exact admission before the 202: an admission request to the
 owner of the user's partition, its decision, JobAccepted and RunJob committed in one
-transaction, the decision read back. Run it with the gateway's rate limits off (or a user
-allowed `requests` jobs), or its 429s are counted as failures.
+transaction, the decision read back. One user's submissions are decided one transaction
+after another by the owner of its partition; the load is spread over many users, as real
+traffic is, so that every admission partition works. Run it with the gateway's rate limits
+off (or users allowed `requests` jobs), or their 429s are counted as failures.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ BODY = {
 
 async def measure(
     base_url: str,
-    token: str,
+    tokens: list[str],
     *,
     stack_note: str = "",
     requests: int,
@@ -38,7 +40,7 @@ async def measure(
     paced_seconds: float = 5.0,
 ) -> list[Figure]:
     url = f"{base_url.rstrip('/')}/api/v1/jobs"
-    headers = {"Authorization": f"Bearer {token}"}
+    users = [{"Authorization": f"Bearer {token}"} for token in tokens]
     latencies: list[float] = []
     failures: dict[int, int] = {}
     left = requests
@@ -47,6 +49,7 @@ async def measure(
         nonlocal left
         while left > 0:
             left -= 1
+            headers = users[left % len(users)]
             started = time.perf_counter()
             async with http.post(url, json=BODY, headers=headers) as resp:
                 await resp.read()
@@ -59,20 +62,24 @@ async def measure(
     connector = aiohttp.TCPConnector(limit=max(concurrency, 256))
     async with aiohttp.ClientSession(connector=connector) as http:
         # Warm-up: connections, the producer's metadata, the first batches.
-        async with http.post(url, json=BODY, headers=headers) as resp:
-            await resp.read()
+        for headers in users:
+            async with http.post(url, json=BODY, headers=headers) as resp:
+                await resp.read()
         began = time.perf_counter()
         await asyncio.gather(*(worker(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
 
-        paced = await _paced(http, url, headers, rate=paced_rate, seconds=paced_seconds)
+        paced = await _paced(http, url, users, rate=paced_rate, seconds=paced_seconds)
 
-    note = f"{requests} requests, {concurrency} concurrent"
+    note = f"{requests} requests, {concurrency} concurrent, spread over {len(users)} users"
     if failures:
         note += f"; non-202 answers: {failures}"
     ms = [x * 1000 for x in latencies]
     paced_ms = [x * 1000 for x in paced]
-    paced_note = f"{len(paced)} requests sent on a fixed schedule, latency from each one's due time"
+    paced_note = (
+        f"{len(paced)} requests sent on a fixed schedule over {len(users)} users, latency from"
+        " each one's due time"
+    )
     return [
         Figure(
             "gateway (admission exact): job submissions per second (closed loop)",
@@ -102,7 +109,7 @@ async def measure(
 async def _paced(
     http: aiohttp.ClientSession,
     url: str,
-    headers: dict[str, str],
+    users: list[dict[str, str]],
     *,
     rate: float,
     seconds: float,
@@ -112,7 +119,7 @@ async def _paced(
     latencies: list[float] = []
     begin = loop.time() + 0.05
 
-    async def one(due: float) -> None:
+    async def one(due: float, headers: dict[str, str]) -> None:
         await asyncio.sleep(max(0.0, due - loop.time()))
         async with http.post(url, json=BODY, headers=headers) as resp:
             await resp.read()
@@ -120,5 +127,5 @@ async def _paced(
                 latencies.append(loop.time() - due)
 
     count = int(rate * seconds)
-    await asyncio.gather(*(one(begin + i / rate) for i in range(count)))
+    await asyncio.gather(*(one(begin + i / rate, users[i % len(users)]) for i in range(count)))
     return latencies
