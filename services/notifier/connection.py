@@ -29,6 +29,9 @@ from websockets.protocol import Event, State
 from services.notifier.client import Client
 
 CLOSE_KEEPALIVE = CloseCode.INTERNAL_ERROR  # what the library sends when a ping goes unanswered
+CLOSE_SLOW = 4008
+# Closes of a client that does not read (or is gone): nothing it sends is read any more.
+DEAF_CLOSES = frozenset({CLOSE_SLOW, CLOSE_KEEPALIVE})
 # Stands for every open connection's handshake request once it has been served: the
 # library only checks that there is one, and the real one holds ~3 KB of headers.
 HANDSHAKE_DONE = Request("/ws", Headers())
@@ -39,6 +42,7 @@ class BoundedConnection(ServerConnection):
     # messages is full, or the client is not reading what is written to it.
     _queue_full: bool = False
     _write_full: bool = False
+    _deaf: bool = False  # closing a client that does not read: read nothing more from it
     client: Client | None = None
     # Connections with frames waiting for the socket to drain (the slow-consumer sweep's).
     _stalled: set[BoundedConnection] | None = None
@@ -196,6 +200,11 @@ class BoundedConnection(ServerConnection):
     def shut(self, code: int, reason: str) -> None:
         """Start the closing handshake once (the library aborts it after its close timeout)."""
         if self._closer is None and self.protocol.state is State.OPEN:
+            if code in DEAF_CLOSES:
+                # Its close frame would come behind whatever it still floods us with; the
+                # library aborts after its close timeout instead, and the flood is not read.
+                self._deaf = True
+                self._apply()
             self._closer = self.loop.create_task(self.close(code, reason))
 
     def visit_keepalive(self, now: float, interval: float, timeout: float) -> None:
@@ -229,7 +238,7 @@ class BoundedConnection(ServerConnection):
         transport = self.transport
         if transport.is_closing():
             return
-        if self._queue_full or self._write_full:
+        if self._deaf or self._queue_full or self._write_full:
             transport.pause_reading()
         else:
             transport.resume_reading()

@@ -31,7 +31,7 @@ from websockets.protocol import State
 from services.notifier.access import MissingScope, TokenCheck
 from services.notifier.authorisation import SubscribeError
 from services.notifier.client import Client
-from services.notifier.connection import BoundedConnection
+from services.notifier.connection import CLOSE_SLOW, BoundedConnection
 from services.notifier.flush import Flusher
 from services.notifier.frames import control, error_frame
 from services.notifier.hub import Hub
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 CLOSE_TRY_AGAIN = 1013  # the notifier is at its connection cap: retry later, or elsewhere
 CLOSE_AUTH = 4001
 CLOSE_FORBIDDEN = 4003
-CLOSE_SLOW = 4008
 CLOSE_USER_CAP = 4029
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_SCOPE = 4403
