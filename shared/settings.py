@@ -104,6 +104,11 @@ class CommonSettings(KafkaSecuritySettings, TopicReplicationSettings):
     streamjobs_admin_token_ttl_s: int = Field(
         default=ADMIN_TOKEN_TTL_S, gt=0, description="lifetime of a minted admin token"
     )
+    streamjobs_workloads_file: str = Field(
+        default="",
+        description="TOML file of job types and models (shared/workloads.py); empty: the"
+        " packaged defaults. Every service must read the same file",
+    )
     log_level: str = "INFO"
     log_json: bool = True
     instance_id: str = Field(default="", description="defaults to host:pid")
