@@ -7,11 +7,12 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from deploy.simulator.dialects import DIALECTS, Dialect
 from deploy.simulator.script import (
     ChatRequest,
     InvalidRequest,
@@ -22,7 +23,7 @@ from deploy.simulator.script import (
 )
 from deploy.simulator.settings import SimulatorSettings
 from deploy.simulator.stats import Stats
-from deploy.simulator.wire import DONE, ChunkEncoder, completion_body, dumps, error_body
+from deploy.simulator.wire import completion_body, dumps, error_body
 
 # How often a long pause looks whether the client hung up.
 DISCONNECT_POLL_S = 0.05
@@ -57,6 +58,9 @@ def create_app(settings: SimulatorSettings) -> web.Application:
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
+    # One simulator plays several servers: the path names the dialect (dialects.py).
+    app.router.add_post("/dialects/{dialect}/v1/chat/completions", chat_completions)
+    app.router.add_get("/dialects/{dialect}/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/_sim/stats", sim_stats)
     app.router.add_post("/_sim/reset", sim_reset)
@@ -93,6 +97,10 @@ def error_response(
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     state.stats.requests_total += 1
+    dialect = DIALECTS.get(request.match_info.get("dialect", state.settings.dialect))
+    if dialect is None:
+        known = ", ".join(DIALECTS)
+        return error_response(state, 404, f"unknown dialect (known: {known})")
     try:
         body = json.loads(await request.read())
     except ValueError:
@@ -105,16 +113,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if plan.error_status is not None:
         return error_response(state, plan.error_status, retry_after_s=plan.retry_after_s)
     if chat.stream:
-        return await stream_completion(request, state, chat, plan)
+        return await stream_completion(request, state, chat, plan, dialect)
     return await whole_completion(request, state, chat, plan)
 
 
 async def stream_completion(
-    request: web.Request, state: SimulatorState, chat: ChatRequest, plan: Plan
+    request: web.Request, state: SimulatorState, chat: ChatRequest, plan: Plan, dialect: Dialect
 ) -> web.StreamResponse:
     stats = state.stats
     completion_id = _completion_id()
-    encoder = ChunkEncoder(
+    encoder = dialect.encoder(
         completion_id=completion_id,
         created=int(time.time()),
         model=chat.model,
@@ -128,8 +136,15 @@ async def stream_completion(
     stats.streams_active += 1
     try:
         await resp.prepare(request)
+        role = encoder.role()
+        if dialect.role_only_first:
+            await resp.write(role)  # on its own, before the first token is due
+            role = b""
         await pause(request, plan.ttft_s)
-        await send_tokens(request, resp, encoder, tokens[:limit], plan.interval_s, stats)
+        await send_tokens(
+            request, resp, encoder.tokens, tokens[:limit], plan.interval_s, stats, role
+        )
+        role = role if limit == 0 else b""
         if plan.cut_after is not None:
             stats.streams_cut += 1
             cut(request)
@@ -138,11 +153,14 @@ async def stream_completion(
             stats.streams_hung += 1
             await hang(request, state)
             return resp
-        tail = [encoder.role()] if limit == 0 else []
-        tail.append(encoder.finish(plan.finish_reason))
+        if plan.tool_calls:
+            calls = encoder.tool_calls(plan.tool_calls)
+            await send_tokens(request, resp, b"".join, calls, plan.interval_s, stats, role)
+            role = b""
+        tail = [role, encoder.finish(plan.finish_reason)]
         if chat.include_usage:
-            tail.append(encoder.usage(plan.prompt_tokens, len(tokens)))
-        tail.append(DONE)
+            tail.append(encoder.usage(plan.prompt_tokens, plan.completion_tokens))
+        tail.append(encoder.done())
         await resp.write(b"".join(tail))
         await resp.write_eof()
         stats.streams_completed += 1
@@ -164,13 +182,15 @@ def encoded_tokens(plan: Plan, vocabulary: Vocabulary) -> list[bytes]:
 async def send_tokens(
     request: web.Request,
     resp: web.StreamResponse,
-    encoder: ChunkEncoder,
+    encode: Callable[[Sequence[bytes]], bytes],
     tokens: Sequence[bytes],
     interval_s: float,
     stats: Stats,
+    role: bytes = b"",
 ) -> None:
     """Send `tokens` on schedule (token k at start + k*interval); a late stream catches up in
-    one write, so a loaded simulator keeps its token rate instead of drifting."""
+    one write, so a loaded simulator keeps its token rate instead of drifting. `role` (the
+    role chunk, unless sent already) goes with the first write."""
     if not tokens:
         return
     loop = asyncio.get_running_loop()
@@ -182,8 +202,8 @@ async def send_tokens(
             due = min(total, max(sent + 1, int((loop.time() - start) / interval_s) + 1))
         else:
             due = min(total, sent + FAST_BATCH)
-        data = encoder.tokens(tokens[sent:due])
-        await resp.write(encoder.role() + data if sent == 0 else data)
+        data = encode(tokens[sent:due])
+        await resp.write(role + data if sent == 0 else data)
         stats.tokens_sent += due - sent
         sent = due
         if sent < total:
@@ -220,7 +240,8 @@ async def whole_completion(
             else state.vocabulary.text(plan.tokens),
             finish_reason=plan.finish_reason,
             prompt_tokens=plan.prompt_tokens,
-            completion_tokens=plan.count,
+            completion_tokens=plan.completion_tokens,
+            tool_calls=plan.tool_calls,
         ),
         content_type="application/json",
         headers={"x-request-id": _request_id()},

@@ -16,15 +16,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from deploy.simulator import jsongen
+from deploy.simulator import jsongen, toolcalls
 from deploy.simulator.settings import SimulatorSettings
+from deploy.simulator.toolcalls import ToolCallPlan
 
 DEFAULT_MAX_TOKENS = 256
 FAIL_STATUSES = frozenset({429, 500, 503})
 PROMPT_TOKENS_PER_MESSAGE = 4
 
 _DIRECTIVE = re.compile(r"\[\[sim\b([^\]]*)\]\]")
-_INT_KEYS = frozenset({"tokens", "fail", "cut_after", "hang_after", "fail_times", "vary"})
+_INT_KEYS = frozenset(
+    {"tokens", "fail", "cut_after", "hang_after", "fail_times", "vary", "tool_calls"}
+)
 _FLOAT_KEYS = frozenset({"tps", "ttft_ms", "retry_after"})
 
 _WORDS_TEXT = (
@@ -63,6 +66,7 @@ class Directives:
     hang_after: int | None = None
     fail_times: int | None = None
     vary: int | None = None  # non-zero: every call answers other text, like a real model
+    tool_calls: int | None = None  # answer with this many tool calls (0: none, despite tools)
 
     @property
     def has_fault(self) -> bool:
@@ -77,6 +81,8 @@ class ChatRequest:
     include_usage: bool
     max_tokens: int | None
     json_schema: dict[str, Any] | None = None  # structured output asked for
+    tools: tuple[dict[str, Any], ...] = ()  # function tools declared
+    tool_choice: object = None
 
     @property
     def last_user_text(self) -> str:
@@ -100,10 +106,16 @@ class Plan:
     cut_after: int | None = None  # send this many tokens, then close the connection
     hang_after: int | None = None  # send this many tokens, then stall
     texts: tuple[str, ...] | None = None  # a structured output's tokens, instead of `tokens`
+    tool_calls: tuple[ToolCallPlan, ...] = ()  # streamed after the text, if any
 
     @property
     def count(self) -> int:
         return len(self.texts) if self.texts is not None else len(self.tokens)
+
+    @property
+    def completion_tokens(self) -> int:
+        """Text tokens plus one per tool-call delta (a real model bills the arguments)."""
+        return self.count + sum(len(c.fragments) + 1 for c in self.tool_calls)
 
 
 class Vocabulary:
@@ -220,6 +232,10 @@ def parse_chat_request(body: object) -> ChatRequest:
         schema = jsongen.response_schema(body.get("response_format"))
     except jsongen.InvalidResponseFormat as exc:
         raise InvalidRequest(str(exc), "response_format") from None
+    try:
+        tools = toolcalls.parse_tools(body.get("tools"))
+    except toolcalls.InvalidTools as exc:
+        raise InvalidRequest(str(exc), exc.param) from None
     return ChatRequest(
         model=model,
         messages=tuple(messages),
@@ -227,6 +243,8 @@ def parse_chat_request(body: object) -> ChatRequest:
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         max_tokens=max_tokens,
         json_schema=schema,
+        tools=tools,
+        tool_choice=body.get("tool_choice"),
     )
 
 
@@ -289,7 +307,18 @@ class Planner:
             self._calls += 1
             seed ^= self._calls * 0x9E3779B97F4A7C15  # a per-call nonce spreads over the seed
         texts = None
-        if request.json_schema is not None:
+        calls = toolcalls.wanted_calls(request.tools, request.tool_choice, d.tool_calls)
+        tool_calls: tuple[ToolCallPlan, ...] = ()
+        if calls:
+            try:
+                tool_calls = toolcalls.plan_tool_calls(
+                    request.tools, request.tool_choice, calls, random.Random(seed), WORDS
+                )
+            except toolcalls.InvalidTools as exc:
+                raise InvalidRequest(str(exc), exc.param) from None
+        if tool_calls and d.tokens is None:
+            wanted = 0  # a model that calls a tool usually says nothing besides
+        elif request.json_schema is not None:
             doc = jsongen.document(request.json_schema, random.Random(seed), WORDS)
             texts = jsongen.tokens(doc)
             wanted = len(texts)  # the whole document, unless max_tokens cuts it
@@ -311,10 +340,11 @@ class Planner:
         return Plan(
             tokens=() if texts is not None else self._vocabulary.generate(seed, count),
             texts=texts[:count] if texts is not None else None,
-            finish_reason="length" if cap < wanted else "stop",
+            finish_reason="tool_calls" if tool_calls else "length" if cap < wanted else "stop",
             prompt_tokens=prompt_tokens(request),
             ttft_s=(d.ttft_ms if d.ttft_ms is not None else s.ttft_ms) / 1000,
             interval_s=1 / tps if tps > 0 else 0.0,
             cut_after=cut_after,
             hang_after=hang_after,
+            tool_calls=tool_calls,
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deploy.simulator.dialects import DIALECTS
+
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1")
 
 
@@ -30,6 +32,11 @@ class SimulatorSettings(BaseSettings):
     shutdown_timeout_s: float = Field(
         default=5.0, ge=0, description="how long open streams may finish on SIGTERM"
     )
+    dialect: str = Field(
+        default="openai",
+        description="the server dialect of /v1 (deploy/simulator/dialects.py); "
+        "/dialects/<name>/v1 picks one per request",
+    )
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -37,4 +44,6 @@ class SimulatorSettings(BaseSettings):
     def _rates_fit(self) -> SimulatorSettings:
         if self.error_rate + self.rate_limit_rate > 1:
             raise ValueError("error_rate + rate_limit_rate must not exceed 1")
+        if self.dialect not in DIALECTS:
+            raise ValueError(f"dialect {self.dialect!r}: use one of {sorted(DIALECTS)}")
         return self

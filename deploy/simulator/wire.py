@@ -7,8 +7,10 @@ tokens is one `bytes.join` over their pre-encoded JSON strings.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from deploy.simulator.toolcalls import ToolCallPlan
 
 DONE = b"data: [DONE]\n\n"
 SYSTEM_FINGERPRINT = "fp_sim0c0ffee1"
@@ -51,7 +53,15 @@ class ChunkEncoder:
 
     __slots__ = ("_head", "_tail", "_token_head", "_token_sep", "_token_tail")
 
-    def __init__(self, *, completion_id: str, created: int, model: str, include_usage: bool):
+    def __init__(
+        self,
+        *,
+        completion_id: str,
+        created: int,
+        model: str,
+        include_usage: bool,
+        extra: Mapping[str, object] | None = None,
+    ):
         head = dumps(
             {
                 "id": completion_id,
@@ -59,6 +69,7 @@ class ChunkEncoder:
                 "created": created,
                 "model": model,
                 "system_fingerprint": SYSTEM_FINGERPRINT,
+                **(extra or {}),  # a dialect's vendor fields
             }
         )
         self._head = b"data: " + head[:-1] + b',"choices":'
@@ -79,6 +90,28 @@ class ChunkEncoder:
         """One event per token; `encoded` are JSON strings such as `b'" fox"'`."""
         return self._token_head + self._token_sep.join(encoded) + self._token_tail
 
+    def tool_calls(self, calls: Sequence[ToolCallPlan]) -> list[bytes]:
+        """One event per tool-call delta, as OpenAI streams them: the first names the call
+        (index, id, type, function name, empty arguments), the next carry argument pieces."""
+        events = []
+        for index, call in enumerate(calls):
+            first = {
+                "index": index,
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            pieces = [{"index": index, "function": {"arguments": f}} for f in call.fragments]
+            for delta in (first, *pieces):
+                events.append(
+                    self._head
+                    + b'[{"index":0,"delta":{"tool_calls":['
+                    + dumps(delta)
+                    + b']},"logprobs":null,"finish_reason":null}]'
+                    + self._tail
+                )
+        return events
+
     def finish(self, reason: str) -> bytes:
         return (
             self._head
@@ -93,6 +126,9 @@ class ChunkEncoder:
             self._head + b'[],"usage":' + dumps(usage(prompt_tokens, completion_tokens)) + b"}\n\n"
         )
 
+    def done(self) -> bytes:
+        return DONE
+
 
 def completion_body(
     *,
@@ -103,7 +139,15 @@ def completion_body(
     finish_reason: str,
     prompt_tokens: int,
     completion_tokens: int,
+    tool_calls: Sequence[ToolCallPlan] = (),
 ) -> bytes:
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if tool_calls:
+        message["content"] = text or None
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in tool_calls
+        ]
     return dumps(
         {
             "id": completion_id,
@@ -114,7 +158,7 @@ def completion_body(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "message": message,
                     "logprobs": None,
                     "finish_reason": finish_reason,
                 }
