@@ -68,6 +68,9 @@ class _ChunkData(msgspec.Struct, forbid_unknown_fields=True):
     tokens: _Count
     first_token_at: datetime
     emitted_at: datetime
+    # Tool-call deltas are not stored per chunk (the completion carries the assembled
+    # calls); left undecoded, they cost the fast path nothing.
+    tool_calls: msgspec.Raw | None = None
 
 
 class _Chunk(msgspec.Struct, forbid_unknown_fields=True):

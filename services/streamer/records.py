@@ -57,6 +57,7 @@ class ChunkEncoder:
                     "tokens": chunk.tokens,
                     "first_token_at": _ts(chunk.first_token_at),
                     "emitted_at": _ts(chunk.emitted_at),
+                    "tool_calls": chunk.tool_calls,
                 },
             },
             option=_OPTIONS,

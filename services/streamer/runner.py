@@ -8,6 +8,7 @@ import time
 from services.streamer.job import Deps, Outcome, Running
 from services.streamer.outcomes import failed, publish_cancelled, requeue
 from services.streamer.stream import AttemptStream
+from services.streamer.toolcalls import assemble
 from services.streamer.upstream import AttemptsExhausted, UpstreamError
 from shared.contracts import (
     JobCompleted,
@@ -113,6 +114,8 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
                     (stream.first_token_at - started) * 1000 if stream.first_token_at else None
                 ),
                 duration_ms=(done - started) * 1000,
+                tool_calls=assemble(chunker.calls) if chunker.calls else None,
+                usage_estimated=stream.usage_estimated,
             ),
         ),
     )

@@ -1,7 +1,10 @@
 """OpenAI's chat completion stream read from its bytes: SSE `data:` lines parsed with orjson.
 
 No model object per chunk: each event is one `orjson.loads` and a few dict look-ups of
-the only fields we use (model, usage, choices[0].delta.content, finish_reason).
+the only fields we use (model, usage, choices[0].delta.content and .tool_calls,
+finish_reason). Servers differ (deploy/simulator/dialects.py): events with `choices: []`,
+a role-only first delta, no usage, no `[DONE]`, fields of their own; each reads here as
+what it says, and what is absent is left for the stream's end to decide.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from services.streamer.toolcalls import Delta, read_deltas
 
 DONE = b"[DONE]"
 
@@ -43,15 +48,23 @@ class UpstreamUsage:
     total_tokens: int
 
 
-# What `SSEReader.feed` yields: a content delta, a new model name, the usage.
-Item = str | UpstreamModel | UpstreamUsage
+@dataclass(frozen=True, slots=True)
+class ToolCallDeltas:
+    """The `delta.tool_calls` of one event, as plain dicts (`toolcalls.Delta`)."""
+
+    deltas: list[Delta]
+
+
+# What `SSEReader.feed` yields: a content delta, tool-call deltas, a new model name, the usage.
+Item = str | ToolCallDeltas | UpstreamModel | UpstreamUsage
 
 
 class SSEReader:
     """Splits the bytes of one stream into events and yields what each says, in order.
 
     A model is yielded when it differs from the one before. What the stream's end needs is
-    kept: the last `finish_reason`, the last usage, the content deltas counted, `[DONE]`.
+    kept: the last `finish_reason`, the last usage, the deltas counted (content and tool
+    calls: one token each, what a stream without usage is billed), `[DONE]`.
     """
 
     __slots__ = ("_data", "_tail", "done", "finish_reason", "model", "tokens", "usage")
@@ -101,6 +114,7 @@ class SSEReader:
 
     def _event(self, payload: bytes) -> Iterator[Item]:
         text: object = None
+        calls: list[Delta] | None = None
         reason: object = None
         try:
             event: Any = orjson.loads(payload)
@@ -117,7 +131,11 @@ class SSEReader:
             if choices:
                 choice = choices[0]
                 delta = choice.get("delta")
-                text = delta.get("content") if delta else None
+                if delta:
+                    text = delta.get("content")
+                    raw_calls = delta.get("tool_calls")
+                    if raw_calls:  # only events that carry tool calls pay for reading them
+                        calls = read_deltas(raw_calls)
                 reason = choice.get("finish_reason")
         except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
             # orjson.JSONDecodeError is a ValueError; the others are shapes we do not expect.
@@ -138,5 +156,8 @@ class SSEReader:
                 raise MalformedEvent(f"content is not text: {payload[:80]!r}")
             self.tokens += 1
             yield text
+        if calls:
+            self.tokens += 1
+            yield ToolCallDeltas(calls)
         if reason is not None:
             self.finish_reason = str(reason)

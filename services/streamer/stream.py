@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 from collections import deque
@@ -12,7 +13,13 @@ from typing import Any
 from services.streamer.chunker import Chunk, Chunker
 from services.streamer.job import Deps, Running
 from services.streamer.records import ChunkEncoder
-from services.streamer.streamed import Streamed, nothing_streamed, streamed_so_far
+from services.streamer.sse import ToolCallDeltas
+from services.streamer.streamed import (
+    Streamed,
+    estimate_prompt_tokens,
+    nothing_streamed,
+    streamed_so_far,
+)
 from services.streamer.upstream import (
     StreamEnd,
     UpstreamError,
@@ -83,8 +90,10 @@ class AttemptStream:
                         self._wake_up()
                     elif chunker.pending == 1:
                         self._window_opened(window_s)
+                elif type(item) is ToolCallDeltas:
+                    self._tool_calls(item, clock())
                 elif isinstance(item, StreamEnd):
-                    return item
+                    return self._counted(item)
                 elif isinstance(item, UpstreamModel):
                     self.model = item.model
                 elif isinstance(item, UpstreamUsage):
@@ -95,6 +104,34 @@ class AttemptStream:
             log.exception("upstream stream broke")
             raise UpstreamServerError(repr(exc)) from exc
         raise UpstreamServerError("the upstream stream ended without its end")
+
+    def _tool_calls(self, item: ToolCallDeltas, now: float) -> None:
+        """One event's tool-call deltas: a token like a content delta, in the same chunks."""
+        self.last_token_at = now
+        if self.first_token_at is None:
+            self.first_token_at = now
+            self.deps.metrics.time_to_first_token.observe(now - self.started)
+        chunk = self.chunker.add_tool_calls(item.deltas, now)
+        if chunk is not None:
+            self._ready.append(chunk)
+            self._wake_up()
+        elif self.chunker.pending == 1:
+            self._window_opened(self.deps.window_ms / 1000.0)
+
+    @property
+    def usage_estimated(self) -> bool:
+        """The upstream reported no usage: the stream's end counts it (`_counted`)."""
+        return self.reported is None
+
+    def _counted(self, end: StreamEnd) -> StreamEnd:
+        """A stream without usage (some servers never send it): its completion tokens are
+        the deltas counted, its prompt tokens estimated from the request."""
+        if self.reported is not None:
+            return end
+        prompt = estimate_prompt_tokens(self.running.job.data)
+        return dataclasses.replace(
+            end, prompt_tokens=prompt, total_tokens=prompt + end.completion_tokens
+        )
 
     def _window_opened(self, window_s: float) -> None:
         """A token now waits for its window: the clock must wake by then (once per chunk)."""

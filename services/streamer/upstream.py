@@ -12,7 +12,7 @@ from typing import Any
 import httpx2
 import openai
 
-from services.streamer.sse import MalformedEvent, SSEReader, StreamedError
+from services.streamer.sse import MalformedEvent, SSEReader, StreamedError, ToolCallDeltas
 from services.streamer.sse import UpstreamModel as UpstreamModel  # part of this adapter's API
 from services.streamer.sse import UpstreamUsage as UpstreamUsage
 from shared.contracts import RunJobData
@@ -157,8 +157,9 @@ DRAIN_S = 0.1
 
 async def stream_tokens(
     client: openai.AsyncOpenAI, job: RunJobData
-) -> AsyncIterator[str | StreamEnd | UpstreamModel | UpstreamUsage]:
-    """Yield each content delta, then one `StreamEnd`; raises `UpstreamError`.
+) -> AsyncIterator[str | ToolCallDeltas | StreamEnd | UpstreamModel | UpstreamUsage]:
+    """Yield each content delta and tool-call deltas, then one `StreamEnd`; raises
+    `UpstreamError`. Without a usage from the upstream, the end counts the deltas.
 
     The model (when it differs from the one asked for) and the usage are also yielded
     as they arrive, once each, so an attempt cut short can still report them.

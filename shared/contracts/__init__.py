@@ -23,6 +23,10 @@ from shared.contracts.events import (
     TokenChunk,
     TokenChunkData,
     TokenUsage,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallFunction,
+    ToolCallFunctionDelta,
 )
 from shared.contracts.jobs import (
     CancelJob,
@@ -105,6 +109,10 @@ __all__ = [
     "TokenChunk",
     "TokenChunkData",
     "TokenUsage",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolCallFunction",
+    "ToolCallFunctionDelta",
     "new_trace_id",
     "parse_record",
     "utcnow",

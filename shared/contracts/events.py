@@ -55,6 +55,34 @@ class TokenUsage(_Body):
     total_tokens: int = 0
 
 
+class ToolCallFunction(_Body):
+    name: str
+    arguments: str = Field(description="JSON text, as the model wrote it (not validated)")
+
+
+class ToolCall(_Body):
+    """One tool call of a completion, assembled from its streamed deltas."""
+
+    id: str
+    type: str = "function"
+    function: ToolCallFunction
+
+
+class ToolCallFunctionDelta(_Body):
+    name: str | None = None
+    arguments: str | None = Field(default=None, description="the next piece of the arguments")
+
+
+class ToolCallDelta(_Body):
+    """A piece of the tool call at `index`, in OpenAI's `delta.tool_calls[]` shape: the first
+    piece of a call carries its id, type and function name; the next ones carry arguments."""
+
+    index: int = Field(ge=0)
+    id: str | None = None
+    type: str | None = None
+    function: ToolCallFunctionDelta | None = None
+
+
 class JobCompletedData(_Body):
     attempt: int
     response: str
@@ -65,6 +93,13 @@ class JobCompletedData(_Body):
     last_seq: int
     time_to_first_token_ms: float | None = None
     duration_ms: float
+    tool_calls: list[ToolCall] | None = Field(
+        default=None, description="the tool calls the model made, assembled from the stream"
+    )
+    usage_estimated: bool = Field(
+        default=False,
+        description="true when the upstream reported no usage: tokens counted from the stream",
+    )
 
 
 class JobCompleted(Envelope):
@@ -115,6 +150,10 @@ class TokenChunkData(_Body):
     tokens: int = Field(ge=0, description="completion tokens in this chunk")
     first_token_at: datetime = Field(description="when the first token of this chunk arrived")
     emitted_at: datetime
+    tool_calls: list[ToolCallDelta] | None = Field(
+        default=None,
+        description="tool-call deltas of this chunk, in stream order (text may be empty)",
+    )
 
 
 class TokenChunk(Envelope):

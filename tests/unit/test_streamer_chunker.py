@@ -78,3 +78,43 @@ def test_the_chunker_counts_the_tokens_of_every_flushed_chunk() -> None:
     assert c.tokens == 5  # "a" alone, then "bcde"; "fg" still pending
     c.flush(1.0)
     assert c.tokens == 7 and c.last_seq == 2
+
+
+def delta(index: int, arguments: str, **first: str) -> dict[str, object]:
+    function = {"name": first.get("name"), "arguments": arguments}
+    return {"index": index, "id": first.get("id"), "type": first.get("type"), "function": function}
+
+
+def test_tool_call_deltas_coalesce_like_tokens_and_merge_per_call() -> None:
+    c = Chunker(window_ms=1000, max_tokens=4)
+    first = c.add_tool_calls([delta(0, "", id="call_1", type="function", name="f")], 0.0)
+    assert first is not None and first.seq == 0 and first.text == "" and first.tokens == 1
+    assert first.tool_calls == [delta(0, "", id="call_1", type="function", name="f")]
+    out = [c.add_tool_calls([delta(0, piece)], 0.001) for piece in ('{"a"', ": 1", "}")]
+    assert out == [None, None, None]
+    rest = c.add("done", 0.002)
+    assert rest is not None and rest.seq == 1 and rest.tokens == 4 and rest.text == "done"
+    # Three argument pieces of one call travel as one delta, as text tokens travel as one text.
+    assert rest.tool_calls == [delta(0, '{"a": 1}')]
+    assert c.calls == [*first.tool_calls, *rest.tool_calls] and c.tokens == 5
+
+
+def test_deltas_of_two_calls_stay_apart_and_in_order() -> None:
+    c = Chunker(window_ms=1000, max_tokens=16)
+    c.add("x", 0.0)
+    c.add_tool_calls([delta(0, "", id="a", type="function", name="f")], 0.001)
+    c.add_tool_calls([delta(0, "{}")], 0.002)
+    c.add_tool_calls([delta(1, "", id="b", type="function", name="g")], 0.003)
+    c.add_tool_calls([delta(1, "{}")], 0.004)
+    chunk = c.flush(0.005)
+    assert chunk is not None and chunk.tokens == 4
+    assert chunk.tool_calls == [
+        delta(0, "{}", id="a", type="function", name="f"),
+        delta(1, "{}", id="b", type="function", name="g"),
+    ]
+
+
+def test_a_text_only_chunk_carries_no_tool_calls() -> None:
+    c = Chunker()
+    chunk = c.add("a", 0.0)
+    assert chunk is not None and chunk.tool_calls is None

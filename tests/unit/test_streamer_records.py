@@ -95,6 +95,24 @@ def test_an_encoded_chunk_is_the_record_pydantic_would_write(
     assert list(ours) == list(theirs) and list(ours["data"]) == list(theirs["data"])
 
 
+def test_an_encoded_chunk_with_tool_call_deltas_is_the_record_pydantic_would_write() -> None:
+    calls = [
+        {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Par'},
+        },
+        {"index": 0, "id": None, "type": None, "function": {"name": None, "arguments": 'is"}'}},
+    ]
+    encoded = ChunkEncoder("job-1", "0" * 32, 1).encode(Chunk(4, "", 2, 1.5, 1.6, calls))
+    parsed = parse_record(encoded)
+    assert isinstance(parsed, TokenChunk) and parsed.data.tool_calls is not None
+    assert [c.model_dump() for c in parsed.data.tool_calls] == calls
+    ours, theirs = orjson.loads(encoded), orjson.loads(parsed.to_bytes())
+    assert ours == theirs and list(ours["data"]) == list(theirs["data"])
+
+
 def test_each_encoded_chunk_has_its_own_event_id_and_the_record_headers() -> None:
     encoder = ChunkEncoder("job-1", "0af7651916cd43dd8448eb211c80319c", 1)
     chunk = Chunk(0, "a", 1, 1.5, 1.5)
