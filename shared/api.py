@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.contracts import ModelConfig, TokenUsage
+from shared.contracts import ModelConfig, TokenUsage, ToolCall
 from shared.lifecycle import JobStatus
 from shared.topics import Priority
 
@@ -140,6 +140,9 @@ class JobResult(_Out):
     parse_error: str | None = Field(
         default=None,
         description="structured job types: why the response could not be parsed, if it could not",
+    )
+    tool_calls: list[ToolCall] | None = Field(
+        default=None, description="the tool calls the model made (arguments as JSON text)"
     )
 
 

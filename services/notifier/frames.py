@@ -80,18 +80,19 @@ def error_frame(code: str, message: str, **fields: object) -> Frame:
 
 def chunk_frame(record: TokenChunk) -> Frame:
     d = record.data
-    text = _dumps(
-        {
-            "type": "chunk",
-            "job_id": record.job_id,
-            "attempt": d.attempt,
-            "seq": d.seq,
-            "text": d.text,
-            "tokens": d.tokens,
-            "emitted_at": d.emitted_at.isoformat(),
-        }
-    )
-    return Frame(text, "chunk", f"{d.attempt}:{d.seq}")
+    message: dict[str, Any] = {
+        "type": "chunk",
+        "job_id": record.job_id,
+        "attempt": d.attempt,
+        "seq": d.seq,
+        "text": d.text,
+        "tokens": d.tokens,
+        "emitted_at": d.emitted_at.isoformat(),
+    }
+    if d.tool_calls:
+        # OpenAI's `delta.tool_calls` shape, absent keys left out as OpenAI leaves them.
+        message["tool_calls"] = [c.model_dump(exclude_none=True) for c in d.tool_calls]
+    return Frame(_dumps(message), "chunk", f"{d.attempt}:{d.seq}")
 
 
 def event_frame(record: LifecycleEvent, attempt: int, last_seq: int) -> Frame:

@@ -78,6 +78,7 @@ class ResultRow:
     severity_breakdown: dict[str, int] | None
     completed_at: datetime
     usage_estimated: bool = False
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 def _queue_wait(job: JobRow, queued_for_ms: float | None = None) -> None:
@@ -204,6 +205,8 @@ def result_of(job: JobRow, event: JobCompleted, price: ModelPrice) -> ResultRow:
         chunks=data.chunks,
         severity_breakdown=parsed.severity_breakdown,
         completed_at=aware(event.occurred_at),
+        usage_estimated=data.usage_estimated,
+        tool_calls=[c.model_dump() for c in data.tool_calls] if data.tool_calls else None,
     )
 
 

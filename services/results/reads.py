@@ -271,4 +271,5 @@ async def get_result(
         chunks=r["chunks"],
         severity_breakdown=_json(r["severity_breakdown"]),
         parse_error=r["parse_error"],
+        tool_calls=_json(r["tool_calls"]),
     )

@@ -88,6 +88,7 @@ RESULT_COLUMNS = (
     "severity_breakdown",
     "completed_at",
     "usage_estimated",
+    "tool_calls",
 )
 CHUNK_COLUMNS = ChunkRow._fields
 EVENT_COLUMNS = ("event_id", "job_id", "type", "occurred_at", "applied", "payload")
@@ -230,7 +231,7 @@ def _result_args(result: ResultRow) -> tuple[Any, ...]:
     row = []
     for column in RESULT_COLUMNS:
         value = getattr(result, column)
-        if column in ("parsed_response", "severity_breakdown"):
+        if column in ("parsed_response", "severity_breakdown", "tool_calls"):
             value = _json(value)
         elif isinstance(value, str):
             value = clean_text(value)

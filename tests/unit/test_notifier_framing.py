@@ -3,12 +3,16 @@ to the socket in writes of a bounded size."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
 import pytest
 from websockets.frames import Frame as WireFrame
 from websockets.frames import Opcode
 
 from services.notifier.client import Client
-from services.notifier.frames import Frame, control
+from services.notifier.frames import Frame, chunk_frame, control
+from shared.contracts import TokenChunk, TokenChunkData
 
 
 @pytest.mark.parametrize("chars", [0, 125, 126, 65_535, 65_536, 200_000])
@@ -55,3 +59,37 @@ def test_closing_an_outbox_wakes_its_writer() -> None:
 
     assert woken == [client]
     assert client.closing == (4008, "slow consumer")
+
+
+def _chunk(tool_calls: list[dict[str, object]] | None) -> TokenChunk:
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    data = TokenChunkData(
+        attempt=1,
+        seq=3,
+        text="",
+        tokens=2,
+        first_token_at=now,
+        emitted_at=now,
+        tool_calls=tool_calls,  # type: ignore[arg-type]
+    )
+    return TokenChunk(job_id="job-1", trace_id="0" * 32, data=data)
+
+
+def test_a_chunk_frame_carries_its_tool_call_deltas_in_openai_shape_over_ws_and_sse() -> None:
+    deltas = [
+        {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "f", "arguments": ""},
+        },
+        {"index": 0, "function": {"arguments": '{"a": 1}'}},
+    ]
+    frame = chunk_frame(_chunk(deltas))
+    assert json.loads(frame.text)["tool_calls"] == deltas  # absent keys left out, as OpenAI does
+    assert frame.ws.endswith(frame.text.encode())
+    assert frame.sse == f"id: 1:3\nevent: chunk\ndata: {frame.text}\n\n".encode()
+
+
+def test_a_text_chunk_frame_has_no_tool_calls_key() -> None:
+    assert "tool_calls" not in json.loads(chunk_frame(_chunk(None)).text)
