@@ -36,6 +36,7 @@ FLAGS: dict[tuple[str, ...], tuple[str, type, str]] = {
     ("--drop-rate",): ("drop_rate", float, "fraction of streams cut mid-way"),
     ("--retry-after",): ("retry_after", float, "Retry-After seconds of 429/503 answers"),
     ("--seed",): ("seed", int, "mixed into every completion and the random faults"),
+    ("--dialect",): ("dialect", str, "server dialect of /v1: openai, no_usage, role_first, ..."),
     ("--log-level",): ("log_level", str, "DEBUG, INFO, WARNING..."),
 }
 
