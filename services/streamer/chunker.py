@@ -28,7 +28,6 @@ class Chunker:
         "_calls",
         "_first_at",
         "_parts",
-        "_pending",
         "_window_s",
         "calls",
         "max_tokens",
@@ -40,9 +39,8 @@ class Chunker:
     def __init__(self, *, window_ms: float = 30.0, max_tokens: int = 16) -> None:
         self._window_s = window_ms / 1000.0
         self.max_tokens = max(1, max_tokens)
-        self._parts: list[str] = []
+        self._parts: list[str] = []  # a tool-call event adds an empty part: one token
         self._calls: list[Delta] = []  # tool-call deltas pending
-        self._pending = 0  # tokens pending: content parts plus tool-call events
         self._first_at = 0.0
         self.next_seq = 0
         self.texts: list[str] = []  # every flushed chunk's text, for the final response
@@ -51,7 +49,7 @@ class Chunker:
 
     @property
     def pending(self) -> int:
-        return self._pending
+        return len(self._parts)
 
     @property
     def last_seq(self) -> int:
@@ -59,18 +57,16 @@ class Chunker:
 
     def deadline(self) -> float | None:
         """Wall-clock time by which the pending tokens must leave, or None if none pend."""
-        return self._first_at + self._window_s if self._pending else None
+        return self._first_at + self._window_s if self._parts else None
 
     def add(self, text: str, now: float) -> Chunk | None:
         """Add one token; returns a chunk when one is due."""
-        if not self._pending:
+        if not self._parts:
             self._first_at = now
         self._parts.append(text)
-        self._pending += 1
-        # The rule of `_cut_if_due`, inline: this runs per token.
         if (
             self.next_seq == 0
-            or self._pending >= self.max_tokens
+            or len(self._parts) >= self.max_tokens
             or now - self._first_at >= self._window_s
         ):
             return self.flush(now)
@@ -78,30 +74,18 @@ class Chunker:
 
     def add_tool_calls(self, deltas: list[Delta], now: float) -> Chunk | None:
         """Add one event's tool-call deltas (one token); returns a chunk when one is due."""
-        if not self._pending:
-            self._first_at = now
         self._calls.extend(deltas)
-        self._pending += 1
-        return self._cut_if_due(now)
-
-    def _cut_if_due(self, now: float) -> Chunk | None:
-        if (
-            self.next_seq == 0
-            or self._pending >= self.max_tokens
-            or now - self._first_at >= self._window_s
-        ):
-            return self.flush(now)
-        return None
+        return self.add("", now)  # a token with no text: the same window and count
 
     def due(self, now: float) -> Chunk | None:
         """The pending tokens, if their window has passed."""
-        if self._pending and now - self._first_at >= self._window_s:
+        if self._parts and now - self._first_at >= self._window_s:
             return self.flush(now)
         return None
 
     def flush(self, now: float) -> Chunk | None:
         """Whatever pends, as a chunk (stream end, cancel)."""
-        if not self._pending:
+        if not self._parts:
             return None
         text = "".join(self._parts)
         calls = None
@@ -109,9 +93,8 @@ class Chunker:
             calls = merge(self._calls)
             self.calls.extend(calls)
             self._calls = []
-        chunk = Chunk(self.next_seq, text, self._pending, self._first_at, now, calls)
+        chunk = Chunk(self.next_seq, text, len(self._parts), self._first_at, now, calls)
         self._parts = []
-        self._pending = 0
         self.next_seq += 1
         self.tokens += chunk.tokens  # per chunk, not per token
         self.texts.append(text)
