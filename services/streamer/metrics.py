@@ -201,3 +201,13 @@ class StreamerMetrics:
             "Times a lower band's job waited for a higher band's records to be fetched first",
             registry=registry,
         )
+        self.usage_estimated = Counter(
+            "streamjobs_streamer_usage_estimated_total",
+            "Completions whose upstream reported no usage: tokens counted from the stream",
+            registry=registry,
+        )
+        self.tool_calls = Counter(
+            "streamjobs_streamer_tool_calls_total",
+            "Tool calls of completed jobs, assembled from their streamed deltas",
+            registry=registry,
+        )

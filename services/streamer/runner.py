@@ -92,6 +92,7 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
     await stream.drain()
     done = deps.clock()
     chunker = stream.chunker
+    tool_calls = assemble(chunker.calls) if chunker.calls else None
     await publish(
         deps.producer,
         events,
@@ -114,7 +115,7 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
                     (stream.first_token_at - started) * 1000 if stream.first_token_at else None
                 ),
                 duration_ms=(done - started) * 1000,
-                tool_calls=assemble(chunker.calls) if chunker.calls else None,
+                tool_calls=tool_calls,
                 usage_estimated=stream.usage_estimated,
             ),
         ),
@@ -127,4 +128,8 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
     )
     deps.metrics.jobs_completed.labels(*labels).inc()
     deps.metrics.job_duration.labels("completed").observe(done - started)
+    if stream.usage_estimated:
+        deps.metrics.usage_estimated.inc()
+    if tool_calls:
+        deps.metrics.tool_calls.inc(len(tool_calls))
     return Outcome.COMPLETED

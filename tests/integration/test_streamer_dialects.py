@@ -131,6 +131,7 @@ async def test_a_job_against_each_dialect_completes_with_every_token_and_honest_
                 return body if status == 200 else None
 
             stored = await wait_for(result, timeout=60, message=f"no result ({dialect})")
+        estimated = streamer.registry.get_sample_value("streamjobs_streamer_usage_estimated_total")
     finally:
         await streamer.stop()
 
@@ -174,6 +175,8 @@ async def test_a_job_against_each_dialect_completes_with_every_token_and_honest_
         assert usage["completion_tokens"] == 40
         assert usage["prompt_tokens"] > 0
         assert usage["total_tokens"] == usage["prompt_tokens"] + 40
+        assert estimated == 1
     else:
         assert stored["usage_estimated"] is False
         assert usage == answer["usage"]
+        assert estimated == 0

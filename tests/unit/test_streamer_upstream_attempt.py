@@ -21,6 +21,7 @@ from services.streamer.breaker import CircuitBreaker
 from services.streamer.job import Deps, RetryPolicy, Running
 from services.streamer.metrics import StreamerMetrics
 from services.streamer.stream import AttemptStream
+from services.streamer.toolcalls import assemble
 from services.streamer.upstream import StreamEnd, UpstreamTimeout
 from shared.contracts import CancelJobData, ModelConfig, RunJob, RunJobData, TokenChunk, utcnow
 from shared.contracts import parse_record as parse
@@ -232,3 +233,47 @@ async def test_chunks_cut_while_a_send_waits_still_go_out_in_seq_order(attempt: 
     assert [r.data.seq for r in a.producer.records] == list(range(40))
     assert a.producer.texts() == words
     assert a.stream.chunker.response() == "".join(words)
+
+
+def tool_delta(index: int, arguments: str, **first: str) -> dict[str, object]:
+    delta: dict[str, object] = {"index": index, "function": {"arguments": arguments}}
+    if first:
+        delta.update(id=first["id"], type="function")
+        delta["function"] = {"name": first["name"], "arguments": arguments}
+    choice = {"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None}
+    return {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [choice]}
+
+
+async def test_tool_call_deltas_leave_in_gap_free_chunks_that_assemble_to_the_calls(
+    attempt: Any,
+) -> None:
+    a = await attempt(window_ms=50, max_tokens=3)
+    a.body.feed(event(token("Let me check.")))
+    a.body.feed(event(tool_delta(0, "", id="call_a", name="get_weather")))
+    for piece in ('{"city"', ': "Paris"', "}"):
+        a.body.feed(event(tool_delta(0, piece)))
+    a.body.feed(event(tool_delta(1, "", id="call_b", name="get_time")))
+    # The upstream stalls with two deltas pending (under the count): the window sends them.
+    await wait_for(
+        lambda: any(d.id == "call_b" for r in a.producer.records for d in r.data.tool_calls or ()),
+        timeout=5,
+        message="the pending deltas left with their window",
+    )
+    assert len(a.producer.records) == 3 and a.producer.records[2].data.tokens == 2
+    a.body.feed(event(tool_delta(1, "{")), event(tool_delta(1, "}")))
+    a.body.feed(event(finish("tool_calls")), b"data: [DONE]\n\n", END)
+    end = await asyncio.wait_for(a.task, 5)
+    assert end is not None and end.finish_reason == "tool_calls"
+    records = a.producer.records
+    assert [r.data.seq for r in records] == list(range(len(records)))
+    assert records[0].data.text == "Let me check." and records[0].data.tool_calls is None
+    assert sum(r.data.tokens for r in records) == 8 == end.completion_tokens
+    deltas = [d.model_dump() for r in records for d in r.data.tool_calls or ()]
+    calls = assemble(deltas)
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
+        ("call_a", "get_weather", '{"city": "Paris"}'),
+        ("call_b", "get_time", "{}"),
+    ]
+    assert assemble(a.stream.chunker.calls) == calls
+    # No usage came: completion tokens counted, prompt tokens estimated from the request.
+    assert a.stream.usage_estimated and end.prompt_tokens > 0
