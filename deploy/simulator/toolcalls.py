@@ -4,6 +4,7 @@ A request with `tools` (and a `tool_choice` other than "none") is answered with 
 call; a `[[sim tool_calls=N]]` directive asks for N (0: none, whatever the tools). The
 arguments are a JSON document valid for the tool's `parameters` schema (where simple),
 cut into word-sized fragments that concatenate back to it, as a real model streams them.
+The calls follow the text tokens, if any; `cut_after` and `hang_after` count text tokens.
 """
 
 from __future__ import annotations
