@@ -141,7 +141,11 @@ async def stream_completion(
         tail = [encoder.role()] if limit == 0 else []
         tail.append(encoder.finish(plan.finish_reason))
         if chat.include_usage:
-            tail.append(encoder.usage(plan.prompt_tokens, len(tokens)))
+            tail.append(
+                encoder.usage(
+                    plan.prompt_tokens, len(tokens), plan.cached_tokens, plan.reasoning_tokens
+                )
+            )
         tail.append(DONE)
         await resp.write(b"".join(tail))
         await resp.write_eof()

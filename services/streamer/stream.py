@@ -70,7 +70,9 @@ class AttemptStream:
         ready = self._ready
         window_s = self.deps.window_ms / 1000.0
         try:
-            async for item in stream_tokens(self.deps.client, self.running.job.data):
+            async for item in stream_tokens(
+                self.deps.client, self.running.job.data, self.deps.job_types
+            ):
                 if type(item) is str:
                     now = clock()
                     self.last_token_at = now
@@ -170,6 +172,7 @@ class AttemptStream:
             last_seq=chunker.last_seq,
             tokens=chunker.tokens,
             reported=self.reported,
+            job_types=self.deps.job_types,
         )
 
     async def _flush(self) -> None:

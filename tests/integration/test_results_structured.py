@@ -16,13 +16,15 @@ from deploy.simulator.settings import SimulatorSettings
 from services.streamer.app import create_service as create_streamer
 from services.streamer.settings import StreamerSettings
 from shared.contracts import JobAccepted, JobAcceptedData, ModelConfig, RunJob, RunJobData
-from shared.jobtypes import SEVERITIES
+from shared.jobtypes import load_job_types
 from shared.kafka import make_producer, publish
 from shared.topics import Priority, events_topic, job_topic
 from tests.integration.results_kit import Reader, running, settings_for
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+SEVERITIES = load_job_types()["security_analysis"].breakdown[0].values
 
 
 @pytest.fixture

@@ -304,9 +304,10 @@ def test_json_schema_format_without_a_schema_is_an_invalid_request() -> None:
 def test_every_job_type_schema_gets_a_valid_document() -> None:
     import jsonschema
 
-    from shared.jobtypes import JOB_TYPES, parse_response
+    from shared.jobtypes import load_job_types
 
-    for job_type in JOB_TYPES.values():
+    job_types = load_job_types()
+    for job_type in job_types.values():
         fmt = job_type.response_format()
         if fmt is None:
             continue
@@ -314,4 +315,4 @@ def test_every_job_type_schema_gets_a_valid_document() -> None:
         assert plan.texts is not None
         text = "".join(plan.texts)
         jsonschema.validate(json.loads(text), fmt["json_schema"]["schema"])
-        assert parse_response(job_type.name, text).error is None, job_type.name
+        assert job_types.parse_response(job_type.name, text).error is None, job_type.name
