@@ -316,3 +316,18 @@ def test_every_job_type_schema_gets_a_valid_document() -> None:
         text = "".join(plan.texts)
         jsonschema.validate(json.loads(text), fmt["json_schema"]["schema"])
         assert job_types.parse_response(job_type.name, text).error is None, job_type.name
+
+
+def test_cached_and_reasoning_directives_shape_the_usage_details() -> None:
+    from deploy.simulator.wire import usage
+
+    plan = planner().plan(chat("Explain. [[sim tokens=10 cached=3 reasoning=4]]"))
+    assert (plan.cached_tokens, plan.reasoning_tokens) == (3, 4)
+    counts = usage(plan.prompt_tokens, plan.count, plan.cached_tokens, plan.reasoning_tokens)
+    assert counts["prompt_tokens_details"] == {"cached_tokens": 3}
+    assert counts["completion_tokens_details"] == {"reasoning_tokens": 4}
+    # More cached tokens than the prompt has are capped at the prompt's.
+    capped = planner().plan(chat("Explain. [[sim tokens=10 cached=999]]"))
+    assert capped.cached_tokens == capped.prompt_tokens
+    unasked = planner().plan(chat("Explain. [[sim tokens=10]]"))
+    assert "prompt_tokens_details" not in usage(unasked.prompt_tokens, unasked.count)
