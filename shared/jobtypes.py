@@ -128,15 +128,14 @@ class JobType:
         }
 
     def parse(self, text: str | None) -> ParsedResponse:
-        """Parse a completion by this type's schema; never raises."""
+        """Parse a completion by this type's schema; raises only RecursionError (nesting
+        too deep to read), which the results service isolates like any unstorable record."""
         if self._validator is None or text is None:
             return ParsedResponse()
         try:
             value = json.loads(_strip_fence(text))
         except ValueError as exc:
             return ParsedResponse(error=f"not JSON: {exc}")
-        except RecursionError:
-            return ParsedResponse(error="not JSON: nested too deeply to parse")
         errors = sum(1 for _ in self._validator.iter_errors(value))
         if errors:
             return ParsedResponse(error=f"not a {self.name} document: {errors} errors")

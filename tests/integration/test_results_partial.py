@@ -121,6 +121,8 @@ async def test_cancelled_job_without_usage_counts_the_stored_chunks_as_estimated
         "prompt_tokens": 0,
         "completion_tokens": len(TEXTS),
         "total_tokens": len(TEXTS),
+        "cached_tokens": None,  # counted from chunks: no upstream details
+        "reasoning_tokens": None,
     }
     assert body["usage_estimated"] is True
     assert body["estimated_cost_usd"] == pytest.approx(cost("gpt-4o-mini", 0, len(TEXTS)))
