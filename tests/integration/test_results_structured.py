@@ -103,6 +103,7 @@ async def test_structured_job_response_is_parsed_and_severities_counted(
     for severity in SEVERITIES:
         assert breakdown[severity] == sum(f["severity"] == severity for f in parsed["findings"])
     assert body["parse_error"] is None
+    assert body["breakdown"] == {"findings[].severity": breakdown}
     # Cut at max_tokens: not valid JSON, stored as text with the parse error noted.
     assert truncated["status"] == "completed"
     assert truncated["parsed_response"] is None
