@@ -143,13 +143,14 @@ async def run(args: argparse.Namespace) -> int:
             return 1
         result = await fetch_result(http, base, job_id)
     usage = result["usage"]
+    cost = result["estimated_cost_usd"]  # null: the workload file does not price the model
     out(
         "stored result:\n"
         f"  status            {result['status']} (attempt {result['attempt']})\n"
         f"  model             {result['model']}\n"
         f"  tokens            {usage['prompt_tokens']} prompt"
         f" + {usage['completion_tokens']} completion = {usage['total_tokens']}\n"
-        f"  estimated cost    ${float(result['estimated_cost_usd']):.6f}\n"
+        f"  estimated cost    {'unpriced' if cost is None else f'${float(cost):.6f}'}\n"
         f"  time to 1st token {result['time_to_first_token_ms'] or 0:.1f} ms\n"
         f"  processing time   {result['processing_time_ms'] or 0:.1f} ms"
         f" ({result['tokens_per_second'] or 0:.1f} tokens/s)\n"

@@ -126,7 +126,10 @@ class JobResult(_Out):
         description="true when usage was counted from the streamed chunks, not reported by the"
         " upstream (a failed or cancelled attempt's partial result)",
     )
-    estimated_cost_usd: float = 0.0
+    estimated_cost_usd: float | None = Field(
+        default=0.0,
+        description="from the workload file's prices; null when the model has no price there",
+    )
     processing_time_ms: float | None = None
     time_to_first_token_ms: float | None = None
     tokens_per_second: float | None = None
@@ -134,6 +137,10 @@ class JobResult(_Out):
     chunks: int | None = None
     severity_breakdown: dict[str, int] | None = Field(
         default=None, description="security_analysis: findings per severity"
+    )
+    breakdown: dict[str, dict[str, int]] | None = Field(
+        default=None,
+        description="per breakdown field of the job type (GET /api/v1/job-types): count per value",
     )
     error: str | None = None
     completed_at: datetime | None = None
@@ -150,6 +157,12 @@ class JobTypeView(_Out):
     name: str
     description: str
     structured: bool = Field(description="whether results carry a parsed_response")
+    output_schema: dict[str, Any] | None = Field(
+        default=None, description="the strict JSON schema a structured type's answer follows"
+    )
+    breakdown: list[str] = Field(
+        default_factory=list, description="fields of the answer analytics counts per value"
+    )
 
 
 class Percentiles(_Out):
@@ -177,7 +190,10 @@ class AnalyticsRow(_Out):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    cost_usd: float
+    cost_usd: float = Field(description="the sum over priced results; unpriced ones are skipped")
+    unpriced_results: int = Field(
+        default=0, description="results whose model has no price: their cost is not in cost_usd"
+    )
 
 
 class Analytics(_Out):
@@ -189,6 +205,10 @@ class Analytics(_Out):
     totals: AnalyticsRow
     rows: list[AnalyticsRow]
     severity_breakdown: dict[str, int] = Field(default_factory=dict)
+    breakdown: dict[str, dict[str, dict[str, int]]] = Field(
+        default_factory=dict,
+        description="job type → breakdown field → value → count, over the parsed results",
+    )
     errors_by_reason: dict[str, int] = Field(default_factory=dict)
 
 

@@ -159,7 +159,14 @@ async def stream_completion(
             role = b""
         tail = [role, encoder.finish(plan.finish_reason)]
         if chat.include_usage:
-            tail.append(encoder.usage(plan.prompt_tokens, plan.completion_tokens))
+            tail.append(
+                encoder.usage(
+                    plan.prompt_tokens,
+                    plan.completion_tokens,
+                    plan.cached_tokens,
+                    plan.reasoning_tokens,
+                )
+            )
         tail.append(encoder.done())
         await resp.write(b"".join(tail))
         await resp.write_eof()

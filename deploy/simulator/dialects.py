@@ -131,8 +131,16 @@ class DialectEncoder(ChunkEncoder):
                 out.append(self._head + b"[]" + self._tail)
         return b"".join(out)
 
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
-        return super().usage(prompt_tokens, completion_tokens) if self._dialect.usage else b""
+    def usage(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+    ) -> bytes:
+        if not self._dialect.usage:
+            return b""
+        return super().usage(prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens)
 
     def done(self) -> bytes:
         return DONE if self._dialect.done else b""

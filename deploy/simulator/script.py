@@ -26,7 +26,17 @@ PROMPT_TOKENS_PER_MESSAGE = 4
 
 _DIRECTIVE = re.compile(r"\[\[sim\b([^\]]*)\]\]")
 _INT_KEYS = frozenset(
-    {"tokens", "fail", "cut_after", "hang_after", "fail_times", "vary", "tool_calls"}
+    {
+        "tokens",
+        "fail",
+        "cut_after",
+        "hang_after",
+        "fail_times",
+        "vary",
+        "tool_calls",
+        "cached",
+        "reasoning",
+    }
 )
 _FLOAT_KEYS = frozenset({"tps", "ttft_ms", "retry_after"})
 
@@ -67,6 +77,8 @@ class Directives:
     fail_times: int | None = None
     vary: int | None = None  # non-zero: every call answers other text, like a real model
     tool_calls: int | None = None  # answer with this many tool calls (0: none, despite tools)
+    cached: int | None = None  # usage reports this many prompt tokens as cached
+    reasoning: int | None = None  # usage reports this many completion tokens as reasoning
 
     @property
     def has_fault(self) -> bool:
@@ -107,6 +119,8 @@ class Plan:
     hang_after: int | None = None  # send this many tokens, then stall
     texts: tuple[str, ...] | None = None  # a structured output's tokens, instead of `tokens`
     tool_calls: tuple[ToolCallPlan, ...] = ()  # streamed after the text, if any
+    cached_tokens: int | None = None  # usage's prompt_tokens_details, when asked for
+    reasoning_tokens: int | None = None  # usage's completion_tokens_details, when asked for
 
     @property
     def count(self) -> int:
@@ -337,11 +351,14 @@ class Planner:
             and self._rng.random() < s.drop_rate
         ):
             cut_after = self._rng.randint(1, count - 1) if count > 1 else 0
+        prompt = prompt_tokens(request)
         return Plan(
             tokens=() if texts is not None else self._vocabulary.generate(seed, count),
             texts=texts[:count] if texts is not None else None,
             finish_reason="tool_calls" if tool_calls else "length" if cap < wanted else "stop",
-            prompt_tokens=prompt_tokens(request),
+            prompt_tokens=prompt,
+            cached_tokens=None if d.cached is None else min(d.cached, prompt),
+            reasoning_tokens=None if d.reasoning is None else min(d.reasoning, count),
             ttft_s=(d.ttft_ms if d.ttft_ms is not None else s.ttft_ms) / 1000,
             interval_s=1 / tps if tps > 0 else 0.0,
             cut_after=cut_after,

@@ -40,12 +40,23 @@ def dumps(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def usage(
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int | None = None,
+    reasoning_tokens: int | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    # OpenAI's details, sent only when a directive asks (`[[sim cached=N reasoning=N]]`).
+    if cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    if reasoning_tokens is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    return out
 
 
 class ChunkEncoder:
@@ -121,10 +132,15 @@ class ChunkEncoder:
             + self._tail
         )
 
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
-        return (
-            self._head + b'[],"usage":' + dumps(usage(prompt_tokens, completion_tokens)) + b"}\n\n"
-        )
+    def usage(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+    ) -> bytes:
+        counts = usage(prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens)
+        return self._head + b'[],"usage":' + dumps(counts) + b"}\n\n"
 
     def done(self) -> bytes:
         return DONE

@@ -28,6 +28,7 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.view import EventsView
 from shared.contracts import Envelope
 from shared.http import serve_http
+from shared.jobtypes import load_job_types
 from shared.kafka import (
     client_options,
     ensure_service_topics,
@@ -100,6 +101,8 @@ class GatewayService:
         self.settings = settings
         self.registry = registry
         self.metrics = GatewayMetrics(registry)
+        # Read once here (the handlers get the same, cached): a wrong file stops start-up.
+        load_job_types(settings.streamjobs_workloads_file)
         self.instance = settings.gateway_instance_id
         self.view = EventsView(
             submissions_per_minute=settings.gateway_submissions_per_minute,

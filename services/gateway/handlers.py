@@ -27,7 +27,7 @@ from services.gateway.view import EventsView
 from shared.api import API_PREFIX, JobTypeView
 from shared.auth import SCOPE_READ, SCOPE_WRITE, InvalidToken, Principal
 from shared.http import Refused, problem
-from shared.jobtypes import JOB_TYPES
+from shared.jobtypes import load_job_types
 from shared.kafka import traceparent
 from shared.topics import HEADER_TRACEPARENT
 from shared.verifier import TokenVerifier
@@ -74,14 +74,17 @@ class Gateway:
         self.sse = sse
         self.base = settings.gateway_public_url.rstrip("/")
         self.notifiers = NotifierRoutes(settings.notifier_ws_urls, settings.notifier_sse_urls)
+        self.known_types = load_job_types(settings.streamjobs_workloads_file)
         self.job_types_body = json.dumps(
             [
                 JobTypeView(
                     name=t.name,
                     description=t.description,
-                    structured=getattr(t, "output_schema", None) is not None,
+                    structured=t.structured,
+                    output_schema=t.output_schema,
+                    breakdown=t.breakdown_fields,
                 ).model_dump(mode="json")
-                for t in JOB_TYPES.values()
+                for t in self.known_types.values()
             ]
         ).encode()
 
@@ -137,6 +140,7 @@ class Gateway:
             request.headers,
             max_prompt_chars=self.settings.gateway_max_prompt_chars,
             max_depth=self.settings.gateway_max_json_depth,
+            job_types=self.known_types,
         )
         if isinstance(parsed, Rejection):
             self.metrics.rejected.labels(parsed.kind).inc()

@@ -8,7 +8,7 @@ parameters come from the query models of shared/queries.py.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,7 +17,6 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from shared import __version__
 from shared.api import JobSubmission
 from shared.http import Reply, Route
-from shared.jobtypes import JOB_TYPES
 
 REF = "#/components/schemas/{model}"
 NO_NUL = "^[^\\u0000]*$"
@@ -158,7 +157,11 @@ def _operation(route: Route[Any], ref: Any) -> dict[str, Any]:
 
 
 def build_document(
-    routes: Iterable[Route[Any]], *, max_prompt_chars: int | None = None, max_json_depth: int = 32
+    routes: Iterable[Route[Any]],
+    *,
+    max_prompt_chars: int | None = None,
+    max_json_depth: int = 32,
+    job_types: Collection[str] = (),
 ) -> dict[str, Any]:
     routes = list(routes)
     models: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {}
@@ -177,7 +180,7 @@ def build_document(
 
     if (JobSubmission, "validation") in models:
         _tighten_submission(
-            schemas, ref(JobSubmission, "validation"), max_prompt_chars, max_json_depth
+            schemas, ref(JobSubmission, "validation"), max_prompt_chars, max_json_depth, job_types
         )
     paths: dict[str, Any] = {}
     for route in routes:
@@ -210,10 +213,12 @@ def _tighten_submission(
     submission_ref: dict[str, Any],
     max_prompt_chars: int | None,
     max_json_depth: int,
+    job_types: Collection[str],
 ) -> None:
     """What the gateway checks beyond the model: the known job types, the prompt's bound."""
     submission = schemas[submission_ref["$ref"].rsplit("/", 1)[1]]
-    submission["properties"]["job_type"]["enum"] = sorted(JOB_TYPES)
+    if job_types:  # the workload file's, known once the gateway loaded it
+        submission["properties"]["job_type"]["enum"] = sorted(job_types)
     submission["properties"]["prompt"]["pattern"] = NO_NUL
     if max_prompt_chars is not None:
         submission["properties"]["prompt"]["maxLength"] = max_prompt_chars

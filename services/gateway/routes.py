@@ -3,6 +3,7 @@ says. `build_app` registers the table; `build_document` describes the same table
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 from typing import Any
 
@@ -164,10 +165,17 @@ def all_routes(*, sse: bool) -> list[Route[Any]]:
 
 
 def build_document(
-    *, sse: bool = False, max_prompt_chars: int | None = None, max_json_depth: int = 32
+    *,
+    sse: bool = False,
+    max_prompt_chars: int | None = None,
+    max_json_depth: int = 32,
+    job_types: Collection[str] = (),
 ) -> dict[str, Any]:
     return openapi.build_document(
-        all_routes(sse=sse), max_prompt_chars=max_prompt_chars, max_json_depth=max_json_depth
+        all_routes(sse=sse),
+        max_prompt_chars=max_prompt_chars,
+        max_json_depth=max_json_depth,
+        job_types=job_types,
     )
 
 
@@ -189,6 +197,7 @@ def build_app(
         sse=sse,
         max_prompt_chars=settings.gateway_max_prompt_chars,
         max_json_depth=settings.gateway_max_json_depth,
+        job_types=list(gateway.known_types),
     )
     add_routes(app, api_routes(sse=sse), gateway)
     add_routes(app, DOCS_ROUTES, ApiDocs(document))

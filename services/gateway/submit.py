@@ -6,7 +6,7 @@ Pure functions: a body in, a valid submission or a `Rejection` out; no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,6 @@ from services.gateway.rejection import Rejection
 from services.gateway.storable import Unstorable, check_json, check_text
 from shared.api import HEADER_IDEMPOTENCY_KEY, JobSubmission
 from shared.contracts import new_trace_id
-from shared.jobtypes import JOB_TYPES
 from shared.topics import HEADER_TRACEPARENT
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
@@ -44,9 +43,10 @@ def _unstorable(submission: JobSubmission, max_depth: int) -> Unstorable | None:
 
 
 def parse_submission(
-    raw: bytes, *, max_prompt_chars: int, max_depth: int = 32
+    raw: bytes, *, max_prompt_chars: int, job_types: Collection[str], max_depth: int = 32
 ) -> JobSubmission | Rejection:
-    """Validate the body of `POST /api/v1/jobs`; `max_depth` bounds its JSON nesting."""
+    """Validate the body of `POST /api/v1/jobs` (`job_types`: the names loaded); `max_depth`
+    bounds its JSON nesting."""
     try:
         submission = JobSubmission.model_validate_json(raw)
     except ValidationError as exc:
@@ -82,8 +82,8 @@ def parse_submission(
                 }
             ],
         )
-    if submission.job_type not in JOB_TYPES:
-        known = ", ".join(sorted(JOB_TYPES))
+    if submission.job_type not in job_types:
+        known = ", ".join(sorted(job_types))
         return Rejection(
             422,
             "unknown-job-type",
@@ -131,10 +131,17 @@ class Submission:
 
 
 def parse_request(
-    raw: bytes, headers: Mapping[str, str], *, max_prompt_chars: int, max_depth: int
+    raw: bytes,
+    headers: Mapping[str, str],
+    *,
+    max_prompt_chars: int,
+    max_depth: int,
+    job_types: Collection[str],
 ) -> Submission | Rejection:
     """Body first, then the Idempotency-Key; a valid `traceparent` gives the trace id."""
-    job = parse_submission(raw, max_prompt_chars=max_prompt_chars, max_depth=max_depth)
+    job = parse_submission(
+        raw, max_prompt_chars=max_prompt_chars, job_types=job_types, max_depth=max_depth
+    )
     if isinstance(job, Rejection):
         return job
     trace_id = trace_id_from_traceparent(headers.get(HEADER_TRACEPARENT)) or new_trace_id()

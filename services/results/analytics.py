@@ -57,6 +57,8 @@ def _rows_sql(keys: tuple[str, ...], where: str) -> str:
             "coalesce(sum(r.completion_tokens), 0)::bigint AS completion_tokens",
             "coalesce(sum(r.total_tokens), 0)::bigint AS total_tokens",
             "coalesce(sum(r.estimated_cost_usd), 0) AS cost_usd",
+            # A result of a model without a price has a null cost: the sum skips it, this counts it.
+            "count(r.job_id) FILTER (WHERE r.estimated_cost_usd IS NULL) AS unpriced",
         ]
     )
     sql = f"SELECT {select}\nFROM jobs j LEFT JOIN results r ON r.job_id = j.job_id\nWHERE {where}"
@@ -92,6 +94,7 @@ def _row(record: asyncpg.Record, keys: tuple[str, ...]) -> AnalyticsRow:
         completion_tokens=record["completion_tokens"],
         total_tokens=record["total_tokens"],
         cost_usd=float(record["cost_usd"]),
+        unpriced_results=record["unpriced"],
     )
 
 
@@ -110,6 +113,18 @@ async def analytics(conn: asyncpg.Connection, principal: Principal, q: Analytics
             WHERE {where} AND r.severity_breakdown IS NOT NULL GROUP BY s.key""",
         *args,
     )
+    # Every configured breakdown field of every job type: job type → field → value → count.
+    counted = await conn.fetch(
+        f"""SELECT j.job_type, f.key AS field, v.key AS value, sum(v.value::int)::bigint AS n
+            FROM jobs j JOIN results r ON r.job_id = j.job_id,
+                 jsonb_each(r.breakdown) AS f, jsonb_each_text(f.value) AS v
+            WHERE {where} AND r.breakdown IS NOT NULL AND j.job_type IS NOT NULL
+            GROUP BY 1, 2, 3""",
+        *args,
+    )
+    breakdown: dict[str, dict[str, dict[str, int]]] = {}
+    for r in counted:
+        breakdown.setdefault(r["job_type"], {}).setdefault(r["field"], {})[r["value"]] = int(r["n"])
     errors = await conn.fetch(
         f"""SELECT coalesce(j.error_type, 'unknown') AS reason, count(*) AS n
             FROM jobs j WHERE {where} AND j.status = 'failed' GROUP BY 1""",
@@ -122,5 +137,6 @@ async def analytics(conn: asyncpg.Connection, principal: Principal, q: Analytics
         totals=_row(totals, ()),
         rows=[_row(r, q.group_by) for r in rows],
         severity_breakdown={r["key"]: int(r["n"]) for r in severity},
+        breakdown=breakdown,
         errors_by_reason={r["reason"]: int(r["n"]) for r in errors},
     )

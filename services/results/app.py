@@ -19,10 +19,13 @@ from services.results.consumer import CommitObserver, Persister
 from services.results.faults import CONNECTION_ERRORS
 from services.results.metrics import ResultsMetrics
 from services.results.migrations import migrate
+from services.results.projection import Rules
 from services.results.retention import sweep
 from services.results.settings import ResultsSettings
 from shared.http import add_ops_routes, serve_http
+from shared.jobtypes import load_job_types
 from shared.kafka import client_options, ensure_service_topics, make_producer
+from shared.prices import load_prices
 from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.verifier import TokenVerifier
@@ -46,6 +49,8 @@ class ResultsService:
         self.persister: Persister | None = None
         self._observer = observer
         self.verifier = TokenVerifier.from_settings(settings)
+        workloads = settings.streamjobs_workloads_file
+        self.rules = Rules(load_job_types(workloads), load_prices(workloads))
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._background = BackgroundTasks()
@@ -98,7 +103,7 @@ class ResultsService:
         await producer.start()
         stack.push_async_callback(producer.stop)
         self.persister = Persister(
-            s, consumer, producer, pool, self.metrics, observer=self._observer
+            s, consumer, producer, pool, self.metrics, rules=self.rules, observer=self._observer
         )
 
         await follow_revocations(

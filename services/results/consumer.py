@@ -34,8 +34,10 @@ from pydantic import ValidationError
 from services.results.decode import ChunkRow, StoredEvent, UnexpectedType, read_record
 from services.results.faults import CONNECTION_ERRORS, WriteFault, classify
 from services.results.metrics import ResultsMetrics
+from services.results.projection import Rules
 from services.results.settings import ResultsSettings
 from services.results.store import BatchOutcome, write_batch
+from services.results.unpriced import UnpricedModels
 from shared.contracts import JobCancelled, JobCompleted, JobDeadLettered, JobFailed
 from shared.deadletter import poison_record
 from shared.kafka import publish
@@ -94,9 +96,12 @@ class Persister:
         pool: asyncpg.Pool,
         metrics: ResultsMetrics,
         *,
+        rules: Rules,
         observer: CommitObserver | None = None,
     ) -> None:
         self.settings = settings
+        self.rules = rules
+        self.unpriced = UnpricedModels(metrics.unpriced)
         self.consumer = consumer
         self.producer = producer
         self.pool = pool
@@ -266,7 +271,7 @@ class Persister:
             started = time.perf_counter()
             try:
                 async with self.pool.acquire() as conn:
-                    outcome = await write_batch(conn, events, chunks, s.price_of)
+                    outcome = await write_batch(conn, events, chunks, self.rules)
             except Exception as exc:  # noqa: BLE001  # sorted below: retried, or isolated
                 fault = classify(exc)
             else:
@@ -293,17 +298,19 @@ class Persister:
             await asyncio.sleep(delay)
 
     def _count(self, outcome: BatchOutcome, size: int, seconds: float) -> None:
-        s = self.settings
         self.metrics.write_latency.observe(seconds)
         self.metrics.batch_size.observe(size)
         for kind_, count in outcome.events.items():
             self.metrics.events_persisted.labels(kind_).inc(count)
         self.metrics.chunks_persisted.inc(outcome.chunks)
         for result in outcome.results:
-            model = s.model_label(result.model)
+            model = self.rules.prices.label(result.model)
             self.metrics.tokens.labels(model, "prompt").inc(result.prompt_tokens)
             self.metrics.tokens.labels(model, "completion").inc(result.completion_tokens)
-            self.metrics.cost.labels(model).inc(float(result.estimated_cost_usd))
+            if result.estimated_cost_usd is None:
+                self.unpriced.saw(result.model)
+            else:
+                self.metrics.cost.labels(model).inc(float(result.estimated_cost_usd))
         self.metrics.events_ignored.inc(outcome.ignored)
         self.metrics.owner_changes_refused.inc(outcome.owner_conflicts)
 

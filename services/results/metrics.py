@@ -58,7 +58,14 @@ class ResultsMetrics:
         )
         self.cost = Counter(
             "streamjobs_results_cost_usd_total",
-            "Estimated cost of completed jobs from the price table, by model",
+            "Estimated cost of completed jobs from the workload file's prices, by model",
+            ("model",),
+            registry=registry,
+        )
+        self.unpriced = Counter(
+            "streamjobs_results_unpriced_total",
+            "Results stored with a null cost: their model has no price in the workload file,"
+            " by model (the first 20 names, then other)",
             ("model",),
             registry=registry,
         )

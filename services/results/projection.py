@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from services.results.settings import ModelPrice
 from shared.contracts import (
     JobAccepted,
     JobCancelled,
@@ -21,9 +20,11 @@ from shared.contracts import (
     JobRetrying,
     JobStarted,
     LifecycleEvent,
+    TokenUsage,
 )
-from shared.jobtypes import parse_response
+from shared.jobtypes import JobTypes
 from shared.lifecycle import IllegalTransition, JobStatus, next_status
+from shared.prices import Price, Prices, Usage, cost_usd
 
 
 def aware(moment: datetime) -> datetime:
@@ -69,7 +70,7 @@ class ResultRow:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    estimated_cost_usd: Decimal
+    estimated_cost_usd: Decimal | None  # None: the workload file prices the model nowhere
     processing_time_ms: float | None
     ttft_ms: float | None
     tokens_per_second: float | None
@@ -79,6 +80,21 @@ class ResultRow:
     completed_at: datetime
     usage_estimated: bool = False
     tool_calls: list[dict[str, Any]] | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    breakdown: dict[str, dict[str, int]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What a stored result is read by: the workload file's job types and prices."""
+
+    job_types: JobTypes
+    prices: Prices
+
+    def price_of(self, model: str | None) -> Price | None:
+        # The upstream that served an attempt is not on its events yet: the model's price.
+        return self.prices.price_of(model, None)
 
 
 def _queue_wait(job: JobRow, queued_for_ms: float | None = None) -> None:
@@ -165,12 +181,19 @@ def _ms(value: float) -> timedelta:
     return timedelta(milliseconds=value)
 
 
-def cost_usd(price: ModelPrice, prompt_tokens: int, completion_tokens: int) -> Decimal:
-    micro = (
-        Decimal(str(price.prompt)) * prompt_tokens
-        + Decimal(str(price.completion)) * completion_tokens
+def cost_of(price: Price | None, usage: TokenUsage) -> Decimal | None:
+    """What `usage` cost at `price`; None when the model has no price."""
+    if price is None:
+        return None
+    return cost_usd(
+        price,
+        Usage(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+            usage.reasoning_tokens,
+        ),
     )
-    return (micro / Decimal(1_000_000)).quantize(Decimal("0.00000001"))
 
 
 def tokens_per_second(completion_tokens: int, duration_ms: float, ttft_ms: float | None) -> float:
@@ -181,9 +204,9 @@ def tokens_per_second(completion_tokens: int, duration_ms: float, ttft_ms: float
     return completion_tokens / (span_ms / 1000) if span_ms > 0 else 0.0
 
 
-def result_of(job: JobRow, event: JobCompleted, price: ModelPrice) -> ResultRow:
+def result_of(job: JobRow, event: JobCompleted, rules: Rules) -> ResultRow:
     data = event.data
-    parsed = parse_response(job.job_type or "", data.response)
+    parsed = rules.job_types.parse_response(job.job_type or "", data.response)
     return ResultRow(
         job_id=event.job_id,
         attempt=data.attempt,
@@ -195,7 +218,7 @@ def result_of(job: JobRow, event: JobCompleted, price: ModelPrice) -> ResultRow:
         prompt_tokens=data.usage.prompt_tokens,
         completion_tokens=data.usage.completion_tokens,
         total_tokens=data.usage.total_tokens,
-        estimated_cost_usd=cost_usd(price, data.usage.prompt_tokens, data.usage.completion_tokens),
+        estimated_cost_usd=cost_of(rules.price_of(data.model), data.usage),
         processing_time_ms=data.duration_ms,
         ttft_ms=data.time_to_first_token_ms,
         tokens_per_second=tokens_per_second(
@@ -207,6 +230,9 @@ def result_of(job: JobRow, event: JobCompleted, price: ModelPrice) -> ResultRow:
         completed_at=aware(event.occurred_at),
         usage_estimated=data.usage_estimated,
         tool_calls=[c.model_dump() for c in data.tool_calls] if data.tool_calls else None,
+        cached_tokens=data.usage.cached_tokens,
+        reasoning_tokens=data.usage.reasoning_tokens,
+        breakdown=parsed.breakdown,
     )
 
 
@@ -220,7 +246,7 @@ class Streamed:
 
 
 def partial_result_of(
-    job: JobRow, event: JobFailed | JobCancelled, streamed: Streamed, price: ModelPrice
+    job: JobRow, event: JobFailed | JobCancelled, streamed: Streamed, price: Price | None
 ) -> ResultRow:
     """What a failed or cancelled attempt streamed before it ended, and what that cost.
 
@@ -238,6 +264,7 @@ def partial_result_of(
         )
     else:
         prompt, completion, estimated = 0, streamed.tokens, True
+        usage = TokenUsage(completion_tokens=completion, total_tokens=completion)
     model = data.model or job.model or ""
     return ResultRow(
         job_id=event.job_id,
@@ -249,8 +276,8 @@ def partial_result_of(
         finish_reason=None,
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=(usage.total_tokens if usage is not None else 0) or prompt + completion,
-        estimated_cost_usd=cost_usd(price, prompt, completion),
+        total_tokens=usage.total_tokens or prompt + completion,
+        estimated_cost_usd=cost_of(price, usage),
         processing_time_ms=None,
         ttft_ms=None,
         tokens_per_second=None,
@@ -259,4 +286,6 @@ def partial_result_of(
         severity_breakdown=None,
         completed_at=aware(event.occurred_at),
         usage_estimated=estimated,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
     )

@@ -262,14 +262,19 @@ async def get_result(
             prompt_tokens=r["prompt_tokens"],
             completion_tokens=r["completion_tokens"],
             total_tokens=r["total_tokens"],
+            cached_tokens=r["cached_tokens"],
+            reasoning_tokens=r["reasoning_tokens"],
         ),
         usage_estimated=r["usage_estimated"],
-        estimated_cost_usd=float(r["estimated_cost_usd"]),
+        estimated_cost_usd=(
+            None if r["estimated_cost_usd"] is None else float(r["estimated_cost_usd"])
+        ),
         processing_time_ms=r["processing_time_ms"],
         time_to_first_token_ms=r["ttft_ms"],
         tokens_per_second=r["tokens_per_second"],
         chunks=r["chunks"],
         severity_breakdown=_json(r["severity_breakdown"]),
+        breakdown=_json(r["breakdown"]),
         parse_error=r["parse_error"],
         tool_calls=_json(r["tool_calls"]),
     )

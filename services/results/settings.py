@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from shared.settings import CommonSettings
 from shared.topics import GROUP_RESULTS
-
-
-class ModelPrice(BaseModel):
-    """USD per one million tokens."""
-
-    model_config = ConfigDict(frozen=True)
-
-    prompt: float = Field(ge=0)
-    completion: float = Field(ge=0)
-
-
-DEFAULT_PRICES: dict[str, ModelPrice] = {
-    "gpt-4o-mini": ModelPrice(prompt=0.15, completion=0.60),
-    "gpt-4o": ModelPrice(prompt=2.50, completion=10.00),
-    "gpt-4.1": ModelPrice(prompt=2.00, completion=8.00),
-    "gpt-4.1-mini": ModelPrice(prompt=0.40, completion=1.60),
-}
 
 
 class ResultsSettings(CommonSettings):
@@ -44,11 +27,6 @@ class ResultsSettings(CommonSettings):
     results_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     results_retry_base_s: float = Field(default=0.2, gt=0, description="first write backoff")
     results_retry_max_s: float = Field(default=5.0, gt=0, description="backoff cap")
-    results_prices: dict[str, ModelPrice] = Field(
-        default_factory=lambda: dict(DEFAULT_PRICES),
-        description="per model, USD per 1M prompt/completion tokens (JSON in the environment)",
-    )
-    results_default_price: ModelPrice = ModelPrice(prompt=2.50, completion=10.00)
     results_max_page_bytes: int = Field(
         default=1_000_000,
         ge=1024,
@@ -58,22 +36,3 @@ class ResultsSettings(CommonSettings):
         default=0, ge=0, description="null prompts/responses of jobs finished before; 0 = keep"
     )
     results_retention_interval_s: float = Field(default=3600.0, gt=0)
-
-    def model_label(self, model: str | None) -> str:
-        """A metric label for `model`: its price-table family, or `other` (bounded label set)."""
-        if model:
-            if model in self.results_prices:
-                return model
-            family = max(
-                (m for m in self.results_prices if model.startswith(m + "-")),
-                key=len,
-                default=None,
-            )
-            if family is not None:
-                return family
-        return "other"
-
-    def price_of(self, model: str | None) -> ModelPrice:
-        """The price of `model`; a dated snapshot (`gpt-4o-2024-08-06`) costs as its family."""
-        label = self.model_label(model)
-        return self.results_prices.get(label, self.results_default_price)

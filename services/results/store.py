@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from services.results.decode import ChunkRow, StoredEvent
 from services.results.projection import (
     JobRow,
     ResultRow,
+    Rules,
     Streamed,
     apply,
     aware,
@@ -32,7 +33,6 @@ from services.results.projection import (
     partial_result_of,
     result_of,
 )
-from services.results.settings import ModelPrice
 from shared.contracts import (
     JobAccepted,
     JobCancelled,
@@ -41,7 +41,7 @@ from shared.contracts import (
     LifecycleEvent,
     parse_record,
 )
-from shared.jobtypes import ParsedResponse, parse_response
+from shared.jobtypes import ParsedResponse
 from shared.lifecycle import JobStatus
 from shared.text import clean_json, clean_optional, clean_text
 
@@ -89,6 +89,9 @@ RESULT_COLUMNS = (
     "completed_at",
     "usage_estimated",
     "tool_calls",
+    "cached_tokens",
+    "reasoning_tokens",
+    "breakdown",
 )
 CHUNK_COLUMNS = ChunkRow._fields
 EVENT_COLUMNS = ("event_id", "job_id", "type", "occurred_at", "applied", "payload")
@@ -231,7 +234,7 @@ def _result_args(result: ResultRow) -> tuple[Any, ...]:
     row = []
     for column in RESULT_COLUMNS:
         value = getattr(result, column)
-        if column in ("parsed_response", "severity_breakdown", "tool_calls"):
+        if column in ("parsed_response", "severity_breakdown", "tool_calls", "breakdown"):
             value = _json(value)
         elif isinstance(value, str):
             value = clean_text(value)
@@ -243,7 +246,7 @@ async def write_batch(
     conn: asyncpg.Connection,
     events: Sequence[StoredEvent],
     chunks: Sequence[ChunkRow],
-    price_of: Callable[[str | None], ModelPrice],
+    rules: Rules,
 ) -> BatchOutcome:
     """Write one batch in one transaction; the same batch written twice changes nothing.
 
@@ -254,16 +257,16 @@ async def write_batch(
     # a chunk already stored (a replay after a crash or a rebalance, or the same chunk
     # twice) aborts on its first statement and is written again with the staged upsert.
     try:
-        return await _write_batch(conn, events, chunks, price_of, new_chunks=True)
+        return await _write_batch(conn, events, chunks, rules, new_chunks=True)
     except asyncpg.UniqueViolationError:
-        return await _write_batch(conn, events, chunks, price_of, new_chunks=False)
+        return await _write_batch(conn, events, chunks, rules, new_chunks=False)
 
 
 async def _write_batch(
     conn: asyncpg.Connection,
     events: Sequence[StoredEvent],
     chunks: Sequence[ChunkRow],
-    price_of: Callable[[str | None], ModelPrice],
+    rules: Rules,
     *,
     new_chunks: bool,
 ) -> BatchOutcome:
@@ -278,11 +281,11 @@ async def _write_batch(
             outcome.chunks = await _copy_upsert(conn, "chunks", chunks, _INSERT_CHUNKS)
         partials: set[str] = set()
         if events:
-            partials = await _write_events(conn, events, price_of, outcome)
+            partials = await _write_events(conn, events, rules, outcome)
         if chunks:
             late = {c.job_id for c in chunks} - partials
             if late:
-                await _rebuild_partials(conn, sorted(late), chunks, price_of, outcome)
+                await _rebuild_partials(conn, sorted(late), chunks, rules, outcome)
             firsts = [c for c in chunks if c.seq == 0]
             if firsts:
                 await conn.execute(
@@ -297,7 +300,7 @@ async def _write_batch(
 async def _write_events(
     conn: asyncpg.Connection,
     stored: Sequence[StoredEvent],
-    price_of: Callable[[str | None], ModelPrice],
+    rules: Rules,
     outcome: BatchOutcome,
 ) -> set[str]:
     """Apply and store `events`; returns the jobs whose partial result it wrote."""
@@ -344,7 +347,7 @@ async def _write_events(
         outcome.events[event.type] += 1
         changed[job.job_id] = job
         if isinstance(event, JobCompleted):
-            results[job.job_id] = result_of(job, event, price_of(event.data.model))
+            results[job.job_id] = result_of(job, event, rules)
             late_accepted.discard(job.job_id)
         elif isinstance(event, JobFailed | JobCancelled):
             ended[job.job_id] = event
@@ -377,16 +380,16 @@ async def _write_events(
         await _copy_upsert(conn, "results", rows, _UPSERT_RESULT)
         outcome.results.extend(results.values())
     if late_accepted:
-        await _reparse(conn, [jobs[j] for j in sorted(late_accepted)])
+        await _reparse(conn, [jobs[j] for j in sorted(late_accepted)], rules)
     if ended:
-        await _write_partials(conn, [(jobs[j], e) for j, e in ended.items()], price_of, outcome)
+        await _write_partials(conn, [(jobs[j], e) for j, e in ended.items()], rules, outcome)
     return set(ended)
 
 
 async def _write_partials(
     conn: asyncpg.Connection,
     ended: Sequence[tuple[JobRow, JobFailed | JobCancelled]],
-    price_of: Callable[[str | None], ModelPrice],
+    rules: Rules,
     outcome: BatchOutcome,
 ) -> None:
     """Store what each ended attempt streamed: its chunks' text, tokens and cost."""
@@ -402,7 +405,7 @@ async def _write_partials(
         if got.chunks == 0 and event.data.usage is None:
             continue  # nothing was streamed: no result to keep
         model = event.data.model or job.model
-        rows.append(partial_result_of(job, event, got, price_of(model)))
+        rows.append(partial_result_of(job, event, got, rules.price_of(model)))
     if rows:
         await _copy_upsert(conn, "results", [_result_args(r) for r in rows], _UPSERT_RESULT)
         outcome.partial_results += len(rows)
@@ -412,7 +415,7 @@ async def _rebuild_partials(
     conn: asyncpg.Connection,
     job_ids: list[str],
     chunks: Sequence[ChunkRow],
-    price_of: Callable[[str | None], ModelPrice],
+    rules: Rules,
     outcome: BatchOutcome,
 ) -> None:
     """Chunks that reached us after their job failed or was cancelled join its result."""
@@ -425,10 +428,10 @@ async def _rebuild_partials(
         if (record["job_id"], final.data.attempt) in touched:
             ended.append((_job_from_record(record), final))
     if ended:
-        await _write_partials(conn, ended, price_of, outcome)
+        await _write_partials(conn, ended, rules, outcome)
 
 
-async def _reparse(conn: asyncpg.Connection, jobs: list[JobRow]) -> None:
+async def _reparse(conn: asyncpg.Connection, jobs: list[JobRow], rules: Rules) -> None:
     """The job type arrived after the completion: parse the stored response now."""
     stored = {
         r["job_id"]: r["response"]
@@ -442,7 +445,7 @@ async def _reparse(conn: asyncpg.Connection, jobs: list[JobRow]) -> None:
         if job.job_id not in stored:
             continue
         try:
-            parsed = parse_response(job.job_type or "", stored[job.job_id])
+            parsed = rules.job_types.parse_response(job.job_type or "", stored[job.job_id])
         except RecursionError:
             # The completion is stored already: refusing the accepted fact for it would leave
             # the job without an owner, so the response just stays unparsed.
@@ -454,11 +457,13 @@ async def _reparse(conn: asyncpg.Connection, jobs: list[JobRow]) -> None:
                 _text(parsed.error),
                 _json(parsed.severity_breakdown),
                 job.queue_wait_ms,
+                _json(parsed.breakdown),
             )
         )
     if rows:
         await conn.executemany(
             "UPDATE results SET parsed_response = $2::jsonb, parse_error = $3,"
-            " severity_breakdown = $4::jsonb, queue_wait_ms = $5 WHERE job_id = $1",
+            " severity_breakdown = $4::jsonb, queue_wait_ms = $5, breakdown = $6::jsonb"
+            " WHERE job_id = $1",
             rows,
         )

@@ -39,6 +39,7 @@ from services.streamer.settings import StreamerSettings
 from services.streamer.sticky import StickyAssignor
 from services.streamer.upstream import make_client
 from shared.http import add_ops_routes, serve_http
+from shared.jobtypes import load_job_types
 from shared.kafka import client_options, ensure_service_topics, make_producer
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import PRIORITY_ORDER, events_topic, job_topic
@@ -55,6 +56,7 @@ class StreamerService:
         self.metrics = StreamerMetrics(registry)
         self.port = 0
         self.worker = settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.job_types = load_job_types(settings.streamjobs_workloads_file)
         self.scheduler: Scheduler[Running] = Scheduler(
             settings.streamer_slots, aging_s=settings.streamer_aging_s
         )
@@ -272,6 +274,7 @@ class StreamerService:
             max_tokens=s.streamer_chunk_max_tokens,
             job_timeout_s=s.streamer_job_timeout_s,
             idle_timeout_s=s.streamer_idle_timeout_s,
+            job_types=self.job_types,
         )
 
     def _intake(

@@ -17,6 +17,7 @@ from prometheus_client import Gauge
 from services.streamer.breaker import CircuitBreaker
 from services.streamer.metrics import StreamerMetrics
 from shared.contracts import CancelJobData, RunJob
+from shared.jobtypes import JobTypes
 
 if TYPE_CHECKING:
     from services.streamer.stream import AttemptStream
@@ -58,6 +59,7 @@ class Deps:
     max_tokens: int
     job_timeout_s: float
     idle_timeout_s: float
+    job_types: JobTypes
     clock: Callable[[], float] = time.time
 
     @property

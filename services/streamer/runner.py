@@ -108,6 +108,8 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
                     prompt_tokens=end.prompt_tokens,
                     completion_tokens=end.completion_tokens,
                     total_tokens=end.total_tokens,
+                    cached_tokens=end.cached_tokens,
+                    reasoning_tokens=end.reasoning_tokens,
                 ),
                 chunks=chunker.next_seq,
                 last_seq=chunker.last_seq,

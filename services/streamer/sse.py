@@ -46,6 +46,8 @@ class UpstreamUsage:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int | None = None  # prompt_tokens_details, when the upstream sends it
+    reasoning_tokens: int | None = None  # completion_tokens_details, likewise
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +128,16 @@ class SSEReader:
                 completion = int(usage.get("completion_tokens") or 0)
                 total = usage.get("total_tokens")
                 total = prompt + completion if total is None else int(total)
-                usage = UpstreamUsage(prompt, completion, total)
+                # Once per stream, not per token: the details of cached and reasoning tokens.
+                cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+                reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+                usage = UpstreamUsage(
+                    prompt,
+                    completion,
+                    total,
+                    None if cached is None else int(cached),
+                    None if reasoning is None else int(reasoning),
+                )
             choices = event.get("choices")
             if choices:
                 choice = choices[0]

@@ -77,7 +77,9 @@ class AttemptStream:
         ready = self._ready
         window_s = self.deps.window_ms / 1000.0
         try:
-            async for item in stream_tokens(self.deps.client, self.running.job.data):
+            async for item in stream_tokens(
+                self.deps.client, self.running.job.data, self.deps.job_types
+            ):
                 if type(item) is str:
                     now = clock()
                     self.last_token_at = now
@@ -128,7 +130,7 @@ class AttemptStream:
         the deltas counted, its prompt tokens estimated from the request."""
         if self.reported is not None:
             return end
-        prompt = estimate_prompt_tokens(self.running.job.data)
+        prompt = estimate_prompt_tokens(self.running.job.data, self.deps.job_types)
         return dataclasses.replace(
             end, prompt_tokens=prompt, total_tokens=prompt + end.completion_tokens
         )
@@ -207,6 +209,7 @@ class AttemptStream:
             last_seq=chunker.last_seq,
             tokens=chunker.tokens,
             reported=self.reported,
+            job_types=self.deps.job_types,
         )
 
     async def _flush(self) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from services.streamer.upstream import UpstreamUsage, messages_for
 from shared.contracts import RunJobData, TokenUsage
+from shared.jobtypes import JobTypes
 
 CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text; an estimate, flagged as one
 
@@ -23,9 +24,9 @@ class Streamed:
     estimated: bool
 
 
-def estimate_prompt_tokens(job: RunJobData) -> int:
+def estimate_prompt_tokens(job: RunJobData, job_types: JobTypes) -> int:
     """Prompt tokens from the characters of every message sent (system prompt included)."""
-    chars = sum(len(str(m["content"])) for m in messages_for(job))
+    chars = sum(len(str(m["content"])) for m in messages_for(job, job_types))
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 
@@ -41,6 +42,7 @@ def streamed_so_far(
     last_seq: int,
     tokens: int,
     reported: UpstreamUsage | None,
+    job_types: JobTypes,
 ) -> Streamed:
     """What a cut-short attempt streamed; `tokens` are those of the chunks published."""
     if reported is not None:
@@ -48,8 +50,10 @@ def streamed_so_far(
             prompt_tokens=reported.prompt_tokens,
             completion_tokens=reported.completion_tokens,
             total_tokens=reported.total_tokens,
+            cached_tokens=reported.cached_tokens,
+            reasoning_tokens=reported.reasoning_tokens,
         )
         return Streamed(model, last_seq, usage, estimated=False)
-    prompt = estimate_prompt_tokens(job)
+    prompt = estimate_prompt_tokens(job, job_types)
     usage = TokenUsage(prompt_tokens=prompt, completion_tokens=tokens, total_tokens=prompt + tokens)
     return Streamed(model, last_seq, usage, estimated=True)

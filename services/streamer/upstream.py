@@ -16,7 +16,7 @@ from services.streamer.sse import MalformedEvent, SSEReader, StreamedError, Tool
 from services.streamer.sse import UpstreamModel as UpstreamModel  # part of this adapter's API
 from services.streamer.sse import UpstreamUsage as UpstreamUsage
 from shared.contracts import RunJobData
-from shared.jobtypes import JOB_TYPES
+from shared.jobtypes import JobTypes
 
 
 class UpstreamError(Exception):
@@ -76,6 +76,8 @@ class StreamEnd:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 def make_client(base_url: str, api_key: str, *, aiohttp_client: bool) -> openai.AsyncOpenAI:
@@ -115,8 +117,8 @@ def classify(exc: openai.OpenAIError) -> UpstreamError:
     return UpstreamServerError(str(exc))
 
 
-def messages_for(job: RunJobData) -> list[Any]:
-    job_type = JOB_TYPES.get(job.job_type)
+def messages_for(job: RunJobData, job_types: JobTypes) -> list[Any]:
+    job_type = job_types.get(job.job_type)
     messages: list[Any] = []
     if job_type is not None:
         messages.append({"role": "system", "content": job_type.system_prompt})
@@ -124,12 +126,12 @@ def messages_for(job: RunJobData) -> list[Any]:
     return messages
 
 
-def request_for(job: RunJobData) -> dict[str, Any]:
+def request_for(job: RunJobData, job_types: JobTypes) -> dict[str, Any]:
     """The chat completion request of one attempt, streamed with its usage."""
     config = job.config
     request: dict[str, Any] = {
         "model": config.model,
-        "messages": messages_for(job),
+        "messages": messages_for(job, job_types),
         "max_tokens": config.max_tokens,
         "temperature": config.temperature,
         "stream": True,
@@ -139,7 +141,7 @@ def request_for(job: RunJobData) -> dict[str, Any]:
         request["top_p"] = config.top_p
     if config.seed is not None:
         request["seed"] = config.seed
-    job_type = JOB_TYPES.get(job.job_type)
+    job_type = job_types.get(job.job_type)
     response_format = job_type.response_format() if job_type is not None else None
     if response_format is not None:
         request["response_format"] = response_format  # structured output of the type's schema
@@ -156,7 +158,7 @@ DRAIN_S = 0.1
 
 
 async def stream_tokens(
-    client: openai.AsyncOpenAI, job: RunJobData
+    client: openai.AsyncOpenAI, job: RunJobData, job_types: JobTypes
 ) -> AsyncIterator[str | ToolCallDeltas | StreamEnd | UpstreamModel | UpstreamUsage]:
     """Yield each content delta and tool-call deltas, then one `StreamEnd`; raises
     `UpstreamError`. Without a usage from the upstream, the end counts the deltas.
@@ -174,7 +176,7 @@ async def stream_tokens(
     try:
         response = await client.post(
             CHAT_COMPLETIONS,
-            body=request_for(job),
+            body=request_for(job, job_types),
             cast_to=httpx2.Response,
             stream=True,
             stream_cls=None,
@@ -218,6 +220,8 @@ async def stream_tokens(
             usage.prompt_tokens,
             usage.completion_tokens,
             usage.total_tokens,
+            usage.cached_tokens,
+            usage.reasoning_tokens,
         )
     else:
         yield StreamEnd(reader.model, reader.finish_reason, 0, reader.tokens, reader.tokens)

@@ -53,6 +53,12 @@ class TokenUsage(_Body):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int | None = Field(
+        default=None, description="of prompt_tokens, those the upstream served from its cache"
+    )
+    reasoning_tokens: int | None = Field(
+        default=None, description="of completion_tokens, those spent reasoning (not shown)"
+    )
 
 
 class ToolCallFunction(_Body):

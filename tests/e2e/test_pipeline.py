@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 from websockets.asyncio.client import connect
 
 from deploy.localstack.stack import Stack
-from shared.jobtypes import JOB_TYPES
+from shared.jobtypes import load_job_types
 from shared.topics import all_topics
 from tests.support import wait_for
 
@@ -89,7 +89,7 @@ async def upstream_usage(
             model=model,
             max_tokens=max_tokens,
             messages=[
-                {"role": "system", "content": JOB_TYPES["analysis"].system_prompt},
+                {"role": "system", "content": load_job_types()["analysis"].system_prompt},
                 {"role": "user", "content": PROMPT},
             ],
         )

@@ -97,7 +97,13 @@ async def test_users_see_only_their_own_jobs_and_admin_sees_all(
     status, body = await admin.get("/jobs/job-bob/result")
     assert status == 200
     assert body["response"] == "Hello world"
-    assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
+    assert body["usage"] == {
+        "prompt_tokens": 10,
+        "completion_tokens": 2,
+        "total_tokens": 12,
+        "cached_tokens": None,
+        "reasoning_tokens": None,
+    }
     # gpt-4o-mini: 10 x 0.15 + 2 x 0.60 USD per 1M tokens
     assert body["estimated_cost_usd"] == pytest.approx(0.0000027)
     assert body["queue_wait_ms"] == 50.0

@@ -12,8 +12,6 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from services.results.app import ResultsService
-from services.results.projection import cost_usd
-from services.results.settings import ResultsSettings
 from shared.contracts import (
     JobAccepted,
     JobCancelled,
@@ -24,6 +22,7 @@ from shared.contracts import (
     TokenUsage,
 )
 from shared.kafka import make_producer, publish
+from shared.prices import Usage, cost_usd, load_prices
 from shared.topics import chunks_topic, events_topic
 from tests.integration.results_kit import (
     T0,
@@ -76,8 +75,9 @@ def ended(job_id: str, final: LifecycleEvent | None = None) -> JobScript:
 
 
 def cost(model: str, prompt: int, completion: int) -> float:
-    settings = ResultsSettings(streamjobs_auth_secret="s" * 32)
-    return float(cost_usd(settings.price_of(model), prompt, completion))
+    price = load_prices().price_of(model)
+    assert price is not None
+    return float(cost_usd(price, Usage(prompt, completion)))
 
 
 async def store(
@@ -121,6 +121,8 @@ async def test_cancelled_job_without_usage_counts_the_stored_chunks_as_estimated
         "prompt_tokens": 0,
         "completion_tokens": len(TEXTS),
         "total_tokens": len(TEXTS),
+        "cached_tokens": None,  # counted from chunks: no upstream details
+        "reasoning_tokens": None,
     }
     assert body["usage_estimated"] is True
     assert body["estimated_cost_usd"] == pytest.approx(cost("gpt-4o-mini", 0, len(TEXTS)))

@@ -144,6 +144,10 @@ async def test_late_accepted_completes_the_job_and_parses_its_response(
         "low": 0,
         "info": 1,
     }
+    # The configured breakdown field carries the same counts under its path.
+    assert json.loads(result["breakdown"]) == {
+        "findings[].severity": json.loads(result["severity_breakdown"])
+    }
 
 
 async def test_invalid_structured_response_is_stored_unparsed(

@@ -16,13 +16,15 @@ from deploy.simulator.settings import SimulatorSettings
 from services.streamer.app import create_service as create_streamer
 from services.streamer.settings import StreamerSettings
 from shared.contracts import JobAccepted, JobAcceptedData, ModelConfig, RunJob, RunJobData
-from shared.jobtypes import SEVERITIES
+from shared.jobtypes import load_job_types
 from shared.kafka import make_producer, publish
 from shared.topics import Priority, events_topic, job_topic
 from tests.integration.results_kit import Reader, running, settings_for
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+SEVERITIES = load_job_types()["security_analysis"].breakdown[0].values
 
 
 @pytest.fixture
@@ -101,6 +103,7 @@ async def test_structured_job_response_is_parsed_and_severities_counted(
     for severity in SEVERITIES:
         assert breakdown[severity] == sum(f["severity"] == severity for f in parsed["findings"])
     assert body["parse_error"] is None
+    assert body["breakdown"] == {"findings[].severity": breakdown}
     # Cut at max_tokens: not valid JSON, stored as text with the parse error noted.
     assert truncated["status"] == "completed"
     assert truncated["parsed_response"] is None

@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.streamer.streamed import estimate_prompt_tokens
 from shared.contracts import CancelJob, CancelJobData
+from shared.jobtypes import load_job_types
 from shared.kafka import publish
 from shared.topics import chunks_topic, control_topic
 from tests.integration.test_streamer_streaming import (
@@ -65,7 +66,7 @@ async def test_a_job_cancelled_after_300_tokens_reports_them_as_estimated_usage(
     assert data.usage is not None
     assert data.usage.completion_tokens == streamed_tokens(chunks) >= 300
     assert data.usage.completion_tokens < 3000, "the stream was cut short, not finished"
-    assert data.usage.prompt_tokens == estimate_prompt_tokens(job.data) > 0
+    assert data.usage.prompt_tokens == estimate_prompt_tokens(job.data, load_job_types()) > 0
     assert data.usage.total_tokens == data.usage.prompt_tokens + data.usage.completion_tokens
 
 
@@ -89,4 +90,4 @@ async def test_a_failed_attempt_reports_what_it_had_streamed_before_the_cut(
     assert data.model == job.data.config.model
     assert data.usage_estimated and data.usage is not None
     assert data.usage.completion_tokens == streamed_tokens(chunks) == 300
-    assert data.usage.prompt_tokens == estimate_prompt_tokens(job.data)
+    assert data.usage.prompt_tokens == estimate_prompt_tokens(job.data, load_job_types())

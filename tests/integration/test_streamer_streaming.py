@@ -213,6 +213,7 @@ async def test_usage_matches_what_the_simulator_reports_for_the_same_request(
     import openai
 
     from services.streamer.upstream import messages_for
+    from shared.jobtypes import load_job_types
 
     await start_streamer()
     job = make_job("Count to ten. [[sim tokens=17]]")
@@ -226,7 +227,7 @@ async def test_usage_matches_what_the_simulator_reports_for_the_same_request(
     ) as client:
         direct = await client.chat.completions.create(
             model=job.data.config.model,
-            messages=messages_for(job.data),
+            messages=messages_for(job.data, load_job_types()),
             max_tokens=job.data.config.max_tokens,
         )
     assert direct.usage is not None

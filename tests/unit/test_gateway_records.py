@@ -40,7 +40,9 @@ BODY = {
 
 
 def submission() -> Submission:
-    parsed = parse_request(orjson.dumps(BODY), {}, max_prompt_chars=1000, max_depth=32)
+    parsed = parse_request(
+        orjson.dumps(BODY), {}, max_prompt_chars=1000, max_depth=32, job_types={"security_analysis"}
+    )
     assert isinstance(parsed, Submission)
     return parsed
 

@@ -18,8 +18,10 @@ from services.gateway.submit import parse_submission
 from services.gateway.view import idempotent_job_id
 from shared.api import JobSubmission
 from shared.contracts import JobAccepted, RunJob, parse_record, utcnow
+from shared.jobtypes import load_job_types
 
 DEPTH = 32
+TYPES = load_job_types()
 # A \u0000 escape that is not itself escaped: an odd number of backslashes before the u.
 NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
 
@@ -33,7 +35,7 @@ def nested(levels: int) -> Any:
 
 def refusal(body: dict[str, Any] | bytes) -> Rejection:
     raw = body if isinstance(body, bytes) else json.dumps(body, allow_nan=True).encode()
-    parsed = parse_submission(raw, max_prompt_chars=10_000, max_depth=DEPTH)
+    parsed = parse_submission(raw, max_prompt_chars=10_000, max_depth=DEPTH, job_types=TYPES)
     assert isinstance(parsed, Rejection), body
     return parsed
 
@@ -59,7 +61,7 @@ def downstream_reads(submission: JobSubmission) -> None:
 def test_the_deepest_body_allowed_still_parses_inside_its_envelope() -> None:
     # metadata is level 2; its innermost list is level DEPTH.
     raw = json.dumps({"prompt": "x", "metadata": {"n": nested(DEPTH - 2)}}).encode()
-    parsed = parse_submission(raw, max_prompt_chars=100, max_depth=DEPTH)
+    parsed = parse_submission(raw, max_prompt_chars=100, max_depth=DEPTH, job_types=TYPES)
     assert isinstance(parsed, JobSubmission)
     downstream_reads(parsed)
     too_deep = refusal({"prompt": "x", "metadata": {"n": nested(DEPTH - 1)}})
@@ -71,7 +73,7 @@ def test_the_largest_depth_setting_still_leaves_room_for_the_envelope_downstream
     field = GatewaySettings.model_fields["gateway_max_json_depth"]
     most = next(m.le for m in field.metadata if isinstance(m, annotated_types.Le))
     raw = json.dumps({"prompt": "x", "metadata": {"n": nested(most - 2)}}).encode()
-    parsed = parse_submission(raw, max_prompt_chars=100, max_depth=most)
+    parsed = parse_submission(raw, max_prompt_chars=100, max_depth=most, job_types=TYPES)
     assert isinstance(parsed, JobSubmission)
     downstream_reads(parsed)  # pydantic in every consumer, json for jsonb
 
@@ -92,7 +94,10 @@ def test_nul_is_refused_in_every_string_including_keys_after_json_decoding() -> 
         refusal(rb'{"prompt":"x","metadata":{"t":"\u0000"}}').errors[0]["type"] == "nul_character"
     )
     text = parse_submission(
-        rb'{"prompt":"x","metadata":{"t":"\\u0000"}}', max_prompt_chars=100, max_depth=DEPTH
+        rb'{"prompt":"x","metadata":{"t":"\\u0000"}}',
+        max_prompt_chars=100,
+        max_depth=DEPTH,
+        job_types=TYPES,
     )
     assert isinstance(text, JobSubmission) and text.metadata == {"t": "\\u0000"}
     downstream_reads(text)
@@ -114,6 +119,7 @@ def test_lone_surrogates_and_unstorable_numbers_are_refused() -> None:
     ok = parse_submission(
         json.dumps({"prompt": "😀", "metadata": {"n": [2**63 - 1, -(2**63)]}}).encode(),
         max_prompt_chars=10,
+        job_types=TYPES,
     )
     assert isinstance(ok, JobSubmission)
 
@@ -137,7 +143,7 @@ json_values = st.recursive(
 @given(metadata=st.dictionaries(st.text(max_size=4), json_values, max_size=3))
 def test_whatever_is_accepted_survives_every_consumer(metadata: dict[str, Any]) -> None:
     raw = json.dumps({"prompt": "x", "metadata": metadata}, allow_nan=True).encode()
-    parsed = parse_submission(raw, max_prompt_chars=100, max_depth=4)
+    parsed = parse_submission(raw, max_prompt_chars=100, max_depth=4, job_types=TYPES)
     if isinstance(parsed, JobSubmission):
         downstream_reads(parsed)
     else:

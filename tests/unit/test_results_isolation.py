@@ -10,7 +10,6 @@ import pytest
 
 from services.results.faults import classify
 from services.results.projection import JobRow, Streamed, apply, owner_conflict, partial_result_of
-from services.results.settings import ModelPrice
 from shared.contracts import (
     JobAccepted,
     JobCancelled,
@@ -19,9 +18,10 @@ from shared.contracts import (
     JobFailedData,
     TokenUsage,
 )
+from shared.prices import Price
 from tests.integration.results_kit import T0, job_script
 
-PRICE = ModelPrice(prompt=1.0, completion=2.0)
+PRICE = Price(input=Decimal(1), output=Decimal(2))
 
 
 @pytest.mark.parametrize(

@@ -7,17 +7,16 @@ from decimal import Decimal
 
 import pytest
 
-from services.results.projection import JobRow, apply, cost_usd, result_of, tokens_per_second
+from services.results.projection import JobRow, Rules, apply, result_of, tokens_per_second
 from services.results.reads import BadCursor, decode_cursor, encode_cursor
-from services.results.settings import ModelPrice, ResultsSettings
 from shared.contracts import JobCompleted
-from shared.jobtypes import JOB_TYPES, parse_response
+from shared.jobtypes import load_job_types
 from shared.lifecycle import JobStatus
+from shared.prices import load_prices
 from tests.integration.results_kit import T0, job_script
 
-
-def settings() -> ResultsSettings:
-    return ResultsSettings(streamjobs_auth_secret="x" * 32)
+JOB_TYPES = load_job_types()
+RULES = Rules(JOB_TYPES, load_prices())
 
 
 def test_events_in_order_complete_the_job() -> None:
@@ -72,25 +71,31 @@ def test_failure_keeps_its_reason() -> None:
     assert (job.error_reason, job.error_type) == ("server_error: 500", "UpstreamRejected")
 
 
-def test_cost_uses_the_price_per_million_tokens() -> None:
-    price = ModelPrice(prompt=0.15, completion=0.60)
-    assert cost_usd(price, 1_000_000, 1_000_000) == Decimal("0.75")
-    assert cost_usd(price, 10, 2) == Decimal("0.00000270")
-
-
-def test_unknown_models_cost_the_default_and_snapshots_their_family() -> None:
-    s = settings()
-    assert s.price_of("gpt-4o-mini-2024-07-18") == s.results_prices["gpt-4o-mini"]
-    assert s.price_of("gpt-4o-2024-08-06") == s.results_prices["gpt-4o"]
-    assert s.price_of("llama-3") == s.results_default_price
-    assert s.price_of(None) == s.results_default_price
-
-
-def test_prices_are_read_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RESULTS_PRICES", '{"m": {"prompt": 1, "completion": 2}}')
-    assert ResultsSettings(streamjobs_auth_secret="x" * 32).price_of("m") == ModelPrice(
-        prompt=1, completion=2
+def completed_result(model: str, **usage: int) -> Decimal | None:
+    script = job_script()
+    job = JobRow(script.accepted.job_id)
+    for event in script.events:
+        apply(job, event)
+    completed = script.events[-1]
+    assert isinstance(completed, JobCompleted)
+    data = completed.data.model_copy(
+        update={"model": model, "usage": completed.data.usage.model_copy(update=usage)}
     )
+    return result_of(job, completed.model_copy(update={"data": data}), RULES).estimated_cost_usd
+
+
+def test_a_completion_costs_its_models_price_from_the_workload_file() -> None:
+    # gpt-4o-mini: 0.15 input, 0.60 output per million tokens in the packaged file.
+    assert completed_result("gpt-4o-mini", prompt_tokens=10, completion_tokens=2) == Decimal(
+        "0.00000270"
+    )
+    assert completed_result(
+        "gpt-4o-2024-08-06", prompt_tokens=1_000_000, completion_tokens=0
+    ) == Decimal("2.5")
+
+
+def test_a_completion_of_a_model_without_a_price_costs_null() -> None:
+    assert completed_result("model-nobody-priced", prompt_tokens=10, completion_tokens=2) is None
 
 
 def test_tokens_per_second_counts_the_time_after_the_first_token() -> None:
@@ -110,7 +115,7 @@ def test_result_of_a_security_review_counts_severities() -> None:
         apply(job, event)
     completed = script.events[-1]
     assert isinstance(completed, JobCompleted)
-    result = result_of(job, completed, settings().price_of("gpt-4o-mini"))
+    result = result_of(job, completed, RULES)
     assert result.severity_breakdown == {
         "critical": 0,
         "high": 0,
@@ -119,6 +124,7 @@ def test_result_of_a_security_review_counts_severities() -> None:
         "info": 0,
     }
     assert result.parse_error is None
+    assert result.breakdown == {"findings[].severity": result.severity_breakdown}
 
 
 @pytest.mark.parametrize(
@@ -132,7 +138,7 @@ def test_result_of_a_security_review_counts_severities() -> None:
     ],
 )
 def test_parse_response_never_raises(job_type: str, text: str, value: str | None) -> None:
-    parsed = parse_response(job_type, text)
+    parsed = JOB_TYPES.parse_response(job_type, text)
     assert (parsed.value is not None) == (value == "ok")
     structured = JOB_TYPES[job_type].structured
     assert (parsed.error is not None) == (structured and value is None)

@@ -304,9 +304,10 @@ def test_json_schema_format_without_a_schema_is_an_invalid_request() -> None:
 def test_every_job_type_schema_gets_a_valid_document() -> None:
     import jsonschema
 
-    from shared.jobtypes import JOB_TYPES, parse_response
+    from shared.jobtypes import load_job_types
 
-    for job_type in JOB_TYPES.values():
+    job_types = load_job_types()
+    for job_type in job_types.values():
         fmt = job_type.response_format()
         if fmt is None:
             continue
@@ -314,4 +315,19 @@ def test_every_job_type_schema_gets_a_valid_document() -> None:
         assert plan.texts is not None
         text = "".join(plan.texts)
         jsonschema.validate(json.loads(text), fmt["json_schema"]["schema"])
-        assert parse_response(job_type.name, text).error is None, job_type.name
+        assert job_types.parse_response(job_type.name, text).error is None, job_type.name
+
+
+def test_cached_and_reasoning_directives_shape_the_usage_details() -> None:
+    from deploy.simulator.wire import usage
+
+    plan = planner().plan(chat("Explain. [[sim tokens=10 cached=3 reasoning=4]]"))
+    assert (plan.cached_tokens, plan.reasoning_tokens) == (3, 4)
+    counts = usage(plan.prompt_tokens, plan.count, plan.cached_tokens, plan.reasoning_tokens)
+    assert counts["prompt_tokens_details"] == {"cached_tokens": 3}
+    assert counts["completion_tokens_details"] == {"reasoning_tokens": 4}
+    # More cached tokens than the prompt has are capped at the prompt's.
+    capped = planner().plan(chat("Explain. [[sim tokens=10 cached=999]]"))
+    assert capped.cached_tokens == capped.prompt_tokens
+    unasked = planner().plan(chat("Explain. [[sim tokens=10]]"))
+    assert "prompt_tokens_details" not in usage(unasked.prompt_tokens, unasked.count)

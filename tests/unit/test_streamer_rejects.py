@@ -23,9 +23,11 @@ from services.streamer.streamed import estimate_prompt_tokens, nothing_streamed,
 from services.streamer.upstream import UpstreamUsage, messages_for
 from shared.contracts import ModelConfig, RunJob, RunJobData, parse_record
 from shared.deadletter import recover_job_id
+from shared.jobtypes import load_job_types
 from shared.topics import Priority
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+TYPES = load_job_types()
 
 
 def job(**data: object) -> RunJob:
@@ -108,11 +110,15 @@ def test_records_validation_lets_through_but_that_cannot_run_are_unrunnable() ->
 
 def test_a_cut_short_attempt_without_upstream_usage_is_counted_and_flagged() -> None:
     data = job(prompt="x" * 401).data
-    streamed = streamed_so_far(data, model="m", last_seq=9, tokens=300, reported=None)
-    chars = sum(len(m["content"]) for m in messages_for(data))
+    streamed = streamed_so_far(
+        data, model="m", last_seq=9, tokens=300, reported=None, job_types=TYPES
+    )
+    chars = sum(len(m["content"]) for m in messages_for(data, TYPES))
     assert streamed.estimated
     assert streamed.usage.completion_tokens == 300
-    assert streamed.usage.prompt_tokens == math.ceil(chars / 4) == estimate_prompt_tokens(data)
+    assert (
+        streamed.usage.prompt_tokens == math.ceil(chars / 4) == estimate_prompt_tokens(data, TYPES)
+    )
     assert streamed.usage.total_tokens == streamed.usage.prompt_tokens + 300
     assert (streamed.model, streamed.last_seq) == ("m", 9)
 
@@ -120,7 +126,12 @@ def test_a_cut_short_attempt_without_upstream_usage_is_counted_and_flagged() -> 
 def test_the_upstreams_usage_wins_when_it_was_sent() -> None:
     data = job().data
     streamed = streamed_so_far(
-        data, model="m", last_seq=3, tokens=10, reported=UpstreamUsage(7, 11, 18)
+        data,
+        model="m",
+        last_seq=3,
+        tokens=10,
+        reported=UpstreamUsage(7, 11, 18),
+        job_types=TYPES,
     )
     assert not streamed.estimated
     assert (streamed.usage.prompt_tokens, streamed.usage.completion_tokens) == (7, 11)

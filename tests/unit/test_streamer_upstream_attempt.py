@@ -25,6 +25,7 @@ from services.streamer.toolcalls import assemble
 from services.streamer.upstream import StreamEnd, UpstreamTimeout
 from shared.contracts import CancelJobData, ModelConfig, RunJob, RunJobData, TokenChunk, utcnow
 from shared.contracts import parse_record as parse
+from shared.jobtypes import load_job_types
 from shared.routing import chunk_partition
 from shared.topics import Priority
 from tests.support import wait_for
@@ -125,6 +126,7 @@ async def attempt() -> AsyncIterator[Any]:
             max_tokens=max_tokens,
             job_timeout_s=job_timeout_s,
             idle_timeout_s=idle_timeout_s,
+            job_types=load_job_types(),
         )
         job = RunJob(
             job_id="job-1",

@@ -137,3 +137,17 @@ def test_an_event_that_is_not_a_chat_completion_chunk_is_malformed(payload: byte
 def test_a_missing_total_is_the_sum_of_prompt_and_completion() -> None:
     body = event({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
     assert read_all(SSEReader("m"), [body]) == [UpstreamUsage(3, 4, 7)]
+
+
+def test_cached_and_reasoning_token_details_are_read_from_the_usage() -> None:
+    reported = usage(30, 12)
+    details = {
+        **reported["usage"],  # type: ignore[dict-item]
+        "prompt_tokens_details": {"cached_tokens": 20, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 5},
+    }
+    items = read_all(SSEReader("m"), [event({**reported, "usage": details})])
+    assert items == [UpstreamUsage(30, 12, 42, cached_tokens=20, reasoning_tokens=5)]
+    plain = read_all(SSEReader("m"), [event(usage(30, 12))])
+    assert plain == [UpstreamUsage(30, 12, 42)]
+    assert plain[0].cached_tokens is None  # type: ignore[attr-defined]

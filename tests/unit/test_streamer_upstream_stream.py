@@ -30,10 +30,12 @@ from services.streamer.upstream import (
     stream_tokens,
 )
 from shared.contracts import ModelConfig, RunJobData, utcnow
+from shared.jobtypes import load_job_types
 from shared.topics import Priority
 from tests.unit.test_streamer_upstream_sse import event, finish, stream_of, token, usage
 
 Item = str | StreamEnd | UpstreamModel | UpstreamUsage
+TYPES = load_job_types()
 
 
 @dataclass
@@ -96,7 +98,7 @@ def job(job_type: str = "analysis", **config: Any) -> RunJobData:
 
 async def collect(llm: FakeLLM, data: RunJobData | None = None) -> list[Item]:
     async with llm.client() as client:
-        return [item async for item in stream_tokens(client, data or job())]
+        return [item async for item in stream_tokens(client, data or job(), TYPES)]
 
 
 async def test_the_tokens_model_and_usage_come_in_order_then_the_end() -> None:
@@ -179,7 +181,7 @@ async def test_an_error_object_mid_stream_fails_the_attempt_as_a_server_error() 
     items: list[Item] = []
     async with FakeLLM(streaming(body)).client() as client:
         with pytest.raises(UpstreamServerError, match="The server had an error"):
-            async for item in stream_tokens(client, job()):
+            async for item in stream_tokens(client, job(), TYPES):
                 items.append(item)
     assert items == ["a"]
     assert body.closed
@@ -241,7 +243,7 @@ async def test_after_done_a_body_that_never_ends_is_not_waited_for() -> None:
 async def test_closing_the_stream_early_closes_the_http_body() -> None:
     body = Body([event(token("a"))], hang=True)
     async with FakeLLM(streaming(body)).client() as client:
-        tokens = stream_tokens(client, job())
+        tokens = stream_tokens(client, job(), TYPES)
         assert await anext(tokens) == "a"
         await tokens.aclose()
     assert body.closed
