@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -145,7 +145,8 @@ class AsyncClient:
                     problem = {"detail": raw[:200].decode("utf-8", "replace")}
                 raise from_answer(resp.status, problem, resp.headers)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise CannotConnect(f"{method} {self.url}{path}: {exc!r}") from None
+            why = getattr(exc, "os_error", None) or exc or repr(exc)
+            raise CannotConnect(f"cannot reach {self.url} ({method} {path}): {why}") from None
 
     # -- jobs ---------------------------------------------------------------------------
 
@@ -267,7 +268,7 @@ class AsyncClient:
         return await self.follow(job).text()
 
     # Last: inside the class body, `list` names this method from here on.
-    async def list(self, *, page_size: int = 50, **filters: Any) -> AsyncIterator[JobView]:
+    async def list(self, *, page_size: int = 50, **filters: Any) -> AsyncGenerator[JobView, None]:
         """Every job matching `filters` (those of `list_page`), walking page after page."""
         cursor: str | None = None
         while True:

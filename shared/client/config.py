@@ -1,6 +1,7 @@
 """Where the client connects and with which token: arguments first, then the environment
 (`STREAMJOBS_URL`, `STREAMJOBS_TOKEN`, `STREAMJOBS_WS_URL`), then `.state/stack.env`, the file
-`make run` writes (`STREAMJOBS_STATE_DIR/stack.env`, by default `./.state/stack.env`)."""
+`make run` writes (`STREAMJOBS_STATE_DIR/stack.env`; else `./.state/stack.env`, else the one
+of the checkout this package runs from)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,14 @@ class Connection:
     ws_url: str | None  # the notifier's WebSocket when a job names none (links.websocket)
 
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
 def stack_env_path(environ: Mapping[str, str]) -> Path:
-    return Path(environ.get("STREAMJOBS_STATE_DIR") or ".state") / "stack.env"
+    if environ.get("STREAMJOBS_STATE_DIR"):
+        return Path(environ["STREAMJOBS_STATE_DIR"]) / "stack.env"
+    here = Path(".state") / "stack.env"
+    return here if here.is_file() else CHECKOUT / ".state" / "stack.env"
 
 
 def read_env_file(path: Path) -> dict[str, str]:
