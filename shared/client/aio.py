@@ -107,19 +107,9 @@ class AsyncClient:
     def _job_path(self, job_id: str, tail: str = "") -> str:
         return f"{API_PREFIX}/jobs/{quote(job_id, safe='')}{tail}"
 
-    async def _call(
-        self,
-        model: type[M],
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> M:
-        return model.model_validate_json(
-            await self._send(method, path, body=body, params=params, headers=headers)
-        )
+    async def _call(self, model: type[M], method: str, path: str, **request: Any) -> M:
+        """`_send`, its answer read as `model`."""
+        return model.model_validate_json(await self._send(method, path, **request))
 
     async def _send(
         self,

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 
 from shared.api import JobAcceptedView
@@ -58,10 +59,6 @@ def outcome(status: JobStatus | None) -> int:
     return OUTCOME_EXIT.get(status, EXIT_OK) if status is not None else EXIT_OK
 
 
-def _dump(console: Console, model: Any) -> None:
-    console.print_json(model.model_dump_json())
-
-
 def metadata(pairs: list[str]) -> dict[str, Any]:
     """`KEY=VALUE` pairs; a VALUE that is JSON (a number, true, an object) is read as JSON."""
     values: dict[str, Any] = {}
@@ -96,7 +93,7 @@ async def submit(client: AsyncClient, args: argparse.Namespace, out: Console, er
     )
     if not args.follow:
         if args.json:
-            _dump(out, job)
+            out.print_json(job.model_dump_json())
         else:
             out.print(job.job_id, highlight=False)
         return EXIT_OK
@@ -129,19 +126,24 @@ async def _follow(
     return EXIT_UNREACHABLE  # follow ends on the final event or raises: not reached
 
 
+def _show(out: Console, as_json: bool, model: BaseModel, view: Callable[[Any], Any]) -> None:
+    """The model as JSON (`--json`), or as `view` draws it."""
+    if as_json:
+        out.print_json(model.model_dump_json())
+    else:
+        out.print(view(model))
+
+
 async def status(client: AsyncClient, args: argparse.Namespace, out: Console, _: Console) -> int:
     job = await client.get(args.job_id)
-    if args.json:
-        _dump(out, job)
-    else:
-        out.print(show.job_view(job))
+    _show(out, args.json, job, show.job_view)
     return outcome(job.status)
 
 
 async def cancel(client: AsyncClient, args: argparse.Namespace, out: Console, _: Console) -> int:
     answer = await client.cancel(args.job_id)
     if args.json:
-        _dump(out, answer)
+        out.print_json(answer.model_dump_json())
     else:
         out.print(f"cancel sent: job {answer.job_id} was {answer.status.value}", highlight=False)
     return EXIT_OK
@@ -149,10 +151,7 @@ async def cancel(client: AsyncClient, args: argparse.Namespace, out: Console, _:
 
 async def result(client: AsyncClient, args: argparse.Namespace, out: Console, _: Console) -> int:
     stored = await client.result(args.job_id, wait_s=args.wait)
-    if args.json:
-        _dump(out, stored)
-    else:
-        out.print(show.result_view(stored))
+    _show(out, args.json, stored, show.result_view)
     return outcome(stored.status)
 
 
@@ -187,10 +186,7 @@ async def analytics(client: AsyncClient, args: argparse.Namespace, out: Console,
         group_by=[key.strip() for key in args.group_by.split(",") if key.strip()],
         bucket=args.bucket,
     )
-    if args.json:
-        _dump(out, figures)
-    else:
-        out.print(show.analytics_table(figures))
+    _show(out, args.json, figures, show.analytics_table)
     return EXIT_OK
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
-from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -22,7 +20,6 @@ from shared.api import (
     StreamSnapshot,
 )
 from shared.client.aio import AsyncClient
-from shared.client.follow import Backoff
 from shared.client.stream import Chunk, Event
 
 T = TypeVar("T")
@@ -35,20 +32,10 @@ async def _wait(awaitable: Awaitable[T]) -> T:
 class Client:
     """The same methods as `AsyncClient`, blocking; `follow` and `list` are plain iterators."""
 
-    def __init__(
-        self,
-        url: str | None = None,
-        token: str | None = None,
-        *,
-        ws_url: str | None = None,
-        timeout_s: float = 30.0,
-        env_file: Path | None = None,
-        backoff: Backoff | None = None,
-    ) -> None:
+    def __init__(self, url: str | None = None, token: str | None = None, **options: Any) -> None:
+        """`options` are those of `AsyncClient` (ws_url, timeout_s, env_file, backoff)."""
         self._runner = asyncio.Runner()
-        self.aio = AsyncClient(
-            url, token, ws_url=ws_url, timeout_s=timeout_s, env_file=env_file, backoff=backoff
-        )
+        self.aio = AsyncClient(url, token, **options)
 
     def _run(self, awaitable: Awaitable[T]) -> T:
         return self._runner.run(_wait(awaitable))
@@ -96,17 +83,9 @@ class Client:
     def list_page(self, **filters: Any) -> JobPage:
         return self._run(self.aio.list_page(**filters))
 
-    def analytics(
-        self,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        group_by: Sequence[str] = (),
-        bucket: str | None = None,
-    ) -> Analytics:
-        return self._run(
-            self.aio.analytics(since=since, until=until, group_by=group_by, bucket=bucket)
-        )
+    def analytics(self, **query: Any) -> Analytics:
+        """See `AsyncClient.analytics` for the query (since, until, group_by, bucket)."""
+        return self._run(self.aio.analytics(**query))
 
     def job_types(self) -> Sequence[JobTypeView]:
         return self._run(self.aio.job_types())

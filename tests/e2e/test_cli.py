@@ -156,6 +156,14 @@ async def test_an_unreachable_gateway_and_bad_usage_have_their_own_exit_codes(
     assert code == EXIT_USAGE
 
 
+async def test_the_local_stack_commands_run_the_stack_tools(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, "http://127.0.0.1:1", "any")  # a state directory with nothing
+    code, out, _ = await streamjobs(env, "doctor", "--help")
+    assert code == EXIT_OK and "--monitor" in out and "--timeout" in out
+    code, out, _ = await streamjobs(env, "down")
+    assert code == EXIT_OK and "stack stopped" in out
+
+
 async def test_in_a_real_terminal_submit_follow_shows_a_progress_bar_of_tokens(
     system: Stack, user_token: str, tmp_path: Path
 ) -> None:
