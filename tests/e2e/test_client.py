@@ -27,9 +27,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
 QUICK = Backoff(first=0.1, longest=1.0, give_up_s=90)
 
 
-def client_for(system: Stack, token: str, **options: object) -> AsyncClient:
+def client_for(system: Stack, token: str, backoff: Backoff | None = None) -> AsyncClient:
     urls = system.urls()
-    return AsyncClient(urls["gateway"], token, ws_url=urls["notifier_ws"], **options)  # type: ignore[arg-type]
+    return AsyncClient(urls["gateway"], token, ws_url=urls["notifier_ws"], backoff=backoff)
 
 
 async def test_follow_survives_a_notifier_kill_9_without_a_gap_and_equals_the_stored_result(
@@ -128,3 +128,25 @@ async def test_the_blocking_client_submits_follows_and_reads_the_result(
 
     text, stored = await asyncio.wait_for(asyncio.to_thread(run), timeout=60)
     assert text and text == stored
+
+
+async def test_a_retried_attempt_replaces_the_text_of_the_one_cut_short(
+    system: Stack, user_token: str
+) -> None:
+    async with client_for(system, user_token, backoff=QUICK) as client:
+        job = await client.submit("Cut once. [[sim tokens=30 tps=200 cut_after=5 fail_times=1]]")
+        items = []
+        async with asyncio.timeout(90):
+            async for item in client.follow(job):
+                items.append(item)
+        chunks = [i for i in items if isinstance(i, Chunk)]
+        events = [i.event for i in items if isinstance(i, Event)]
+        assert "job.retrying" in events and events[-1] == "job.completed"
+        restart = next(i for i, c in enumerate(chunks) if c.replaces)
+        assert restart > 0 and chunks[restart].attempt == 2 and chunks[restart].seq == 0
+        assert {c.attempt for c in chunks[:restart]} == {1}
+        second = chunks[restart:]
+        assert [c.seq for c in second] == list(range(len(second)))
+        final = items[-1]
+        assert isinstance(final, Event)
+        assert "".join(c.text for c in second) == final.data["response"]
