@@ -26,6 +26,7 @@ from shared.client.errors import (
     ValidationFailed,
 )
 from shared.client.stream import Chunk
+from shared.contracts import ModelConfig
 from shared.lifecycle import JobStatus
 
 EXIT_OK = 0  # done; a followed job completed
@@ -98,7 +99,7 @@ async def submit(client: AsyncClient, args: argparse.Namespace, out: Console, er
             out.print(job.job_id, highlight=False)
         return EXIT_OK
     err.print(f"job {job.job_id} ({job.job_type}, {job.priority.value})", highlight=False)
-    return await _follow(client, job, out, err, args.max_tokens or 512)
+    return await _follow(client, job, out, err, args.max_tokens or ModelConfig().max_tokens)
 
 
 async def follow(client: AsyncClient, args: argparse.Namespace, out: Console, err: Console) -> int:

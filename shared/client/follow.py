@@ -39,6 +39,7 @@ _REFUSALS: dict[str, Callable[[str], Exception]] = {
     "insufficient_scope": lambda m: Forbidden(403, {"title": "Forbidden", "detail": m}),
 }
 _CLOSE_REFUSALS = {4001: "bad_token", 4403: "insufficient_scope"}
+MAX_REDIRECTS = 3
 # What the socket or stream raises when the other end is gone or not there yet.
 _LOST = (aiohttp.ClientError, OSError, TimeoutError)
 
@@ -117,7 +118,7 @@ class Follow:
     async def _items(self) -> AsyncIterator[Item]:
         if not (self.ws_url or self.sse_url):
             raise ValueError("follow needs a WebSocket URL or the gateway's SSE URL")
-        failures, connections = 0, 0
+        failures, connections, moves = 0, 0, 0
         lost_at = time.monotonic()
         while True:
             session = self._sse() if self._use_sse(failures) else self._ws()
@@ -131,15 +132,16 @@ class Follow:
                         if isinstance(item, Event) and item.final:
                             return
                 reason: Exception = _Lost("the stream ended before the final event")
-            except (_Moved, _Resubscribe) as moved:
-                if isinstance(moved, _Moved):
-                    self.ws_url = moved.url
-                failures = 0
-                continue
+            except _Moved as moved:
+                moves += 1
+                if moves <= MAX_REDIRECTS:  # instances agree on who serves a job: one is normal
+                    self.ws_url, failures = moved.url, 0
+                    continue
+                reason = _Lost(f"redirected {moves} times in a row, lastly to {moved.url}")
             except (_Lost, Gap) as lost:
                 reason = lost
             if self._subscribed:
-                failures, lost_at = 0, time.monotonic()
+                failures, moves, lost_at = 0, 0, time.monotonic()
             failures += 1
             if time.monotonic() - lost_at > self.backoff.give_up_s:
                 raise CannotConnect(f"job {self.job_id}: no live stream for a while: {reason}")
