@@ -108,6 +108,15 @@ async def test_submit_follow_streams_the_stored_text_then_result_jobs_and_status
     code, out, _ = await streamjobs(env, "status", "--json", job_id)
     assert code == EXIT_OK and json.loads(out)["status"] == "completed"
 
+    async def counted() -> str | None:
+        code, out, _ = await streamjobs(env, "analytics", "--group-by", "priority", "--json")
+        return out if code == EXIT_OK and json.loads(out)["totals"]["jobs"] >= 1 else None
+
+    figures = json.loads(await wait_for(counted, timeout=30, message="the job is counted"))
+    assert [row["priority"] for row in figures["rows"]] == ["high"]
+    code, out, _ = await streamjobs(env, "analytics", "--group-by", "priority")
+    assert code == EXIT_OK and "high" in out and "total" in out
+
     code, _, err = await streamjobs(env, "submit", "--max-tokens", "0", "no tokens at all")
     assert code == EXIT_USAGE and "422" in err
 
