@@ -8,7 +8,7 @@ the document stays true to what is served. Fields are only ever added.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +35,11 @@ class JobSubmission(BaseModel):
     config: ModelConfig = Field(default_factory=ModelConfig)
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="free JSON object, stored and returned as given"
+    )
+    on_interrupt: Literal["restart", "continue"] | None = Field(
+        default=None,
+        description="an attempt cut after streaming text: restart the answer, or continue it"
+        " from the text so far; absent: the model's default (GET /api/v1/models), then restart",
     )
 
 

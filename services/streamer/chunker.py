@@ -17,14 +17,27 @@ class Chunk:
 class Chunker:
     """Collects token deltas of one attempt and cuts them into numbered chunks (seq 0, 1, ...)."""
 
-    __slots__ = ("_first_at", "_parts", "_window_s", "max_tokens", "next_seq", "texts", "tokens")
+    __slots__ = (
+        "_first_at",
+        "_parts",
+        "_start",
+        "_window_s",
+        "max_tokens",
+        "next_seq",
+        "texts",
+        "tokens",
+    )
 
-    def __init__(self, *, window_ms: float = 30.0, max_tokens: int = 16) -> None:
+    def __init__(
+        self, *, window_ms: float = 30.0, max_tokens: int = 16, start_seq: int = 0
+    ) -> None:
         self._window_s = window_ms / 1000.0
         self.max_tokens = max(1, max_tokens)
         self._parts: list[str] = []
         self._first_at = 0.0
-        self.next_seq = 0
+        # A continuing attempt numbers on from the stream it carries on.
+        self._start = start_seq
+        self.next_seq = start_seq
         self.texts: list[str] = []  # every flushed chunk's text, for the final response
         self.tokens = 0  # tokens of every flushed chunk: what a cut-short attempt streamed
 
@@ -46,7 +59,7 @@ class Chunker:
             self._first_at = now
         self._parts.append(text)
         if (
-            self.next_seq == 0
+            self.next_seq == self._start
             or len(self._parts) >= self.max_tokens
             or now - self._first_at >= self._window_s
         ):

@@ -156,7 +156,7 @@ DRAIN_S = 0.1
 
 
 async def stream_tokens(
-    client: openai.AsyncOpenAI, job: RunJobData
+    client: openai.AsyncOpenAI, job: RunJobData, request: dict[str, Any] | None = None
 ) -> AsyncIterator[str | StreamEnd | UpstreamModel | UpstreamUsage]:
     """Yield each content delta, then one `StreamEnd`; raises `UpstreamError`.
 
@@ -173,7 +173,7 @@ async def stream_tokens(
     try:
         response = await client.post(
             CHAT_COMPLETIONS,
-            body=request_for(job),
+            body=request if request is not None else request_for(job),
             cast_to=httpx2.Response,
             stream=True,
             stream_cls=None,

@@ -31,6 +31,7 @@ from shared.contracts.jobs import (
     JobDeadLettered,
     JobSpec,
     ModelConfig,
+    ResumeFrom,
     RunJob,
     RunJobData,
 )
@@ -100,6 +101,7 @@ __all__ = [
     "JobStartedData",
     "LifecycleEvent",
     "ModelConfig",
+    "ResumeFrom",
     "RunJob",
     "RunJobData",
     "TokenChunk",
