@@ -111,6 +111,23 @@ class StreamSnapshot(_Out):
     tokens: int
 
 
+class AttemptView(_Out):
+    """One attempt of a job: where it ran, how it ended, what it used (each is billed)."""
+
+    attempt: int
+    upstream: str | None = Field(default=None, description="the upstream of the workload file")
+    model: str | None = Field(default=None, description="the model asked (or reported)")
+    continues: int | None = Field(
+        default=None, description="the attempt whose cut-short answer this one continued"
+    )
+    status: str = Field(description="running, completed, failed or cancelled")
+    usage: TokenUsage | None = None
+    usage_estimated: bool = False
+    reason: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
 class JobResult(_Out):
     """Answer of `GET /api/v1/jobs/{id}/result`, once the job reached a final state."""
 
@@ -142,6 +159,14 @@ class JobResult(_Out):
     )
     error: str | None = None
     completed_at: datetime | None = None
+    attempts: list[AttemptView] = Field(
+        default_factory=list, description="every attempt, in order: upstream, model, usage"
+    )
+    billed_usage: TokenUsage | None = Field(
+        default=None,
+        description="the usage of every attempt summed: what the job cost across fallbacks,"
+        " retries and continuations",
+    )
     parse_error: str | None = Field(
         default=None,
         description="structured job types: why the response could not be parsed, if it could not",
@@ -152,6 +177,18 @@ class JobTypeView(_Out):
     name: str
     description: str
     structured: bool = Field(description="whether results carry a parsed_response")
+
+
+class ModelView(_Out):
+    """One model of the workload file, as `GET /api/v1/models` lists it (no URLs, no keys)."""
+
+    name: str = Field(description='a model name; "*" is the catch-all for any other name')
+    upstreams: list[str] = Field(description="its upstreams' names, in the file's order")
+    fallback: str | None = Field(default=None, description="tried when every upstream failed")
+    on_interrupt: Literal["restart", "continue"] = Field(
+        description="what follows an attempt cut after streaming text, unless the job says"
+    )
+    priced: bool = Field(description="whether a price is configured (else its cost is null)")
 
 
 class Percentiles(_Out):

@@ -70,6 +70,8 @@ def build_records(
         "metadata": submission.metadata,
         "submitted_at": submitted_at,
     }
+    if submission.on_interrupt is not None:  # absent: the model's default, as older records
+        spec["on_interrupt"] = submission.on_interrupt
     accepted = _envelope("job.accepted", job_id, submitted_at, trace_id, spec)
     run = _envelope(
         "job.run",
