@@ -156,7 +156,7 @@ class StreamerMetrics:
         )
         self.jobs_deferred = Counter(
             "streamjobs_streamer_jobs_deferred_total",
-            "Jobs re-queued untried because the upstream's circuit breaker was open",
+            "Jobs re-queued untried because every upstream's circuit breaker was open",
             registry=registry,
         )
         self.upstream_fallbacks = Counter(
