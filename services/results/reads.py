@@ -125,8 +125,17 @@ async def _current_attempt(conn: asyncpg.Connection, job: asyncpg.Record) -> tup
            GROUP BY attempt""",
         job["job_id"],
     )
-    if row is None or row["attempt"] < job["attempt"]:
+    if row is None:
         return job["attempt"], 0, -1
+    if row["attempt"] < job["attempt"]:
+        # A continuing attempt streams under the number of the attempt it continues.
+        continues = await conn.fetchval(
+            "SELECT continues FROM attempts WHERE job_id = $1 AND attempt = $2",
+            job["job_id"],
+            job["attempt"],
+        )
+        if continues != row["attempt"]:
+            return job["attempt"], 0, -1
     return row["attempt"], row["tokens"], row["last_seq"]
 
 

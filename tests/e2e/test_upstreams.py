@@ -231,3 +231,13 @@ async def test_a_cut_answer_continues_in_one_gap_free_stream_and_both_attempts_a
     assert result["billed_usage"]["completion_tokens"] == (
         one["usage"]["completion_tokens"] + two["usage"]["completion_tokens"]
     )
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{urls['gateway']}/api/v1/jobs/{accepted['job_id']}/stream",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp,
+    ):
+        snapshot = await resp.json()
+    assert (snapshot["attempt"], snapshot["text"]) == (1, text), "the stream's text is whole"
