@@ -8,7 +8,7 @@ the document stays true to what is served. Fields are only ever added.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +35,11 @@ class JobSubmission(BaseModel):
     config: ModelConfig = Field(default_factory=ModelConfig)
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="free JSON object, stored and returned as given"
+    )
+    on_interrupt: Literal["restart", "continue"] | None = Field(
+        default=None,
+        description="an attempt cut after streaming text: restart the answer, or continue it"
+        " from the text so far; absent: the model's default (GET /api/v1/models), then restart",
     )
 
 
@@ -106,6 +111,23 @@ class StreamSnapshot(_Out):
     tokens: int
 
 
+class AttemptView(_Out):
+    """One attempt of a job: where it ran, how it ended, what it used (each is billed)."""
+
+    attempt: int
+    upstream: str | None = Field(default=None, description="the upstream of the workload file")
+    model: str | None = Field(default=None, description="the model asked (or reported)")
+    continues: int | None = Field(
+        default=None, description="the attempt whose cut-short answer this one continued"
+    )
+    status: str = Field(description="running, completed, failed or cancelled")
+    usage: TokenUsage | None = None
+    usage_estimated: bool = False
+    reason: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
 class JobResult(_Out):
     """Answer of `GET /api/v1/jobs/{id}/result`, once the job reached a final state."""
 
@@ -144,6 +166,14 @@ class JobResult(_Out):
     )
     error: str | None = None
     completed_at: datetime | None = None
+    attempts: list[AttemptView] = Field(
+        default_factory=list, description="every attempt, in order: upstream, model, usage"
+    )
+    billed_usage: TokenUsage | None = Field(
+        default=None,
+        description="the usage of every attempt summed: what the job cost across fallbacks,"
+        " retries and continuations",
+    )
     parse_error: str | None = Field(
         default=None,
         description="structured job types: why the response could not be parsed, if it could not",
@@ -163,6 +193,18 @@ class JobTypeView(_Out):
     breakdown: list[str] = Field(
         default_factory=list, description="fields of the answer analytics counts per value"
     )
+
+
+class ModelView(_Out):
+    """One model of the workload file, as `GET /api/v1/models` lists it (no URLs, no keys)."""
+
+    name: str = Field(description='a model name; "*" is the catch-all for any other name')
+    upstreams: list[str] = Field(description="its upstreams' names, in the file's order")
+    fallback: str | None = Field(default=None, description="tried when every upstream failed")
+    on_interrupt: Literal["restart", "continue"] = Field(
+        description="what follows an attempt cut after streaming text, unless the job says"
+    )
+    priced: bool = Field(description="whether a price is configured (else its cost is null)")
 
 
 class Percentiles(_Out):

@@ -69,6 +69,7 @@ def build_records(
         "config": config if config is not None else submission.config.model_dump(),
         "metadata": submission.metadata,
         "submitted_at": submitted_at,
+        "on_interrupt": submission.on_interrupt,
     }
     accepted = _envelope("job.accepted", job_id, submitted_at, trace_id, spec)
     run = _envelope(
@@ -76,7 +77,7 @@ def build_records(
         job_id,
         submitted_at,
         trace_id,
-        {**spec, "attempt": 1, "not_before": None, "accept_by": accept_by},
+        {**spec, "attempt": 1, "not_before": None, "accept_by": accept_by, "resume": None},
     )
     return accepted, run
 

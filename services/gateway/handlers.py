@@ -16,6 +16,7 @@ from services.gateway.admission_records import JSON_OPTIONS
 from services.gateway.cancel import Cancels
 from services.gateway.limits import StreamSlots, StreamsRefused
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.models import ModelCatalogue
 from services.gateway.notifiers import NotifierRoutes
 from services.gateway.proxy import ResultsClient, SseClient, Unreachable
 from services.gateway.publisher import Publisher
@@ -30,6 +31,7 @@ from shared.http import Refused, problem
 from shared.jobtypes import load_job_types
 from shared.kafka import traceparent
 from shared.topics import HEADER_TRACEPARENT
+from shared.upstreams import load as load_registry
 from shared.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ class Gateway:
         self.base = settings.gateway_public_url.rstrip("/")
         self.notifiers = NotifierRoutes(settings.notifier_ws_urls, settings.notifier_sse_urls)
         self.known_types = load_job_types(settings.streamjobs_workloads_file)
+        self.models = ModelCatalogue(load_registry(settings.streamjobs_workloads_file))
         self.job_types_body = json.dumps(
             [
                 JobTypeView(
@@ -145,6 +148,10 @@ class Gateway:
         if isinstance(parsed, Rejection):
             self.metrics.rejected.labels(parsed.kind).inc()
             return parsed.response()
+        unrouted = self.models.refuse(parsed.job.config.model)
+        if unrouted is not None:
+            self.metrics.rejected.labels(unrouted.kind).inc()
+            return unrouted.response()
         outcome = await self.admission.submit(who, parsed.job, parsed.key, parsed.trace_id)
         if isinstance(outcome, Rejection):
             return outcome.response()
@@ -231,3 +238,6 @@ class Gateway:
 
     async def job_types(self, _: web.Request) -> web.Response:
         return web.Response(body=self.job_types_body, content_type=JSON)
+
+    async def list_models(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.models.body, content_type=JSON)

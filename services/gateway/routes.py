@@ -32,6 +32,7 @@ from shared.api import (
     JobSubmission,
     JobTypeView,
     JobView,
+    ModelView,
     StreamSnapshot,
 )
 from shared.http import OPS_ROUTES, Ops, ReadyCheck, Reply, Route, add_routes
@@ -134,6 +135,15 @@ API_ROUTES: tuple[Route[Gateway], ...] = (
         "listJobTypes",
         "The job types a submission may name",
         replies=(Reply(200, "Every job type", JobTypeView, many=True),),
+        secured=False,
+    ),
+    Route(
+        "GET",
+        f"{API_PREFIX}/models",
+        Gateway.list_models,
+        "listModels",
+        "The models a submission may name: upstreams, fallback, on_interrupt, priced",
+        replies=(Reply(200, "Every configured model", ModelView, many=True),),
         secured=False,
     ),
 )

@@ -25,6 +25,14 @@ from shared.contracts import (
 from shared.lifecycle import EVENT_STATUS, JobStatus
 
 
+def _stream_attempt(record: JobStarted | JobRetrying | JobCompleted | JobCancelled) -> int:
+    """The attempt whose chunks the event's attempt streams: an attempt that continues a
+    cut-short answer (on_interrupt=continue) carries on the earlier attempt's seqs, so the
+    client's stream goes on rather than restarting."""
+    continues = record.data.continues
+    return continues if continues is not None else record.data.attempt
+
+
 @dataclass(slots=True)
 class JobState:
     job_id: str
@@ -95,21 +103,22 @@ class JobState:
                 self.status = JobStatus.QUEUED
             return event_frame(record, self.attempt, self.last_seq)
         if isinstance(record, JobStarted):
-            if record.data.attempt > self.attempt:
-                self._new_attempt(record.data.attempt)
-            elif record.data.attempt < self.attempt:
+            attempt = _stream_attempt(record)
+            if attempt > self.attempt:
+                self._new_attempt(attempt)
+            elif attempt < self.attempt:
                 return None
             self.status = JobStatus.RUNNING
             return event_frame(record, self.attempt, self.last_seq)
         if isinstance(record, JobRetrying):
-            if record.data.attempt < self.attempt and self.chunks:
+            if _stream_attempt(record) < self.attempt and self.chunks:
                 return None  # the next attempt already streams
             self.status = JobStatus.RETRYING
             return event_frame(record, self.attempt, self.last_seq)
         if isinstance(record, JobFailed):
             return self._finish(record, now)
         if isinstance(record, JobCompleted | JobCancelled):
-            attempt, last_seq = record.data.attempt, record.data.last_seq
+            attempt, last_seq = _stream_attempt(record), record.data.last_seq
             if attempt > self.attempt:
                 self._new_attempt(attempt)
             if attempt == self.attempt and self.next_seq <= last_seq:

@@ -16,7 +16,8 @@ from typing import Any
 
 import asyncpg
 
-from shared.api import JobPage, JobResult, JobView, Progress, StreamSnapshot
+from services.results.attempts import read_attempts
+from shared.api import AttemptView, JobPage, JobResult, JobView, Progress, StreamSnapshot
 from shared.auth import Principal
 from shared.contracts import TokenUsage
 from shared.lifecycle import JobStatus
@@ -124,8 +125,17 @@ async def _current_attempt(conn: asyncpg.Connection, job: asyncpg.Record) -> tup
            GROUP BY attempt""",
         job["job_id"],
     )
-    if row is None or row["attempt"] < job["attempt"]:
+    if row is None:
         return job["attempt"], 0, -1
+    if row["attempt"] < job["attempt"]:
+        # A continuing attempt streams under the number of the attempt it continues.
+        continues = await conn.fetchval(
+            "SELECT continues FROM attempts WHERE job_id = $1 AND attempt = $2",
+            job["job_id"],
+            job["attempt"],
+        )
+        if continues != row["attempt"]:
+            return job["attempt"], 0, -1
     return row["attempt"], row["tokens"], row["last_seq"]
 
 
@@ -223,6 +233,40 @@ async def stream_snapshot(
     )
 
 
+def _attempt_view(a: asyncpg.Record) -> AttemptView:
+    usage = None
+    if a["total_tokens"] is not None:
+        usage = TokenUsage(
+            prompt_tokens=a["prompt_tokens"] or 0,
+            completion_tokens=a["completion_tokens"] or 0,
+            total_tokens=a["total_tokens"],
+        )
+    return AttemptView(
+        attempt=a["attempt"],
+        upstream=a["upstream"],
+        model=a["model"],
+        continues=a["continues"],
+        status=a["status"],
+        usage=usage,
+        usage_estimated=a["usage_estimated"],
+        reason=a["reason"],
+        started_at=a["started_at"],
+        ended_at=a["ended_at"],
+    )
+
+
+def _billed(attempts: list[AttemptView]) -> TokenUsage | None:
+    """Every attempt's usage summed; None before any attempt reported one (older records)."""
+    used = [a.usage for a in attempts if a.usage is not None]
+    if not used:
+        return None
+    return TokenUsage(
+        prompt_tokens=sum(u.prompt_tokens for u in used),
+        completion_tokens=sum(u.completion_tokens for u in used),
+        total_tokens=sum(u.total_tokens for u in used),
+    )
+
+
 class NotFinished(Exception):
     def __init__(self, status: JobStatus) -> None:
         super().__init__(f"the job is {status.value}")
@@ -240,6 +284,7 @@ async def get_result(
     if not status.is_final:
         raise NotFinished(status)
     r = await conn.fetchrow("SELECT * FROM results WHERE job_id = $1", job_id)
+    attempts = [_attempt_view(a) for a in await read_attempts(conn, job_id)]
     common: dict[str, Any] = {
         "job_id": job_id,
         "status": status,
@@ -250,6 +295,8 @@ async def get_result(
         "queue_wait_ms": row["queue_wait_ms"],
         "error": row["error_reason"],
         "completed_at": row["finished_at"],
+        "attempts": attempts,
+        "billed_usage": _billed(attempts),
     }
     if r is None:
         return JobResult(**common)

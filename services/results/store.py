@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from services.results.attempts import write_attempts
 from services.results.decode import ChunkRow, StoredEvent
 from services.results.projection import (
     JobRow,
@@ -375,6 +376,8 @@ async def _write_events(
         await _copy_upsert(conn, "events", rows, _INSERT_EVENTS)
     if changed:
         await _copy_upsert(conn, "jobs", [_job_args(j) for j in changed.values()], _UPSERT_JOB)
+        # After the jobs rows: an attempt row references its job.
+        await write_attempts(conn, [e for e, applied in fresh if applied])
     if results:
         rows = [_result_args(r) for r in results.values()]
         await _copy_upsert(conn, "results", rows, _UPSERT_RESULT)
@@ -384,6 +387,11 @@ async def _write_events(
     if ended:
         await _write_partials(conn, [(jobs[j], e) for j, e in ended.items()], rules, outcome)
     return set(ended)
+
+
+def _stream_attempt(event: JobFailed | JobCancelled) -> int:
+    """The attempt number an attempt's chunks carry: a continuing attempt's are its stream's."""
+    return event.data.continues if event.data.continues is not None else event.data.attempt
 
 
 async def _write_partials(
@@ -396,12 +404,12 @@ async def _write_partials(
     streamed = {
         (r["job_id"], r["attempt"]): Streamed(r["text"], int(r["tokens"]), r["chunks"])
         for r in await conn.fetch(
-            _STREAMED, [j.job_id for j, _ in ended], [e.data.attempt for _, e in ended]
+            _STREAMED, [j.job_id for j, _ in ended], [_stream_attempt(e) for _, e in ended]
         )
     }
     rows = []
     for job, event in ended:
-        got = streamed.get((job.job_id, event.data.attempt), Streamed())
+        got = streamed.get((job.job_id, _stream_attempt(event)), Streamed())
         if got.chunks == 0 and event.data.usage is None:
             continue  # nothing was streamed: no result to keep
         model = event.data.model or job.model
@@ -425,7 +433,7 @@ async def _rebuild_partials(
         final = parse_record(record["final_payload"])
         if not isinstance(final, JobFailed | JobCancelled):
             continue
-        if (record["job_id"], final.data.attempt) in touched:
+        if (record["job_id"], _stream_attempt(final)) in touched:
             ended.append((_job_from_record(record), final))
     if ended:
         await _write_partials(conn, ended, rules, outcome)

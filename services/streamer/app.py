@@ -7,14 +7,12 @@ import logging
 import os
 import socket
 
-import openai
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from prometheus_client import CollectorRegistry
 
-from services.streamer.breaker import CircuitBreaker
 from services.streamer.cancel_matching import CancelMatching
 from services.streamer.cancels import Owners, PendingCancels
 from services.streamer.capacity import Capacity
@@ -37,12 +35,13 @@ from services.streamer.runner import run_job
 from services.streamer.scheduler import Scheduler
 from services.streamer.settings import StreamerSettings
 from services.streamer.sticky import StickyAssignor
-from services.streamer.upstream import make_client
+from services.streamer.upstreams import Upstreams, build_links
 from shared.http import add_ops_routes, serve_http
 from shared.jobtypes import load_job_types
 from shared.kafka import client_options, ensure_service_topics, make_producer
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import PRIORITY_ORDER, events_topic, job_topic
+from shared.upstreams import load as load_registry
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +99,18 @@ class StreamerService:
         await producer.start()
         stack.push_async_callback(producer.stop)
         self._producer = producer
-        client = make_client(
-            s.openai_base_url,
-            s.openai_api_key.get_secret_value(),
+        registry = load_registry(s.streamjobs_workloads_file)
+        links = build_links(
+            registry,
+            default_base_url=s.openai_base_url,
+            default_api_key=s.openai_api_key.get_secret_value(),
             aiohttp_client=s.streamer_use_aiohttp_client,
+            breaker_failures=s.streamer_breaker_failures,
+            breaker_cooldown_s=s.streamer_breaker_cooldown_s,
         )
-        stack.push_async_callback(client.close)
-        self.deps = self._deps(producer, client)
+        upstreams = Upstreams(registry, links, self.metrics.breaker_state)
+        stack.push_async_callback(upstreams.close)
+        self.deps = self._deps(producer, upstreams)
         self._admin = AIOKafkaAdminClient(**security, bootstrap_servers=s.kafka_bootstrap_servers)
         await self._admin.start()
         stack.push_async_callback(self._admin.close)
@@ -252,16 +256,12 @@ class StreamerService:
             fence=self.fence,
         )
 
-    def _deps(self, producer: AIOKafkaProducer, client: openai.AsyncOpenAI) -> Deps:
+    def _deps(self, producer: AIOKafkaProducer, upstreams: Upstreams) -> Deps:
         s = self.settings
         return Deps(
             producer=producer,
-            client=client,
+            upstreams=upstreams,
             metrics=self.metrics,
-            breaker=CircuitBreaker(
-                failure_threshold=s.streamer_breaker_failures,
-                cooldown_s=s.streamer_breaker_cooldown_s,
-            ),
             retry=RetryPolicy(
                 max_attempts=s.streamer_max_attempts,
                 base_s=s.streamer_retry_base_s,
@@ -269,7 +269,6 @@ class StreamerService:
             ),
             prefix=s.topic_prefix,
             worker=self.worker,
-            upstream=s.openai_base_url,
             window_ms=s.streamer_chunk_window_ms,
             max_tokens=s.streamer_chunk_max_tokens,
             job_timeout_s=s.streamer_job_timeout_s,

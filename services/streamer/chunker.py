@@ -28,6 +28,7 @@ class Chunker:
         "_calls",
         "_first_at",
         "_parts",
+        "_start",
         "_window_s",
         "calls",
         "max_tokens",
@@ -36,13 +37,17 @@ class Chunker:
         "tokens",
     )
 
-    def __init__(self, *, window_ms: float = 30.0, max_tokens: int = 16) -> None:
+    def __init__(
+        self, *, window_ms: float = 30.0, max_tokens: int = 16, start_seq: int = 0
+    ) -> None:
         self._window_s = window_ms / 1000.0
         self.max_tokens = max(1, max_tokens)
         self._parts: list[str] = []  # a tool-call event adds an empty part: one token
         self._calls: list[Delta] = []  # tool-call deltas pending
         self._first_at = 0.0
-        self.next_seq = 0
+        # A continuing attempt numbers on from the stream it carries on.
+        self._start = start_seq
+        self.next_seq = start_seq
         self.texts: list[str] = []  # every flushed chunk's text, for the final response
         self.calls: list[Delta] = []  # every flushed chunk's tool-call deltas, for the result
         self.tokens = 0  # tokens of every flushed chunk: what a cut-short attempt streamed
@@ -65,7 +70,7 @@ class Chunker:
             self._first_at = now
         self._parts.append(text)
         if (
-            self.next_seq == 0
+            self.next_seq == self._start
             or len(self._parts) >= self.max_tokens
             or now - self._first_at >= self._window_s
         ):

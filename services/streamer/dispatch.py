@@ -194,9 +194,10 @@ class Dispatcher:
             except KafkaError:
                 raise
             except Exception as exc:  # a process boundary: one job's bug must not stop us
-                log.exception("attempt %d crashed", job.data.attempt)
+                # running.job: the attempt that crashed, later than the first after a fallback.
+                log.exception("attempt %d crashed", running.job.data.attempt)
                 streamed = running.stream.streamed() if running.stream is not None else None
-                await self.events.crashed(job, InternalError(repr(exc)), streamed)
+                await self.events.crashed(running.job, InternalError(repr(exc)), streamed)
         except asyncio.CancelledError:
             raise  # shutdown: neither final event nor commit
         except KafkaError as exc:

@@ -10,17 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import openai
 from aiokafka import AIOKafkaProducer, TopicPartition
-from prometheus_client import Gauge
 
-from services.streamer.breaker import CircuitBreaker
 from services.streamer.metrics import StreamerMetrics
 from shared.contracts import CancelJobData, RunJob
 from shared.jobtypes import JobTypes
 
 if TYPE_CHECKING:
     from services.streamer.stream import AttemptStream
+    from services.streamer.upstreams import Upstreams
 
 
 class Outcome(enum.Enum):
@@ -48,23 +46,17 @@ class Deps:
     """Everything an attempt needs, built once by the app."""
 
     producer: AIOKafkaProducer
-    client: openai.AsyncOpenAI
+    upstreams: Upstreams
     metrics: StreamerMetrics
-    breaker: CircuitBreaker
     retry: RetryPolicy
     prefix: str
     worker: str
-    upstream: str
     window_ms: float
     max_tokens: int
     job_timeout_s: float
     idle_timeout_s: float
     job_types: JobTypes
     clock: Callable[[], float] = time.time
-
-    @property
-    def breaker_gauge(self) -> Gauge:
-        return self.metrics.breaker_state.labels(self.upstream)
 
 
 @dataclass

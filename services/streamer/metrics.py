@@ -156,12 +156,18 @@ class StreamerMetrics:
         )
         self.jobs_deferred = Counter(
             "streamjobs_streamer_jobs_deferred_total",
-            "Jobs re-queued untried because the upstream's circuit breaker was open",
+            "Jobs re-queued untried because every upstream's circuit breaker was open",
+            registry=registry,
+        )
+        self.upstream_fallbacks = Counter(
+            "streamjobs_streamer_upstream_fallbacks_total",
+            "Attempts that failed on one upstream and went straight to the next of the route",
+            ("upstream", "to"),
             registry=registry,
         )
         self.breaker_state = Gauge(
             "streamjobs_streamer_breaker_state",
-            "Upstream circuit breaker: 0 closed, 1 open, 2 half-open",
+            "Circuit breaker per upstream of the workload file: 0 closed, 1 open, 2 half-open",
             ("upstream",),
             registry=registry,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from services.streamer.job import Deps, Outcome
 from services.streamer.rejects import MAX_ORIGINAL_BYTES
@@ -20,6 +21,7 @@ from shared.contracts import (
     JobFailedData,
     JobRetrying,
     JobRetryingData,
+    ResumeFrom,
     RunJob,
 )
 from shared.kafka import publish
@@ -29,7 +31,11 @@ log = logging.getLogger(__name__)
 
 
 async def publish_cancelled(
-    deps: Deps, job: RunJob, cancel: CancelJobData, streamed: Streamed | None = None
+    deps: Deps,
+    job: RunJob,
+    cancel: CancelJobData,
+    streamed: Streamed | None = None,
+    upstream: str | None = None,
 ) -> None:
     """The cancelled fact, with what the attempt had streamed (nothing when it never ran)."""
     so_far = streamed if streamed is not None else nothing_streamed(job.data)
@@ -44,6 +50,8 @@ async def publish_cancelled(
                 reason=cancel.reason,
                 last_seq=so_far.last_seq,
                 model=so_far.model,
+                upstream=upstream,
+                continues=job.data.resume.attempt if job.data.resume is not None else None,
                 usage=so_far.usage,
                 usage_estimated=so_far.estimated,
             ),
@@ -51,15 +59,56 @@ async def publish_cancelled(
     )
 
 
-async def requeue(deps: Deps, job: RunJob, *, attempt: int, delay: float) -> datetime:
+async def requeue(
+    deps: Deps,
+    job: RunJob,
+    *,
+    attempt: int,
+    delay: float,
+    resume: ResumeFrom | Literal[False] | None = False,
+) -> datetime:
+    """The job again on the retry topic; `resume` replaces the stream it continues (False:
+    keeps it)."""
     retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+    update: dict[str, object] = {"attempt": attempt, "not_before": retry_at}
+    if resume is not False:
+        update["resume"] = resume
     again = RunJob(
-        job_id=job.job_id,
-        trace_id=job.trace_id,
-        data=job.data.model_copy(update={"attempt": attempt, "not_before": retry_at}),
+        job_id=job.job_id, trace_id=job.trace_id, data=job.data.model_copy(update=update)
     )
     await publish(deps.producer, retry_topic(deps.prefix), again)
     return retry_at
+
+
+async def publish_retrying(
+    deps: Deps,
+    job: RunJob,
+    reason: str,
+    retry_at: datetime,
+    so_far: Streamed,
+    upstream: str | None,
+) -> None:
+    """The retrying fact of a failed attempt: where it ran and what it used (billed)."""
+    data = job.data
+    await publish(
+        deps.producer,
+        events_topic(deps.prefix),
+        JobRetrying(
+            job_id=job.job_id,
+            trace_id=job.trace_id,
+            data=JobRetryingData(
+                attempt=data.attempt,
+                next_attempt=data.attempt + 1,
+                reason=reason,
+                retry_at=retry_at,
+                upstream=upstream,
+                model=so_far.model,
+                usage=so_far.usage,
+                usage_estimated=so_far.estimated,
+                continues=data.resume.attempt if data.resume is not None else None,
+            ),
+        ),
+    )
 
 
 async def failed(
@@ -69,10 +118,15 @@ async def failed(
     labels: tuple[str, str],
     started: float,
     streamed: Streamed | None = None,
+    *,
+    upstream: str | None = None,
+    resume: ResumeFrom | None = None,
 ) -> Outcome:
     """Retry a retriable failure while attempts remain; else the failed fact and the DLQ.
 
     `streamed` is what the attempt had streamed; None when it never reached the upstream.
+    `upstream` is the one it asked; `resume` what the next attempt continues (None: it
+    restarts the answer).
     """
     data = job.data
     so_far = streamed if streamed is not None else nothing_streamed(data)
@@ -81,21 +135,8 @@ async def failed(
     if exc.retriable and data.attempt < deps.retry.max_attempts:
         delay = deps.retry.delay(data.attempt, getattr(exc, "retry_after", None))
         retry_at = datetime.now(UTC) + timedelta(seconds=delay)
-        await publish(
-            deps.producer,
-            events_topic(deps.prefix),
-            JobRetrying(
-                job_id=job.job_id,
-                trace_id=job.trace_id,
-                data=JobRetryingData(
-                    attempt=data.attempt,
-                    next_attempt=data.attempt + 1,
-                    reason=reason,
-                    retry_at=retry_at,
-                ),
-            ),
-        )
-        await requeue(deps, job, attempt=data.attempt + 1, delay=delay)
+        await publish_retrying(deps, job, reason, retry_at, so_far, upstream)
+        await requeue(deps, job, attempt=data.attempt + 1, delay=delay, resume=resume)
         deps.metrics.jobs_retried.labels(*labels).inc()
         log.info("attempt %d failed (%s); retry in %.2f s", data.attempt, reason, delay)
         return Outcome.RETRYING
@@ -113,6 +154,8 @@ async def failed(
                 retriable=exc.retriable,
                 last_seq=so_far.last_seq,
                 model=so_far.model,
+                upstream=upstream,
+                continues=data.resume.attempt if data.resume is not None else None,
                 usage=so_far.usage,
                 usage_estimated=so_far.estimated,
             ),

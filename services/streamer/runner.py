@@ -1,38 +1,63 @@
-"""One attempt of one job: JobStarted, the upstream stream cut into chunks, one final event."""
+"""One job in its slot: attempts over the model's upstreams, each with JobStarted, the
+upstream stream cut into chunks, and one final event (or the next attempt).
+
+An attempt goes to the first upstream of the model's route whose breaker lets it through.
+When it fails in a way another server may not (429, 5xx, a timeout, a cut), the next
+attempt goes at once to the next upstream of the route (the model's others, then its
+fallback model's); once the route is used up, the retry topic's backoff takes over. Every
+hop is an attempt with its own number and events, so resume and billing stay per attempt.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
+from services.streamer.continuation import asked_of
 from services.streamer.job import Deps, Outcome, Running
-from services.streamer.outcomes import failed, publish_cancelled, requeue
+from services.streamer.outcomes import failed, publish_cancelled, publish_retrying, requeue
 from services.streamer.stream import AttemptStream
 from services.streamer.toolcalls import assemble
-from services.streamer.upstream import AttemptsExhausted, UpstreamError
+from services.streamer.upstream import AttemptsExhausted, UpstreamError, UpstreamRejected
+from services.streamer.upstreams import Link
 from shared.contracts import (
     JobCompleted,
     JobCompletedData,
     JobStarted,
     JobStartedData,
+    ResumeFrom,
+    RunJob,
     TokenUsage,
 )
 from shared.kafka import publish
 from shared.logs import bind
 from shared.topics import events_topic
+from shared.upstreams import Hop
 
 __all__ = ["Deps", "Outcome", "Running", "run_job"]
 
 log = logging.getLogger(__name__)
 
 
+class _Broke:
+    """An attempt that failed in a way the next upstream may not."""
+
+    __slots__ = ("error", "started", "stream")
+
+    def __init__(self, error: UpstreamError, stream: AttemptStream, started: float) -> None:
+        self.error = error
+        self.stream = stream
+        self.started = started
+
+
 async def run_job(running: Running, deps: Deps) -> Outcome:
-    """Run one attempt to a final state (or a retry); CancelledError = shutdown, no final event."""
+    """Run the job's attempts to a final state (or a retry); CancelledError = shutdown."""
     job = running.job
     data = job.data
     bind(job.job_id, job.trace_id)
     labels = (data.job_type, data.priority.value)
-    events = events_topic(deps.prefix)
     if running.cancel is not None:
         await publish_cancelled(deps, job, running.cancel)
         deps.metrics.jobs_cancelled.labels(*labels).inc()
@@ -40,18 +65,97 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
     if data.attempt > deps.retry.max_attempts:
         exhausted = AttemptsExhausted(f"attempt {data.attempt} > {deps.retry.max_attempts}")
         return await failed(deps, job, exhausted, labels, deps.clock())
-    allowed = deps.breaker.allow(time.monotonic())
-    deps.breaker_gauge.set(deps.breaker.state)
-    if not allowed:
-        # No attempt was made, so the attempt number stays.
-        await requeue(deps, job, attempt=data.attempt, delay=deps.breaker.cooldown_s)
+    route = deps.upstreams.route(data.config.model)
+    if not route:
+        unrouted = UpstreamRejected(f"no upstream serves model {data.config.model!r}")
+        return await failed(deps, job, unrouted, labels, deps.clock())
+    hops: Iterator[tuple[Hop, Link]] = deps.upstreams.allowed(route, time.monotonic())
+    step = next(hops, None)
+    if step is None:
+        # Every upstream's breaker is open: no attempt was made, so the attempt number stays.
+        delay = deps.upstreams.shortest_cooldown(route)
+        await requeue(deps, job, attempt=data.attempt, delay=delay)
         deps.metrics.jobs_deferred.inc()
         return Outcome.DEFERRED
+    continues = deps.upstreams.registry.on_interrupt(data.config.model, data.on_interrupt)
+    while True:
+        hop, link = step
+        result = await _attempt(running, deps, hop, link, labels)
+        if not isinstance(result, _Broke):
+            return result
+        error, stream = result.error, result.stream
+        resume = stream.resume_after() if continues == "continue" else None
+        nxt = None
+        if error.retriable and running.job.data.attempt < deps.retry.max_attempts:
+            nxt = next(hops, None)
+        if nxt is None:
+            return await failed(
+                deps,
+                running.job,
+                error,
+                labels,
+                result.started,
+                stream.streamed(),
+                upstream=hop.upstream.name,
+                resume=resume,
+            )
+        await _fall_back(running, deps, result, hop, nxt[0], resume, labels)
+        step = nxt
+
+
+async def _fall_back(
+    running: Running,
+    deps: Deps,
+    broke: _Broke,
+    hop: Hop,
+    to: Hop,
+    resume: ResumeFrom | None,
+    labels: tuple[str, str],
+) -> None:
+    """The failed attempt's retrying fact, then the job as its next attempt, in this slot."""
+    job = running.job
+    reason = f"{broke.error.kind}: {broke.error}"
+    deps.metrics.job_duration.labels("failed").observe(deps.clock() - broke.started)
+    await publish_retrying(
+        deps, job, reason, datetime.now(UTC), broke.stream.streamed(), hop.upstream.name
+    )
+    deps.metrics.jobs_retried.labels(*labels).inc()
+    deps.metrics.upstream_fallbacks.labels(hop.upstream.name, to.upstream.name).inc()
+    log.info(
+        "attempt %d on %s failed (%s); attempt %d falls back to %s (%s)",
+        job.data.attempt,
+        hop.upstream.name,
+        reason,
+        job.data.attempt + 1,
+        to.upstream.name,
+        to.model,
+    )
+    running.job = RunJob(
+        job_id=job.job_id,
+        trace_id=job.trace_id,
+        data=job.data.model_copy(update={"attempt": job.data.attempt + 1, "resume": resume}),
+    )
+    running.stream = None
+    running.reader = None
+
+
+async def _attempt(
+    running: Running, deps: Deps, hop: Hop, link: Link, labels: tuple[str, str]
+) -> Outcome | _Broke:
+    """One attempt on one upstream: its final event, or `_Broke` for the caller to decide."""
+    job = running.job
+    data = job.data
+    if running.cancel is not None:  # cancelled between two attempts of this slot
+        await publish_cancelled(deps, job, running.cancel)
+        deps.metrics.jobs_cancelled.labels(*labels).inc()
+        return Outcome.CANCELLED
+    events = events_topic(deps.prefix)
     started = deps.clock()
     queued_since = (data.not_before or data.submitted_at).timestamp()
     queued_s = max(0.0, started - queued_since)
     deps.metrics.queue_wait.labels(data.priority.value).observe(queued_s)
     deps.metrics.jobs_started.labels(*labels).inc()
+    continues = data.resume.attempt if data.resume is not None else None
     await publish(
         deps.producer,
         events,
@@ -59,12 +163,23 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
             job_id=job.job_id,
             trace_id=job.trace_id,
             data=JobStartedData(
-                attempt=data.attempt, worker=deps.worker, queued_for_ms=queued_s * 1000
+                attempt=data.attempt,
+                worker=deps.worker,
+                queued_for_ms=queued_s * 1000,
+                upstream=hop.upstream.name,
+                model=hop.model,
+                continues=continues,
             ),
         ),
     )
-    log.info("attempt %d started (%s, %s)", data.attempt, data.job_type, data.priority.value)
-    stream = AttemptStream(running, deps, started)
+    log.info(
+        "attempt %d started on %s (%s, %s)",
+        data.attempt,
+        hop.upstream.name,
+        data.job_type,
+        data.priority.value,
+    )
+    stream = AttemptStream(running, deps, started, link.client, asked_of(data, hop.model))
     running.stream = stream  # what it streamed, should the attempt crash past this point
     error: UpstreamError | None = None
     try:
@@ -75,20 +190,18 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
         # Closes the upstream HTTP stream (a hung or cancelled one) before any final event.
         await stream.close()
     if error is not None:
-        deps.breaker.failure(time.monotonic())
-        deps.breaker_gauge.set(deps.breaker.state)
+        deps.upstreams.failure(link, time.monotonic())
         deps.metrics.upstream_errors.labels(error.kind).inc()
         await stream.drain()
-        return await failed(deps, job, error, labels, started, stream.streamed())
+        return _Broke(error, stream, started)
     if end is None:
         await stream.drain()
         assert running.cancel is not None
-        await publish_cancelled(deps, job, running.cancel, stream.streamed())
+        await publish_cancelled(deps, job, running.cancel, stream.streamed(), hop.upstream.name)
         deps.metrics.jobs_cancelled.labels(*labels).inc()
         deps.metrics.job_duration.labels("cancelled").observe(deps.clock() - started)
         return Outcome.CANCELLED
-    deps.breaker.success()
-    deps.breaker_gauge.set(deps.breaker.state)
+    deps.upstreams.success(link)
     await stream.drain()
     done = deps.clock()
     chunker = stream.chunker
@@ -101,9 +214,11 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
             trace_id=job.trace_id,
             data=JobCompletedData(
                 attempt=data.attempt,
-                response=chunker.response(),
+                response=stream.response(),
                 finish_reason=end.finish_reason,
                 model=end.model,
+                upstream=hop.upstream.name,
+                continues=continues,
                 usage=TokenUsage(
                     prompt_tokens=end.prompt_tokens,
                     completion_tokens=end.completion_tokens,
@@ -123,8 +238,9 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
         ),
     )
     log.info(
-        "attempt %d completed: %d tokens in %.0f ms",
+        "attempt %d completed on %s: %d tokens in %.0f ms",
         data.attempt,
+        hop.upstream.name,
         end.completion_tokens,
         (done - started) * 1000,
     )

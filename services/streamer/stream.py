@@ -10,7 +10,10 @@ import math
 from collections import deque
 from typing import Any
 
+import openai
+
 from services.streamer.chunker import Chunk, Chunker
+from services.streamer.continuation import continuation_request_for
 from services.streamer.job import Deps, Running
 from services.streamer.records import ChunkEncoder
 from services.streamer.sse import ToolCallDeltas
@@ -29,6 +32,7 @@ from services.streamer.upstream import (
     UpstreamUsage,
     stream_tokens,
 )
+from shared.contracts import ResumeFrom, RunJobData
 from shared.routing import chunk_partition
 from shared.topics import chunks_topic
 
@@ -45,21 +49,45 @@ class AttemptStream:
     upstream HTTP stream at once.
     """
 
-    def __init__(self, running: Running, deps: Deps, started: float) -> None:
+    def __init__(
+        self,
+        running: Running,
+        deps: Deps,
+        started: float,
+        client: openai.AsyncOpenAI,
+        asked: RunJobData | None = None,
+    ) -> None:
         self.running = running
         self.deps = deps
         self.started = started
-        self.chunker = Chunker(window_ms=deps.window_ms, max_tokens=deps.max_tokens)
+        self.client = client
+        data = running.job.data
+        # The job as this hop asks it (its model); a continuing attempt's chunks carry on
+        # the stream of the attempt it continues, under that attempt's number and seqs.
+        self.asked = asked if asked is not None else data
+        self.resume = data.resume
+        self._body = (
+            continuation_request_for(self.asked, data.resume, deps.job_types)
+            if data.resume is not None
+            else None
+        )
+        self.chunker = Chunker(
+            window_ms=deps.window_ms,
+            max_tokens=deps.max_tokens,
+            start_seq=data.resume.next_seq if data.resume is not None else 0,
+        )
         self.first_token_at: float | None = None
         self.last_token_at = started
-        self.model = running.job.data.config.model
+        self.model = self.asked.config.model
         self.reported: UpstreamUsage | None = None
         self._sends: list[asyncio.Future[Any]] = []
         self._topic = chunks_topic(deps.prefix)
         self._key = running.job.job_id.encode()
         self._partition: int | None = None
         self._encoder = ChunkEncoder(
-            running.job.job_id, running.job.trace_id, running.job.data.attempt
+            running.job.job_id,
+            running.job.trace_id,
+            data.resume.attempt if data.resume is not None else data.attempt,
         )
         # Chunks cut but not sent yet, in seq order: whoever cuts one appends it at once.
         self._ready: deque[Chunk] = deque()
@@ -78,7 +106,7 @@ class AttemptStream:
         window_s = self.deps.window_ms / 1000.0
         try:
             async for item in stream_tokens(
-                self.deps.client, self.running.job.data, self.deps.job_types
+                self.client, self.asked, self.deps.job_types, self._body
             ):
                 if type(item) is str:
                     now = clock()
@@ -197,6 +225,23 @@ class AttemptStream:
         """End the reader (and the HTTP stream); what it had read counts as streamed."""
         await self.close()
         await self._flush()
+
+    def response(self) -> str:
+        """The whole answer: what the continued attempts streamed, then this one's."""
+        head = self.resume.text if self.resume is not None else ""
+        return head + self.chunker.response()
+
+    def resume_after(self) -> ResumeFrom | None:
+        """Where an attempt continuing this one's stream starts; None when nothing streamed."""
+        resume = self.resume
+        if self.chunker.next_seq == (resume.next_seq if resume is not None else 0):
+            return resume
+        return ResumeFrom(
+            attempt=resume.attempt if resume is not None else self.running.job.data.attempt,
+            text=self.response(),
+            next_seq=self.chunker.next_seq,
+            tokens=(resume.tokens if resume is not None else 0) + self.chunker.tokens,
+        )
 
     def streamed(self) -> Streamed:
         """What this attempt has streamed so far (published chunks), for a cut-short end."""

@@ -158,7 +158,10 @@ DRAIN_S = 0.1
 
 
 async def stream_tokens(
-    client: openai.AsyncOpenAI, job: RunJobData, job_types: JobTypes
+    client: openai.AsyncOpenAI,
+    job: RunJobData,
+    job_types: JobTypes,
+    request: dict[str, Any] | None = None,
 ) -> AsyncIterator[str | ToolCallDeltas | StreamEnd | UpstreamModel | UpstreamUsage]:
     """Yield each content delta and tool-call deltas, then one `StreamEnd`; raises
     `UpstreamError`. Without a usage from the upstream, the end counts the deltas.
@@ -176,7 +179,7 @@ async def stream_tokens(
     try:
         response = await client.post(
             CHAT_COMPLETIONS,
-            body=request_for(job, job_types),
+            body=request if request is not None else request_for(job, job_types),
             cast_to=httpx2.Response,
             stream=True,
             stream_cls=None,

@@ -35,6 +35,7 @@ from shared.contracts.jobs import (
     JobDeadLettered,
     JobSpec,
     ModelConfig,
+    ResumeFrom,
     RunJob,
     RunJobData,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "JobStartedData",
     "LifecycleEvent",
     "ModelConfig",
+    "ResumeFrom",
     "RunJob",
     "RunJobData",
     "TokenChunk",

@@ -15,6 +15,18 @@ class _Body(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
+class TokenUsage(_Body):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int | None = Field(
+        default=None, description="of prompt_tokens, those the upstream served from its cache"
+    )
+    reasoning_tokens: int | None = Field(
+        default=None, description="of completion_tokens, those spent reasoning (not shown)"
+    )
+
+
 class JobAcceptedData(JobSpec):
     pass
 
@@ -30,6 +42,13 @@ class JobStartedData(_Body):
     attempt: int
     worker: str = Field(description="the streamer instance that runs this attempt")
     queued_for_ms: float | None = None
+    upstream: str | None = Field(default=None, description="the upstream this attempt asks")
+    model: str | None = Field(default=None, description="the model this attempt asks for")
+    continues: int | None = Field(
+        default=None,
+        description="on_interrupt=continue: the attempt whose stream this one carries on; its"
+        " chunks carry that attempt number and go on from its last seq",
+    )
 
 
 class JobStarted(Envelope):
@@ -42,23 +61,18 @@ class JobRetryingData(_Body):
     next_attempt: int
     reason: str
     retry_at: datetime
+    upstream: str | None = Field(default=None, description="the upstream the attempt asked")
+    model: str | None = Field(default=None, description="the model the attempt asked for")
+    usage: TokenUsage | None = Field(
+        default=None, description="tokens the failed attempt used (billed)"
+    )
+    usage_estimated: bool = False
+    continues: int | None = None
 
 
 class JobRetrying(Envelope):
     type: Literal["job.retrying"] = "job.retrying"
     data: JobRetryingData
-
-
-class TokenUsage(_Body):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    cached_tokens: int | None = Field(
-        default=None, description="of prompt_tokens, those the upstream served from its cache"
-    )
-    reasoning_tokens: int | None = Field(
-        default=None, description="of completion_tokens, those spent reasoning (not shown)"
-    )
 
 
 class ToolCallFunction(_Body):
@@ -94,6 +108,10 @@ class JobCompletedData(_Body):
     response: str
     finish_reason: str | None = None
     model: str
+    upstream: str | None = Field(default=None, description="the upstream that served it")
+    continues: int | None = Field(
+        default=None, description="the attempt whose stream this one carried on (see JobStarted)"
+    )
     usage: TokenUsage
     chunks: int = Field(description="number of chunk records of this attempt")
     last_seq: int
@@ -119,6 +137,8 @@ class _StreamedSoFar(_Body):
 
     last_seq: int = -1
     model: str | None = None
+    upstream: str | None = None
+    continues: int | None = None
     usage: TokenUsage | None = Field(
         default=None, description="tokens of what was streamed; the upstream's when it sent them"
     )

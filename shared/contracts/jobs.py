@@ -35,6 +35,22 @@ class JobSpec(BaseModel):
     config: ModelConfig
     metadata: dict[str, Any] = Field(default_factory=dict)
     submitted_at: datetime
+    on_interrupt: Literal["restart", "continue"] | None = Field(
+        default=None,
+        description="what follows an attempt cut after streaming text: restart the answer, or"
+        " continue it from the text so far; None: the model's default, then restart",
+    )
+
+
+class ResumeFrom(BaseModel):
+    """What a continuing attempt carries on: the stream's attempt, its text, its next seq."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attempt: int = Field(ge=1, description="the attempt whose chunks the stream carries")
+    text: str = Field(description="the answer streamed so far")
+    next_seq: int = Field(ge=0, description="the seq the continuation's first chunk takes")
+    tokens: int = Field(default=0, ge=0, description="completion tokens streamed so far")
 
 
 class RunJobData(JobSpec):
@@ -46,6 +62,9 @@ class RunJobData(JobSpec):
         default=None,
         description="attempt 1: the gateway gave up on this record at this time; appended"
         " by the broker later than that (LogAppendTime), it is not run",
+    )
+    resume: ResumeFrom | None = Field(
+        default=None, description="on_interrupt=continue: the stream this attempt carries on"
     )
 
 

@@ -224,11 +224,8 @@ async def test_migrations_rerun_on_existing_database_keep_rows(
     conn = await asyncpg.connect(database_url)
     try:
         again = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
-        assert (
-            [r["version"] for r in again]
-            == [r["version"] for r in versions]
-            == [m.version for m in load()]
-        )
+        shipped = [m.version for m in load()]  # every migration of the package, once each
+        assert [r["version"] for r in again] == [r["version"] for r in versions] == shipped
         assert await conn.fetchval("SELECT count(*) FROM jobs") == 1
         assert await conn.fetchval("SELECT count(*) FROM results") == 1
         assert await conn.fetchval("SELECT count(*) FROM chunks") == 2

@@ -157,7 +157,7 @@ async def test_a_permanently_failing_upstream_opens_the_breaker_and_jobs_are_def
         lambda: service.metrics.jobs_deferred._value.get() >= 1,
         message="a job was deferred because the breaker opened",
     )
-    assert service.deps.breaker.state is BreakerState.OPEN
+    assert service.deps.upstreams.links["simulator"].breaker.state is BreakerState.OPEN
     assert fresh_sim.stats.requests_total == 2, "no upstream call while the breaker is open"
     async with (
         aiohttp.ClientSession() as http,

@@ -17,17 +17,18 @@ import openai
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.streamer.breaker import CircuitBreaker
 from services.streamer.job import Deps, RetryPolicy, Running
 from services.streamer.metrics import StreamerMetrics
 from services.streamer.stream import AttemptStream
 from services.streamer.toolcalls import assemble
 from services.streamer.upstream import StreamEnd, UpstreamTimeout
+from services.streamer.upstreams import Upstreams
 from shared.contracts import CancelJobData, ModelConfig, RunJob, RunJobData, TokenChunk, utcnow
 from shared.contracts import parse_record as parse
 from shared.jobtypes import load_job_types
 from shared.routing import chunk_partition
 from shared.topics import Priority
+from shared.upstreams import Registry
 from tests.support import wait_for
 from tests.unit.test_streamer_upstream_sse import event, finish, token
 
@@ -113,15 +114,15 @@ async def attempt() -> AsyncIterator[Any]:
             base_url="http://llm.test/v1", api_key="k", max_retries=0, http_client=http
         )
         producer = FakeProducer(pause=pause)
+        metrics = StreamerMetrics(CollectorRegistry())
         deps = Deps(
             producer=producer,  # type: ignore[arg-type]
-            client=client,
-            metrics=StreamerMetrics(CollectorRegistry()),
-            breaker=CircuitBreaker(),
+            # The attempt is handed its upstream's client: no route is consulted here.
+            upstreams=Upstreams(Registry({}), {}, metrics.breaker_state),
+            metrics=metrics,
             retry=RetryPolicy(),
             prefix="t",
             worker="w",
-            upstream="llm",
             window_ms=window_ms,
             max_tokens=max_tokens,
             job_timeout_s=job_timeout_s,
@@ -140,7 +141,7 @@ async def attempt() -> AsyncIterator[Any]:
             ),
         )
         running = Running(job=job)
-        stream = AttemptStream(running, deps, time.time())
+        stream = AttemptStream(running, deps, time.time(), client)
         task = asyncio.create_task(stream.run())
         one = Attempt(body, producer, running, stream, task)
         started.append(one)
