@@ -137,6 +137,7 @@ class Gateway:
             request.headers,
             max_prompt_chars=self.settings.gateway_max_prompt_chars,
             max_depth=self.settings.gateway_max_json_depth,
+            max_messages=self.settings.gateway_max_messages,
         )
         if isinstance(parsed, Rejection):
             self.metrics.rejected.labels(parsed.kind).inc()

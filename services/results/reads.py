@@ -98,6 +98,9 @@ def _view(
         progress=progress,
         error=row["error_reason"],
         metadata=_json(row["metadata"]) or {},
+        prompt=row["prompt"],
+        messages=_json(row["messages"]),
+        config=_json(row["config"]),
     )
 
 
@@ -250,6 +253,7 @@ async def get_result(
         "queue_wait_ms": row["queue_wait_ms"],
         "error": row["error_reason"],
         "completed_at": row["finished_at"],
+        "messages": _json(row["messages"]),
     }
     if r is None:
         return JobResult(**common)

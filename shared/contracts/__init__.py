@@ -6,6 +6,20 @@ from typing import Annotated
 
 from pydantic import Field, TypeAdapter
 
+from shared.contracts.chat import (
+    CHAT_OPTION_FIELDS,
+    AssistantMessage,
+    ChatMessage,
+    ChatOptions,
+    DeveloperMessage,
+    FunctionTool,
+    ImagePart,
+    SystemMessage,
+    TextPart,
+    ToolCall,
+    ToolMessage,
+    UserMessage,
+)
 from shared.contracts.envelope import Envelope, new_trace_id, utcnow
 from shared.contracts.events import (
     JobAccepted,
@@ -77,13 +91,20 @@ def parse_record(raw: bytes | str) -> AnyRecord:
 
 
 __all__ = [
+    "CHAT_OPTION_FIELDS",
     "LIFECYCLE_TYPES",
     "RECORD_TYPES",
     "AnyRecord",
+    "AssistantMessage",
     "CancelJob",
     "CancelJobData",
+    "ChatMessage",
+    "ChatOptions",
     "DeadLetterData",
+    "DeveloperMessage",
     "Envelope",
+    "FunctionTool",
+    "ImagePart",
     "JobAccepted",
     "JobAcceptedData",
     "JobCancelled",
@@ -102,9 +123,14 @@ __all__ = [
     "ModelConfig",
     "RunJob",
     "RunJobData",
+    "SystemMessage",
+    "TextPart",
     "TokenChunk",
     "TokenChunkData",
     "TokenUsage",
+    "ToolCall",
+    "ToolMessage",
+    "UserMessage",
     "new_trace_id",
     "parse_record",
     "utcnow",
