@@ -67,7 +67,7 @@ def create_app(settings: SimulatorSettings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/_sim/stats", sim_stats)
     app.router.add_post("/_sim/reset", sim_reset)
-    app.router.add_get("/_sim/requests", lambda request: serve(request, state.received))
+    app.router.add_get("/_sim/requests", sim_requests)
 
     async def release_hung_streams(_: web.Application) -> None:
         state.stopping.set()
@@ -286,6 +286,10 @@ async def healthz(_: web.Request) -> web.Response:
 
 async def sim_stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE].stats.snapshot())
+
+
+async def sim_requests(request: web.Request) -> web.Response:
+    return await serve(request, request.app[STATE].received)
 
 
 async def sim_reset(request: web.Request) -> web.Response:
