@@ -121,13 +121,16 @@ class JobView(_Out):
     progress: Progress | None = None
     error: str | None = Field(default=None, description="reason of the failure or cancellation")
     metadata: dict[str, Any] = Field(default_factory=dict)
-    prompt: str | None = Field(default=None, description="a prompt job's prompt")
+    prompt: str | None = Field(
+        default=None, description="a prompt job's prompt; `GET /api/v1/jobs/{id}` only"
+    )
     messages: list[dict[str, Any]] | None = Field(
         default=None,
-        description="a messages job's messages, as submitted (fields left out stay out)",
+        description="a messages job's messages, as submitted (fields left out stay out);"
+        " `GET /api/v1/jobs/{id}` only",
     )
     config: dict[str, Any] | None = Field(
-        default=None, description="the request fields as submitted (`config` of the body)"
+        default=None, description="the request fields as submitted; `GET /api/v1/jobs/{id}` only"
     )
 
 

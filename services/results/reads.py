@@ -75,8 +75,14 @@ def _ms_since(moment: datetime | None, now: datetime) -> float | None:
 
 
 def _view(
-    row: asyncpg.Record, *, progress: Progress | None = None, position: int | None = None
+    row: asyncpg.Record,
+    *,
+    progress: Progress | None = None,
+    position: int | None = None,
+    asked: bool = False,
 ) -> JobView:
+    """One job; `asked` adds what was asked (prompt or messages, config), which a list of
+    jobs leaves out: a page of whole conversations would be mostly text nobody listed."""
     status = JobStatus(row["status"])
     waited = row["queue_wait_ms"]
     if status is JobStatus.QUEUED:
@@ -98,9 +104,9 @@ def _view(
         progress=progress,
         error=row["error_reason"],
         metadata=_json(row["metadata"]) or {},
-        prompt=row["prompt"],
-        messages=_json(row["messages"]),
-        config=_json(row["config"]),
+        prompt=row["prompt"] if asked else None,
+        messages=_json(row["messages"]) if asked else None,
+        config=_json(row["config"]) if asked else None,
     )
 
 
@@ -146,13 +152,15 @@ async def get_job(conn: asyncpg.Connection, principal: Principal, job_id: str) -
             row["job_id"],
         )
     _, tokens, _ = await _current_attempt(conn, row)
-    max_tokens = int((_json(row["config"]) or {}).get("max_tokens") or 0)
+    config = _json(row["config"]) or {}
+    # max_completion_tokens, when set, is the bound sent instead of max_tokens.
+    max_tokens = int(config.get("max_completion_tokens") or config.get("max_tokens") or 0)
     progress = None
     if max_tokens > 0:
         progress = Progress(
             tokens=tokens, max_tokens=max_tokens, ratio=min(1.0, tokens / max_tokens)
         )
-    return _view(row, progress=progress, position=position)
+    return _view(row, progress=progress, position=position, asked=True)
 
 
 async def list_jobs(

@@ -105,5 +105,13 @@ async def test_a_messages_job_reaches_the_llm_intact_and_is_stored_with_its_mess
     job = await wait_for(stored_job, timeout=30, message=f"stored job {job_id}")
     assert job["messages"] == messages
     assert job["prompt"] is None
+    # Progress counts against the bound that was sent.
+    assert job["progress"]["max_tokens"] == FIELDS["max_completion_tokens"]
+    assert job["progress"]["tokens"] == result["usage"]["completion_tokens"] == 40
     for name, value in FIELDS.items():
         assert job["config"][name] == value, name
+    # A list of jobs leaves what was asked out: the single job's read has it.
+    status, page = await get_json(f"{urls['gateway']}/api/v1/jobs", user_token)
+    assert status == 200
+    (listed,) = [j for j in page["items"] if j["job_id"] == job_id]
+    assert listed["messages"] is None and listed["config"] is None
