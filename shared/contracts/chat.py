@@ -217,6 +217,20 @@ def message_text(content: str | list[Any] | None) -> str:
     return "".join(part.text for part in content if isinstance(part, TextPart))
 
 
+def sent_text_chars(message: dict[str, Any]) -> int:
+    """Characters of text in one message as sent upstream (a dict): its content's text
+    (images have none) and its tool calls' arguments."""
+    content = message.get("content")
+    chars = 0
+    if isinstance(content, str):
+        chars = len(content)
+    elif isinstance(content, list):
+        chars = sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    for call in message.get("tool_calls") or ():
+        chars += len(call.get("function", {}).get("arguments") or "")
+    return chars
+
+
 def text_chars(messages: list[Any]) -> int:
     """Characters of every text a list of messages holds: contents and tool-call arguments."""
     total = 0

@@ -14,6 +14,7 @@ from services.gateway.admission import Asked, build_records
 from services.gateway.admission_records import encode_record
 from services.gateway.routes import build_document
 from services.gateway.view import fingerprint
+from services.streamer.streamed import estimate_prompt_tokens
 from services.streamer.upstream import request_for
 from shared.api import JobSubmission
 from shared.contracts import JobAccepted, RunJob, RunJobData, parse_record, utcnow
@@ -283,3 +284,23 @@ def test_the_openapi_document_shows_messages_and_the_new_fields() -> None:
         for ref in schemas["JobSubmission"]["properties"]["messages"]["anyOf"][0]["items"]["oneOf"]
     }
     assert roles == {"system", "developer", "user", "assistant", "tool"}
+
+
+def test_a_cut_short_messages_job_estimates_its_prompt_from_the_text_sent() -> None:
+    body = {
+        "messages": [
+            {"role": "system", "content": "a" * 40},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "b" * 20},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/" + "c" * 500}},
+                ],
+            },
+            {"role": "assistant", "tool_calls": MESSAGES[2]["tool_calls"]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "d" * 24},
+        ]
+    }
+    arguments = len(MESSAGES[2]["tool_calls"][0]["function"]["arguments"])
+    # Images carry no text: the URL is not counted as prompt characters.
+    assert estimate_prompt_tokens(run_data(body)) == -(-(40 + 20 + arguments + 24) // 4)
