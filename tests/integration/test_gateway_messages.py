@@ -10,6 +10,7 @@ import pytest
 from shared.contracts import JobAccepted, RunJob
 from shared.topics import Priority, events_topic, job_topic
 from tests.integration.gateway_harness import GatewayKit, kit, post_job, topic_records
+from tests.support import wait_for
 from tests.unit import contracts_v_prev as prev
 
 pytestmark = [pytest.mark.kafka]
@@ -133,3 +134,31 @@ async def test_a_messages_job_is_published_with_its_messages_and_options(kit: Ga
         )
         assert old.data.prompt == "How are you?"
     assert len(accepted) == 1
+
+
+async def test_an_idempotency_key_compares_the_messages_and_fields_across_instances(
+    kit: GatewayKit,
+) -> None:
+    start_gateway, tokens, http, _, _ = kit
+    one, two = await start_gateway(), await start_gateway()
+    alice = tokens("alice")
+    key = {"Idempotency-Key": "chat-7"}
+    body = {
+        "messages": [{"role": "system", "content": "Be brief."}, USER],
+        "config": {"stop": ["END"], "logit_bias": {"42": 3}, "presence_penalty": 1},
+    }
+    status, first, _ = await post_job(http, one.url, alice, body, **key)
+    assert status == 202, first
+    await wait_for(lambda: two.view.job(first["job_id"]), message="instance two sees the job")
+    # Another instance, and one started later (it reads the job back from the events topic).
+    three = await start_gateway()
+    for gw in (one, two, three):
+        status, again, headers = await post_job(http, gw.url, alice, body, **key)
+        assert (status, again["job_id"]) == (202, first["job_id"]), again
+        assert headers["Idempotent-Replayed"] == "true"
+    other_message = {**body, "messages": [{"role": "system", "content": "Be long."}, USER]}
+    other_field = {**body, "config": {**body["config"], "presence_penalty": 0.5}}
+    for changed in (other_message, other_field):
+        status, problem, _ = await post_job(http, three.url, alice, changed, **key)
+        assert status == 409, problem
+        assert problem["type"].endswith("/idempotency-key-reused")
