@@ -261,6 +261,7 @@ def test_a_structured_job_type_keeps_forcing_its_response_format() -> None:
             ["config", "reasoning_effort"],
             "minimal",
         ),
+        ({"prompt": "x", "config": {"tools": [TOOL] * 129}}, ["config", "tools"], "at most 128"),
     ],
 )
 def test_a_bad_submission_names_its_field(
