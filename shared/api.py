@@ -10,9 +10,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.contracts import ModelConfig, TokenUsage, ToolCall
+from shared.contracts import (
+    CHAT_OPTION_FIELDS,
+    ChatMessage,
+    ChatOptions,
+    ModelConfig,
+    TokenUsage,
+    ToolCall,
+)
 from shared.lifecycle import JobStatus
 from shared.topics import Priority
 
@@ -24,15 +31,44 @@ class _Out(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
-class JobSubmission(BaseModel):
-    """Body of `POST /api/v1/jobs`."""
+class RequestConfig(ChatOptions, ModelConfig):
+    """What the LLM is asked to do: every chat completions field that shapes the answer.
+
+    Fields left out are not sent upstream (the server's defaults apply), except `model`,
+    `max_tokens` and `temperature`, which have ours.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt: str = Field(min_length=1, description="the user message; size bound is a setting")
+    def record_parts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`config` as schema 1's `ModelConfig` holds it, and the fields set beyond it, as a
+        job record carries them (`options`, empty when none is set)."""
+        values = self.model_dump(exclude_none=True)
+        config = {name: values.get(name) for name in ModelConfig.model_fields}
+        return config, {name: values[name] for name in CHAT_OPTION_FIELDS if name in values}
+
+
+class JobSubmission(BaseModel):
+    """Body of `POST /api/v1/jobs`: exactly one of `prompt` and `messages`.
+
+    A job type's system prompt is put first in a messages job only when the messages carry
+    no system or developer message of their own.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str | None = Field(
+        default=None, min_length=1, description="the user message; size bound is a setting"
+    )
+    messages: list[ChatMessage] | None = Field(
+        default=None,
+        min_length=1,
+        description="an OpenAI chat conversation, sent as given; the prompt's size bound"
+        " applies to all its text, and the number of messages is bounded by a setting",
+    )
     job_type: str = Field(default="analysis", description="a name from `GET /api/v1/job-types`")
     priority: Priority = Priority.NORMAL
-    config: ModelConfig = Field(default_factory=ModelConfig)
+    config: RequestConfig = Field(default_factory=RequestConfig)
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="free JSON object, stored and returned as given"
     )
@@ -41,6 +77,12 @@ class JobSubmission(BaseModel):
         description="an attempt cut after streaming text: restart the answer, or continue it"
         " from the text so far; absent: the model's default (GET /api/v1/models), then restart",
     )
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> JobSubmission:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` and `messages`")
+        return self
 
 
 class JobLinks(_Out):
@@ -91,6 +133,17 @@ class JobView(_Out):
     progress: Progress | None = None
     error: str | None = Field(default=None, description="reason of the failure or cancellation")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    prompt: str | None = Field(
+        default=None, description="a prompt job's prompt; `GET /api/v1/jobs/{id}` only"
+    )
+    messages: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="a messages job's messages, as submitted (fields left out stay out);"
+        " `GET /api/v1/jobs/{id}` only",
+    )
+    config: dict[str, Any] | None = Field(
+        default=None, description="the request fields as submitted; `GET /api/v1/jobs/{id}` only"
+    )
 
 
 class JobPage(_Out):
@@ -180,6 +233,10 @@ class JobResult(_Out):
     )
     tool_calls: list[ToolCall] | None = Field(
         default=None, description="the tool calls the model made (arguments as JSON text)"
+    )
+    messages: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="a messages job's messages, as submitted (fields left out stay out)",
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from deploy.simulator.dialects import DIALECTS, Dialect
+from deploy.simulator.received import Received, serve
 from deploy.simulator.script import (
     ChatRequest,
     InvalidRequest,
@@ -46,6 +47,7 @@ class SimulatorState:
     planner: Planner
     stats: Stats = field(default_factory=Stats)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    received: Received = field(default_factory=lambda: Received(0))
 
 
 STATE = web.AppKey("simulator_state", SimulatorState)
@@ -53,7 +55,12 @@ STATE = web.AppKey("simulator_state", SimulatorState)
 
 def create_app(settings: SimulatorSettings) -> web.Application:
     vocabulary = Vocabulary()
-    state = SimulatorState(settings, vocabulary, Planner(settings, vocabulary))
+    state = SimulatorState(
+        settings,
+        vocabulary,
+        Planner(settings, vocabulary),
+        received=Received(settings.keep_requests),
+    )
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -64,6 +71,7 @@ def create_app(settings: SimulatorSettings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/_sim/stats", sim_stats)
     app.router.add_post("/_sim/reset", sim_reset)
+    app.router.add_get("/_sim/requests", sim_requests)
 
     async def release_hung_streams(_: web.Application) -> None:
         state.stopping.set()
@@ -101,8 +109,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if dialect is None:
         known = ", ".join(DIALECTS)
         return error_response(state, 404, f"unknown dialect (known: {known})")
+    raw = await request.read()
+    state.received.add(request.path, raw)
     try:
-        body = json.loads(await request.read())
+        body = json.loads(raw)
     except ValueError:
         return error_response(state, 400, "We could not parse the JSON body of your request.")
     try:
@@ -306,10 +316,15 @@ async def sim_stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE].stats.snapshot())
 
 
+async def sim_requests(request: web.Request) -> web.Response:
+    return await serve(request, request.app[STATE].received)
+
+
 async def sim_reset(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.stats.reset()
     state.planner.reset()
+    state.received.clear()
     return web.json_response(state.stats.snapshot())
 
 

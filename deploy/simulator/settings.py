@@ -28,6 +28,9 @@ class SimulatorSettings(BaseSettings):
     retry_after: float = Field(default=1.0, ge=0, description="seconds, in 429/503 answers")
     seed: int = Field(default=0, description="mixed into every completion's seed and the faults")
     models: tuple[str, ...] = Field(default=DEFAULT_MODELS, description="listed by /v1/models")
+    keep_requests: int = Field(
+        default=200, ge=0, description="request bodies kept for `GET /_sim/requests`; 0 = none"
+    )
     backlog: int = Field(default=2048, ge=1, description="listen backlog: many streams connect")
     shutdown_timeout_s: float = Field(
         default=5.0, ge=0, description="how long open streams may finish on SIGTERM"

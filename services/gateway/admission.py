@@ -27,10 +27,11 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.publisher import PUBLISH_ERRORS
 from services.gateway.rejection import Rejection, retry_later
 from services.gateway.repair import Repairs
-from services.gateway.view import JobEntry, fingerprint, idempotent_job_id
+from services.gateway.view import JobEntry, idempotent_job_id, job_fingerprint
 from shared.api import JobSubmission
 from shared.auth import Principal
-from shared.contracts import utcnow
+from shared.contracts import CHAT_OPTION_FIELDS, ModelConfig, utcnow
+from shared.contracts.chat import last_user_text
 from shared.lifecycle import JobStatus
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,44 @@ class Admitted:
     replayed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """A submission's request as its job records hold it, dumped once for records and digest.
+
+    Schema 1 consumers require `prompt` and refuse unknown `config` keys: a messages job's
+    `prompt` is its last user text, and the fields newer than schema 1 go in `options`.
+    """
+
+    prompt: str
+    config: dict[str, Any]
+    options: dict[str, Any] | None
+    messages: list[dict[str, Any]] | None
+
+    @classmethod
+    def of(cls, sub: JobSubmission) -> Asked:
+        values = sub.config.model_dump()
+        config = {name: values[name] for name in ModelConfig.model_fields}
+        options = {name: values[name] for name in CHAT_OPTION_FIELDS}
+        messages = None if sub.messages is None else [m.model_dump() for m in sub.messages]
+        return cls(
+            sub.prompt if sub.prompt is not None else last_user_text(sub.messages or []),
+            config,
+            options if any(v is not None for v in options.values()) else None,
+            messages,
+        )
+
+    def digest(self, sub: JobSubmission) -> bytes:
+        return job_fingerprint(
+            self.prompt,
+            self.messages,
+            sub.job_type,
+            sub.priority.value,
+            self.config,
+            self.options,
+            sub.metadata,
+        )
+
+
 def build_records(
     submission: JobSubmission,
     *,
@@ -51,23 +90,26 @@ def build_records(
     trace_id: str,
     submitted_at: datetime,
     accept_by: datetime | None = None,
-    config: dict[str, Any] | None = None,
+    asked: Asked | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The lifecycle fact (`JobAccepted`) and the command (`RunJob`) of one accepted job, with
-    one trace id, as the documents their models would write (`config`: the submission's
-    config, dumped already).
+    one trace id, as the documents their models would write (`asked`: the submission's
+    request, dumped already).
 
     Built as plain dicts from a validated submission: on the submit path neither is
     validated or constructed as a model again, and each is encoded once, by orjson.
     `accept_by` is when the gateway gives up on the command: appended later, it is not run.
     """
+    asked = asked or Asked.of(submission)
     spec: dict[str, Any] = {
         "user_id": user_id,
-        "prompt": submission.prompt,
+        "prompt": asked.prompt,
         "job_type": submission.job_type,
         "priority": submission.priority,
-        "config": config if config is not None else submission.config.model_dump(),
+        "config": asked.config,
         "metadata": submission.metadata,
+        "messages": asked.messages,
+        "options": asked.options,
         "submitted_at": submitted_at,
         "on_interrupt": submission.on_interrupt,
     }
@@ -125,8 +167,8 @@ class Admission:
             return retry_later(
                 "kafka-unavailable", "Job queue unavailable", "the job was not queued; try again", 1
             )
-        config = sub.config.model_dump()
-        digest = fingerprint(sub.prompt, sub.job_type, sub.priority.value, config, sub.metadata)
+        asked = Asked.of(sub)
+        digest = asked.digest(sub)
         job_id = str(uuid.uuid4()) if key is None else idempotent_job_id(who.user_id, key)
         submitted_at = utcnow()
         accept_by = submitted_at + timedelta(seconds=self.timeout_s / 2)
@@ -137,7 +179,7 @@ class Admission:
             trace_id=trace_id,
             submitted_at=submitted_at,
             accept_by=accept_by,
-            config=config,
+            asked=asked,
         )
         request = AdmissionRequest(
             request_id=uuid.uuid4().hex,

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from services.gateway.view import EventsView, fingerprint, is_keyed
+from services.gateway.view import EventsView, is_keyed, job_fingerprint
 from shared.contracts import LIFECYCLE_TYPES, JobAccepted, LifecycleEvent, parse_record
 from shared.follower import Batch, PartitionFollower, Record, StartAt
 from shared.kafka import KafkaOptions
@@ -46,8 +46,14 @@ def apply_event(view: EventsView, record: LifecycleEvent) -> None:
             job_type=d.job_type,
             priority=d.priority,
             submitted_at=d.submitted_at,
-            digest=fingerprint(
-                d.prompt, d.job_type, d.priority.value, d.config.model_dump(), d.metadata
+            digest=job_fingerprint(
+                d.prompt,
+                None if d.messages is None else [m.model_dump() for m in d.messages],
+                d.job_type,
+                d.priority.value,
+                d.config.model_dump(),
+                None if d.options is None else d.options.model_dump(),
+                d.metadata,
             ),
             at=at,
         )
@@ -126,8 +132,14 @@ class EventsReader:
             job_type, priority = str(d["job_type"]), Priority(d["priority"])
             # Only a keyed job's body is compared again (a repeated Idempotency-Key).
             digest = (
-                fingerprint(
-                    d["prompt"], job_type, priority.value, d["config"], d.get("metadata") or {}
+                job_fingerprint(
+                    d["prompt"],
+                    d.get("messages"),
+                    job_type,
+                    priority.value,
+                    d["config"],
+                    d.get("options"),
+                    d.get("metadata") or {},
                 )
                 if is_keyed(job_id)
                 else b""

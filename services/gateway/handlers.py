@@ -144,6 +144,7 @@ class Gateway:
             max_prompt_chars=self.settings.gateway_max_prompt_chars,
             max_depth=self.settings.gateway_max_json_depth,
             job_types=self.known_types,
+            max_messages=self.settings.gateway_max_messages,
         )
         if isinstance(parsed, Rejection):
             self.metrics.rejected.labels(parsed.kind).inc()

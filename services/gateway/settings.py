@@ -70,7 +70,12 @@ class GatewaySettings(CommonSettings):
         description="how long an admission request waits to share its produce request; while"
         " one is in flight the next requests batch up anyway",
     )
-    gateway_max_prompt_chars: int = Field(default=32_000, ge=1)
+    gateway_max_prompt_chars: int = Field(
+        default=32_000, ge=1, description="a prompt's characters, or all text of a messages job"
+    )
+    gateway_max_messages: int = Field(
+        default=256, ge=1, description="messages of one messages job at most"
+    )
     gateway_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     gateway_max_target_bytes: int = Field(
         default=4096,

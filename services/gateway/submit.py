@@ -6,7 +6,7 @@ Pure functions: a body in, a valid submission or a `Rejection` out; no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,8 @@ from services.gateway.rejection import Rejection
 from services.gateway.storable import Unstorable, check_json, check_text
 from shared.api import HEADER_IDEMPOTENCY_KEY, JobSubmission
 from shared.contracts import new_trace_id
+from shared.contracts.chat import text_chars
+from shared.jobtypes import JobTypes
 from shared.topics import HEADER_TRACEPARENT
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
@@ -33,17 +35,84 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
 def _unstorable(submission: JobSubmission, max_depth: int) -> Unstorable | None:
     """The first value of the decoded body a consumer downstream could not read or store."""
     for name in ("prompt", "job_type"):
-        if bad := check_text(getattr(submission, name), (name,)):
+        value = getattr(submission, name)
+        if value is not None and (bad := check_text(value, (name,))):
             return bad
-    for name in ("config", "metadata"):  # both stored as jsonb
-        value = submission.config.model_dump() if name == "config" else submission.metadata
+    stored: dict[str, Any] = {  # each stored as jsonb
+        "config": submission.config.model_dump(exclude_none=True),
+        "metadata": submission.metadata,
+    }
+    if submission.messages is not None:
+        stored["messages"] = [m.model_dump(exclude_none=True) for m in submission.messages]
+    for name, value in stored.items():
         if bad := check_json(value, (name,), depth=2, max_depth=max_depth):
             return bad
     return None
 
 
+def _too_large(submission: JobSubmission, max_prompt_chars: int) -> Rejection | None:
+    """The prompt's bound, which for a messages job is on all of its text."""
+    if submission.messages is not None:
+        name, chars = "messages", text_chars(submission.messages)
+        held = f"the messages hold {chars} characters of text"
+    else:
+        name, chars = "prompt", len(submission.prompt or "")
+        held = f"the prompt has {chars} characters"
+    if chars <= max_prompt_chars:
+        return None
+    return Rejection(
+        413,
+        "prompt-too-large",
+        "Prompt too large",
+        f"{held}; at most {max_prompt_chars}",
+        [
+            {
+                "loc": ["body", name],
+                "msg": f"at most {max_prompt_chars} characters",
+                "type": "string_too_long",
+            }
+        ],
+    )
+
+
+def _invalid(loc: list[str | int], msg: str, kind: str) -> Rejection:
+    return Rejection(
+        422,
+        "invalid-submission",
+        "Invalid submission",
+        f"{'.'.join(map(str, loc))}: {msg}",
+        [{"loc": ["body", *loc], "msg": msg, "type": kind}],
+    )
+
+
+def _beyond_model(
+    submission: JobSubmission, max_messages: int, job_types: JobTypes
+) -> Rejection | None:
+    """What the body's model cannot know: the messages' bound, the job type's own format."""
+    if submission.messages is not None and len(submission.messages) > max_messages:
+        return _invalid(
+            ["messages"],
+            f"{len(submission.messages)} messages; at most {max_messages}",
+            "too_long",
+        )
+    job_type = job_types.get(submission.job_type)
+    if job_type is not None and job_type.structured and submission.config.response_format:
+        return _invalid(
+            ["config", "response_format"],
+            f"job type {submission.job_type!r} sets its own response_format (its output"
+            " schema); leave it out or choose an unstructured job type",
+            "response_format_not_allowed",
+        )
+    return None
+
+
 def parse_submission(
-    raw: bytes, *, max_prompt_chars: int, job_types: Collection[str], max_depth: int = 32
+    raw: bytes,
+    *,
+    max_prompt_chars: int,
+    job_types: JobTypes,
+    max_depth: int = 32,
+    max_messages: int = 256,
 ) -> JobSubmission | Rejection:
     """Validate the body of `POST /api/v1/jobs` (`job_types`: the names loaded); `max_depth`
     bounds its JSON nesting."""
@@ -68,20 +137,8 @@ def parse_submission(
             f"{'.'.join(map(str, bad.loc))}: {bad.msg}",
             [bad.as_error()],
         )
-    if len(submission.prompt) > max_prompt_chars:
-        return Rejection(
-            413,
-            "prompt-too-large",
-            "Prompt too large",
-            f"the prompt has {len(submission.prompt)} characters; at most {max_prompt_chars}",
-            [
-                {
-                    "loc": ["body", "prompt"],
-                    "msg": f"at most {max_prompt_chars} characters",
-                    "type": "string_too_long",
-                }
-            ],
-        )
+    if (large := _too_large(submission, max_prompt_chars)) is not None:
+        return large
     if submission.job_type not in job_types:
         known = ", ".join(sorted(job_types))
         return Rejection(
@@ -97,7 +154,7 @@ def parse_submission(
                 }
             ],
         )
-    return submission
+    return _beyond_model(submission, max_messages, job_types) or submission
 
 
 def trace_id_from_traceparent(value: str | None) -> str | None:
@@ -136,11 +193,16 @@ def parse_request(
     *,
     max_prompt_chars: int,
     max_depth: int,
-    job_types: Collection[str],
+    job_types: JobTypes,
+    max_messages: int = 256,
 ) -> Submission | Rejection:
     """Body first, then the Idempotency-Key; a valid `traceparent` gives the trace id."""
     job = parse_submission(
-        raw, max_prompt_chars=max_prompt_chars, job_types=job_types, max_depth=max_depth
+        raw,
+        max_prompt_chars=max_prompt_chars,
+        job_types=job_types,
+        max_depth=max_depth,
+        max_messages=max_messages,
     )
     if isinstance(job, Rejection):
         return job

@@ -44,7 +44,7 @@ def is_keyed(job_id: str) -> bool:
 
 
 def fingerprint(
-    prompt: str,
+    prompt: str | list[Any],
     job_type: str,
     priority: str,
     config: dict[str, Any],
@@ -59,6 +59,25 @@ def fingerprint(
         default=str,
     )
     return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
+
+
+def job_fingerprint(
+    prompt: str,
+    messages: list[Any] | None,
+    job_type: str,
+    priority: str,
+    config: dict[str, Any],
+    options: dict[str, Any] | None,
+    metadata: dict[str, Any],
+) -> bytes:
+    """The fingerprint of a job as its records hold it: the messages stand for the prompt
+    they carry, and the options set count as config (a prompt job without any options has
+    the fingerprint it had before either existed)."""
+    if options:
+        config = {**config, **{k: v for k, v in options.items() if v is not None}}
+    return fingerprint(
+        prompt if messages is None else messages, job_type, priority, config, metadata
+    )
 
 
 @dataclass(slots=True)

@@ -54,6 +54,7 @@ class JobRow:
     queue_wait_ms: float | None = None
     error_reason: str | None = None
     error_type: str | None = None
+    messages: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +126,16 @@ def apply(job: JobRow, event: LifecycleEvent) -> bool:
         job.user_id = spec.user_id
         job.job_type = spec.job_type
         job.priority = spec.priority.value
-        job.prompt = spec.prompt
+        # What was asked: a messages job's prompt is only its last user text, not stored.
+        job.prompt = spec.prompt if spec.messages is None else None
+        job.messages = (
+            None
+            if spec.messages is None
+            else [m.model_dump(mode="json", exclude_none=True) for m in spec.messages]
+        )
         job.config = spec.config.model_dump(mode="json")
+        if spec.options is not None:
+            job.config.update(spec.options.model_dump(mode="json", exclude_none=True))
         job.metadata = dict(spec.metadata)
         job.model = job.model or spec.config.model
         job.submitted_at = aware(spec.submitted_at)

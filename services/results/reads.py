@@ -76,8 +76,14 @@ def _ms_since(moment: datetime | None, now: datetime) -> float | None:
 
 
 def _view(
-    row: asyncpg.Record, *, progress: Progress | None = None, position: int | None = None
+    row: asyncpg.Record,
+    *,
+    progress: Progress | None = None,
+    position: int | None = None,
+    asked: bool = False,
 ) -> JobView:
+    """One job; `asked` adds what was asked (prompt or messages, config), which a list of
+    jobs leaves out: a page of whole conversations would be mostly text nobody listed."""
     status = JobStatus(row["status"])
     waited = row["queue_wait_ms"]
     if status is JobStatus.QUEUED:
@@ -99,6 +105,9 @@ def _view(
         progress=progress,
         error=row["error_reason"],
         metadata=_json(row["metadata"]) or {},
+        prompt=row["prompt"] if asked else None,
+        messages=_json(row["messages"]) if asked else None,
+        config=_json(row["config"]) if asked else None,
     )
 
 
@@ -153,13 +162,15 @@ async def get_job(conn: asyncpg.Connection, principal: Principal, job_id: str) -
             row["job_id"],
         )
     _, tokens, _ = await _current_attempt(conn, row)
-    max_tokens = int((_json(row["config"]) or {}).get("max_tokens") or 0)
+    config = _json(row["config"]) or {}
+    # max_completion_tokens, when set, is the bound sent instead of max_tokens.
+    max_tokens = int(config.get("max_completion_tokens") or config.get("max_tokens") or 0)
     progress = None
     if max_tokens > 0:
         progress = Progress(
             tokens=tokens, max_tokens=max_tokens, ratio=min(1.0, tokens / max_tokens)
         )
-    return _view(row, progress=progress, position=position)
+    return _view(row, progress=progress, position=position, asked=True)
 
 
 async def list_jobs(
@@ -297,6 +308,7 @@ async def get_result(
         "completed_at": row["finished_at"],
         "attempts": attempts,
         "billed_usage": _billed(attempts),
+        "messages": _json(row["messages"]),
     }
     if r is None:
         return JobResult(**common)

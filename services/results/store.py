@@ -67,8 +67,9 @@ JOB_COLUMNS = (
     "queue_wait_ms",
     "error_reason",
     "error_type",
+    "messages",
 )
-_JSON_COLUMNS = {"config", "metadata"}
+_JSON_COLUMNS = {"config", "metadata", "messages"}
 RESULT_COLUMNS = (
     "job_id",
     "attempt",

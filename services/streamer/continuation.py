@@ -30,8 +30,9 @@ def continuation_request_for(
         {"role": "assistant", "content": resume.text},
         {"role": "user", "content": CONTINUE_INSTRUCTION},
     ]
-    if isinstance(request.get("max_tokens"), int):
-        request["max_tokens"] = max(1, request["max_tokens"] - resume.tokens)
+    for bound in ("max_tokens", "max_completion_tokens"):  # whichever the job sent
+        if isinstance(request.get(bound), int):
+            request[bound] = max(1, request[bound] - resume.tokens)
     return request
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from services.streamer.upstream import UpstreamUsage, messages_for
 from shared.contracts import RunJobData, TokenUsage
+from shared.contracts.chat import sent_text_chars
 from shared.jobtypes import JobTypes
 
 CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text; an estimate, flagged as one
@@ -26,7 +27,7 @@ class Streamed:
 
 def estimate_prompt_tokens(job: RunJobData, job_types: JobTypes) -> int:
     """Prompt tokens from the characters of every message sent (system prompt included)."""
-    chars = sum(len(str(m["content"])) for m in messages_for(job, job_types))
+    chars = sum(sent_text_chars(m) for m in messages_for(job, job_types))
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 

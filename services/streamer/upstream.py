@@ -16,6 +16,7 @@ from services.streamer.sse import MalformedEvent, SSEReader, StreamedError, Tool
 from services.streamer.sse import UpstreamModel as UpstreamModel  # part of this adapter's API
 from services.streamer.sse import UpstreamUsage as UpstreamUsage
 from shared.contracts import RunJobData
+from shared.contracts.chat import has_instructions
 from shared.jobtypes import JobTypes
 
 
@@ -118,16 +119,25 @@ def classify(exc: openai.OpenAIError) -> UpstreamError:
 
 
 def messages_for(job: RunJobData, job_types: JobTypes) -> list[Any]:
+    """The messages sent: a messages job's as given, else its prompt as one user message.
+
+    The job type's system prompt comes first unless the messages carry a system or
+    developer message of their own: the user's instructions are not overruled by ours.
+    """
     job_type = job_types.get(job.job_type)
     messages: list[Any] = []
-    if job_type is not None:
+    if job_type is not None and (job.messages is None or not has_instructions(job.messages)):
         messages.append({"role": "system", "content": job_type.system_prompt})
-    messages.append({"role": "user", "content": job.prompt})
+    if job.messages is None:
+        messages.append({"role": "user", "content": job.prompt})
+    else:
+        messages.extend(m.model_dump(exclude_none=True) for m in job.messages)
     return messages
 
 
 def request_for(job: RunJobData, job_types: JobTypes) -> dict[str, Any]:
-    """The chat completion request of one attempt, streamed with its usage."""
+    """The chat completion request of one attempt, streamed with its usage; the fields the
+    job left unset are not sent."""
     config = job.config
     request: dict[str, Any] = {
         "model": config.model,
@@ -141,6 +151,11 @@ def request_for(job: RunJobData, job_types: JobTypes) -> dict[str, Any]:
         request["top_p"] = config.top_p
     if config.seed is not None:
         request["seed"] = config.seed
+    if job.options is not None:
+        request.update(job.options.model_dump(exclude_none=True))
+        if "max_completion_tokens" in request:
+            # The newer name of the same bound: OpenAI refuses a request that sends both.
+            del request["max_tokens"]
     job_type = job_types.get(job.job_type)
     response_format = job_type.response_format() if job_type is not None else None
     if response_format is not None:

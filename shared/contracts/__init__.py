@@ -6,6 +6,20 @@ from typing import Annotated
 
 from pydantic import Field, TypeAdapter
 
+from shared.contracts.chat import (
+    CHAT_OPTION_FIELDS,
+    AssistantMessage,
+    ChatMessage,
+    ChatOptions,
+    DeveloperMessage,
+    FunctionTool,
+    ImagePart,
+    MessageToolCall,
+    SystemMessage,
+    TextPart,
+    ToolMessage,
+    UserMessage,
+)
 from shared.contracts.envelope import Envelope, new_trace_id, utcnow
 from shared.contracts.events import (
     JobAccepted,
@@ -82,13 +96,20 @@ def parse_record(raw: bytes | str) -> AnyRecord:
 
 
 __all__ = [
+    "CHAT_OPTION_FIELDS",
     "LIFECYCLE_TYPES",
     "RECORD_TYPES",
     "AnyRecord",
+    "AssistantMessage",
     "CancelJob",
     "CancelJobData",
+    "ChatMessage",
+    "ChatOptions",
     "DeadLetterData",
+    "DeveloperMessage",
     "Envelope",
+    "FunctionTool",
+    "ImagePart",
     "JobAccepted",
     "JobAcceptedData",
     "JobCancelled",
@@ -104,10 +125,13 @@ __all__ = [
     "JobStarted",
     "JobStartedData",
     "LifecycleEvent",
+    "MessageToolCall",
     "ModelConfig",
     "ResumeFrom",
     "RunJob",
     "RunJobData",
+    "SystemMessage",
+    "TextPart",
     "TokenChunk",
     "TokenChunkData",
     "TokenUsage",
@@ -115,6 +139,8 @@ __all__ = [
     "ToolCallDelta",
     "ToolCallFunction",
     "ToolCallFunctionDelta",
+    "ToolMessage",
+    "UserMessage",
     "new_trace_id",
     "parse_record",
     "utcnow",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.contracts.chat import ChatMessage, ChatOptions
 from shared.contracts.envelope import Envelope
 from shared.topics import Priority
 
@@ -24,22 +25,41 @@ class ModelConfig(BaseModel):
 
 
 class JobSpec(BaseModel):
-    """A job as the user asked for it."""
+    """A job as the user asked for it: a `prompt`, or chat `messages`.
+
+    Schema 1 consumers require `prompt` and refuse unknown `config` keys, so a messages job
+    still carries a `prompt` (the text of its last user message, never sent upstream when
+    `messages` is set), and the request fields newer than schema 1 travel in `options`.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     user_id: str
-    prompt: str
+    prompt: str = Field(
+        default="", description="the user message; with `messages`: their last user text"
+    )
     job_type: str
     priority: Priority
     config: ModelConfig
     metadata: dict[str, Any] = Field(default_factory=dict)
+    messages: list[ChatMessage] | None = Field(
+        default=None, description="the conversation sent upstream as given, in place of `prompt`"
+    )
+    options: ChatOptions | None = Field(
+        default=None, description="the chat completions fields set beyond `config`"
+    )
     submitted_at: datetime
     on_interrupt: Literal["restart", "continue"] | None = Field(
         default=None,
         description="what follows an attempt cut after streaming text: restart the answer, or"
         " continue it from the text so far; None: the model's default, then restart",
     )
+
+    @model_validator(mode="after")
+    def _asks_something(self) -> JobSpec:
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages, when given, must not be empty")
+        return self
 
 
 class ResumeFrom(BaseModel):

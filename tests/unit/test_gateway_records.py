@@ -12,11 +12,11 @@ import orjson
 import pytest
 from aiokafka import ConsumerRecord
 
-from services.gateway.admission import build_records
+from services.gateway.admission import Asked, build_records
 from services.gateway.admission_records import AdmissionRequest, encode_record, reply_partition
 from services.gateway.events import EventsReader
 from services.gateway.submit import Submission, parse_request
-from services.gateway.view import EventsView, fingerprint, idempotent_job_id
+from services.gateway.view import EventsView, idempotent_job_id
 from shared.contracts import (
     JobAccepted,
     JobCompleted,
@@ -158,9 +158,7 @@ def test_the_events_view_counts_the_same_whether_read_by_header_or_parsed_whole(
     # A keyed job's body fingerprint is what a repeated Idempotency-Key is compared with.
     keyed_entry, sub = reader.view.job(keyed), submission().job
     assert keyed_entry is not None
-    assert keyed_entry.fingerprint == fingerprint(
-        sub.prompt, sub.job_type, sub.priority.value, sub.config.model_dump(), sub.metadata
-    )
+    assert keyed_entry.fingerprint == Asked.of(sub).digest(sub)
     assert reader.skipped == 0
 
 
