@@ -18,8 +18,10 @@ from services.streamer.streamed import estimate_prompt_tokens
 from services.streamer.upstream import request_for
 from shared.api import JobSubmission
 from shared.contracts import JobAccepted, RunJob, RunJobData, parse_record, utcnow
-from shared.jobtypes import JOB_TYPES
+from shared.jobtypes import load_job_types
 from tests.unit import contracts_v_prev as prev
+
+JOB_TYPES = load_job_types()
 
 TOOL = {
     "type": "function",
@@ -146,7 +148,7 @@ def test_the_new_schema_reads_records_of_the_previous_one() -> None:
     assert parsed.data.prompt == "Summarise this."
     assert parsed.data.messages is None and parsed.data.options is None
     assert parsed.data.config.max_tokens == 40 and parsed.data.config.top_p == 0.9
-    request = request_for(parsed.data)
+    request = request_for(parsed.data, JOB_TYPES)
     assert request["messages"][-1] == {"role": "user", "content": "Summarise this."}
     assert request["top_p"] == 0.9
     assert not set(NEW_FIELDS) & set(request)
@@ -191,7 +193,7 @@ def run_data(body: dict[str, Any]) -> RunJobData:
 
 
 def test_the_upstream_request_carries_the_messages_as_given_and_every_set_field() -> None:
-    request = request_for(run_data(BODY))
+    request = request_for(run_data(BODY), JOB_TYPES)
     # The messages hold a system message: the job type's system prompt is not added.
     assert request["messages"] == MESSAGES
     for name, value in NEW_FIELDS.items():
@@ -205,20 +207,20 @@ def test_the_upstream_request_carries_the_messages_as_given_and_every_set_field(
 
 def test_the_job_types_system_prompt_comes_first_only_without_instructions_of_its_own() -> None:
     history = [m for m in MESSAGES if m["role"] != "system"]
-    request = request_for(run_data({**BODY, "messages": history}))
+    request = request_for(run_data({**BODY, "messages": history}), JOB_TYPES)
     assert request["messages"][0] == {
         "role": "system",
         "content": JOB_TYPES["analysis"].system_prompt,
     }
     assert request["messages"][1:] == history
     developer = [{"role": "developer", "content": "Be terse."}, *history]
-    request = request_for(run_data({**BODY, "messages": developer}))
+    request = request_for(run_data({**BODY, "messages": developer}), JOB_TYPES)
     assert request["messages"] == developer
 
 
 def test_a_structured_job_type_keeps_forcing_its_response_format() -> None:
     body = {"messages": [{"role": "user", "content": "audit"}], "job_type": "security_analysis"}
-    request = request_for(run_data(body))
+    request = request_for(run_data(body), JOB_TYPES)
     assert request["response_format"] == JOB_TYPES["security_analysis"].response_format()
 
 
@@ -304,4 +306,4 @@ def test_a_cut_short_messages_job_estimates_its_prompt_from_the_text_sent() -> N
     }
     arguments = len(MESSAGES[2]["tool_calls"][0]["function"]["arguments"])
     # Images carry no text: the URL is not counted as prompt characters.
-    assert estimate_prompt_tokens(run_data(body)) == -(-(40 + 20 + arguments + 24) // 4)
+    assert estimate_prompt_tokens(run_data(body), JOB_TYPES) == -(-(40 + 20 + arguments + 24) // 4)

@@ -26,6 +26,7 @@ from shared.contracts import (
     parse_record,
     utcnow,
 )
+from shared.jobtypes import load_job_types
 from shared.kafka import headers_for
 from shared.lifecycle import JobStatus
 from shared.topics import Priority
@@ -41,7 +42,7 @@ BODY = {
 
 def submission() -> Submission:
     parsed = parse_request(
-        orjson.dumps(BODY), {}, max_prompt_chars=1000, max_depth=32, job_types={"security_analysis"}
+        orjson.dumps(BODY), {}, max_prompt_chars=1000, max_depth=32, job_types=load_job_types()
     )
     assert isinstance(parsed, Submission)
     return parsed

@@ -9,7 +9,10 @@ from services.streamer.continuation import (
 )
 from services.streamer.upstream import request_for
 from shared.contracts import ModelConfig, ResumeFrom, RunJobData, utcnow
+from shared.jobtypes import load_job_types
 from shared.topics import Priority
+
+TYPES = load_job_types()
 
 
 def job(model: str = "gpt-4o-mini", max_tokens: int = 300) -> RunJobData:
@@ -27,9 +30,9 @@ def job(model: str = "gpt-4o-mini", max_tokens: int = 300) -> RunJobData:
 def test_the_continuation_sends_the_partial_answer_as_an_assistant_prefix() -> None:
     partial = "Event sourcing stores every change as"
     request = continuation_request_for(
-        job(), ResumeFrom(attempt=1, text=partial, next_seq=7, tokens=100)
+        job(), ResumeFrom(attempt=1, text=partial, next_seq=7, tokens=100), TYPES
     )
-    original = request_for(job())["messages"]
+    original = request_for(job(), TYPES)["messages"]
     assert request["messages"][: len(original)] == original
     assert request["messages"][len(original) :] == [
         {"role": "assistant", "content": partial},
@@ -41,14 +44,14 @@ def test_the_continuation_sends_the_partial_answer_as_an_assistant_prefix() -> N
 
 def test_a_continuation_past_the_length_still_asks_for_one_token() -> None:
     request = continuation_request_for(
-        job(max_tokens=50), ResumeFrom(attempt=1, text="x", next_seq=1, tokens=80)
+        job(max_tokens=50), ResumeFrom(attempt=1, text="x", next_seq=1, tokens=80), TYPES
     )
     assert request["max_tokens"] == 1
 
 
 def test_a_fallback_hop_asks_its_own_model_with_the_same_request() -> None:
     asked = asked_of(job("gpt-4o-mini"), "gpt-4o")
-    assert request_for(asked)["model"] == "gpt-4o"
-    assert request_for(asked)["messages"] == request_for(job())["messages"]
+    assert request_for(asked, TYPES)["model"] == "gpt-4o"
+    assert request_for(asked, TYPES)["messages"] == request_for(job(), TYPES)["messages"]
     same = job()
     assert asked_of(same, "gpt-4o-mini") is same

@@ -24,6 +24,7 @@ from services.streamer.metrics import StreamerMetrics
 from services.streamer.runner import run_job
 from services.streamer.upstreams import Link, Upstreams
 from shared.contracts import ModelConfig, RunJob, RunJobData, parse_record, utcnow
+from shared.jobtypes import load_job_types
 from shared.topics import Priority
 from shared.upstreams import parse
 from tests.unit.test_streamer_upstream_sse import stream_of
@@ -118,6 +119,7 @@ def rig(answers: dict[str, Answer], *, max_attempts: int = 4) -> Rig:
         max_tokens=16,
         job_timeout_s=30,
         idle_timeout_s=30,
+        job_types=load_job_types(),
     )
     return Rig(deps, producer, asked)
 
