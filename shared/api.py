@@ -176,6 +176,9 @@ class AttemptView(_Out):
     status: str = Field(description="running, completed, failed or cancelled")
     usage: TokenUsage | None = None
     usage_estimated: bool = False
+    cost_usd: float | None = Field(
+        default=None, description="its usage at its model's price on its upstream; null: unpriced"
+    )
     reason: str | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
@@ -226,6 +229,10 @@ class JobResult(_Out):
         default=None,
         description="the usage of every attempt summed: what the job cost across fallbacks,"
         " retries and continuations",
+    )
+    billed_cost_usd: float | None = Field(
+        default=None,
+        description="the cost of every priced attempt summed; null when no attempt is priced",
     )
     parse_error: str | None = Field(
         default=None,

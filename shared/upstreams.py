@@ -5,7 +5,7 @@ one or more upstreams (OpenAI-compatible servers), an optional fallback model tr
 every one of them failed, and a default for what a cut-short attempt does next
 (`on_interrupt`). `"*"` is the catch-all for model names no table names. Every service
 reads the same registry: the gateway refuses models it cannot route, the streamer routes
-attempts, the results service prices them.
+attempts; `shared.prices` reads the prices in the same tables.
 """
 
 from __future__ import annotations
@@ -19,21 +19,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared import workloads
+from shared.prices import Prices
 from shared.workloads import WorkloadFileError
 
 CATCH_ALL = "*"
 OnInterrupt = Literal["restart", "continue"]
 DEFAULT_ON_INTERRUPT: OnInterrupt = "restart"
-
-
-class Price(BaseModel):
-    """USD per million tokens."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-    cached_input: float | None = Field(default=None, ge=0)
 
 
 class Upstream(BaseModel):
@@ -46,7 +37,7 @@ class Upstream(BaseModel):
     api_key_env: str = Field(default="OPENAI_API_KEY", min_length=1)
     weight: float = Field(default=1.0, gt=0)
     timeout_s: float = Field(default=60.0, gt=0)
-    price: Price | None = None
+    price: dict[str, Any] | None = Field(default=None, description="read by `shared.prices`")
 
     def same_server(self, other: Upstream) -> bool:
         """A name used under several models must mean one server (one client, one breaker)."""
@@ -66,10 +57,7 @@ class ModelEntry(BaseModel):
     upstreams: tuple[Upstream, ...] = Field(min_length=1)
     fallback: str | None = None
     on_interrupt: OnInterrupt | None = None
-    price: Price | None = None
-
-    def price_on(self, upstream: Upstream) -> Price | None:
-        return upstream.price if upstream.price is not None else self.price
+    price: dict[str, Any] | None = Field(default=None, description="read by `shared.prices`")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +134,7 @@ def parse(section: Mapping[str, Any]) -> Registry:
             raise WorkloadFileError(f"[models.{name!r}]: {_first_error(exc)}") from exc
     _check_names(models)
     _check_fallbacks(models)
+    Prices.of({"models": section})  # the prices are read (and refused) where they are used
     return Registry(models)
 
 

@@ -7,14 +7,15 @@ are merged per attempt first, so one upsert writes each attempt row once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
-from services.results.projection import aware
+from services.results.projection import aware, cost_of
 from shared.contracts import (
     JobCancelled,
     JobCompleted,
@@ -22,8 +23,13 @@ from shared.contracts import (
     JobRetrying,
     JobStarted,
     LifecycleEvent,
+    TokenUsage,
 )
+from shared.prices import Price
 from shared.text import clean_optional
+
+# The price of a model on an upstream (either may be unknown); None: priced nowhere.
+PriceOf = Callable[[str | None, str | None], Price | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +43,32 @@ class AttemptFact:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
     usage_estimated: bool = False
+    cost_usd: Decimal | None = None
     reason: str | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
 
 
-def fact_of(event: LifecycleEvent) -> AttemptFact | None:
+def _used(
+    usage: TokenUsage | None, model: str | None, upstream: str | None, price_of: PriceOf
+) -> dict[str, Any]:
+    """The usage columns of an attempt, and what it cost on the upstream that served it."""
+    if usage is None:
+        return {}
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cost_usd": cost_of(price_of(model, upstream), usage),
+    }
+
+
+def fact_of(event: LifecycleEvent, price_of: PriceOf) -> AttemptFact | None:
     """What `event` says of its attempt; None for events that name none (accepted)."""
     at = aware(event.occurred_at)
     job_id = event.job_id
@@ -61,10 +86,9 @@ def fact_of(event: LifecycleEvent) -> AttemptFact | None:
             c.upstream,
             c.model,
             c.continues,
-            c.usage.prompt_tokens,
-            c.usage.completion_tokens,
-            c.usage.total_tokens,
+            usage_estimated=c.usage_estimated,
             ended_at=at,
+            **_used(c.usage, c.model, c.upstream, price_of),
         )
     if isinstance(event, JobRetrying | JobFailed | JobCancelled):
         status = {JobRetrying: "failed", JobFailed: "failed", JobCancelled: "cancelled"}[
@@ -79,12 +103,10 @@ def fact_of(event: LifecycleEvent) -> AttemptFact | None:
             e.upstream,
             e.model,
             e.continues,
-            usage.prompt_tokens if usage is not None else None,
-            usage.completion_tokens if usage is not None else None,
-            usage.total_tokens if usage is not None else None,
-            e.usage_estimated,
-            e.reason,
+            usage_estimated=e.usage_estimated,
+            reason=e.reason,
             ended_at=at,
+            **_used(usage, e.model, e.upstream, price_of),
         )
     return None
 
@@ -118,7 +140,10 @@ _COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
     "usage_estimated",
+    "cost_usd",
     "reason",
     "started_at",
     "ended_at",
@@ -133,7 +158,10 @@ _TYPES = (
     "int",
     "int",
     "int",
+    "int",
+    "int",
     "bool",
+    "numeric",
     "text",
     "timestamptz",
     "timestamptz",
@@ -154,9 +182,11 @@ _UPSERT = (
 )
 
 
-async def write_attempts(conn: asyncpg.Connection, events: Iterable[LifecycleEvent]) -> int:
+async def write_attempts(
+    conn: asyncpg.Connection, events: Iterable[LifecycleEvent], price_of: PriceOf
+) -> int:
     """Upsert the attempts `events` speak of, in one statement; how many rows it wrote."""
-    facts = merge(f for f in map(fact_of, events) if f is not None)
+    facts = merge(f for f in (fact_of(e, price_of) for e in events) if f is not None)
     if not facts:
         return 0
     columns: list[list[Any]] = [[] for _ in _COLUMNS]

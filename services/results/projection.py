@@ -93,9 +93,10 @@ class Rules:
     job_types: JobTypes
     prices: Prices
 
-    def price_of(self, model: str | None) -> Price | None:
-        # The upstream that served an attempt is not on its events yet: the model's price.
-        return self.prices.price_of(model, None)
+    def price_of(self, model: str | None, upstream: str | None = None) -> Price | None:
+        """The model's price on the upstream that served it (its own price when the
+        upstream has none, or older events name no upstream)."""
+        return self.prices.price_of(model, upstream)
 
 
 def _queue_wait(job: JobRow, queued_for_ms: float | None = None) -> None:
@@ -227,7 +228,7 @@ def result_of(job: JobRow, event: JobCompleted, rules: Rules) -> ResultRow:
         prompt_tokens=data.usage.prompt_tokens,
         completion_tokens=data.usage.completion_tokens,
         total_tokens=data.usage.total_tokens,
-        estimated_cost_usd=cost_of(rules.price_of(data.model), data.usage),
+        estimated_cost_usd=cost_of(rules.price_of(data.model, data.upstream), data.usage),
         processing_time_ms=data.duration_ms,
         ttft_ms=data.time_to_first_token_ms,
         tokens_per_second=tokens_per_second(

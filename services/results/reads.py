@@ -251,6 +251,8 @@ def _attempt_view(a: asyncpg.Record) -> AttemptView:
             prompt_tokens=a["prompt_tokens"] or 0,
             completion_tokens=a["completion_tokens"] or 0,
             total_tokens=a["total_tokens"],
+            cached_tokens=a["cached_tokens"],
+            reasoning_tokens=a["reasoning_tokens"],
         )
     return AttemptView(
         attempt=a["attempt"],
@@ -260,6 +262,7 @@ def _attempt_view(a: asyncpg.Record) -> AttemptView:
         status=a["status"],
         usage=usage,
         usage_estimated=a["usage_estimated"],
+        cost_usd=None if a["cost_usd"] is None else float(a["cost_usd"]),
         reason=a["reason"],
         started_at=a["started_at"],
         ended_at=a["ended_at"],
@@ -276,6 +279,12 @@ def _billed(attempts: list[AttemptView]) -> TokenUsage | None:
         completion_tokens=sum(u.completion_tokens for u in used),
         total_tokens=sum(u.total_tokens for u in used),
     )
+
+
+def _billed_cost(attempts: list[AttemptView]) -> float | None:
+    """Every priced attempt's cost summed; None when none is priced."""
+    costs = [a.cost_usd for a in attempts if a.cost_usd is not None]
+    return round(sum(costs), 8) if costs else None
 
 
 class NotFinished(Exception):
@@ -308,6 +317,7 @@ async def get_result(
         "completed_at": row["finished_at"],
         "attempts": attempts,
         "billed_usage": _billed(attempts),
+        "billed_cost_usd": _billed_cost(attempts),
         "messages": _json(row["messages"]),
     }
     if r is None:

@@ -378,7 +378,7 @@ async def _write_events(
     if changed:
         await _copy_upsert(conn, "jobs", [_job_args(j) for j in changed.values()], _UPSERT_JOB)
         # After the jobs rows: an attempt row references its job.
-        await write_attempts(conn, [e for e, applied in fresh if applied])
+        await write_attempts(conn, [e for e, applied in fresh if applied], rules.price_of)
     if results:
         rows = [_result_args(r) for r in results.values()]
         await _copy_upsert(conn, "results", rows, _UPSERT_RESULT)
@@ -414,7 +414,8 @@ async def _write_partials(
         if got.chunks == 0 and event.data.usage is None:
             continue  # nothing was streamed: no result to keep
         model = event.data.model or job.model
-        rows.append(partial_result_of(job, event, got, rules.price_of(model)))
+        price = rules.price_of(model, event.data.upstream)
+        rows.append(partial_result_of(job, event, got, price))
     if rows:
         await _copy_upsert(conn, "results", [_result_args(r) for r in rows], _UPSERT_RESULT)
         outcome.partial_results += len(rows)

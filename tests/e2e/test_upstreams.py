@@ -108,6 +108,7 @@ name = "healthy"
 
 [models."continuing"]
 on_interrupt = "continue"
+price = {{ input = 1.0, output = 1000.0 }}
 [[models."continuing".upstreams]]
 name = "recorded"
 base_url = "{recorded.url}"
@@ -231,6 +232,12 @@ async def test_a_cut_answer_continues_in_one_gap_free_stream_and_both_attempts_a
     assert result["billed_usage"]["completion_tokens"] == (
         one["usage"]["completion_tokens"] + two["usage"]["completion_tokens"]
     )
+    for attempt in (one, two):  # USD 1 per million input tokens, 1,000 per million output
+        usage = attempt["usage"]
+        expected = (usage["prompt_tokens"] * 1.0 + usage["completion_tokens"] * 1000.0) / 1e6
+        assert attempt["cost_usd"] == pytest.approx(expected)
+    assert result["billed_cost_usd"] == pytest.approx(one["cost_usd"] + two["cost_usd"])
+    assert result["billed_cost_usd"] > result["estimated_cost_usd"], "only the last attempt"
 
     async with (
         aiohttp.ClientSession() as http,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from services.results.attempts import fact_of, merge
 from shared.contracts import (
@@ -14,6 +15,7 @@ from shared.contracts import (
     JobStartedData,
     TokenUsage,
 )
+from shared.prices import Price
 
 JOB = "job-1"
 
@@ -49,12 +51,14 @@ def test_an_attempt_is_one_fact_merged_from_its_start_and_its_end() -> None:
             ),
         ),
     ]
-    facts = merge(f for f in map(fact_of, events) if f is not None)
+    prices = {("m", "a"): Price(Decimal(1), Decimal(2))}  # USD per million; m-2025 unpriced
+    facts = merge(f for f in (fact_of(e, lambda m, u: prices.get((m, u))) for e in events) if f)
     assert [(f.attempt, f.upstream, f.model, f.status, f.total_tokens) for f in facts] == [
         (1, "a", "m", "failed", 10),
         (2, "b", "m-2025", "completed", 15),
     ]
     first, second = facts
     assert first.usage_estimated and first.reason == "server_error: 503"
+    assert first.cost_usd == Decimal("0.00001000") and second.cost_usd is None
     assert first.started_at is not None and first.ended_at is not None
     assert second.started_at == events[2].occurred_at

@@ -47,7 +47,7 @@ def test_the_packaged_file_routes_every_known_model_and_any_other_to_the_simulat
         assert [(h.model, h.upstream.name, h.upstream.base_url) for h in route] == [
             (model, "simulator", "")
         ]
-    assert r.entry("gpt-4o-mini").price.input == 0.15  # type: ignore[union-attr]
+    assert r.entry("gpt-4o-mini").price["input"] == 0.15  # type: ignore[index, union-attr]
     assert r.entry("made-up").price is None  # type: ignore[union-attr]
     assert list(r.upstreams) == ["simulator"]
 
@@ -81,12 +81,12 @@ def test_on_interrupt_is_the_jobs_then_the_models_then_restart() -> None:
     assert r.on_interrupt("b", "continue") == "continue"
 
 
-def test_an_upstream_price_overrides_the_models() -> None:
-    r = registry(TWO_UPSTREAMS)
-    a = r.models["a"]
-    heavy, light = a.upstreams
-    assert a.price_on(heavy) == a.price
-    assert a.price_on(light) is not None and a.price_on(light).cached_input == 0.25  # type: ignore[union-attr]
+def test_a_price_is_refused_as_the_price_table_refuses_it_and_reasoning_is_one() -> None:
+    table = '[models."a"]\n[[models."a".upstreams]]\nname = "u"\n'
+    priced = registry(table + "[models.a.price]\ninput = 1\noutput = 2\nreasoning = 3\n")
+    assert priced.entry("a").price == {"input": 1, "output": 2, "reasoning": 3}  # type: ignore[union-attr]
+    with pytest.raises(WorkloadFileError, match="price needs output"):
+        registry(table + "[models.a.price]\ninput = 1\n")
 
 
 def test_a_name_shared_by_two_models_is_one_upstream_when_it_names_one_server() -> None:

@@ -10,7 +10,10 @@ CREATE TABLE attempts (
     prompt_tokens      integer,
     completion_tokens  integer,
     total_tokens       integer,
+    cached_tokens      integer,
+    reasoning_tokens   integer,
     usage_estimated    boolean NOT NULL DEFAULT false,
+    cost_usd           numeric(14, 8),  -- null: the model is priced nowhere
     reason             text,
     started_at         timestamptz,
     ended_at           timestamptz,
