@@ -14,7 +14,21 @@ from tests.e2e.test_sse import read_sse
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
 
 # Some text first, then two calls: a chunk may carry text, tool-call deltas or both.
-PROMPT = "Look up both cities. [[sim tool_calls=2 tokens=4]]"
+PROMPT = "What is the weather in both cities? [[sim tool_calls=2 tokens=4]]"
+# The job's own tool, sent upstream as submitted: the calls name it and fit its parameters.
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city now.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 def assembled(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -50,7 +64,7 @@ async def test_tool_call_deltas_reach_websocket_and_sse_clients_and_the_stored_r
             user_token,
             prompt=PROMPT,
             job_type="analysis",
-            config={"model": "gpt-4o-mini", "max_tokens": 200},
+            config={"model": "gpt-4o-mini", "max_tokens": 200, "tools": [WEATHER]},
         )
     )["job_id"]
 
@@ -67,8 +81,8 @@ async def test_tool_call_deltas_reach_websocket_and_sse_clients_and_the_stored_r
     assert final["data"]["finish_reason"] == "tool_calls"
     for call in calls:
         assert call["id"].startswith("call_") and call["type"] == "function"
-        assert call["function"]["name"] == "lookup"
-        assert isinstance(json.loads(call["function"]["arguments"])["query"], str)
+        assert call["function"]["name"] == "get_weather"
+        assert set(json.loads(call["function"]["arguments"])) == {"city"}
     text = "".join(c["text"] for c in chunks)
     assert len(text.split()) == 4
 
