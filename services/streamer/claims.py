@@ -51,7 +51,10 @@ class Claims:
             self.started(record.job_id, record.data.attempt)
         elif isinstance(record, JobRetrying):
             claim = self._by_job.setdefault(record.job_id, Claim())
-            claim.retried = max(claim.retried, record.data.attempt)
+            if record.data.requeued:
+                claim.retried = max(claim.retried, record.data.attempt)
+            # Not re-queued (a fallback in the slot): the same job record carries the next
+            # attempt, whose job.started makes a rerun of that record a new attempt again.
         elif isinstance(record, JobCompleted | JobFailed | JobCancelled):
             self._by_job.setdefault(record.job_id, Claim()).final = True
 

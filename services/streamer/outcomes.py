@@ -87,6 +87,8 @@ async def publish_retrying(
     retry_at: datetime,
     so_far: Streamed,
     upstream: str | None,
+    *,
+    requeued: bool = True,
 ) -> None:
     """The retrying fact of a failed attempt: where it ran and what it used (billed)."""
     data = job.data
@@ -106,6 +108,7 @@ async def publish_retrying(
                 usage=so_far.usage,
                 usage_estimated=so_far.estimated,
                 continues=data.resume.attempt if data.resume is not None else None,
+                requeued=requeued,
             ),
         ),
     )

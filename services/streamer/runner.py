@@ -117,7 +117,13 @@ async def _fall_back(
     reason = f"{broke.error.kind}: {broke.error}"
     deps.metrics.job_duration.labels("failed").observe(deps.clock() - broke.started)
     await publish_retrying(
-        deps, job, reason, datetime.now(UTC), broke.stream.streamed(), hop.upstream.name
+        deps,
+        job,
+        reason,
+        datetime.now(UTC),
+        broke.stream.streamed(),
+        hop.upstream.name,
+        requeued=False,
     )
     deps.metrics.jobs_retried.labels(*labels).inc()
     deps.metrics.upstream_fallbacks.labels(hop.upstream.name, to.upstream.name).inc()

@@ -68,6 +68,11 @@ class JobRetryingData(_Body):
     )
     usage_estimated: bool = False
     continues: int | None = None
+    requeued: bool = Field(
+        default=True,
+        description="true: the next attempt was put on the retry topic; false: it runs at once"
+        " in the same slot (a fallback to the next upstream), carried by the same job record",
+    )
 
 
 class JobRetrying(Envelope):

@@ -10,6 +10,7 @@ from shared.contracts import (
     JobRetryingData,
     JobStarted,
     JobStartedData,
+    utcnow,
 )
 from shared.contracts.events import TokenUsage
 
@@ -33,6 +34,38 @@ def test_a_started_job_without_an_end_runs_as_the_attempt_after_the_highest() ->
     for attempt in (1, 3, 2):
         claims.observe(started("j", attempt))
     assert claims.attempt_to_run("j", 1) == 4
+
+
+def retrying(job_id: str, attempt: int, *, requeued: bool) -> JobRetrying:
+    return JobRetrying(
+        job_id=job_id,
+        trace_id=TRACE,
+        data=JobRetryingData(
+            attempt=attempt,
+            next_attempt=attempt + 1,
+            reason="server_error: 503",
+            retry_at=utcnow(),
+            requeued=requeued,
+        ),
+    )
+
+
+def test_a_job_that_fell_back_in_its_slot_and_died_there_runs_again_as_a_new_attempt() -> None:
+    # Attempt 1 failed on one upstream, attempt 2 started on the next in the same slot,
+    # then the streamer died: the job record (still attempt 1) must run, as attempt 3.
+    claims = Claims()
+    claims.observe(started("j", 1))
+    claims.observe(retrying("j", 1, requeued=False))
+    claims.observe(started("j", 2))
+    assert claims.attempt_to_run("j", 1) == 3
+
+
+def test_a_job_re_queued_on_the_retry_topic_is_not_run_from_its_old_record() -> None:
+    claims = Claims()
+    claims.observe(started("j", 1))
+    claims.observe(retrying("j", 1, requeued=True))
+    assert claims.attempt_to_run("j", 1) is None
+    assert claims.attempt_to_run("j", 2) == 2  # the retry record carries it on
 
 
 def test_any_number_of_claims_is_kept() -> None:
