@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_FILE = Path(__file__).with_name("workloads.toml")
+# The tables a file may leave out: each absent one is the packaged file's, so a file that
+# only adds upstreams keeps the default job types (and one with only job types, the models).
+SECTIONS = ("job_types", "models")
 
 
 class WorkloadFileError(ValueError):
@@ -20,8 +23,17 @@ class WorkloadFileError(ValueError):
 
 
 def load(path: str | Path | None = None) -> dict[str, Any]:
-    """The parsed workload file at `path` (None or empty: the packaged defaults)."""
-    target = Path(path) if path else DEFAULT_FILE
+    """The parsed workload file at `path` (None or empty: the packaged defaults); a table of
+    `SECTIONS` it leaves out is the packaged file's."""
+    document = _read(Path(path) if path else DEFAULT_FILE)
+    missing = [name for name in SECTIONS if name not in document]
+    if missing and path:
+        defaults = _read(DEFAULT_FILE)
+        document.update({name: defaults.get(name, {}) for name in missing})
+    return document
+
+
+def _read(target: Path) -> dict[str, Any]:
     try:
         with target.open("rb") as handle:
             return tomllib.load(handle)
