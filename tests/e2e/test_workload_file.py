@@ -66,6 +66,13 @@ properties = {{ kind = {{ type = "string", enum = ["bug", "feature"] }} }}
 
 [models."gpt-4o-mini"]
 price = {{ input = 1.0, output = 2.0, cached_input = 0.25 }}
+[[models."gpt-4o-mini".upstreams]]
+name = "simulator"
+
+# Any other model on the same simulator, priced nowhere.
+[models."*"]
+[[models."*".upstreams]]
+name = "simulator"
 """
 PROMPT = "My invoice charges me twice this month. [[sim cached=7]]"
 
