@@ -199,6 +199,7 @@ class GatewayService:
             rebuild_s=s.gateway_admission_rebuild_s,
             security=security,
             session_timeout_ms=s.gateway_admission_session_timeout_ms,
+            max_transactions=s.gateway_admission_max_transactions,
         )
         stack.push_async_callback(owner.stop)
         await owner.start()

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
+import os
+import signal
+from collections import Counter, defaultdict
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -14,15 +17,17 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.gateway.admission_link import KafkaAdmissionLink
-from services.gateway.admission_records import decisions_topic
+from services.gateway.admission_records import admissions_topic, decisions_topic
 from services.gateway.app import GatewayService
 from shared.kafka import assign_every_partition
 from shared.routing import chunk_partition, notifier_for
 from shared.topics import Priority, control_topic, job_topic
 from tests.integration.gateway_harness import (
+    ADMISSION_PARTITIONS,
     GatewayKit,
     StartGateway,
     bearer,
+    gateway_process,
     kit,
     post_job,
     topic_records,
@@ -32,7 +37,7 @@ from tests.support import wait_for
 pytestmark = pytest.mark.kafka
 __all__ = ["kit"]  # fixtures
 
-PARTITIONS = 4  # the harness's admission partitions
+PARTITIONS = ADMISSION_PARTITIONS
 
 
 async def post(
@@ -48,23 +53,38 @@ async def run_job_ids(bootstrap: str, prefix: str) -> list[str]:
     return [r.job_id for band in Priority for r, _ in records[job_topic(band, prefix)]]
 
 
-async def decided_requests(bootstrap: str, prefix: str) -> list[dict[str, Any]]:
-    """Every committed decision, in partition order."""
+async def committed_values(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every committed record of `topic` as JSON, partition after partition, in offset order."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
     )
     await consumer.start()
     try:
-        tps = await assign_every_partition(consumer, [decisions_topic(prefix)])
+        tps = sorted(await assign_every_partition(consumer, [topic]))
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         out: list[dict[str, Any]] = []
-        left = [tp for tp in tps if ends[tp] > 0]
-        while left:
-            batch = await consumer.getmany(*left, timeout_ms=1000)
-            out.extend(json.loads(r.value or b"") for rs in batch.values() for r in rs)
-            left = [tp for tp in left if await consumer.position(tp) < ends[tp]]
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp]:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                out.extend(json.loads(r.value or b"") for r in batch.get(tp, []))
         return out
+    finally:
+        await consumer.stop()
+
+
+async def decided_requests(bootstrap: str, prefix: str) -> list[dict[str, Any]]:
+    """Every committed decision, in partition order."""
+    return await committed_values(bootstrap, decisions_topic(prefix))
+
+
+async def requests_appended(bootstrap: str, prefix: str) -> int:
+    """How many admission requests the admission topic holds."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = await assign_every_partition(consumer, [admissions_topic(prefix)])
+        return sum((await consumer.end_offsets(tps)).values())
     finally:
         await consumer.stop()
 
@@ -347,3 +367,124 @@ async def test_the_sse_proxy_reaches_the_notifier_serving_the_job(kit: GatewayKi
     finally:
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_submits_of_many_users_arriving_during_one_commit_land_in_order_decided_once(
+    kit: GatewayKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
+    # Every commit is held until all the requests are appended: what arrives while a
+    # partition's transaction commits must wait, and go into its next transaction.
+    released = asyncio.Event()
+    commit = AIOKafkaProducer.commit_transaction
+
+    async def held_commit(producer: AIOKafkaProducer) -> None:
+        await released.wait()
+        await commit(producer)
+
+    monkeypatch.setattr(AIOKafkaProducer, "commit_transaction", held_commit)
+    gw = await start_gateway(
+        gateway_publish_timeout_s=40,
+        gateway_max_in_flight=0,
+        gateway_submissions_per_minute=0,
+        gateway_admission_max_transactions=0,
+    )
+    users = [tokens(f"batch-user-{n}") for n in range(24)]
+    count = 4 * len(users)  # under the client's 100 connections: every request is sent
+    answers = asyncio.gather(
+        *(post(http, gw.url, users[n % len(users)], {"prompt": f"p{n}"}) for n in range(count))
+    )
+    await wait_for(
+        lambda: requests_appended(kafka_bootstrap, topic_prefix),
+        timeout=30,
+        message="the first requests appended",
+    )
+    appended = await wait_for(
+        lambda: _at_least(requests_appended(kafka_bootstrap, topic_prefix), count),
+        timeout=30,
+        message=f"all {count} requests appended while the first commits are held",
+    )
+    assert appended == count
+    released.set()
+    statuses = Counter(status for status, _ in await answers)
+    assert statuses == {202: count}
+
+    requests = await committed_values(kafka_bootstrap, admissions_topic(topic_prefix))
+    decisions = await decided_requests(kafka_bootstrap, topic_prefix)
+    ids = [d["request_id"] for d in decisions]
+    assert len(ids) == len(set(ids)) == count, "each request decided once"
+    asked: defaultdict[str, list[str]] = defaultdict(list)
+    answered: defaultdict[str, list[str]] = defaultdict(list)
+    for r in requests:
+        asked[r["user_id"]].append(r["request_id"])
+    for d in decisions:
+        answered[d["user_id"]].append(d["request_id"])
+    assert answered == asked, "each user's requests decided in the order they were appended"
+    assert sorted(await run_job_ids(kafka_bootstrap, topic_prefix)) == sorted(
+        d["job_id"] for d in decisions
+    )
+    transactions = gw.registry.get_sample_value(
+        "streamjobs_gateway_admission_transaction_requests_count"
+    )
+    # Per partition: the held first transaction, then the rest in one more (one further at
+    # most, for requests fetched while it committed).
+    assert transactions is not None and transactions <= 3 * PARTITIONS, transactions
+
+
+async def _at_least(count: Awaitable[int], least: int) -> int:
+    value = await count
+    return value if value >= least else 0
+
+
+async def test_an_owner_killed_mid_batch_loses_no_acceptance_and_doubles_none(
+    kit: GatewayKit, kafka_bootstrap: str, topic_prefix: str, auth_secret: str
+) -> None:
+    start_gateway, tokens, http, *_ = kit
+    unlimited = {"GATEWAY_MAX_IN_FLIGHT": "0", "GATEWAY_SUBMISSIONS_PER_MINUTE": "0"}
+    async with gateway_process(
+        kafka_bootstrap, topic_prefix, auth_secret, instance="gateway-9", **unlimited
+    ) as doomed:
+        survivor = await start_gateway(
+            gateway_max_in_flight=0, gateway_submissions_per_minute=0, gateway_publish_timeout_s=30
+        )
+        owner = survivor.owner
+        assert owner is not None
+        await wait_for(
+            lambda: 0 < len(owner.owned) < PARTITIONS,
+            timeout=30,
+            message="the admission partitions shared with the gateway process",
+        )
+        theirs = set(range(PARTITIONS)) - set(owner.owned)
+        users = [
+            tokens(u)
+            for u in (f"{topic_prefix}-killed-{n}" for n in range(400))
+            if chunk_partition(u, PARTITIONS) in theirs
+        ][:8]
+        answers: list[tuple[int, dict[str, Any]]] = []
+
+        async def stream(n: int) -> None:
+            await asyncio.sleep(n * 0.01)  # a steady stream, about 100 per second
+            answers.append(
+                await post(http, survivor.url, users[n % len(users)], {"prompt": f"{n}"})
+            )
+
+        requests = asyncio.gather(*(stream(n) for n in range(300)))
+        await wait_for(
+            lambda: sum(s == 202 for s, _ in answers) >= 20,
+            timeout=30,
+            message="the gateway process deciding",
+        )
+        # kill -9: its transaction under way, if any, is left open; the next owner fences it.
+        os.kill(doomed.popen.pid, signal.SIGKILL)
+        accepted_before = sum(s == 202 for s, _ in answers)
+        await requests
+    statuses = Counter(status for status, _ in answers)
+    assert set(statuses) <= {202, 503}, statuses
+    assert statuses[202] > accepted_before, "the survivor decided after the kill"
+    assert len(owner.owned) == PARTITIONS
+    decisions = await decided_requests(kafka_bootstrap, topic_prefix)
+    ids = [d["request_id"] for d in decisions]
+    assert len(ids) == len(set(ids)), "no request decided twice"
+    accepted = sorted(b["job_id"] for s, b in answers if s == 202)
+    assert sorted(d["job_id"] for d in decisions if d["outcome"] == "accepted") == accepted
+    assert sorted(await run_job_ids(kafka_bootstrap, topic_prefix)) == accepted
