@@ -24,14 +24,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from enum import Enum
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.partitioner import DefaultPartitioner
 
-from services.gateway.admission_lane import Lane, Record
+from services.gateway.admission_lane import Direct, Item, Lane, Record
 from services.gateway.admission_records import (
     HEADER_REPLY_TO,
     PRODUCERS_PER_PARTITION,
@@ -76,6 +78,8 @@ MAX_WAITING_BATCHES = 4
 # again after a transaction failed on a Kafka error.
 PAUSED_POLL_S = 0.05
 RETRY_AFTER_ERROR_S = 0.1
+# At stop, how long requests handed on to the admission topic may still take.
+APPEND_TIMEOUT_S = 5.0
 
 
 def admission_producer(
@@ -103,6 +107,8 @@ def admission_producer(
 
 # A decision on a request this instance sent, committed: its requester is in this process.
 LocalReply = Callable[[Decision], None]
+# Appends a request to the admission topic: one handed over in-process whose partition left.
+AppendRequest = Callable[[AdmissionRequest], Coroutine[Any, Any, None]]
 
 
 def _headers(record_type: str, trace_id: str) -> Headers:
@@ -197,11 +203,29 @@ class AdmissionOwner:
         self.paused = asyncio.Event()  # set: decide nothing (operations and tests)
         self.joined = asyncio.Event()  # set at the first assignment, an empty one too
         self.on_local: LocalReply | None = None
+        self.append: AppendRequest | None = None
+        self._appending: set[asyncio.Task[None]] = set()
+        self._partitioner = DefaultPartitioner()
         self._reply_to = instance
 
     @property
     def owned(self) -> list[int]:
         return sorted(self._lanes)
+
+    def offer(self, request: AdmissionRequest) -> bool:
+        """Take a request of this gateway's own when its user's partition is decided here
+        (it is then not appended to the admission topic); False: append it."""
+        consumer = self._consumer
+        partitions = consumer.partitions_for_topic(self.topic) if consumer is not None else None
+        if not partitions:
+            return False
+        # Where the request producer's partitioner would have put it.
+        partition = self._partitioner(request.user_id.encode(), sorted(partitions), [])
+        lane = self._lanes.get(partition)
+        if lane is None:
+            return False
+        lane.offer(Direct(request, time.time()))
+        return True
 
     async def start(self) -> None:
         self._rebuilder = AIOKafkaConsumer(
@@ -238,6 +262,8 @@ class AdmissionOwner:
         for producers in self._revoked.values():
             await _stop_all(producers)
         self._revoked.clear()
+        if self._appending:
+            await asyncio.wait(set(self._appending), timeout=APPEND_TIMEOUT_S)
         if self._rebuilder is not None:
             await self._rebuilder.stop()
             self._rebuilder = None
@@ -336,10 +362,28 @@ class AdmissionOwner:
                         lane.task.cancel()
                 if lane.task is not None:
                     await asyncio.wait([lane.task])
+                self._hand_on(lane.drop()[0])
                 self._revoked[tp.partition] = lane.producers
         self.metrics.admission_partitions.set(len(self._lanes))
 
-    async def _take_again(self, lane: Lane, first_offset: int) -> None:
+    def _hand_on(self, directs: list[Direct]) -> None:
+        """Append requests handed over in-process to a partition no longer decided here: its
+        next owner decides them (their requester still waits)."""
+        append = self.append
+        for direct in directs:
+            if append is None:
+                break
+            task = asyncio.create_task(append(direct.request))
+            self._appending.add(task)
+            task.add_done_callback(self._appended)
+
+    def _appended(self, task: asyncio.Task[None]) -> None:
+        self._appending.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Its requester answers 503 when no decision comes.
+            log.warning("admission request not handed on: %s: %s", type(exc).__name__, exc)
+
+    async def _take_again(self, lane: Lane) -> None:
         """After a fence: still assigned here, the partition is fenced and rebuilt again and
         decided from its first undecided request; if it is another gateway's now, the group
         revokes it here at the next heartbeat."""
@@ -348,11 +392,14 @@ class AdmissionOwner:
             if self._lanes.get(lane.partition) is not lane:
                 return  # released meanwhile
             del self._lanes[lane.partition]
+            directs, first_offset = lane.drop()
             consumer = self._consumer
             assigned = consumer is not None and tp in consumer.assignment()
             if consumer is not None and assigned:
-                consumer.seek(tp, first_offset)
+                if first_offset is not None:
+                    consumer.seek(tp, first_offset)
                 consumer.resume(tp)
+            self._hand_on(directs)
             await _stop_all(lane.producers)
             if assigned:
                 await self._adopt([lane.partition])
@@ -407,32 +454,38 @@ class AdmissionOwner:
                 continue
             async with self._transactions:
                 # Taken once a transaction may begin: what arrived while waiting joins it.
-                records = lane.take(self.batch)
+                items = lane.take(self.batch)
                 consumer = self._consumer
                 if consumer is not None and len(lane) < self.batch and tp in consumer.paused():
                     consumer.resume(tp)
                 async with lane.writing:
-                    written = await self._decide(lane, tp, records)
+                    written = await self._decide(lane, tp, items)
+                    if written is not _Written.COMMITTED:
+                        lane.put_back(items)  # before a revocation can empty the lane
             if written is _Written.FENCED:
-                await self._take_again(lane, records[0].offset)
+                await self._take_again(lane)
                 return
-            if written is not _Written.COMMITTED:
-                lane.put_back(records)
             if written is _Written.AGAIN_LATER:
                 await asyncio.sleep(RETRY_AFTER_ERROR_S)
 
-    async def _decide(self, lane: Lane, tp: TopicPartition, records: list[Record]) -> _Written:
+    async def _decide(self, lane: Lane, tp: TopicPartition, items: list[Item]) -> _Written:
         producer = lane.producer()
         now = time.time()
         decided: list[tuple[AdmissionRequest, Decision]] = []
-        for record in records:
-            try:
-                request = AdmissionRequest.from_bytes(record.value or b"")
-            except (ValueError, KeyError, TypeError):
-                self.metrics.admission_decisions.labels("unreadable").inc()
-                log.warning("unreadable admission request at %s offset %d", tp, record.offset)
-                continue
-            decision = decide(self.view, request, now=now, appended_at=record.timestamp / 1000)
+        last: Record | None = None  # the last fetched request: its offset commits
+        for item in items:
+            if isinstance(item, Direct):
+                request, appended_at = item.request, item.arrived_at
+            else:
+                last = item
+                try:
+                    request = AdmissionRequest.from_bytes(item.value or b"")
+                except (ValueError, KeyError, TypeError):
+                    self.metrics.admission_decisions.labels("unreadable").inc()
+                    log.warning("unreadable admission request at %s offset %d", tp, item.offset)
+                    continue
+                appended_at = item.timestamp / 1000
+            decision = decide(self.view, request, now=now, appended_at=appended_at)
             decided.append((request, decision))
         try:
             await producer.begin_transaction()
@@ -441,7 +494,8 @@ class AdmissionOwner:
                 sent.extend(await self._send_decision(producer, tp.partition, request, decision))
                 if decision.outcome is Outcome.ACCEPTED:
                     sent.extend(await self._send_job(producer, request))
-            await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group)
+            if last is not None:
+                await producer.send_offsets_to_transaction({tp: last.offset + 1}, self.group)
             await asyncio.gather(*sent)
             await _commit_in_time(producer, decided)
         except ProducerFenced:
@@ -456,7 +510,7 @@ class AdmissionOwner:
                 return _Written.FENCED  # a producer that cannot abort is replaced
             return _Written.AGAIN if isinstance(exc, _Overdue) else _Written.AGAIN_LATER
         done = time.time()
-        self.metrics.admission_transaction_requests.observe(len(records))
+        self.metrics.admission_transaction_requests.observe(len(items))
         local = self.on_local
         for request, decision in decided:
             self.metrics.admission_decisions.labels(decision.outcome.value).inc()

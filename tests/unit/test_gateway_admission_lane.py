@@ -7,7 +7,9 @@ from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from services.gateway.admission_lane import Lane, Record
+from services.gateway.admission_lane import Direct, Lane, Record
+from services.gateway.admission_records import AdmissionRequest
+from shared.topics import Priority
 
 
 def record(offset: int) -> Record:
@@ -24,6 +26,25 @@ def record(offset: int) -> Record:
         serialized_value_size=2,
         headers=[],
     )
+
+
+def direct(request_id: str) -> Direct:
+    request = AdmissionRequest(
+        request_id=request_id,
+        reply_to="gateway-0",
+        user_id="user",
+        job_id="job",
+        keyed=False,
+        digest="ab" * 16,
+        job_type="analysis",
+        priority=Priority.NORMAL,
+        submitted_at=0.0,
+        accept_by=5.0,
+        accepted={},
+        run={},
+        trace_id="0" * 32,
+    )
+    return Direct(request, 0.0)
 
 
 def lane(producers: int = 2) -> Lane:
@@ -74,3 +95,29 @@ def test_the_producers_take_turns_transaction_by_transaction() -> None:
     queue = lane()
     first, second = queue.producers
     assert [queue.producer() for _ in range(4)] == [first, second, first, second]
+
+
+def test_requests_handed_over_in_process_queue_behind_fetched_ones() -> None:
+    queue = lane()
+    queue.add([record(0)])
+    queue.offer(direct("a"))
+    queue.add([record(1)])
+    taken = queue.take(500)
+    assert [i.offset if isinstance(i, ConsumerRecord) else i.request.request_id for i in taken] == [
+        0,
+        "a",
+        1,
+    ]
+
+
+def test_a_lane_left_gives_back_its_own_requests_and_the_first_undecided_offset() -> None:
+    queue = lane()
+    queue.add([record(4), record(5)])
+    queue.offer(direct("a"))
+    failed = queue.take(2)
+    queue.put_back(failed)
+    directs, first = queue.drop()
+    assert [d.request.request_id for d in directs] == ["a"]
+    assert first == 4
+    assert len(queue) == 0 and not queue.arrived.is_set()
+    assert lane().drop() == ([], None)
