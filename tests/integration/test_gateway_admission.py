@@ -107,6 +107,31 @@ async def two_gateways(start: StartGateway, **settings: Any) -> tuple[GatewaySer
     return one, two
 
 
+def hold_commits(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Every transaction's commit waits until the event returned is set."""
+    released = asyncio.Event()
+    commit = AIOKafkaProducer.commit_transaction
+
+    async def held_commit(producer: AIOKafkaProducer) -> None:
+        await released.wait()
+        await commit(producer)
+
+    monkeypatch.setattr(AIOKafkaProducer, "commit_transaction", held_commit)
+    return released
+
+
+async def assert_each_acceptance_once(
+    answers: list[tuple[int, dict[str, Any]]], bootstrap: str, prefix: str
+) -> None:
+    """No request decided twice; the jobs accepted are the 202s, each with one job.run."""
+    decisions = await decided_requests(bootstrap, prefix)
+    ids = [d["request_id"] for d in decisions]
+    assert len(ids) == len(set(ids)), "no request decided twice"
+    accepted = sorted(b["job_id"] for s, b in answers if s == 202)
+    assert sorted(d["job_id"] for d in decisions if d["outcome"] == "accepted") == accepted
+    assert sorted(await run_job_ids(bootstrap, prefix)) == accepted
+
+
 def decided(gateway: GatewayService, outcome: str) -> float:
     """How many requests `gateway` decided with `outcome`, from its metrics."""
     value = gateway.registry.get_sample_value(
@@ -214,12 +239,7 @@ async def test_an_owner_stopped_abruptly_mid_stream_moves_its_partitions_and_lim
     statuses = Counter(status for status, _ in answers)
     assert statuses[202] == 60, statuses
     assert set(statuses) <= {202, 429, 503}
-    decisions = await decided_requests(kafka_bootstrap, topic_prefix)
-    ids = [d["request_id"] for d in decisions]
-    assert len(ids) == len(set(ids)), "no request decided twice"
-    accepted = sorted(b["job_id"] for s, b in answers if s == 202)
-    assert sorted(d["job_id"] for d in decisions if d["outcome"] == "accepted") == accepted
-    assert sorted(await run_job_ids(kafka_bootstrap, topic_prefix)) == accepted
+    await assert_each_acceptance_once(answers, kafka_bootstrap, topic_prefix)
 
 
 async def test_a_gateway_answers_its_own_requests_without_reading_their_decisions_back(
@@ -298,14 +318,7 @@ async def test_an_acceptance_committed_after_its_503_has_its_job_cancelled(
     start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     # The owner decides in time and appends its transaction, then its commit stalls until
     # the requester has answered 503: the job's records commit after that answer.
-    released = asyncio.Event()
-    commit = AIOKafkaProducer.commit_transaction
-
-    async def stalled_commit(producer: AIOKafkaProducer) -> None:
-        await released.wait()
-        await commit(producer)
-
-    monkeypatch.setattr(AIOKafkaProducer, "commit_transaction", stalled_commit)
+    released = hold_commits(monkeypatch)
     gw = await start_gateway(gateway_publish_timeout_s=2)
     status, problem = await post(http, gw.url, tokens("erin"), {"prompt": "slow commit"})
     assert status == 503
@@ -389,14 +402,7 @@ async def test_submits_of_many_users_arriving_during_one_commit_land_in_order_de
     start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     # Every commit is held until all the requests are appended: what arrives while a
     # partition's transaction commits must wait, and go into its next transaction.
-    released = asyncio.Event()
-    commit = AIOKafkaProducer.commit_transaction
-
-    async def held_commit(producer: AIOKafkaProducer) -> None:
-        await released.wait()
-        await commit(producer)
-
-    monkeypatch.setattr(AIOKafkaProducer, "commit_transaction", held_commit)
+    released = hold_commits(monkeypatch)
     asker, owner = await two_gateways(
         start_gateway,
         gateway_publish_timeout_s=40,
@@ -501,9 +507,4 @@ async def test_an_owner_killed_mid_batch_loses_no_acceptance_and_doubles_none(
     assert set(statuses) <= {202, 503}, statuses
     assert statuses[202] > accepted_before, "the survivor decided after the kill"
     assert len(owner.owned) == PARTITIONS
-    decisions = await decided_requests(kafka_bootstrap, topic_prefix)
-    ids = [d["request_id"] for d in decisions]
-    assert len(ids) == len(set(ids)), "no request decided twice"
-    accepted = sorted(b["job_id"] for s, b in answers if s == 202)
-    assert sorted(d["job_id"] for d in decisions if d["outcome"] == "accepted") == accepted
-    assert sorted(await run_job_ids(kafka_bootstrap, topic_prefix)) == accepted
+    await assert_each_acceptance_once(answers, kafka_bootstrap, topic_prefix)
