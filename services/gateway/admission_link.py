@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # (user id, request record): appended to the admission topic, raises on a failed send.
 SendRequest = Callable[[str, bytes], Awaitable[None]]
+# Takes a request in-process where this gateway decides for its user: True, then it is not sent.
+OfferRequest = Callable[[AdmissionRequest], bool]
 LateAcceptance = Callable[[AdmissionRequest, Decision], None]
 # Requests given up on and still watched for a late acceptance: the most, and for how long.
 MAX_ABANDONED = 10_000
@@ -70,6 +72,7 @@ class KafkaAdmissionLink:
         # request id -> (request, until when watched), oldest first.
         self._abandoned: OrderedDict[str, tuple[AdmissionRequest, float]] = OrderedDict()
         self.on_late: LateAcceptance | None = None
+        self.offer: OfferRequest | None = None
         self.follower = PartitionFollower(
             bootstrap,
             [replies_topic(prefix)],
@@ -100,7 +103,8 @@ class KafkaAdmissionLink:
         self._waiting[request.request_id] = answer  # before the send: a reply may be quick
         try:
             async with asyncio.timeout(timeout_s):
-                await self.send(request.user_id, request.to_bytes())
+                if self.offer is None or not self.offer(request):
+                    await self.send(request.user_id, request.to_bytes())
                 return await answer
         except TimeoutError:
             self._abandon(request)

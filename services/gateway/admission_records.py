@@ -58,9 +58,16 @@ def transactional_id_prefix(prefix: str) -> str:
     return f"{prefix}-admission-"
 
 
-def transactional_id(prefix: str, partition: int) -> str:
-    """One per admission partition: a new owner's producer fences the previous owner's."""
-    return f"{transactional_id_prefix(prefix)}{partition}"
+# Transactional producers per admission partition, used in turn (admission_lane.py).
+PRODUCERS_PER_PARTITION = 2
+
+
+def transactional_id(prefix: str, partition: int, lane: int = 0) -> str:
+    """The ids of an admission partition's producers (`lane` < PRODUCERS_PER_PARTITION): a
+    new owner's producers fence the previous owner's. The first is the id one producer per
+    partition had, so an owner of either kind fences the other."""
+    suffix = f".{lane}" if lane else ""
+    return f"{transactional_id_prefix(prefix)}{partition}{suffix}"
 
 
 # Datetimes as the records' own models write them (RFC 3339, "Z" for UTC).

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from services.gateway.admission import Admission
 from services.gateway.admission_link import AdmissionLink, KafkaAdmissionLink
 from services.gateway.admission_owner import AdmissionOwner, admission_producer
-from services.gateway.admission_records import admissions_topic
+from services.gateway.admission_records import AdmissionRequest, admissions_topic
 from services.gateway.admission_topics import admission_topics
 from services.gateway.cancel import Cancels
 from services.gateway.events import EventsReader
@@ -202,6 +202,7 @@ class GatewayService:
             rebuild_s=s.gateway_admission_rebuild_s,
             security=security,
             session_timeout_ms=s.gateway_admission_session_timeout_ms,
+            max_transactions=s.gateway_admission_max_transactions,
         )
         stack.push_async_callback(owner.stop)
         await owner.start()
@@ -232,6 +233,9 @@ class GatewayService:
                 admissions_topic(prefix), value=request, key=user_id.encode()
             )
 
+        async def append_request(request: AdmissionRequest) -> None:
+            await send_request(request.user_id, request.to_bytes())
+
         link = KafkaAdmissionLink(
             s.kafka_bootstrap_servers,
             prefix,
@@ -244,6 +248,10 @@ class GatewayService:
         await link.start()
         self._background.spawn(link.loop())
         owner.on_local = link.deliver
+        # A user whose partition this gateway owns is decided here without the round trip
+        # through the admission topic; should the partition move first, it is appended.
+        link.offer = owner.offer
+        owner.append = append_request
 
         async def send(topic: str, envelope: Envelope) -> None:
             await publish(producer, topic, envelope)

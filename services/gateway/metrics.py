@@ -115,6 +115,12 @@ class GatewayMetrics:
             "Jobs accepted after their requester had answered 503, cancelled by the requester",
             registry=registry,
         )
+        self.admission_transaction_requests = Histogram(
+            "streamjobs_gateway_admission_transaction_requests",
+            "Admission requests decided in one owner transaction (a group commit)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=registry,
+        )
         self.admission_partitions = Gauge(
             "streamjobs_gateway_admission_partitions",
             "Admission partitions this instance owns and decides for",

@@ -63,6 +63,13 @@ class GatewaySettings(CommonSettings):
     gateway_admission_batch: int = Field(
         default=500, ge=1, description="admission requests decided in one transaction at most"
     )
+    gateway_admission_max_transactions: int = Field(
+        default=0,
+        ge=0,
+        description="admission transactions an owner has open at once over all its"
+        " partitions; past it requests wait and join the next, fuller one (less broker"
+        " work, but a partition whose leader is down holds a slot); 0 = one per partition",
+    )
     gateway_admission_linger_ms: int = Field(
         default=0,
         ge=0,

@@ -15,11 +15,16 @@ off (or users allowed `requests` jobs), or their 429s are counted as failures.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import aiohttp
 
 from tests.bench.figures import Figure, percentile
+from tests.bench.promtext import Scrape, scrape
+
+# Requests decided per owner transaction, from the gateway's own histogram.
+TRANSACTION_REQUESTS = "streamjobs_gateway_admission_transaction_requests"
 
 BODY = {
     "prompt": "Summarise the benefits of event streaming. [[sim tokens=20 tps=10]]",
@@ -65,11 +70,15 @@ async def measure(
         for headers in users:
             async with http.post(url, json=BODY, headers=headers) as resp:
                 await resp.read()
+        metrics = f"{base_url.rstrip('/')}/metrics"
+        before = await scrape(http, metrics)
         began = time.perf_counter()
         await asyncio.gather(*(worker(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
 
+        paced_before = await scrape(http, metrics)
         paced = await _paced(http, url, users, rate=paced_rate, seconds=paced_seconds)
+        paced_after = await scrape(http, metrics)
 
     note = f"{requests} requests, {concurrency} concurrent, spread over {len(users)} users"
     if failures:
@@ -81,6 +90,20 @@ async def measure(
         " each one's due time"
     )
     return [
+        Figure(
+            "gateway (admission exact): submissions per admission transaction (closed loop)",
+            _per_transaction(before, paced_before),
+            "requests",
+            "-",
+            f"{concurrency} concurrent: at most that many can share one transaction",
+        ),
+        Figure(
+            f"gateway (admission exact): submissions per admission transaction at"
+            f" {paced_rate:g}/s offered",
+            _per_transaction(paced_before, paced_after),
+            "requests",
+            "-",
+        ),
         Figure(
             "gateway (admission exact): job submissions per second (closed loop)",
             len(latencies) / elapsed,
@@ -104,6 +127,17 @@ async def measure(
             stack_note,
         ),
     ]
+
+
+def _per_transaction(before: Scrape, after: Scrape) -> float:
+    """Requests decided per owner transaction between two scrapes (NaN: none, or no metric)."""
+    counts = [s.value(f"{TRANSACTION_REQUESTS}_count") for s in (before, after)]
+    sums = [s.value(f"{TRANSACTION_REQUESTS}_sum") for s in (before, after)]
+    if None in counts or None in sums:
+        return math.nan
+    transactions = (counts[1] or 0.0) - (counts[0] or 0.0)
+    requests = (sums[1] or 0.0) - (sums[0] or 0.0)
+    return requests / transactions if transactions > 0 else math.nan
 
 
 async def _paced(

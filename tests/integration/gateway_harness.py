@@ -6,8 +6,13 @@ attribute) and takes one `kit: GatewayKit` in place of the fixtures it bundles.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -24,6 +29,11 @@ from tests.support import wait_for
 
 StartGateway = Callable[..., Awaitable[GatewayService]]
 Tokens = Callable[..., str]
+ROOT = Path(__file__).resolve().parents[2]
+# What every test gateway shares: each its own name (reply routing, logs); a lost owner's
+# partitions move quickly.
+SESSION_TIMEOUT_MS = 6_000
+ADMISSION_PARTITIONS = 4
 
 
 @contextlib.asynccontextmanager
@@ -44,10 +54,9 @@ async def gateways(
             "results_url": nobody,
             "results_timeout_s": 5,
             "gateway_public_ws_url": "ws://127.0.0.1:1/ws",
-            # Each its own name (reply routing, logs); a lost owner's partitions move quickly.
             "gateway_instance_id": f"gateway-{len(started)}",
-            "gateway_admission_session_timeout_ms": 6_000,
-            "gateway_admission_partitions": 4,
+            "gateway_admission_session_timeout_ms": SESSION_TIMEOUT_MS,
+            "gateway_admission_partitions": ADMISSION_PARTITIONS,
             **overrides,
         }
         service = create_service(GatewaySettings(**values))
@@ -60,6 +69,55 @@ async def gateways(
     finally:
         for service in reversed(started):
             await service.stop()
+
+
+class GatewayProcess(NamedTuple):
+    """A gateway in a process of its own: one a test can kill -9."""
+
+    popen: subprocess.Popen[bytes]
+    url: str
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(
+    kafka_bootstrap: str, topic_prefix: str, auth_secret: str, *, instance: str, **env: str
+) -> AsyncIterator[GatewayProcess]:
+    """`python -m services.gateway` on the test's topics, ready; killed at the end."""
+    port = free_port()
+    settings = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "TOPIC_PREFIX": topic_prefix,
+        "STREAMJOBS_AUTH_SECRET": auth_secret,
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_HOST": "127.0.0.1",
+        "RESULTS_URL": f"http://127.0.0.1:{free_port()}",
+        "GATEWAY_PUBLIC_WS_URL": "ws://127.0.0.1:1/ws",
+        "GATEWAY_INSTANCE_ID": instance,
+        "GATEWAY_ADMISSION_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
+        "GATEWAY_ADMISSION_PARTITIONS": str(ADMISSION_PARTITIONS),
+        **env,
+    }
+    popen = _spawn({**os.environ, **settings})
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        async def ready() -> bool:
+            try:
+                async with aiohttp.ClientSession() as http, http.get(f"{url}/readyz") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_for(ready, timeout=60, message=f"gateway process {instance} ready")
+        yield GatewayProcess(popen, url)
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+        await asyncio.to_thread(popen.wait, 30)
+
+
+def _spawn(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "services.gateway"], cwd=ROOT, env=env)
 
 
 def token_maker(auth_secret: str) -> Tokens:

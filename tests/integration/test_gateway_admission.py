@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
+import os
+import signal
+from collections import Counter, defaultdict
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -14,15 +17,17 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.gateway.admission_link import KafkaAdmissionLink
-from services.gateway.admission_records import decisions_topic
+from services.gateway.admission_records import admissions_topic, decisions_topic
 from services.gateway.app import GatewayService
 from shared.kafka import assign_every_partition
 from shared.routing import chunk_partition, notifier_for
 from shared.topics import Priority, control_topic, job_topic
 from tests.integration.gateway_harness import (
+    ADMISSION_PARTITIONS,
     GatewayKit,
     StartGateway,
     bearer,
+    gateway_process,
     kit,
     post_job,
     topic_records,
@@ -32,7 +37,7 @@ from tests.support import wait_for
 pytestmark = pytest.mark.kafka
 __all__ = ["kit"]  # fixtures
 
-PARTITIONS = 4  # the harness's admission partitions
+PARTITIONS = ADMISSION_PARTITIONS
 
 
 async def post(
@@ -48,23 +53,38 @@ async def run_job_ids(bootstrap: str, prefix: str) -> list[str]:
     return [r.job_id for band in Priority for r, _ in records[job_topic(band, prefix)]]
 
 
-async def decided_requests(bootstrap: str, prefix: str) -> list[dict[str, Any]]:
-    """Every committed decision, in partition order."""
+async def committed_values(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every committed record of `topic` as JSON, partition after partition, in offset order."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
     )
     await consumer.start()
     try:
-        tps = await assign_every_partition(consumer, [decisions_topic(prefix)])
+        tps = sorted(await assign_every_partition(consumer, [topic]))
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         out: list[dict[str, Any]] = []
-        left = [tp for tp in tps if ends[tp] > 0]
-        while left:
-            batch = await consumer.getmany(*left, timeout_ms=1000)
-            out.extend(json.loads(r.value or b"") for rs in batch.values() for r in rs)
-            left = [tp for tp in left if await consumer.position(tp) < ends[tp]]
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp]:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                out.extend(json.loads(r.value or b"") for r in batch.get(tp, []))
         return out
+    finally:
+        await consumer.stop()
+
+
+async def decided_requests(bootstrap: str, prefix: str) -> list[dict[str, Any]]:
+    """Every committed decision, in partition order."""
+    return await committed_values(bootstrap, decisions_topic(prefix))
+
+
+async def requests_appended(bootstrap: str, prefix: str) -> int:
+    """How many admission requests the admission topic holds."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = await assign_every_partition(consumer, [admissions_topic(prefix)])
+        return sum((await consumer.end_offsets(tps)).values())
     finally:
         await consumer.stop()
 
@@ -85,6 +105,31 @@ async def two_gateways(start: StartGateway, **settings: Any) -> tuple[GatewaySer
         message="the admission partitions shared by both gateways",
     )
     return one, two
+
+
+def hold_commits(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Every transaction's commit waits until the event returned is set."""
+    released = asyncio.Event()
+    commit = AIOKafkaProducer.commit_transaction
+
+    async def held_commit(producer: AIOKafkaProducer) -> None:
+        await released.wait()
+        await commit(producer)
+
+    monkeypatch.setattr(AIOKafkaProducer, "commit_transaction", held_commit)
+    return released
+
+
+async def assert_each_acceptance_once(
+    answers: list[tuple[int, dict[str, Any]]], bootstrap: str, prefix: str
+) -> None:
+    """No request decided twice; the jobs accepted are the 202s, each with one job.run."""
+    decisions = await decided_requests(bootstrap, prefix)
+    ids = [d["request_id"] for d in decisions]
+    assert len(ids) == len(set(ids)), "no request decided twice"
+    accepted = sorted(b["job_id"] for s, b in answers if s == 202)
+    assert sorted(d["job_id"] for d in decisions if d["outcome"] == "accepted") == accepted
+    assert sorted(await run_job_ids(bootstrap, prefix)) == accepted
 
 
 def decided(gateway: GatewayService, outcome: str) -> float:
@@ -194,12 +239,7 @@ async def test_an_owner_stopped_abruptly_mid_stream_moves_its_partitions_and_lim
     statuses = Counter(status for status, _ in answers)
     assert statuses[202] == 60, statuses
     assert set(statuses) <= {202, 429, 503}
-    decisions = await decided_requests(kafka_bootstrap, topic_prefix)
-    ids = [d["request_id"] for d in decisions]
-    assert len(ids) == len(set(ids)), "no request decided twice"
-    accepted = sorted(b["job_id"] for s, b in answers if s == 202)
-    assert sorted(d["job_id"] for d in decisions if d["outcome"] == "accepted") == accepted
-    assert sorted(await run_job_ids(kafka_bootstrap, topic_prefix)) == accepted
+    await assert_each_acceptance_once(answers, kafka_bootstrap, topic_prefix)
 
 
 async def test_a_gateway_answers_its_own_requests_without_reading_their_decisions_back(
@@ -213,6 +253,20 @@ async def test_a_gateway_answers_its_own_requests_without_reading_their_decision
     status, body = await post(http, gw.url, tokens("erin"), {"prompt": "answered here"})
     assert status == 202
     assert await run_job_ids(kafka_bootstrap, topic_prefix) == [body["job_id"]]
+
+
+async def test_a_gateway_owning_the_users_partition_decides_without_appending_the_request(
+    kit: GatewayKit,
+) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
+    gw = await start_gateway()
+    answers = [await post(http, gw.url, tokens(f"own-{n}"), {"prompt": f"p{n}"}) for n in range(8)]
+    assert [status for status, _ in answers] == [202] * 8
+    assert await requests_appended(kafka_bootstrap, topic_prefix) == 0
+    decisions = await decided_requests(kafka_bootstrap, topic_prefix)
+    accepted = sorted(b["job_id"] for _, b in answers)
+    assert sorted(d["job_id"] for d in decisions if d["outcome"] == "accepted") == accepted
+    assert sorted(await run_job_ids(kafka_bootstrap, topic_prefix)) == accepted
 
 
 async def test_a_request_whose_decision_never_comes_is_a_503_and_never_a_job(
@@ -236,18 +290,18 @@ async def test_an_owner_slowed_past_accept_by_before_its_commit_aborts_and_refus
     kit: GatewayKit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
-    # The first transaction's records are appended, then the owner is slowed past the
-    # request's accept_by (1 s: half the publish timeout) before it would commit.
-    send_offsets = AIOKafkaProducer.send_offsets_to_transaction
+    # The first transaction is decided, then the owner is slowed past the request's
+    # accept_by (1 s: half the publish timeout) before it would commit.
+    begin = AIOKafkaProducer.begin_transaction
     slowed: list[bool] = []
 
-    async def slow_send_offsets(producer: AIOKafkaProducer, *args: Any, **kwargs: Any) -> None:
+    async def slow_begin(producer: AIOKafkaProducer) -> None:
         if not slowed:
             slowed.append(True)
             await asyncio.sleep(1.5)  # the slowness under test, not a wait for an event
-        await send_offsets(producer, *args, **kwargs)
+        await begin(producer)
 
-    monkeypatch.setattr(AIOKafkaProducer, "send_offsets_to_transaction", slow_send_offsets)
+    monkeypatch.setattr(AIOKafkaProducer, "begin_transaction", slow_begin)
     gw = await start_gateway(gateway_publish_timeout_s=2)
     status, _ = await post(http, gw.url, tokens("frank"), {"prompt": "slow owner"})
     assert status == 503
@@ -264,14 +318,7 @@ async def test_an_acceptance_committed_after_its_503_has_its_job_cancelled(
     start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
     # The owner decides in time and appends its transaction, then its commit stalls until
     # the requester has answered 503: the job's records commit after that answer.
-    released = asyncio.Event()
-    commit = AIOKafkaProducer.commit_transaction
-
-    async def stalled_commit(producer: AIOKafkaProducer) -> None:
-        await released.wait()
-        await commit(producer)
-
-    monkeypatch.setattr(AIOKafkaProducer, "commit_transaction", stalled_commit)
+    released = hold_commits(monkeypatch)
     gw = await start_gateway(gateway_publish_timeout_s=2)
     status, problem = await post(http, gw.url, tokens("erin"), {"prompt": "slow commit"})
     assert status == 503
@@ -347,3 +394,117 @@ async def test_the_sse_proxy_reaches_the_notifier_serving_the_job(kit: GatewayKi
     finally:
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_submits_of_many_users_arriving_during_one_commit_land_in_order_decided_once(
+    kit: GatewayKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start_gateway, tokens, http, kafka_bootstrap, topic_prefix = kit
+    # Every commit is held until all the requests are appended: what arrives while a
+    # partition's transaction commits must wait, and go into its next transaction.
+    released = hold_commits(monkeypatch)
+    asker, owner = await two_gateways(
+        start_gateway,
+        gateway_publish_timeout_s=40,
+        gateway_max_in_flight=0,
+        gateway_submissions_per_minute=0,
+        gateway_admission_max_transactions=0,
+    )
+    assert owner.owner is not None
+    owned = set(owner.owner.owned)
+    # Users the other gateway decides for: every request travels through the topic.
+    names = (f"{topic_prefix}-batch-{n}" for n in range(1000))
+    users = [tokens(u) for u in names if chunk_partition(u, PARTITIONS) in owned][:24]
+    count = 4 * len(users)  # under the client's 100 connections: every request is sent
+    answers = asyncio.gather(
+        *(post(http, asker.url, users[n % len(users)], {"prompt": f"p{n}"}) for n in range(count))
+    )
+    await wait_for(
+        lambda: requests_appended(kafka_bootstrap, topic_prefix),
+        timeout=30,
+        message="the first requests appended",
+    )
+    appended = await wait_for(
+        lambda: _at_least(requests_appended(kafka_bootstrap, topic_prefix), count),
+        timeout=30,
+        message=f"all {count} requests appended while the first commits are held",
+    )
+    assert appended == count
+    released.set()
+    statuses = Counter(status for status, _ in await answers)
+    assert statuses == {202: count}
+
+    requests = await committed_values(kafka_bootstrap, admissions_topic(topic_prefix))
+    decisions = await decided_requests(kafka_bootstrap, topic_prefix)
+    ids = [d["request_id"] for d in decisions]
+    assert len(ids) == len(set(ids)) == count, "each request decided once"
+    asked: defaultdict[str, list[str]] = defaultdict(list)
+    answered: defaultdict[str, list[str]] = defaultdict(list)
+    for r in requests:
+        asked[r["user_id"]].append(r["request_id"])
+    for d in decisions:
+        answered[d["user_id"]].append(d["request_id"])
+    assert answered == asked, "each user's requests decided in the order they were appended"
+    assert sorted(await run_job_ids(kafka_bootstrap, topic_prefix)) == sorted(
+        d["job_id"] for d in decisions
+    )
+    transactions = owner.registry.get_sample_value(
+        "streamjobs_gateway_admission_transaction_requests_count"
+    )
+    # Per partition: the held first transaction, then the rest in one more (one further at
+    # most, for requests fetched while it committed).
+    assert transactions is not None and transactions <= 3 * len(owned), transactions
+
+
+async def _at_least(count: Awaitable[int], least: int) -> int:
+    value = await count
+    return value if value >= least else 0
+
+
+async def test_an_owner_killed_mid_batch_loses_no_acceptance_and_doubles_none(
+    kit: GatewayKit, kafka_bootstrap: str, topic_prefix: str, auth_secret: str
+) -> None:
+    start_gateway, tokens, http, *_ = kit
+    unlimited = {"GATEWAY_MAX_IN_FLIGHT": "0", "GATEWAY_SUBMISSIONS_PER_MINUTE": "0"}
+    async with gateway_process(
+        kafka_bootstrap, topic_prefix, auth_secret, instance="gateway-9", **unlimited
+    ) as doomed:
+        survivor = await start_gateway(
+            gateway_max_in_flight=0, gateway_submissions_per_minute=0, gateway_publish_timeout_s=30
+        )
+        owner = survivor.owner
+        assert owner is not None
+        await wait_for(
+            lambda: 0 < len(owner.owned) < PARTITIONS,
+            timeout=30,
+            message="the admission partitions shared with the gateway process",
+        )
+        theirs = set(range(PARTITIONS)) - set(owner.owned)
+        users = [
+            tokens(u)
+            for u in (f"{topic_prefix}-killed-{n}" for n in range(400))
+            if chunk_partition(u, PARTITIONS) in theirs
+        ][:8]
+        answers: list[tuple[int, dict[str, Any]]] = []
+
+        async def stream(n: int) -> None:
+            await asyncio.sleep(n * 0.01)  # a steady stream, about 100 per second
+            answers.append(
+                await post(http, survivor.url, users[n % len(users)], {"prompt": f"{n}"})
+            )
+
+        requests = asyncio.gather(*(stream(n) for n in range(300)))
+        await wait_for(
+            lambda: sum(s == 202 for s, _ in answers) >= 20,
+            timeout=30,
+            message="the gateway process deciding",
+        )
+        # kill -9: its transaction under way, if any, is left open; the next owner fences it.
+        os.kill(doomed.popen.pid, signal.SIGKILL)
+        accepted_before = sum(s == 202 for s, _ in answers)
+        await requests
+    statuses = Counter(status for status, _ in answers)
+    assert set(statuses) <= {202, 503}, statuses
+    assert statuses[202] > accepted_before, "the survivor decided after the kill"
+    assert len(owner.owned) == PARTITIONS
+    await assert_each_acceptance_once(answers, kafka_bootstrap, topic_prefix)
