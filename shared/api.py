@@ -16,6 +16,7 @@ from shared.contracts import (
     CHAT_OPTION_FIELDS,
     ChatMessage,
     ChatOptions,
+    JobSpec,
     ModelConfig,
     TokenUsage,
     ToolCall,
@@ -143,6 +144,13 @@ class JobView(_Out):
     )
     config: dict[str, Any] | None = Field(
         default=None, description="the request fields as submitted; `GET /api/v1/jobs/{id}` only"
+    )
+    retry_of: str | None = Field(
+        default=None, description="the failed or cancelled job this one runs again, if any"
+    )
+    retried_by: list[str] | None = Field(
+        default=None,
+        description="the jobs that retried this one, oldest first; `GET /api/v1/jobs/{id}` only",
     )
 
 
@@ -316,6 +324,17 @@ class Analytics(_Out):
         description="job type → breakdown field → value → count, over the parsed results",
     )
     errors_by_reason: dict[str, int] = Field(default_factory=dict)
+
+
+class JobInputs(_Out):
+    """What the read side answers the gateway about a job to retry (not a public route): its
+    owner, its status and the spec it was accepted with; `spec` is null once retention
+    forgot the job's prompt."""
+
+    job_id: str
+    user_id: str
+    status: JobStatus
+    spec: JobSpec | None = None
 
 
 class CancelAccepted(_Out):

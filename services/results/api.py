@@ -147,6 +147,13 @@ class ReadApi:
             )
         return _not_found(job_id) if result is None else _json(result)
 
+    async def inputs(self, request: web.Request) -> web.Response:
+        """The gateway's read of a job it is asked to retry: not forwarded from outside."""
+        job_id = _job_id(request)
+        async with self.pool.acquire() as conn:
+            inputs = await reads.job_inputs(conn, _principal(request), job_id)
+        return _not_found(job_id) if inputs is None else _json(inputs)
+
     async def list_jobs(self, request: web.Request) -> web.Response:
         principal = _principal(request)
         raw_user = request.query.get("user_id")
@@ -182,5 +189,6 @@ ROUTES: tuple[Route[ReadApi], ...] = (
     Route("GET", f"{P}/jobs/{{job_id}}", ReadApi.get_job),
     Route("GET", f"{P}/jobs/{{job_id}}/stream", ReadApi.stream),
     Route("GET", f"{P}/jobs/{{job_id}}/result", ReadApi.result),
+    Route("GET", f"{P}/jobs/{{job_id}}/inputs", ReadApi.inputs),
     Route("GET", f"{P}/analytics", ReadApi.analytics, query=AnalyticsParams),
 )

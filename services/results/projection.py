@@ -55,6 +55,7 @@ class JobRow:
     error_reason: str | None = None
     error_type: str | None = None
     messages: list[dict[str, Any]] | None = None
+    retry_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,7 @@ def apply(job: JobRow, event: LifecycleEvent) -> bool:
         if spec.options is not None:
             job.config.update(spec.options.model_dump(mode="json", exclude_none=True))
         job.metadata = dict(spec.metadata)
+        job.retry_of = spec.retry_of
         job.model = job.model or spec.config.model
         job.submitted_at = aware(spec.submitted_at)
         job.status = next_status(job.status, event.type)

@@ -17,9 +17,17 @@ from typing import Any
 import asyncpg
 
 from services.results.attempts import read_attempts
-from shared.api import AttemptView, JobPage, JobResult, JobView, Progress, StreamSnapshot
+from shared.api import (
+    AttemptView,
+    JobInputs,
+    JobPage,
+    JobResult,
+    JobView,
+    Progress,
+    StreamSnapshot,
+)
 from shared.auth import Principal
-from shared.contracts import TokenUsage
+from shared.contracts import JobAccepted, TokenUsage, parse_record
 from shared.lifecycle import JobStatus
 from shared.text import clean_text
 from shared.topics import Priority
@@ -81,6 +89,7 @@ def _view(
     progress: Progress | None = None,
     position: int | None = None,
     asked: bool = False,
+    retried_by: list[str] | None = None,
 ) -> JobView:
     """One job; `asked` adds what was asked (prompt or messages, config), which a list of
     jobs leaves out: a page of whole conversations would be mostly text nobody listed."""
@@ -108,6 +117,8 @@ def _view(
         prompt=row["prompt"] if asked else None,
         messages=_json(row["messages"]) if asked else None,
         config=_json(row["config"]) if asked else None,
+        retry_of=row["retry_of"],
+        retried_by=retried_by,
     )
 
 
@@ -170,7 +181,45 @@ async def get_job(conn: asyncpg.Connection, principal: Principal, job_id: str) -
         progress = Progress(
             tokens=tokens, max_tokens=max_tokens, ratio=min(1.0, tokens / max_tokens)
         )
-    return _view(row, progress=progress, position=position, asked=True)
+    where, args = _visible(principal, 2)
+    retries = await conn.fetch(
+        f"""SELECT j.job_id FROM jobs j WHERE j.retry_of = $1 AND {where}
+            ORDER BY j.submitted_at, j.job_id""",
+        job_id,
+        *args,
+    )
+    return _view(
+        row,
+        progress=progress,
+        position=position,
+        asked=True,
+        retried_by=[r["job_id"] for r in retries],
+    )
+
+
+async def job_inputs(
+    conn: asyncpg.Connection, principal: Principal, job_id: str
+) -> JobInputs | None:
+    """What a retry of the job needs: its owner, its status and the spec it was accepted with
+    (the first accepted fact applied, as it was written). No spec once retention cleared the
+    job's prompt: what was asked is then forgotten."""
+    row = await _job_row(conn, principal, job_id)
+    if row is None:
+        return None
+    spec = None
+    if row["prompt"] is not None or row["messages"] is not None:
+        payload = await conn.fetchval(
+            """SELECT payload FROM events WHERE job_id = $1 AND type = 'job.accepted'
+               AND applied ORDER BY occurred_at LIMIT 1""",
+            job_id,
+        )
+        if payload is not None:
+            accepted = parse_record(payload)
+            if isinstance(accepted, JobAccepted):
+                spec = accepted.data
+    return JobInputs(
+        job_id=row["job_id"], user_id=row["user_id"], status=JobStatus(row["status"]), spec=spec
+    )
 
 
 async def list_jobs(

@@ -68,6 +68,7 @@ JOB_COLUMNS = (
     "error_reason",
     "error_type",
     "messages",
+    "retry_of",
 )
 _JSON_COLUMNS = {"config", "metadata", "messages"}
 RESULT_COLUMNS = (

@@ -54,6 +54,9 @@ class JobSpec(BaseModel):
         description="what follows an attempt cut after streaming text: restart the answer, or"
         " continue it from the text so far; None: the model's default, then restart",
     )
+    retry_of: str | None = Field(
+        default=None, description="the failed or cancelled job this one runs again, if any"
+    )
 
     @model_validator(mode="after")
     def _asks_something(self) -> JobSpec:
