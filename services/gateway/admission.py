@@ -56,9 +56,10 @@ class Asked:
     config: dict[str, Any]
     options: dict[str, Any] | None
     messages: list[dict[str, Any]] | None
+    retry_of: str | None = None
 
     @classmethod
-    def of(cls, sub: JobSubmission) -> Asked:
+    def of(cls, sub: JobSubmission, retry_of: str | None = None) -> Asked:
         values = sub.config.model_dump()
         config = {name: values[name] for name in ModelConfig.model_fields}
         options = {name: values[name] for name in CHAT_OPTION_FIELDS}
@@ -68,6 +69,7 @@ class Asked:
             config,
             options if any(v is not None for v in options.values()) else None,
             messages,
+            retry_of,
         )
 
     def digest(self, sub: JobSubmission) -> bytes:
@@ -79,6 +81,7 @@ class Asked:
             self.config,
             self.options,
             sub.metadata,
+            self.retry_of,
         )
 
 
@@ -112,6 +115,7 @@ def build_records(
         "options": asked.options,
         "submitted_at": submitted_at,
         "on_interrupt": submission.on_interrupt,
+        "retry_of": asked.retry_of,
     }
     accepted = _envelope("job.accepted", job_id, submitted_at, trace_id, spec)
     run = _envelope(
@@ -158,16 +162,23 @@ class Admission:
         self.timeout_s = timeout_s
 
     async def submit(
-        self, who: Principal, sub: JobSubmission, key: str | None, trace_id: str
+        self,
+        who: Principal,
+        sub: JobSubmission,
+        key: str | None,
+        trace_id: str,
+        *,
+        retry_of: str | None = None,
     ) -> Admitted | Rejection:
-        """Admit `sub` for `who`; `key` is a valid Idempotency-Key or None."""
+        """Admit `sub` for `who`; `key` is a valid Idempotency-Key or None; `retry_of`: the
+        job `sub` runs again (its records say so)."""
         if self.repairs.full:
             # A 503 now could not be voided if its acceptance came late: refuse it first.
             self.metrics.background_full.inc()
             return retry_later(
                 "kafka-unavailable", "Job queue unavailable", "the job was not queued; try again", 1
             )
-        asked = Asked.of(sub)
+        asked = Asked.of(sub, retry_of)
         digest = asked.digest(sub)
         job_id = str(uuid.uuid4()) if key is None else idempotent_job_id(who.user_id, key)
         submitted_at = utcnow()

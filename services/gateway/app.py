@@ -23,6 +23,7 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.proxy import ResultsClient, SseClient
 from services.gateway.publisher import Publish, Publisher
 from services.gateway.repair import Repairs
+from services.gateway.retry import Retries
 from services.gateway.routes import build_app
 from services.gateway.settings import GatewaySettings
 from services.gateway.view import EventsView
@@ -86,6 +87,14 @@ def build_gateway(
             per_minute=settings.gateway_cancels_per_minute,
         ),
         results=results,
+        retries=Retries(
+            results,
+            metrics,
+            job_types=load_job_types(settings.streamjobs_workloads_file),
+            max_prompt_chars=settings.gateway_max_prompt_chars,
+            max_depth=settings.gateway_max_json_depth,
+            max_messages=settings.gateway_max_messages,
+        ),
         streams=StreamSlots(
             capacity=settings.gateway_sse_max_streams,
             per_user=settings.gateway_sse_max_streams_per_user,

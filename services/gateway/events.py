@@ -54,6 +54,7 @@ def apply_event(view: EventsView, record: LifecycleEvent) -> None:
                 d.config.model_dump(),
                 None if d.options is None else d.options.model_dump(),
                 d.metadata,
+                d.retry_of,
             ),
             at=at,
         )
@@ -140,6 +141,7 @@ class EventsReader:
                     d["config"],
                     d.get("options"),
                     d.get("metadata") or {},
+                    d.get("retry_of"),
                 )
                 if is_keyed(job_id)
                 else b""

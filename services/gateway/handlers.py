@@ -22,11 +22,17 @@ from services.gateway.proxy import ResultsClient, SseClient, Unreachable
 from services.gateway.publisher import Publisher
 from services.gateway.rejection import RESULTS_UNAVAILABLE, Rejection, retry_later
 from services.gateway.repair import Repairs
+from services.gateway.retry import Retries
 from services.gateway.settings import GatewaySettings
-from services.gateway.submit import parse_request, trace_id_from_traceparent
+from services.gateway.submit import (
+    check_idempotency_key,
+    parse_request,
+    trace_id_from_traceparent,
+)
 from services.gateway.view import EventsView
-from shared.api import API_PREFIX, JobTypeView
+from shared.api import API_PREFIX, HEADER_IDEMPOTENCY_KEY, JobTypeView
 from shared.auth import SCOPE_READ, SCOPE_WRITE, InvalidToken, Principal
+from shared.contracts import new_trace_id
 from shared.http import Refused, problem
 from shared.jobtypes import load_job_types
 from shared.kafka import traceparent
@@ -59,6 +65,7 @@ class Gateway:
         admission: Admission,
         cancels: Cancels,
         results: ResultsClient,
+        retries: Retries,
         streams: StreamSlots,
         verifier: TokenVerifier,
         sse: SseClient | None = None,
@@ -71,6 +78,7 @@ class Gateway:
         self.admission = admission
         self.cancels = cancels
         self.results = results
+        self.retries = retries
         self.streams = streams
         self.verifier = verifier
         self.sse = sse
@@ -192,6 +200,38 @@ class Gateway:
         if isinstance(outcome, Rejection):
             return outcome.response()
         return _json(outcome, 202)
+
+    # -- POST /api/v1/jobs/{job_id}/retry ------------------------------------------------
+
+    async def retry(self, request: web.Request) -> web.Response:
+        who = self.principal(request, SCOPE_WRITE)
+        trace_id = (
+            trace_id_from_traceparent(request.headers.get(HEADER_TRACEPARENT)) or new_trace_id()
+        )
+        key = request.headers.get(HEADER_IDEMPOTENCY_KEY)
+        if key is not None and (bad_key := check_idempotency_key(key)) is not None:
+            return bad_key.response()
+        prepared = await self.retries.prepare(who, request.match_info["job_id"], request.headers)
+        if isinstance(prepared, Rejection):
+            return prepared.response()
+        unrouted = self.models.refuse(prepared.submission.config.model)
+        if unrouted is not None:
+            self.metrics.rejected.labels(unrouted.kind).inc()
+            return unrouted.response()
+        outcome = await self.admission.submit(
+            prepared.owner, prepared.submission, key, trace_id, retry_of=prepared.job_id
+        )
+        if isinstance(outcome, Rejection):
+            return outcome.response()
+        if not outcome.replayed:
+            self.metrics.retries.inc()
+            log.info(
+                "job %s retried as %s",
+                prepared.job_id,
+                outcome.job_id,
+                extra={"job_id": outcome.job_id, "trace_id": trace_id},
+            )
+        return self._accepted(outcome, trace_id)
 
     # -- reads, forwarded to the results service -----------------------------------------
 

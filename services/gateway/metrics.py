@@ -56,6 +56,11 @@ class GatewayMetrics:
             "Submissions or cancels not published because Kafka failed",
             registry=registry,
         )
+        self.retries = Counter(
+            "streamjobs_gateway_retries_accepted_total",
+            "Retries of failed or cancelled jobs accepted as new jobs (replays not counted)",
+            registry=registry,
+        )
         self.cancels = Counter(
             "streamjobs_gateway_cancels_published_total",
             "CancelJob commands published",

@@ -119,6 +119,16 @@ API_ROUTES: tuple[Route[Gateway], ...] = (
         problems=(400, 401, 403, 404, 409, 414, 429, 503),
     ),
     Route(
+        "POST",
+        f"{JOB}/retry",
+        Gateway.retry,
+        "retryJob",
+        "Run a failed or cancelled job again, as a new job with the same inputs",
+        headers=_SUBMIT_HEADERS,
+        replies=(Reply(202, "Accepted: the new job is queued", JobAcceptedView),),
+        problems=(400, 401, 403, 404, 409, 413, 414, 422, 429, 503),
+    ),
+    Route(
         "GET",
         f"{API_PREFIX}/analytics",
         Gateway.forward,

@@ -69,15 +69,22 @@ def job_fingerprint(
     config: dict[str, Any],
     options: dict[str, Any] | None,
     metadata: dict[str, Any],
+    retry_of: str | None = None,
 ) -> bytes:
     """The fingerprint of a job as its records hold it: the messages stand for the prompt
     they carry, and the options set count as config (a prompt job without any options has
-    the fingerprint it had before either existed)."""
+    the fingerprint it had before either existed). A retry's counts the job it retries, so
+    one Idempotency-Key cannot stand for a retry and a submission, or two retries."""
     if options:
         config = {**config, **{k: v for k, v in options.items() if v is not None}}
-    return fingerprint(
+    digest = fingerprint(
         prompt if messages is None else messages, job_type, priority, config, metadata
     )
+    if retry_of is None:
+        return digest
+    return hashlib.blake2b(
+        digest + b"\x00retry_of\x00" + retry_of.encode(), digest_size=16
+    ).digest()
 
 
 @dataclass(slots=True)
