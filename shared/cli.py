@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("job_id")
     cancel = commands.add_parser("cancel", parents=[where, shown], help="cancel a job")
     cancel.add_argument("job_id")
+    retry = commands.add_parser(
+        "retry", parents=[where, shown], help="run a failed or cancelled job again"
+    )
+    retry.add_argument("job_id")
+    retry.add_argument("--idempotency-key", help="the same key gives the same new job")
+    retry.add_argument("--follow", "-f", action="store_true", help="stream the new job's text live")
     result = commands.add_parser("result", parents=[where, shown], help="a job's stored result")
     result.add_argument("job_id")
     result.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait for it (s)")

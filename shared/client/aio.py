@@ -176,6 +176,14 @@ class AsyncClient:
         """Ask for the job to stop (idempotent); `Conflict` if it already completed or failed."""
         return await self._call(CancelAccepted, "POST", self._job_path(job_id, "/cancel"))
 
+    async def retry(self, job_id: str, *, idempotency_key: str | None = None) -> JobAcceptedView:
+        """Run a failed or cancelled job again as a new job with the same inputs (`Conflict`
+        for a job queued, running or completed); one `idempotency_key` gives one new job."""
+        headers = {HEADER_IDEMPOTENCY_KEY: idempotency_key} if idempotency_key else None
+        return await self._call(
+            JobAcceptedView, "POST", self._job_path(job_id, "/retry"), headers=headers
+        )
+
     async def snapshot(self, job_id: str) -> StreamSnapshot:
         """The text of the current attempt so far and its last seq."""
         return await self._call(StreamSnapshot, "GET", self._job_path(job_id, "/stream"))

@@ -150,6 +150,21 @@ async def cancel(client: AsyncClient, args: argparse.Namespace, out: Console, _:
     return EXIT_OK
 
 
+async def retry(client: AsyncClient, args: argparse.Namespace, out: Console, err: Console) -> int:
+    job = await client.retry(args.job_id, idempotency_key=args.idempotency_key)
+    if not args.follow:
+        if args.json:
+            out.print_json(job.model_dump_json())
+        else:
+            out.print(job.job_id, highlight=False)
+        return EXIT_OK
+    err.print(f"job {job.job_id} retries {args.job_id}", highlight=False)
+    # The new job asks what the original did; the read side may not hold the new one yet.
+    original = await client.get(args.job_id)
+    total = original.progress.max_tokens if original.progress is not None else None
+    return await _follow(client, job, out, err, total)
+
+
 async def result(client: AsyncClient, args: argparse.Namespace, out: Console, _: Console) -> int:
     stored = await client.result(args.job_id, wait_s=args.wait)
     _show(out, args.json, stored, show.result_view)
@@ -196,6 +211,7 @@ COMMANDS: dict[str, Command] = {
     "follow": follow,
     "status": status,
     "cancel": cancel,
+    "retry": retry,
     "result": result,
     "jobs": jobs,
     "analytics": analytics,

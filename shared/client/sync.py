@@ -74,6 +74,10 @@ class Client:
     def cancel(self, job_id: str) -> CancelAccepted:
         return self._run(self.aio.cancel(job_id))
 
+    def retry(self, job_id: str, *, idempotency_key: str | None = None) -> JobAcceptedView:
+        """See `AsyncClient.retry`."""
+        return self._run(self.aio.retry(job_id, idempotency_key=idempotency_key))
+
     def snapshot(self, job_id: str) -> StreamSnapshot:
         return self._run(self.aio.snapshot(job_id))
 
