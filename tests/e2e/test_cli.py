@@ -20,7 +20,9 @@ from deploy.localstack.stack import Stack
 from shared.client.commands import (
     EXIT_CANCELLED,
     EXIT_DENIED,
+    EXIT_FAILED,
     EXIT_OK,
+    EXIT_REFUSED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
@@ -151,6 +153,39 @@ async def test_cancel_then_follow_status_and_result_exit_as_cancelled(
     stranger = {**env, "STREAMJOBS_TOKEN": "not-a-token"}
     code, _, err = await streamjobs(stranger, "jobs")
     assert code == EXIT_DENIED and "401" in err
+
+
+async def test_retry_runs_a_failed_job_again_and_refuses_a_completed_one(
+    system: Stack, user_token: str, tmp_path: Path
+) -> None:
+    env = system_env(system, user_token, tmp_path)
+    code, out, err = await streamjobs(env, "submit", "--follow", "Fail. [[sim fail=400]]")
+    assert code == EXIT_FAILED, err
+    job_id = err.split()[1]
+
+    async def stored_as(job: str, status: str) -> bool:
+        code, out, _ = await streamjobs(env, "status", "--json", job)
+        return code != EXIT_DENIED and json.loads(out)["status"] == status
+
+    await wait_for(lambda: stored_as(job_id, "failed"), timeout=30, message="the job is stored")
+    code, out, err = await streamjobs(env, "retry", job_id)
+    assert code == EXIT_OK, err
+    new = out.strip()
+    assert new and new != job_id
+    code, out, err = await streamjobs(env, "retry", "--follow", job_id)
+    assert code == EXIT_FAILED, err  # the same prompt fails again
+    assert f"retries {job_id}" in err and "job.failed" in err
+    code, out, _ = await streamjobs(env, "status", "--json", new)
+    assert code in (EXIT_OK, EXIT_FAILED) and json.loads(out)["retry_of"] == job_id
+
+    code, out, err = await streamjobs(env, "submit", "--follow", "Fine. [[sim tokens=5]]")
+    assert code == EXIT_OK, err
+    done = err.split()[1]
+    await wait_for(lambda: stored_as(done, "completed"), timeout=30, message="stored")
+    code, _, err = await streamjobs(env, "retry", done)
+    assert code == EXIT_REFUSED and "409" in err and "only failed or cancelled" in err
+    code, _, err = await streamjobs(env, "retry", "no-such-job")
+    assert code == EXIT_DENIED and "404" in err
 
 
 async def test_an_unreachable_gateway_and_bad_usage_have_their_own_exit_codes(

@@ -15,11 +15,13 @@ from shared.client import (
     Backoff,
     Chunk,
     Client,
+    Conflict,
     Event,
     NotFound,
     Unauthorized,
     ValidationFailed,
 )
+from shared.lifecycle import JobStatus
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
@@ -112,6 +114,42 @@ async def test_errors_arrive_as_typed_exceptions(system: Stack, user_token: str)
         with pytest.raises(Unauthorized) as refused:
             await stranger.list_page()
         assert refused.value.status == 401
+
+
+async def test_retry_runs_a_failed_job_again_and_a_completed_job_is_a_conflict(
+    system: Stack, user_token: str
+) -> None:
+    urls = system.urls()
+    async with client_for(system, user_token) as client:
+        job = await client.submit("Fail for good. [[sim fail=400]]", metadata={"case": 7})
+        assert (await client.result(job.job_id, wait_s=30)).status is JobStatus.FAILED
+        again = await client.retry(job.job_id, idempotency_key="client-retry-1")
+        assert again.job_id != job.job_id and again.status is JobStatus.QUEUED
+        same = await client.retry(job.job_id, idempotency_key="client-retry-1")
+        assert same.job_id == again.job_id
+        _, final = await client.text(again)
+        assert final.status is JobStatus.FAILED  # the same prompt fails the same way
+        await client.result(again.job_id, wait_s=30)
+        retried = await client.get(again.job_id)
+        assert retried.retry_of == job.job_id
+        assert retried.prompt == "Fail for good. [[sim fail=400]]"
+        assert retried.metadata == {"case": 7}
+        assert (await client.get(job.job_id)).retried_by == [again.job_id]
+
+        done = await client.submit("Fine. [[sim tokens=5]]")
+        await client.result(done.job_id, wait_s=30)
+        with pytest.raises(Conflict) as conflict:
+            await client.retry(done.job_id)
+        assert conflict.value.status == 409 and conflict.value.kind == "job-not-retryable"
+        with pytest.raises(NotFound):
+            await client.retry("no-such-job")
+
+    def blocking() -> str:
+        with Client(urls["gateway"], user_token) as client:
+            return client.retry(job.job_id).job_id
+
+    third = await asyncio.wait_for(asyncio.to_thread(blocking), timeout=30)
+    assert third not in (job.job_id, again.job_id)
 
 
 async def test_the_blocking_client_submits_follows_and_reads_the_result(

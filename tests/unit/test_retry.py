@@ -139,7 +139,7 @@ def test_every_gateway_reads_a_keyed_retrys_digest_as_its_admission_computed_it(
         apply_event(view, record)
     else:
         reader = EventsReader("127.0.0.1:1", "p", view, lookback_s=0)
-        reader._handle({None: [consumed(wire, [("type", b"job.accepted")], job_id)]})  # type: ignore[dict-item]
+        reader._handle({None: [consumed(wire, [("type", b"job.accepted")], job_id)]})
     entry = view.job(job_id)
     assert entry is not None and entry.fingerprint == asked.digest(sub)
 
