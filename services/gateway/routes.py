@@ -60,6 +60,14 @@ _SUBMIT_HEADERS = (
     },
 )
 
+_RETRY_HEADERS = (
+    {
+        **_SUBMIT_HEADERS[0],
+        "description": "the same key gives the same new job, however often the retry is sent",
+    },
+    _SUBMIT_HEADERS[1],
+)
+
 API_ROUTES: tuple[Route[Gateway], ...] = (
     Route(
         "POST",
@@ -124,7 +132,7 @@ API_ROUTES: tuple[Route[Gateway], ...] = (
         Gateway.retry,
         "retryJob",
         "Run a failed or cancelled job again, as a new job with the same inputs",
-        headers=_SUBMIT_HEADERS,
+        headers=_RETRY_HEADERS,
         replies=(Reply(202, "Accepted: the new job is queued", JobAcceptedView),),
         problems=(400, 401, 403, 404, 409, 413, 414, 422, 429, 503),
     ),
