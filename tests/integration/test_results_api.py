@@ -6,10 +6,13 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import aiohttp
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from services.results import retention
 from services.results.app import ResultsService
+from shared.contracts import JobAccepted, JobSpec
 from shared.kafka import make_producer
 from shared.topics import Priority
 from tests.integration.results_kit import (
@@ -252,3 +255,47 @@ async def test_list_filters_and_bad_parameters(
         assert body["type"].endswith("/invalid-parameter")
     status, body = await alice.get("/analytics", group_by="colour")
     assert status == 400
+
+
+async def test_a_jobs_inputs_and_retries_are_read_by_its_owner_until_retention_forgets(
+    service: ResultsService,
+    producer: AIOKafkaProducer,
+    topic_prefix: str,
+    http: aiohttp.ClientSession,
+    auth_secret: str,
+    database_url: str,
+) -> None:
+    original = job_script("job-orig", outcome="failed", metadata={"ticket": "T-9"})
+    retried = job_script("job-again", submitted_at=T0 + timedelta(seconds=5))
+    accepted = retried.events[0]
+    assert isinstance(accepted, JobAccepted)
+    retried.events[0] = accepted.model_copy(
+        update={"data": accepted.data.model_copy(update={"retry_of": "job-orig"})}
+    )
+    await load(producer, topic_prefix, service, original, retried)
+    alice = reader(http, service, auth_secret, "alice")
+
+    status, body = await alice.get("/jobs/job-orig/inputs")
+    assert status == 200, body
+    assert body["user_id"] == "alice" and body["status"] == "failed"
+    spec = JobSpec.model_validate(body["spec"])
+    assert spec.model_dump() == original.accepted.data.model_dump()
+    status, body = await alice.get("/jobs/job-orig")
+    assert body["retried_by"] == ["job-again"] and body["retry_of"] is None
+    status, body = await alice.get("/jobs/job-again")
+    assert body["retry_of"] == "job-orig" and body["retried_by"] == []
+    status, page = await alice.get("/jobs")
+    assert {item["job_id"]: item["retry_of"] for item in page["items"]} == {
+        "job-orig": None,
+        "job-again": "job-orig",
+    }
+    status, _ = await reader(http, service, auth_secret, "bob").get("/jobs/job-orig/inputs")
+    assert status == 404
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await retention.sweep(conn, 0) >= 1
+    finally:
+        await conn.close()
+    status, body = await alice.get("/jobs/job-orig/inputs")
+    assert status == 200 and body["status"] == "failed" and body["spec"] is None
