@@ -21,7 +21,7 @@ from services.gateway.proxy import ResultsClient, Unreachable
 from services.gateway.rejection import RESULTS_UNAVAILABLE, Rejection
 from services.gateway.submit import parse_submission
 from shared.api import API_PREFIX, JobInputs, JobSubmission
-from shared.auth import Principal
+from shared.auth import SCOPE_READ, Principal
 from shared.contracts import JobSpec
 from shared.jobtypes import JobTypes
 from shared.lifecycle import JobStatus
@@ -136,8 +136,15 @@ class Retries:
         except Unreachable:
             self.metrics.forward_failures.inc()
             return RESULTS_UNAVAILABLE
-        if answer.status in (403, 404):
+        if answer.status == 404:
             return Rejection(404, "job-not-found", "Job not found", f"no job {job_id}")
+        if answer.status == 403:  # the read side hides others' jobs as 404: this is the scope
+            return Rejection(
+                403,
+                "forbidden",
+                "Forbidden",
+                f"a retry reads the job first: the token needs the {SCOPE_READ} scope too",
+            )
         if answer.status != 200:
             return RESULTS_UNAVAILABLE
         try:

@@ -12,7 +12,7 @@ import pytest
 from multidict import CIMultiDictProxy
 
 from deploy.localstack.stack import Stack
-from shared.auth import DEFAULT_SCOPES, SCOPE_ADMIN, SCOPE_READ, issue_token
+from shared.auth import DEFAULT_SCOPES, SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, issue_token
 from tests.e2e.conftest import running_system
 from tests.e2e.test_pipeline import stored_result, submit
 from tests.support import wait_for
@@ -154,6 +154,9 @@ async def test_a_cancelled_job_is_retried_and_a_running_one_is_refused(
     reader = issue_token(secret, "alice", [SCOPE_READ])
     status, forbidden, _ = await retry(base, reader, original)
     assert status == 403, forbidden
+    writer = issue_token(secret, "alice", [SCOPE_WRITE])  # a retry reads the job first
+    status, forbidden, _ = await retry(base, writer, original)
+    assert status == 403 and "jobs:read" in forbidden["detail"], forbidden
 
     status, accepted, _ = await retry(base, user_token, original)
     assert status == 202, accepted

@@ -203,12 +203,19 @@ async def test_someone_elses_or_an_unknown_job_is_not_found_and_never_says_whose
     cases = [
         (BOB, FakeResults(200, inputs(JobStatus.FAILED))),
         (ALICE, FakeResults(404, b'{"type": "job-not-found"}')),
-        (ALICE, FakeResults(403, b"{}")),
     ]
     for who, results in cases:
         refused = await retries(results).prepare(who, "j-1", {})
         assert isinstance(refused, Rejection) and refused.status == 404
         assert "alice" not in refused.detail
+
+
+async def test_a_token_the_read_side_refuses_to_read_with_is_forbidden_to_retry() -> None:
+    refused = await retries(FakeResults(403, b"{}")).prepare(
+        Principal("alice", frozenset({SCOPE_WRITE})), "j-1", {}
+    )
+    assert isinstance(refused, Rejection) and refused.status == 403
+    assert SCOPE_READ in refused.detail
 
 
 async def test_a_job_whose_inputs_retention_forgot_cannot_be_retried() -> None:
