@@ -28,7 +28,7 @@ import orjson
 DONE = b"data: [DONE]\n\n"
 FINISH, USAGE = "finish", "usage"
 _CURSOR = re.compile(r"^(\d{1,9}):(-1|\d{1,9})(?::(finish|usage))?$")
-_FAILED_STATUS = re.compile(r"^(4\d\d)\b")
+_FAILED_STATUS = re.compile(r"^(?:rejected: )?(4\d\d)\b")  # UpstreamRejected's reason
 
 
 @dataclass(frozen=True, slots=True)
