@@ -27,7 +27,8 @@ import orjson
 
 DONE = b"data: [DONE]\n\n"
 FINISH, USAGE = "finish", "usage"
-_CURSOR = re.compile(r"^(\d{1,9}):(-1|\d{1,9})(?::(finish|usage))?$")
+CURSOR_PATTERN = r"^(\d{1,9}):(-1|\d{1,9})(?::(finish|usage))?$"
+_CURSOR = re.compile(CURSOR_PATTERN)
 _FAILED_STATUS = re.compile(r"^(?:rejected: )?(4\d\d)\b")  # UpstreamRejected's reason
 
 

@@ -48,6 +48,17 @@ PING = b": ping\n\n"
 _RECONNECTS = 8  # notifier connections in a row that give nothing before the stream errs
 
 
+class _ClientGone(Exception):
+    """The caller closed its end of the stream."""
+
+
+async def _write(response: web.StreamResponse, data: bytes) -> None:
+    try:
+        await response.write(data)
+    except ConnectionResetError as exc:  # aiohttp's own is a ClientError too: told apart here
+        raise _ClientGone from exc
+
+
 def _epoch(value: Any) -> int:
     if isinstance(value, datetime):
         return int(value.timestamp())
@@ -118,7 +129,7 @@ class OpenAICompat:
                     _epoch(admitted.entry.submitted_at),
                     include_usage=chat.include_usage,
                 )
-                return await self._stream(request, stream)
+                return await self._stream(request, stream, eager=True)
         except StreamsRefused as refused:
             return gw.streams_refused(refused).response()
 
@@ -168,7 +179,12 @@ class OpenAICompat:
 
     # -- the stream: the notifier's frames as chat.completion.chunk events -------------------
 
-    async def _stream(self, request: web.Request, stream: ChunkStream) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, stream: ChunkStream, *, eager: bool = False
+    ) -> web.StreamResponse:
+        """`eager`: answer 200 at once (a job was just admitted: whatever happens next is an
+        error event naming it, never a status the SDK would retry with a second job);
+        else the notifier's refusal (404: no such job of yours) is the answer's status."""
         gw = self.gateway
         assert gw.sse is not None
         job_id = stream.job_id
@@ -186,6 +202,8 @@ class OpenAICompat:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
         failures = 0
         try:
+            if eager:
+                await response.prepare(request)
             while not stream.ended:
                 headers = {
                     "Authorization": request.headers.get("Authorization", ""),
@@ -215,12 +233,12 @@ class OpenAICompat:
                         async for frame in _frames(up.content):
                             out = PING if frame is None else stream.feed(frame)
                             if out:
-                                await response.write(out)
+                                await _write(response, out)
                                 progressed = progressed or frame is not None
                             if stream.ended:
                                 break
                         if not stream.ended and stream.stale:
-                            await response.write(await self._from_result(request, stream))
+                            await _write(response, await self._from_result(request, stream))
                         failures = 0 if progressed else failures + 1
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     failures += 1
@@ -235,20 +253,20 @@ class OpenAICompat:
                             "the notifier did not answer",
                             1,
                         ).response()
-                    await response.write(
+                    await _write(
+                        response,
                         stream.error(
                             f"the live stream of job {job_id} is unavailable; resume with"
                             f" GET /v1/chat/completions/{job_id}?stream=true&starting_after="
                             f"{stream.last_event_id or ''}",
                             "server_error",
                             "stream_unavailable",
-                        )
+                        ),
                     )
                     break
                 await asyncio.sleep(min(0.1 * 2**failures, 2.0))
-        except (ConnectionResetError, asyncio.CancelledError):
-            log.info("client of %s left the stream", job_id)
-            raise
+        except _ClientGone:
+            log.info("the client of %s left its stream", job_id)
         return response
 
     async def _from_result(self, request: web.Request, stream: ChunkStream) -> bytes:
@@ -289,7 +307,8 @@ class OpenAICompat:
     async def _answer(
         self, request: web.Request, job_id: str, model: str, created: int
     ) -> web.Response:
-        headers = {HEADER_JOB_ID: job_id}
+        # The job ran: asking again would run a second one (the SDKs honour this header).
+        headers = {HEADER_JOB_ID: job_id, "x-should-retry": "false"}
         status, result = await self._result(request, job_id)
         if result is None:
             if status == 504:

@@ -10,20 +10,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.gateway.openai_chunks import CURSOR_PATTERN
+from shared.api import RequestConfig
+from shared.contracts import ChatMessage
+
 
 class StreamOptions(BaseModel):
     include_usage: bool = Field(default=False, description="a last chunk with `usage`")
 
 
-class ChatCompletionRequest(BaseModel):
-    """OpenAI's chat completion request. Besides these, every field of a job's `config`
-    (`max_tokens`, `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`,
-    `response_format`, `tools`, `tool_choice`, …) at the top level, as OpenAI takes them."""
+class ChatCompletionRequest(RequestConfig):
+    """OpenAI's chat completion request: `model`, `messages`, and every field of a job's
+    `config` at the top level, as OpenAI takes them."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(description="a model of GET /v1/models")
-    messages: list[dict[str, Any]] = Field(min_length=1, description="the conversation")
+    model: str = Field(min_length=1, description="a model of GET /v1/models")  # required
+    messages: list[ChatMessage] = Field(min_length=1, description="the conversation")
     stream: bool = Field(default=False, description="answer chat.completion.chunk events")
     stream_options: StreamOptions | None = None
     metadata: dict[str, str] | None = Field(
@@ -32,6 +35,20 @@ class ChatCompletionRequest(BaseModel):
         " `streamjobs_idempotency_key` and `streamjobs_on_interrupt` set those (the headers"
         " win) and are not stored",
     )
+    store: bool | None = Field(default=None, description="accepted, and ignored")
+
+
+class CompletionQuery(BaseModel):
+    """`GET /v1/chat/completions/{job_id}`: the answer, or its stream resumed."""
+
+    stream: bool = Field(default=False, description="the job's chunks as server-sent events")
+    starting_after: str | None = Field(
+        default=None,
+        pattern=CURSOR_PATTERN,
+        description="an event id (`event_id` of a chunk): go on right after it; or send"
+        " Last-Event-ID",
+    )
+    include_usage: bool = Field(default=False, description="end with the usage chunk")
 
 
 class CompletionMessage(BaseModel):
@@ -92,9 +109,7 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorDetail
 
 
-CHUNK_STREAM_SCHEMA: dict[str, Any] = {
-    "type": "string",
-    "description": "`data: {chat.completion.chunk}` events, each with an `id:` (also the"
-    " chunk's `event_id`) to resume after, ending `data: [DONE]`; a failure is a"
-    ' `data: {"error": {...}}` event',
-}
+STREAM_DESCRIPTION = (
+    "`data: {chat.completion.chunk}` events, each with an `id:` (also the chunk's `event_id`)"
+    ' to resume after, ending `data: [DONE]`; a failure is a `data: {"error": {...}}` event'
+)

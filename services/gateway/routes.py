@@ -23,9 +23,10 @@ from services.gateway.middlewares import (
 from services.gateway.openai_compat import OpenAICompat
 from services.gateway.openai_errors import openai_errors_middleware
 from services.gateway.openai_models import (
-    CHUNK_STREAM_SCHEMA,
+    STREAM_DESCRIPTION,
     ChatCompletion,
     ChatCompletionRequest,
+    CompletionQuery,
     OpenAIError,
     OpenAIModel,
     OpenAIModelList,
@@ -187,8 +188,7 @@ _OPENAI_ERRORS = tuple(
 _OPENAI_ANSWER = (
     Reply(
         200,
-        "a chat.completion; with stream true, text/event-stream: "
-        + str(CHUNK_STREAM_SCHEMA["description"]),
+        "a chat.completion; with stream true, text/event-stream: " + STREAM_DESCRIPTION,
         ChatCompletion,
     ),
 )
@@ -228,6 +228,7 @@ OPENAI_ROUTES: tuple[Route[OpenAICompat], ...] = (
         "getChatCompletion",
         "A job's answer as a chat.completion; stream=true&starting_after=<event_id> (or"
         " Last-Event-ID) resumes its stream after that chunk; include_usage=true",
+        query=CompletionQuery,
         replies=(*_OPENAI_ANSWER, *_OPENAI_ERRORS),
         tags=("openai",),
     ),
