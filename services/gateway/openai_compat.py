@@ -45,7 +45,9 @@ from shared.http import PROBLEM_CONTENT_TYPE
 log = logging.getLogger(__name__)
 
 PING = b": ping\n\n"
-_RECONNECTS = 8  # notifier connections in a row that give nothing before the stream errs
+# How long the notifier may give nothing (down, restarting, replaying) before the stream
+# ends in an error event; until then it is asked again with the last event id, backing off.
+_LOST_FOR_S = 30.0
 
 
 class _ClientGone(Exception):
@@ -200,7 +202,7 @@ class OpenAICompat:
             },
         )
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
-        failures = 0
+        failures, lost_since = 0, time.monotonic()
         try:
             if eager:
                 await response.prepare(request)
@@ -239,13 +241,16 @@ class OpenAICompat:
                                 break
                         if not stream.ended and stream.stale:
                             await _write(response, await self._from_result(request, stream))
-                        failures = 0 if progressed else failures + 1
+                        if progressed:
+                            failures, lost_since = 0, time.monotonic()
+                        else:
+                            failures += 1
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     failures += 1
                     log.info("notifier stream of %s dropped: %r", job_id, exc)
                 if stream.ended:
                     break
-                if failures >= _RECONNECTS:
+                if time.monotonic() - lost_since >= _LOST_FOR_S:
                     if not response.prepared:
                         return retry_later(
                             "notifier-unavailable",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from openai import AsyncOpenAI, AsyncStream, OpenAI
 from openai.types.chat import ChatCompletionChunk
 
 from deploy.localstack.stack import Stack
-from shared.auth import issue_token
+from shared.auth import SCOPE_READ, issue_token
 from tests.e2e.conftest import running_system
 from tests.e2e.test_pipeline import stored_result
 from tests.e2e.test_tool_calls import WEATHER
@@ -216,6 +217,34 @@ async def test_a_dropped_stream_resumes_after_its_last_chunk_without_gap_or_dupl
         assert (await resp.text()).strip() == "data: [DONE]"
 
 
+async def test_one_sdk_stream_outlives_a_notifier_kill_9_without_gap_or_duplicate(
+    system: Stack, user_token: str, closing: list[AsyncOpenAI | OpenAI]
+) -> None:
+    """The gateway reads the job's chunks from the durable pipeline: when the notifier dies,
+    it resumes from the restarted one after the last chunk it sent, in the same response."""
+    base = system.urls()["gateway"]
+    client = AsyncOpenAI(base_url=f"{base}/v1", api_key=user_token, max_retries=0)
+    closing.append(client)
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=ask("Stream for a while. [[sim tokens=240 tps=40]]"),
+        max_tokens=400,
+        stream=True,
+    )
+    chunks: list[ChatCompletionChunk] = []
+    async for chunk in stream:
+        chunks.append(chunk)
+        if len(chunks) == 3:
+            system.processes["notifier"].kill()  # SIGKILL: no goodbye, no state saved
+            await asyncio.to_thread(system.start_service, "notifier")
+    texts = [c for c in chunks if c.choices and c.choices[0].finish_reason is None]
+    seqs = [int(event_id(c).split(":")[1]) for c in texts]
+    assert seqs == list(range(len(seqs))), "a gap or a duplicate"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    stored = await stored_result(base, user_token, chunks[0].id)
+    assert "".join(c.choices[0].delta.content or "" for c in texts) == stored["response"]
+
+
 async def test_tool_calls_arrive_as_openai_tool_calls_streamed_and_not(
     system: Stack, user_token: str, closing: list[AsyncOpenAI | OpenAI]
 ) -> None:
@@ -280,6 +309,15 @@ async def test_refusals_and_failed_jobs_are_openai_errors_the_sdk_raises(
     with pytest.raises(openai.AuthenticationError) as bad_key:
         await stranger.chat.completions.create(model=MODEL, messages=ask("hi"))
     assert bad_key.value.code == "invalid_api_key"
+
+    reader = AsyncOpenAI(
+        base_url=base,
+        api_key=issue_token(named_system.auth_secret(), "alice", (SCOPE_READ,)),
+        max_retries=0,
+    )
+    closing.append(reader)
+    with pytest.raises(openai.PermissionDeniedError):
+        await reader.chat.completions.create(model=MODEL, messages=ask("hi"))
 
     with pytest.raises(openai.NotFoundError) as unknown:
         await client.chat.completions.create(model="no-such-model", messages=ask("hi"))
