@@ -15,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 from aiohttp import web
-from yarl import URL
 
 from services.gateway.handlers import Gateway
 from services.gateway.limits import StreamsRefused
@@ -36,29 +34,13 @@ from services.gateway.openai_chunks import (
 )
 from services.gateway.openai_errors import openai_json
 from services.gateway.openai_request import HEADER_JOB_ID, read_request
+from services.gateway.openai_stream import Relay
 from services.gateway.proxy import Unreachable
 from services.gateway.rejection import RESULTS_UNAVAILABLE, Rejection, retry_later
 from shared.api import API_PREFIX
 from shared.auth import SCOPE_READ, SCOPE_WRITE
-from shared.http import PROBLEM_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
-
-PING = b": ping\n\n"
-# How long the notifier may give nothing (down, restarting, replaying) before the stream
-# ends in an error event; until then it is asked again with the last event id, backing off.
-_LOST_FOR_S = 30.0
-
-
-class _ClientGone(Exception):
-    """The caller closed its end of the stream."""
-
-
-async def _write(response: web.StreamResponse, data: bytes) -> None:
-    try:
-        await response.write(data)
-    except ConnectionResetError as exc:  # aiohttp's own is a ClientError too: told apart here
-        raise _ClientGone from exc
 
 
 def _epoch(value: Any) -> int:
@@ -68,22 +50,6 @@ def _epoch(value: Any) -> int:
         return int(datetime.fromisoformat(str(value)).timestamp())
     except ValueError:
         return int(time.time())
-
-
-async def _frames(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any] | None]:
-    """The notifier's SSE frames, decoded; None for a keep-alive comment."""
-    data: list[bytes] = []
-    async for raw in content:
-        line = raw.rstrip(b"\r\n")
-        if line.startswith(b":"):
-            yield None
-        elif line.startswith(b"data:"):
-            data.append(line[5:].lstrip(b" "))
-        elif not line and data:
-            frame = orjson.loads(b"\n".join(data))
-            data = []
-            if isinstance(frame, dict):
-                yield frame
 
 
 class OpenAICompat:
@@ -184,106 +150,16 @@ class OpenAICompat:
     async def _stream(
         self, request: web.Request, stream: ChunkStream, *, eager: bool = False
     ) -> web.StreamResponse:
-        """`eager`: answer 200 at once (a job was just admitted: whatever happens next is an
-        error event naming it, never a status the SDK would retry with a second job);
-        else the notifier's refusal (404: no such job of yours) is the answer's status."""
         gw = self.gateway
         assert gw.sse is not None
-        job_id = stream.job_id
-        base = (gw.notifiers.sse_base(job_id) or gw.sse.base).rstrip("/")
-        url = URL(f"{base}{API_PREFIX}/jobs/{quote(job_id, safe='')}/events", encoded=True)
-        response = web.StreamResponse(
-            status=200,
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-                HEADER_JOB_ID: job_id,
-            },
+        relay = Relay(
+            request,
+            stream,
+            session=gw.sse.session,
+            base=gw.notifiers.sse_base(stream.job_id) or gw.sse.base,
+            stored=partial(self._result, request, stream.job_id),
         )
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
-        failures, lost_since = 0, time.monotonic()
-        try:
-            if eager:
-                await response.prepare(request)
-            while not stream.ended:
-                headers = {
-                    "Authorization": request.headers.get("Authorization", ""),
-                    "Accept": "text/event-stream",
-                }
-                if stream.last_event_id is not None:
-                    headers["Last-Event-ID"] = stream.last_event_id
-                try:
-                    async with gw.sse.session.get(url, headers=headers, timeout=timeout) as up:
-                        if up.status != 200:
-                            body = await up.read()
-                            if not response.prepared:
-                                return web.Response(
-                                    status=up.status,
-                                    body=body,
-                                    headers={
-                                        "Content-Type": up.headers.get(
-                                            "Content-Type", PROBLEM_CONTENT_TYPE
-                                        ),
-                                        HEADER_JOB_ID: job_id,
-                                    },
-                                )
-                            raise aiohttp.ClientResponseError(up.request_info, (), status=up.status)
-                        if not response.prepared:
-                            await response.prepare(request)
-                        progressed = False
-                        async for frame in _frames(up.content):
-                            out = PING if frame is None else stream.feed(frame)
-                            if out:
-                                await _write(response, out)
-                                progressed = progressed or frame is not None
-                            if stream.ended:
-                                break
-                        if not stream.ended and stream.stale:
-                            await _write(response, await self._from_result(request, stream))
-                        if progressed:
-                            failures, lost_since = 0, time.monotonic()
-                        else:
-                            failures += 1
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    failures += 1
-                    log.info("notifier stream of %s dropped: %r", job_id, exc)
-                if stream.ended:
-                    break
-                if time.monotonic() - lost_since >= _LOST_FOR_S:
-                    if not response.prepared:
-                        return retry_later(
-                            "notifier-unavailable",
-                            "Live stream unavailable",
-                            "the notifier did not answer",
-                            1,
-                        ).response()
-                    await _write(
-                        response,
-                        stream.error(
-                            f"the live stream of job {job_id} is unavailable; resume with"
-                            f" GET /v1/chat/completions/{job_id}?stream=true&starting_after="
-                            f"{stream.last_event_id or ''}",
-                            "server_error",
-                            "stream_unavailable",
-                        ),
-                    )
-                    break
-                await asyncio.sleep(min(0.1 * 2**failures, 2.0))
-        except _ClientGone:
-            log.info("the client of %s left its stream", job_id)
-        return response
-
-    async def _from_result(self, request: web.Request, stream: ChunkStream) -> bytes:
-        """A job the notifier no longer holds: its stored result, as one chunk."""
-        status, result = await self._result(request, stream.job_id)
-        if status != 200 or result is None:
-            return stream.error(
-                f"job {stream.job_id}: no stored result to stream ({status})",
-                "server_error",
-                "stream_unavailable",
-            )
-        return stream.from_result(result)
+        return await relay.run(eager=eager)
 
     # -- the answer: wait for the stored result ----------------------------------------------
 
