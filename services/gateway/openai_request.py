@@ -75,6 +75,8 @@ def read_request(
     model = request.get("model")
     if not isinstance(model, str) or not model:
         return _bad("model is required: one of GET /v1/models", "model")
+    if not isinstance(request.get("messages"), list):
+        return _bad("messages is required: the conversation, a list of messages", "messages")
     stream = request.get("stream")
     if stream is not None and not isinstance(stream, bool):
         return _bad("stream must be a boolean", "stream")

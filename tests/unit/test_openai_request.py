@@ -87,6 +87,9 @@ def test_what_a_job_cannot_honour_is_refused_with_the_parameter_named() -> None:
     assert unknown.errors[0]["loc"] == ["body", "logprobs"]
     no_model = read({"messages": MESSAGES})
     assert isinstance(no_model, Rejection) and no_model.errors[0]["loc"] == ["body", "model"]
+    no_messages = read({"model": "m"})
+    assert isinstance(no_messages, Rejection)
+    assert no_messages.errors[0]["loc"] == ["body", "messages"]
     assert isinstance(read([1, 2]), Rejection)
     assert isinstance(read({"model": "m", "messages": MESSAGES, "stream": "yes"}), Rejection)
     bad_options = read({"model": "m", "messages": MESSAGES, "stream_options": {"x": 1}})
