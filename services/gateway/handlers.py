@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +26,7 @@ from services.gateway.repair import Repairs
 from services.gateway.retry import Retries
 from services.gateway.settings import GatewaySettings
 from services.gateway.submit import (
+    Submission,
     check_idempotency_key,
     parse_request,
     trace_id_from_traceparent,
@@ -146,9 +148,20 @@ class Gateway:
 
     async def submit(self, request: web.Request) -> web.Response:
         who = self.principal(request, SCOPE_WRITE)
+        outcome = await self.admit(who, await request.read(), request.headers)
+        if isinstance(outcome, Rejection):
+            return outcome.response()
+        parsed, admitted = outcome
+        return self._accepted(admitted, parsed.trace_id)
+
+    async def admit(
+        self, who: Principal, raw: bytes, headers: Mapping[str, str]
+    ) -> tuple[Submission, Admitted] | Rejection:
+        """The one admission path of a submission body (also under `/v1/chat/completions`):
+        validated, its model routed, then admitted by the user's decider."""
         parsed = parse_request(
-            await request.read(),
-            request.headers,
+            raw,
+            headers,
             max_prompt_chars=self.settings.gateway_max_prompt_chars,
             max_depth=self.settings.gateway_max_json_depth,
             job_types=self.known_types,
@@ -156,15 +169,15 @@ class Gateway:
         )
         if isinstance(parsed, Rejection):
             self.metrics.rejected.labels(parsed.kind).inc()
-            return parsed.response()
+            return parsed
         unrouted = self.models.refuse(parsed.job.config.model)
         if unrouted is not None:
             self.metrics.rejected.labels(unrouted.kind).inc()
-            return unrouted.response()
+            return unrouted
         outcome = await self.admission.submit(who, parsed.job, parsed.key, parsed.trace_id)
         if isinstance(outcome, Rejection):
-            return outcome.response()
-        return self._accepted(outcome, parsed.trace_id)
+            return outcome
+        return parsed, outcome
 
     def _accepted(self, admitted: Admitted, trace_id: str) -> web.Response:
         entry, links = admitted.entry, self.links(admitted.job_id)
@@ -257,25 +270,29 @@ class Gateway:
                 base = self.notifiers.sse_base(request.match_info["job_id"])
                 return await self.sse.stream(request, base)
         except StreamsRefused as refused:
-            self.metrics.sse_refused.labels(refused.reason).inc()
-            if refused.reason == StreamSlots.PER_USER:
-                return Rejection(
-                    429,
-                    "too-many-streams",
-                    "Too many live streams",
-                    f"at most {self.streams.per_user} live streams per user; close one",
-                    headers={"Retry-After": str(refused.retry_after_s)},
-                ).response()
-            return retry_later(
-                "streams-busy",
-                "Live streams busy",
-                "no live stream slot came free in time; try again",
-                refused.retry_after_s,
-            ).response()
+            return self.streams_refused(refused).response()
         except Unreachable:
             return retry_later(
                 "notifier-unavailable", "Live stream unavailable", "the notifier did not answer", 1
             ).response()
+
+    def streams_refused(self, refused: StreamsRefused) -> Rejection:
+        """No live stream slot for the caller: 429 at the per-user bound, else 503."""
+        self.metrics.sse_refused.labels(refused.reason).inc()
+        if refused.reason == StreamSlots.PER_USER:
+            return Rejection(
+                429,
+                "too-many-streams",
+                "Too many live streams",
+                f"at most {self.streams.per_user} live streams per user; close one",
+                headers={"Retry-After": str(refused.retry_after_s)},
+            )
+        return retry_later(
+            "streams-busy",
+            "Live streams busy",
+            "no live stream slot came free in time; try again",
+            refused.retry_after_s,
+        )
 
     async def job_types(self, _: web.Request) -> web.Response:
         return web.Response(body=self.job_types_body, content_type=JSON)

@@ -108,6 +108,12 @@ class SseClient:
             await self._session.close()
             self._session = None
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pool of notifier connections, for a caller that reads the frames itself."""
+        assert self._session is not None, "SseClient.start() first"
+        return self._session
+
     async def stream(self, request: web.Request, base: str | None = None) -> web.StreamResponse:
         """Proxy to `base` (else the client's own); raises `Unreachable` when it does not
         answer at all."""

@@ -20,6 +20,18 @@ from services.gateway.middlewares import (
     gateway_metrics_middleware,
     problems_middleware,
 )
+from services.gateway.openai_compat import OpenAICompat
+from services.gateway.openai_errors import openai_errors_middleware
+from services.gateway.openai_models import (
+    STREAM_DESCRIPTION,
+    ChatCompletion,
+    ChatCompletionRequest,
+    CompletionQuery,
+    OpenAIError,
+    OpenAIModel,
+    OpenAIModelList,
+)
+from services.gateway.openai_request import HEADER_JOB_TYPE, HEADER_PRIORITY
 from services.gateway.submit import KEY_PATTERN
 from shared.api import (
     API_PREFIX,
@@ -175,6 +187,90 @@ EVENTS_ROUTE: Route[Gateway] = Route(
     replies=(Reply(200, "an event stream until the job is final", media="text/event-stream"),),
     problems=(*_READS, 429),
 )
+# The OpenAI-compatible surface (services/gateway/openai_compat.py): refusals are OpenAI
+# error objects, not problems.
+_OPENAI_ERRORS = tuple(
+    Reply(code, what, OpenAIError)
+    for code, what in (
+        (400, "Invalid request, unknown parameter, failed job (the upstream refused it)"),
+        (401, "No or bad API key (token)"),
+        (403, "The token lacks the scope"),
+        (404, "Unknown model or job"),
+        (409, "The job was cancelled"),
+        (429, "A rate limit or the live streams' bound; see Retry-After"),
+        (502, "The job failed at its upstream"),
+        (503, "Kafka, the read side or the notifier unavailable; see Retry-After"),
+        (504, "Not finished within GATEWAY_OPENAI_WAIT_S (the job goes on)"),
+    )
+)
+_OPENAI_ANSWER = (
+    Reply(
+        200,
+        "a chat.completion; with stream true, text/event-stream: " + STREAM_DESCRIPTION,
+        ChatCompletion,
+    ),
+)
+_OPENAI_HEADERS = (
+    *_SUBMIT_HEADERS,
+    {
+        "name": HEADER_PRIORITY,
+        "in": "header",
+        "required": False,
+        "description": "urgent, high, normal, low (or metadata.streamjobs_priority)",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": HEADER_JOB_TYPE,
+        "in": "header",
+        "required": False,
+        "description": "a job type (or metadata.streamjobs_job_type)",
+        "schema": {"type": "string"},
+    },
+)
+OPENAI_ROUTES: tuple[Route[OpenAICompat], ...] = (
+    Route(
+        "POST",
+        "/v1/chat/completions",
+        OpenAICompat.create,
+        "createChatCompletion",
+        "OpenAI-compatible: the request runs as a job; its id is X-Streamjobs-Job-Id",
+        body=ChatCompletionRequest,
+        headers=_OPENAI_HEADERS,
+        replies=(*_OPENAI_ANSWER, *_OPENAI_ERRORS),
+        tags=("openai",),
+    ),
+    Route(
+        "GET",
+        "/v1/chat/completions/{job_id}",
+        OpenAICompat.retrieve,
+        "getChatCompletion",
+        "A job's answer as a chat.completion; stream=true&starting_after=<event_id> (or"
+        " Last-Event-ID) resumes its stream after that chunk; include_usage=true",
+        query=CompletionQuery,
+        replies=(*_OPENAI_ANSWER, *_OPENAI_ERRORS),
+        tags=("openai",),
+    ),
+    Route(
+        "GET",
+        "/v1/models",
+        OpenAICompat.list_models,
+        "listOpenAIModels",
+        "OpenAI-compatible: the models of the workload file (not the catch-all)",
+        replies=(Reply(200, "The models", OpenAIModelList),),
+        secured=False,
+        tags=("openai",),
+    ),
+    Route(
+        "GET",
+        "/v1/models/{model}",
+        OpenAICompat.get_model,
+        "getOpenAIModel",
+        "OpenAI-compatible: one model, 404 when nothing routes it",
+        replies=(Reply(200, "The model", OpenAIModel), Reply(404, "Unknown model", OpenAIError)),
+        secured=False,
+        tags=("openai",),
+    ),
+)
 GATEWAY_OPS_ROUTES = tuple(
     replace(r, summary="Kafka answers (the read side's reachability is reported, not required)")
     if r.path == "/readyz"
@@ -189,7 +285,13 @@ def api_routes(*, sse: bool) -> tuple[Route[Gateway], ...]:
 
 def all_routes(*, sse: bool) -> list[Route[Any]]:
     """Every route the gateway serves, as its document lists them."""
-    return [*api_routes(sse=sse), *DOCS_ROUTES, *GATEWAY_OPS_ROUTES, *DASHBOARD_ROUTES]
+    return [
+        *api_routes(sse=sse),
+        *OPENAI_ROUTES,
+        *DOCS_ROUTES,
+        *GATEWAY_OPS_ROUTES,
+        *DASHBOARD_ROUTES,
+    ]
 
 
 def build_document(
@@ -214,6 +316,7 @@ def build_app(
     app = web.Application(
         middlewares=[
             gateway_metrics_middleware(gateway.metrics),
+            openai_errors_middleware,
             problems_middleware,
             bounds_middleware(settings.gateway_max_target_bytes),
         ],
@@ -228,6 +331,7 @@ def build_app(
         job_types=list(gateway.known_types),
     )
     add_routes(app, api_routes(sse=sse), gateway)
+    add_routes(app, OPENAI_ROUTES, OpenAICompat(gateway))
     add_routes(app, DOCS_ROUTES, ApiDocs(document))
     ops = Ops(registry, ready, info=info, before_scrape=gateway.refresh_gauges)
     add_routes(app, GATEWAY_OPS_ROUTES, ops)

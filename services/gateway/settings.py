@@ -151,6 +151,17 @@ class GatewaySettings(CommonSettings):
     gateway_sse_wait_s: float = Field(
         default=2.0, gt=0, description="how long a new SSE stream waits for a free slot; then 503"
     )
+    gateway_openai_wait_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="how long POST /v1/chat/completions without stream waits for the answer;"
+        " then 504 (the job runs on: GET /v1/chat/completions/{id})",
+    )
+    gateway_openai_job_type: str = Field(
+        default="analysis",
+        min_length=1,
+        description="the job type of a /v1/chat/completions request that names none",
+    )
 
     @property
     def gateway_reply_partition(self) -> int:

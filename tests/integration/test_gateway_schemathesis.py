@@ -43,6 +43,12 @@ SEMANTIC_RULES = {
     "GET /api/v1/analytics": "since must be before until",
 }
 
+# Operations not fuzzed here, and why.
+NOT_FUZZED = {
+    "POST /v1/chat/completions": "a valid request runs a job to its end, which needs the"
+    " streamer: tests/e2e/test_openai_compat.py drives it with the openai package",
+}
+
 
 def make_check(
     operation: schemathesis.APIOperation,
@@ -75,6 +81,8 @@ def fuzz(base_url: str, token: str, fuzzed: set[str]) -> list[str]:
     failures: list[str] = []
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.label in NOT_FUZZED:
+            continue
         fuzzed.add(operation.label)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             excluded: list[Any] = []
@@ -148,4 +156,4 @@ async def test_every_operation_answers_as_documented_and_never_5xx(
         for method in item
     }
     # schemathesis leaves out the document it was loaded from; everything else is fuzzed.
-    assert fuzzed == documented - {"GET /api/v1/openapi.json"}, "the live stream's too"
+    assert fuzzed == documented - {"GET /api/v1/openapi.json", *NOT_FUZZED}, "the live stream's too"
