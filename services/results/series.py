@@ -75,11 +75,11 @@ def _owner(principal: Principal, args: list[Any]) -> str:
 
 
 # $1 grid start, $2 grid end, $3 step seconds; `{at}` is the moment that places a row.
-_STEP = "floor(extract(epoch FROM ({at} - $1))::float8 / $3::float8)::int"
+_STEP = "floor(extract(epoch FROM ({at} - $1::timestamptz))::float8 / $3::float8)::int"
 
 
 def _in_grid(at: str) -> str:
-    return f"{at} >= $1 AND {at} < $2"
+    return f"{at} >= $1::timestamptz AND {at} < $2::timestamptz"
 
 
 async def series(
@@ -123,7 +123,7 @@ async def series(
     # (a job cancelled in the queue has a finishing time and no start).
     depth = await conn.fetch(
         f"""WITH ends AS (
-                SELECT i, $1 + make_interval(secs => (i + 1) * $3::float8) AS at
+                SELECT i, $1::timestamptz + make_interval(secs => (i + 1) * $3::float8) AS at
                 FROM generate_series(0, {n - 1}) AS i)
             SELECT e.i, j.priority, count(*) AS n
             FROM ends e JOIN jobs j
