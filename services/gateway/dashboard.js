@@ -69,11 +69,14 @@ const BAND_COLOURS = { urgent: "#c62828", high: "#e07b00", normal: "#1f5fd1", lo
 const charts = {};
 $("window").addEventListener("change", () => refresh());
 
-function lines(named) {
-  return Object.entries(named).map(([label, stroke]) => ({ label, stroke, width: 2, spanGaps: true }));
+function lines(named, points) {
+  return Object.entries(named).map(([label, stroke]) => ({
+    label, stroke, width: 2, spanGaps: true, points: points ? { show: true, size: 6, fill: stroke } : {},
+  }));
 }
 
-function draw(id, named, columns, t) {
+// Percentiles exist only for steps that had jobs: drawn as points, joined where there are several.
+function draw(id, named, columns, t, points = false) {
   const el = $(id);
   const data = [t, ...columns];
   // What the chart holds, for a reader of the page (and its tests): points and their sum.
@@ -84,7 +87,7 @@ function draw(id, named, columns, t) {
   if (charts[id]) charts[id].destroy();
   const opts = {
     width: Math.max(360, el.clientWidth || 420), height: 200,
-    series: [{}, ...lines(named)],
+    series: [{}, ...lines(named, points)],
     scales: { x: { time: true } },
     axes: [{}, { size: 56 }],
     legend: { live: true },
@@ -104,8 +107,19 @@ async function refreshCharts() {
   const bands = Object.keys(BAND_COLOURS).filter((k) => k in s.queue_depth);
   draw("chart-queue", Object.fromEntries(bands.map((k) => [k, BAND_COLOURS[k]])),
     bands.map((k) => s.queue_depth[k]), s.t);
-  draw("chart-wait", { "wait p95 ms": "#e07b00" }, [s.queue_wait_p95_ms], s.t);
-  draw("chart-ttft", { "ttft p95 ms": "#6a3fc1" }, [s.ttft_p95_ms], s.t);
+  draw("chart-wait", { "wait p95 ms": "#e07b00" }, [s.queue_wait_p95_ms], s.t, true);
+  draw("chart-ttft", { "ttft p95 ms": "#6a3fc1" }, [s.ttft_p95_ms], s.t, true);
+}
+
+// "p.jobs.high:0", "p.jobs.high:1", ... as "jobs.high 0,1": one entry per topic, prefix left out.
+function partitions(assigned) {
+  const byTopic = new Map();
+  for (const tp of assigned) {
+    const at = tp.lastIndexOf(":");
+    const topic = tp.slice(0, at).split(".").slice(1).join(".");
+    byTopic.set(topic, [...(byTopic.get(topic) || []), tp.slice(at + 1)]);
+  }
+  return [...byTopic].map(([topic, ps]) => `${topic} ${ps.join(",")}`).join(" · ") || "none";
 }
 
 // -- streamer instances (admin): an answer of 403 means this token is not an admin's ----
@@ -130,7 +144,7 @@ async function refreshInstances() {
     tr.append(cell(i.instance_id), cell(`${i.host}:${i.pid}`), cell(i.state, "state-" + i.state),
       cell(`${i.slots_in_use} / ${i.slots_total}`, "num slots"), cell(i.jobs_running, "num"),
       cell(i.jobs_waiting, "num"), cell(i.loop_lag_ms.toFixed(1) + (i.overloaded ? " (overloaded)" : ""), "num"),
-      cell(i.partitions.join(", "), "partitions"), cell(when(i.started_at)), cell(when(i.last_seen)));
+      cell(partitions(i.partitions), "partitions"), cell(when(i.started_at)), cell(when(i.last_seen)));
     return tr;
   }));
 }
