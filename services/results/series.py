@@ -78,6 +78,31 @@ def _owner(principal: Principal, args: list[Any]) -> str:
 _STEP = "floor(extract(epoch FROM ({at} - $1::timestamptz))::float8 / $3::float8)::int"
 
 
+# When a job left its band's queue: its first start, or its end if it never started
+# (cancelled while queued), 'infinity' while it waits; never before its submission, so a
+# clock a little behind cannot make a job leave before it came.
+_LEFT = "greatest(coalesce(j.started_at, j.finished_at, 'infinity'::timestamptz), j.submitted_at)"
+
+
+def queue_depth(
+    waiting: dict[str, int], moves: Iterable[tuple[int, str, int]], points: int
+) -> dict[str, list[int]]:
+    """Jobs waiting per band at each step's end: `waiting` at the start, plus each step's
+    moves (arrivals positive, departures negative) cumulated."""
+    delta = {band.value: [0] * points for band in PRIORITY_ORDER}
+    for i, band, n in moves:
+        if band in delta and 0 <= i < points:
+            delta[band][i] += n
+    depth: dict[str, list[int]] = {}
+    for band, steps in delta.items():
+        level = waiting.get(band, 0)
+        depth[band] = []
+        for change in steps:
+            level += change
+            depth[band].append(max(0, level))
+    return depth
+
+
 def _in_grid(at: str) -> str:
     return f"{at} >= $1::timestamptz AND {at} < $2::timestamptz"
 
@@ -119,26 +144,32 @@ async def series(
             FROM jobs j WHERE {owner} AND {_in_grid("j.started_at")} GROUP BY 1""",
         *args,
     )
-    # Waiting at a step's end: submitted by then, and neither started nor finished by then
-    # (a job cancelled in the queue has a finishing time and no start).
-    depth = await conn.fetch(
-        f"""WITH ends AS (
-                SELECT i, $1::timestamptz + make_interval(secs => (i + 1) * $3::float8) AS at
-                FROM generate_series(0, {n - 1}) AS i)
-            SELECT e.i, j.priority, count(*) AS n
-            FROM ends e JOIN jobs j
-              ON j.submitted_at < e.at
-             AND coalesce(j.started_at, j.finished_at, 'infinity') >= e.at
+    # Queue depth: those waiting at the grid's start, then each step's arrivals less its
+    # departures (cumulated below), rather than a count per step over every job.
+    waiting = await conn.fetch(
+        f"""SELECT j.priority, count(*) AS n FROM jobs j
             WHERE {owner} AND j.priority IS NOT NULL
-              AND j.submitted_at < $2
-              AND coalesce(j.started_at, j.finished_at, 'infinity') >= $1
+              AND j.submitted_at < $1::timestamptz AND {_LEFT} >= $1::timestamptz
+              AND $2::timestamptz IS NOT NULL AND $3::float8 IS NOT NULL
+            GROUP BY 1""",
+        *args,
+    )
+    moves = await conn.fetch(
+        f"""SELECT {_STEP.format(at="j.submitted_at")} AS i, j.priority, 1 AS sign, count(*) AS n
+            FROM jobs j WHERE {owner} AND j.priority IS NOT NULL AND {_in_grid("j.submitted_at")}
+            GROUP BY 1, 2
+            UNION ALL
+            SELECT {_STEP.format(at=_LEFT)}, j.priority, -1, count(*)
+            FROM jobs j WHERE {owner} AND j.priority IS NOT NULL AND {_in_grid(_LEFT)}
+              AND j.submitted_at IS NOT NULL
             GROUP BY 1, 2""",
         *args,
     )
-    queue = {
-        band.value: dense(((r["i"], r["n"]) for r in depth if r["priority"] == band.value), n, 0)
-        for band in PRIORITY_ORDER
-    }
+    queue = queue_depth(
+        {r["priority"]: r["n"] for r in waiting},
+        [(r["i"], r["priority"], r["sign"] * r["n"]) for r in moves],
+        n,
+    )
     return AnalyticsSeries(
         since=since,
         until=until,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.results.series import dense, grid
+from services.results.series import dense, grid, queue_depth
 from shared.queries import MAX_SERIES_POINTS, BadQuery, SeriesQuery, parse_query
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
@@ -65,3 +65,26 @@ def test_the_most_points_allowed_are_accepted() -> None:
     since = (T0 - timedelta(seconds=MAX_SERIES_POINTS * 5)).isoformat()
     q = parse_query(SeriesQuery, {"since": since, "until": until, "step": "5"})
     assert (q.until - q.since).total_seconds() / q.step == MAX_SERIES_POINTS
+
+
+def test_queue_depth_starts_from_those_waiting_and_cumulates_arrivals_less_departures() -> None:
+    moves = [
+        (0, "normal", 3),
+        (0, "normal", -1),
+        (1, "normal", -2),
+        (2, "high", 1),
+        (3, "high", -1),
+    ]
+    depth = queue_depth({"normal": 2, "low": 1}, moves, 4)
+    assert depth == {
+        "urgent": [0, 0, 0, 0],
+        "high": [0, 0, 1, 0],
+        "normal": [4, 2, 2, 2],
+        "low": [1, 1, 1, 1],
+    }
+
+
+def test_queue_depth_ignores_unknown_bands_and_steps_and_never_goes_negative() -> None:
+    depth = queue_depth({}, [(0, "normal", -1), (9, "normal", 5), (0, "weird", 4)], 2)
+    assert depth["normal"] == [0, 0]
+    assert "weird" not in depth
