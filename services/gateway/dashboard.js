@@ -97,6 +97,15 @@ function draw(id, named, columns, t, points = false) {
 }
 
 async function refreshCharts() {
+  try {
+    await drawCharts();
+    $("charts-note").textContent = "";
+  } catch (err) {
+    $("charts-note").textContent = "charts: " + String(err.message || err);
+  }
+}
+
+async function drawCharts() {
   const [span, step] = $("window").value.split("/").map(Number);
   const since = new Date(Date.now() - span * 1000).toISOString();
   const s = await get(`/analytics/series?since=${encodeURIComponent(since)}&step=${step}`);
@@ -134,8 +143,13 @@ async function refreshInstances() {
     $("instances-note").textContent = "an admin token shows the streamer instances";
     return;
   }
-  const body = await resp.json();
-  if (!resp.ok) throw new Error(body.title || resp.statusText);
+  let body = null;
+  try { body = await resp.json(); } catch { body = null; }
+  if (!resp.ok || !body) {
+    // Each panel answers for itself: the others are drawn even if this read fails.
+    $("instances-note").textContent = "instances: " + ((body && body.title) || resp.statusText);
+    return;
+  }
   $("instances-note").textContent = body.items.length ? "" : "no streamer has sent a heartbeat lately";
   fill($("instances").tBodies[0], body.items.map((i) => {
     const tr = document.createElement("tr");
