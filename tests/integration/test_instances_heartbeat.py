@@ -10,15 +10,19 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from services.results.instances import Board, InstancesReader
 from services.streamer.heartbeat import Heartbeat
+from shared.api import InstanceView
 from shared.instances import StreamerHeartbeat
 from shared.kafka import make_producer
 from shared.runtime import BackgroundTasks
-from shared.topics import instances_topic
+from shared.topics import instances_topic, job_topics, retry_topic
 from tests.integration.results_kit import Reader, running, settings_for
+from tests.integration.test_streamer_streaming import StartStreamer, fresh_sim, sim, start_streamer
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+__all__ = ["fresh_sim", "sim", "start_streamer"]  # fixtures
 
 STARTED = datetime.now(UTC)
 
@@ -104,3 +108,34 @@ async def test_heartbeats_show_the_latest_state_then_gone_then_removed_by_the_to
         await background.cancel()
         await steady.stop()  # the tombstone
         await wait_for(lambda: shown({"s-2": ("gone", 0)}), message="tombstone not applied")
+
+
+async def test_a_running_streamer_heartbeats_its_slots_and_partitions_and_a_stop_removes_it(
+    kafka_bootstrap: str, topic_prefix: str, start_streamer: StartStreamer
+) -> None:
+    service = await start_streamer(
+        streamer_slots=3, streamer_instance_heartbeat_s=0.2, instance_id="streamer-hb"
+    )
+    board = Board()
+    reader = InstancesReader(
+        kafka_bootstrap, instances_topic(topic_prefix), board, client_id="t-instances"
+    )
+    await reader.start()
+    background = BackgroundTasks()
+    background.spawn(reader.loop())
+    try:
+
+        def shown() -> InstanceView | None:
+            items = board.view(datetime.now(UTC)).items
+            return items[0] if items and items[0].partitions else None
+
+        view = await wait_for(shown, timeout=30, message="no heartbeat with partitions")
+        assert (view.instance_id, view.state, view.slots_total) == ("streamer-hb", "up", 3)
+        assert view.slots_in_use == view.jobs_running == 0
+        topics = {p.rsplit(":", 1)[0] for p in view.partitions}
+        assert topics == {*job_topics(topic_prefix), retry_topic(topic_prefix)}
+        await service.stop()
+        await wait_for(lambda: board.latest == {}, message="no tombstone after a clean stop")
+    finally:
+        await background.cancel()
+        await reader.stop()
