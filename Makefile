@@ -18,9 +18,10 @@ help: ## list the targets
 install: system-deps $(STAMP) ## create .venv: the exact versions of uv.lock, the project editable
 
 # Java 17 runs the Kafka broker, Maven fetches its jars once, and promtool (Debian's
-# prometheus package) checks our metrics, alert rules and their tests. Install them
-# from the distribution when they are missing (root on Debian/Ubuntu).
-SYSTEM_PACKAGES := java:openjdk-17-jre-headless mvn:maven promtool:prometheus
+# prometheus package) checks our metrics, alert rules and their tests, and Chromium
+# (/usr/bin/chromium) runs the dashboard's browser test. Install them from the
+# distribution when they are missing (root on Debian/Ubuntu).
+SYSTEM_PACKAGES := java:openjdk-17-jre-headless mvn:maven promtool:prometheus chromium:chromium
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \

@@ -342,3 +342,51 @@ class CancelAccepted(_Out):
 
     job_id: str
     status: JobStatus = Field(description="the job's status as the gateway knew it when asked")
+
+
+class AnalyticsSeries(_Out):
+    """Answer of `GET /api/v1/analytics/series`: one value per step of every series.
+
+    Point `i` covers `[t[i], t[i] + step_s)`; rates are per second over that step, queue
+    depth is counted at the step's end, percentiles are over the jobs of that step (null
+    where there were none).
+    """
+
+    since: datetime
+    until: datetime
+    step_s: int
+    t: list[int] = Field(description="each step's start, epoch seconds (aligned to step_s)")
+    jobs_per_second: dict[str, list[float]] = Field(
+        description="submitted, and each final status by its finishing time"
+    )
+    tokens_per_second: list[float] = Field(description="completion tokens of results stored")
+    queue_depth: dict[str, list[int]] = Field(description="priority band → jobs waiting")
+    queue_wait_p95_ms: list[float | None] = Field(description="over jobs started in the step")
+    ttft_p95_ms: list[float | None] = Field(description="over results stored in the step")
+
+
+class InstanceView(_Out):
+    """One streamer as its last heartbeat told (`GET /api/v1/instances`)."""
+
+    instance_id: str
+    host: str
+    pid: int
+    state: Literal["up", "gone"] = Field(
+        description="gone: no heartbeat for several of its periods"
+    )
+    slots_total: int
+    slots_in_use: int
+    jobs_running: int
+    jobs_waiting: int
+    partitions: list[str]
+    loop_lag_ms: float
+    overloaded: bool
+    started_at: datetime
+    last_seen: datetime
+    interval_s: float
+
+
+class InstanceList(_Out):
+    """Answer of `GET /api/v1/instances`: streamers, those up first."""
+
+    items: list[InstanceView]

@@ -26,6 +26,7 @@ from shared.contracts import (
     RunJob,
     TokenChunk,
 )
+from shared.instances import StreamerHeartbeat
 from shared.revocation import TokenRevoked
 from shared.topics import (
     PREFIX,
@@ -34,6 +35,7 @@ from shared.topics import (
     control_topic,
     dlq_topic,
     events_topic,
+    instances_topic,
     job_topic,
     retry_topic,
     revocations_topic,
@@ -139,3 +141,10 @@ REVOCATIONS = Channel(
 
 # Every service that checks tokens follows the revocations (shared.revocation).
 REVOCATIONS_FOLLOWER = Consumer("revocations", (REVOCATIONS,))
+INSTANCES = Channel(
+    "instances",
+    instances_topic,
+    (StreamerHeartbeat,),
+    "Streamer heartbeats, compacted, one partition; a tombstone when a streamer stops.",
+    key="instance_id",
+)

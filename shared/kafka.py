@@ -22,6 +22,7 @@ from shared.topics import (
     HEADER_TRACEPARENT,
     HEADER_TYPE,
     all_topics,
+    instances_topic,
     job_topics,
     retry_topic,
 )
@@ -172,12 +173,20 @@ async def create_missing_topics(
     return missing
 
 
+# The latest heartbeat of each streamer is all that matters: compacted, one partition.
+INSTANCES_TOPIC_SPEC = TopicSpec(1, {"cleanup.policy": "compact"})
+
+
 def streamjobs_topics(prefix: str, partitions: int) -> dict[str, TopicSpec]:
-    """The job, retry, control, event, chunk and dead-letter topics, one partition count."""
+    """The job, retry, control, event, chunk and dead-letter topics, one partition count,
+    and the compacted instances topic."""
     job_records = {*job_topics(prefix), retry_topic(prefix)}
     return {
-        t: TopicSpec(partitions, JOB_TOPIC_CONFIGS if t in job_records else {})
-        for t in all_topics(prefix)
+        **{
+            t: TopicSpec(partitions, JOB_TOPIC_CONFIGS if t in job_records else {})
+            for t in all_topics(prefix)
+        },
+        instances_topic(prefix): INSTANCES_TOPIC_SPEC,
     }
 
 

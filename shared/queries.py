@@ -188,6 +188,65 @@ class AnalyticsQuery(_Query):
         return _choice(raw, "bucket", BUCKETS) or "hour"
 
 
+# A chart of more points than this is not drawn any better, only read more slowly.
+MAX_SERIES_POINTS = 1440
+MAX_STEP_S = 86_400
+
+
+class SeriesQuery(_Query):
+    """`GET /api/v1/analytics/series`: the window and the step of the time series."""
+
+    until: datetime = Field(default=None, description="to (default: now)", validate_default=True)
+    since: datetime = Field(
+        default=None, description="from (default: an hour ago)", validate_default=True
+    )
+    step: int = Field(
+        default=60,
+        ge=1,
+        le=MAX_STEP_S,
+        description=f"seconds per point; at most {MAX_SERIES_POINTS} points per window",
+        validate_default=True,
+    )
+
+    @validates("until", mode="before")
+    @classmethod
+    def _until(cls, raw: Any) -> datetime:
+        return _moment(raw, "until") or datetime.now(UTC)
+
+    @validates("since", mode="before")
+    @classmethod
+    def _since(cls, raw: Any, info: ValidationInfo) -> datetime | None:
+        until = info.data.get("until")
+        if until is None:
+            return None
+        since = _moment(raw, "since") or until - timedelta(hours=1)
+        if since >= until:
+            raise _bad("since must be before until")
+        return since
+
+    @validates("step", mode="before")
+    @classmethod
+    def _step(cls, raw: Any, info: ValidationInfo) -> int:
+        rule = f"step must be an integer number of seconds from 1 to {MAX_STEP_S}"
+        if isinstance(raw, int):
+            step = raw
+        elif len(str(raw)) > 6:
+            raise _bad(rule)
+        else:
+            try:
+                step = int(str(raw))
+            except ValueError:
+                raise _bad(rule) from None
+        if not 1 <= step <= MAX_STEP_S:
+            raise _bad(rule)
+        since, until = info.data.get("since"), info.data.get("until")
+        if since is not None and until is not None:
+            points = (until - since).total_seconds() / step
+            if points > MAX_SERIES_POINTS:
+                raise _bad(f"since to until is more than {MAX_SERIES_POINTS} steps of {step} s")
+        return step
+
+
 def parse_query(model: type[Q], query: Mapping[str, str]) -> Q:
     """The first value of each parameter `model` knows, validated; raises `BadQuery` for the
     first parameter (in the model's order) that breaks its rule."""

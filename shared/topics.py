@@ -62,6 +62,11 @@ def revocations_topic(prefix: str = PREFIX) -> str:
     return f"{prefix}.revocations"
 
 
+def instances_topic(prefix: str = PREFIX) -> str:
+    """Streamer heartbeats (key: instance id), compacted, one partition; a tombstone on exit."""
+    return f"{prefix}.instances"
+
+
 def all_topics(prefix: str = PREFIX) -> list[str]:
     return [
         *job_topics(prefix),

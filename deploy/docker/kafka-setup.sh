@@ -59,6 +59,10 @@ JOB_PARTITIONS="${GATEWAY_ADMISSION_PARTITIONS:-8}" topics "$P.admission-decisio
 "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
   --create --if-not-exists --topic "$P.revocations" --partitions 1 "${REPLICAS[@]}" \
   --config cleanup.policy=compact
+# Streamer heartbeats: compacted, one partition, the latest per instance read by results.
+"$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
+  --create --if-not-exists --topic "$P.instances" --partitions 1 "${REPLICAS[@]}" \
+  --config cleanup.policy=compact
 
 # Every service may describe every topic, so its start-up check finds them all.
 grant gateway describe topic prefixed "$P."
@@ -74,10 +78,10 @@ grant gateway write transactional-id prefixed "$P-admission-"
 grant gateway describe transactional-id prefixed "$P-admission-"
 
 grant streamer read topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.jobs.retry" "$P.control"
-grant streamer write topic literal "$P.chunks" "$P.jobs.retry" "$P.events" "$P.jobs.dlq"
+grant streamer write topic literal "$P.chunks" "$P.jobs.retry" "$P.events" "$P.jobs.dlq" "$P.instances"
 grant streamer read group prefixed streamjobs-streamer
 
-grant results read topic literal "$P.events" "$P.chunks" "$P.revocations"
+grant results read topic literal "$P.events" "$P.chunks" "$P.revocations" "$P.instances"
 grant results write topic literal "$P.jobs.dlq"
 grant results read group literal streamjobs-results
 

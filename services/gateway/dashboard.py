@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 from importlib.resources import files
-from typing import Any
 
 from aiohttp import web
 from yarl import URL
@@ -21,7 +20,18 @@ from shared.http import Reply, Route, public_get
 # Package data of `services.gateway`, beside this module in a checkout and in the wheel.
 HERE = files("services.gateway")
 PAGE = HERE / "dashboard.html"
-ASSETS = {"/dashboard.js": "text/javascript", "/dashboard.css": "text/css"}
+# Each asset: its file beside this module, its media type, its operation id.
+ASSETS = {
+    "/dashboard.js": ("dashboard.js", "text/javascript", "dashboardJs"),
+    "/dashboard.css": ("dashboard.css", "text/css", "dashboardCss"),
+    # The charts: uPlot, vendored unchanged (static/uplot/README.md).
+    "/dashboard/uplot.js": (
+        "static/uplot/uPlot.iife.min.js",
+        "text/javascript",
+        "dashboardUplotJs",
+    ),
+    "/dashboard/uplot.css": ("static/uplot/uPlot.min.css", "text/css", "dashboardUplotCss"),
+}
 # Every response that is not the dashboard: nothing may load, frame or run it.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 
@@ -66,7 +76,10 @@ class Dashboard:
             "X-Frame-Options": "DENY",
         }
         self.page = render(ws_url)
-        self.assets = {path: (HERE / path.lstrip("/")).read_bytes() for path in ASSETS}
+        self.assets = {
+            path: (HERE.joinpath(*name.split("/")).read_bytes(), media)
+            for path, (name, media, _) in ASSETS.items()
+        }
 
     def _serve(self, body: bytes, content_type: str) -> web.Response:
         return web.Response(body=body, content_type=content_type, headers=self.headers)
@@ -74,17 +87,16 @@ class Dashboard:
     async def html(self, _: web.Request) -> web.Response:
         return self._serve(self.page, "text/html")
 
-    async def script(self, _: web.Request) -> web.Response:
-        return self._serve(self.assets["/dashboard.js"], ASSETS["/dashboard.js"])
+    async def asset(self, request: web.Request) -> web.Response:
+        resource = request.match_info.route.resource
+        assert resource is not None  # a route of the table, so a resource of its own
+        return self._serve(*self.assets[resource.canonical])
 
-    async def styles(self, _: web.Request) -> web.Response:
-        return self._serve(self.assets["/dashboard.css"], ASSETS["/dashboard.css"])
 
-
-def _asset(path: str, what: str, handler: Any) -> Route[Dashboard]:
-    operation_id = "dashboard" + path.rsplit(".", 1)[1].capitalize()
-    reply = Reply(200, what, media=ASSETS[path])
-    return public_get(path, handler, operation_id, f"The dashboard's {what}", reply, "ops")
+def _asset(path: str, what: str) -> Route[Dashboard]:
+    _, media, operation_id = ASSETS[path]
+    reply = Reply(200, what, media=media)
+    return public_get(path, Dashboard.asset, operation_id, f"The dashboard's {what}", reply, "ops")
 
 
 DASHBOARD_ROUTES: tuple[Route[Dashboard], ...] = (
@@ -96,8 +108,10 @@ DASHBOARD_ROUTES: tuple[Route[Dashboard], ...] = (
         Reply(200, "an HTML page", media="text/html"),
         "ops",
     ),
-    _asset("/dashboard.js", "script", Dashboard.script),
-    _asset("/dashboard.css", "styles", Dashboard.styles),
+    _asset("/dashboard.js", "script"),
+    _asset("/dashboard.css", "styles"),
+    _asset("/dashboard/uplot.js", "chart library (uPlot)"),
+    _asset("/dashboard/uplot.css", "chart library's styles (uPlot)"),
 )
 
 

@@ -37,7 +37,9 @@ from shared.api import (
     API_PREFIX,
     HEADER_IDEMPOTENCY_KEY,
     Analytics,
+    AnalyticsSeries,
     CancelAccepted,
+    InstanceList,
     JobAcceptedView,
     JobPage,
     JobResult,
@@ -48,7 +50,7 @@ from shared.api import (
     StreamSnapshot,
 )
 from shared.http import OPS_ROUTES, Ops, ReadyCheck, Reply, Route, add_routes
-from shared.queries import AnalyticsQuery, JobListQuery
+from shared.queries import AnalyticsQuery, JobListQuery, SeriesQuery
 
 JOBS = f"{API_PREFIX}/jobs"
 JOB = f"{JOBS}/{{job_id}}"
@@ -157,6 +159,25 @@ API_ROUTES: tuple[Route[Gateway], ...] = (
         query=AnalyticsQuery,
         replies=(Reply(200, "The figures", Analytics),),
         problems=_LISTS,
+    ),
+    Route(
+        "GET",
+        f"{API_PREFIX}/analytics/series",
+        Gateway.forward,
+        "getAnalyticsSeries",
+        "Time series per step: jobs/s by status, tokens/s, queue depth per band, p95s",
+        query=SeriesQuery,
+        replies=(Reply(200, "One value per step of each series", AnalyticsSeries),),
+        problems=_LISTS,
+    ),
+    Route(
+        "GET",
+        f"{API_PREFIX}/instances",
+        Gateway.forward,
+        "listInstances",
+        "Admin: the streamer instances, their slots, partitions and loop lag",
+        replies=(Reply(200, "Every instance heard from lately", InstanceList),),
+        problems=(401, 403, 414, 503),
     ),
     Route(
         "GET",

@@ -15,12 +15,14 @@ from pydantic import BaseModel
 
 from services.results import reads
 from services.results.analytics import AnalyticsQuery, analytics
+from services.results.instances import InstancesReader
 from services.results.metrics import ResultsMetrics
+from services.results.series import series
 from shared.api import API_PREFIX
 from shared.auth import SCOPE_READ, InvalidToken, Principal
 from shared.http import Handler, Route, add_routes, errors_middleware, metrics_middleware, problem
 from shared.queries import AnalyticsQuery as AnalyticsParams
-from shared.queries import BadQuery, JobListQuery, parse_query
+from shared.queries import BadQuery, JobListQuery, SeriesQuery, parse_query
 from shared.text import clean_text
 from shared.verifier import TokenVerifier
 
@@ -85,8 +87,10 @@ class ReadApi:
         metrics: ResultsMetrics,
         *,
         max_page_bytes: int,
+        instances: InstancesReader | None = None,
     ) -> None:
         self.pool = pool
+        self.instances = instances
         self.verifier = verifier
         self.metrics = metrics
         self.max_page_bytes = max_page_bytes
@@ -182,6 +186,19 @@ class ReadApi:
             answer = await analytics(conn, _principal(request), query)
         return _json(answer)
 
+    async def series(self, request: web.Request) -> web.Response:
+        q = parse_query(SeriesQuery, request.query)
+        async with self.pool.acquire() as conn:
+            answer = await series(conn, _principal(request), q.since, q.until, q.step)
+        return _json(answer)
+
+    async def list_instances(self, request: web.Request) -> web.Response:
+        if not _principal(request).is_admin:
+            return problem(403, "forbidden", "Forbidden", "only admins see the streamer instances")
+        if self.instances is None:
+            return problem(503, "instances-unavailable", "Instances unavailable", "not followed")
+        return _json(self.instances.view())
+
 
 P = API_PREFIX
 ROUTES: tuple[Route[ReadApi], ...] = (
@@ -191,4 +208,6 @@ ROUTES: tuple[Route[ReadApi], ...] = (
     Route("GET", f"{P}/jobs/{{job_id}}/result", ReadApi.result),
     Route("GET", f"{P}/jobs/{{job_id}}/inputs", ReadApi.inputs),
     Route("GET", f"{P}/analytics", ReadApi.analytics, query=AnalyticsParams),
+    Route("GET", f"{P}/analytics/series", ReadApi.series, query=SeriesQuery),
+    Route("GET", f"{P}/instances", ReadApi.list_instances),
 )

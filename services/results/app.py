@@ -14,9 +14,10 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
 from services.results.api import ReadApi
-from services.results.channels import PERSISTER
+from services.results.channels import INSTANCES_READER, PERSISTER
 from services.results.consumer import CommitObserver, Persister
 from services.results.faults import CONNECTION_ERRORS
+from services.results.instances import Board, InstancesReader
 from services.results.metrics import ResultsMetrics
 from services.results.migrations import migrate
 from services.results.projection import Rules
@@ -109,11 +110,26 @@ class ResultsService:
         await follow_revocations(
             s, self.verifier, stack, self._background, client_id=f"results-{self.instance}"
         )
+        (topic,) = INSTANCES_READER.topics(s.topic_prefix)
+        instances = InstancesReader(
+            s.kafka_bootstrap_servers,
+            topic,
+            Board(stale_periods=s.results_instance_stale_periods),
+            client_id=f"results-instances-{self.instance}",
+            security=security,
+        )
+        stack.push_async_callback(instances.stop)
+        await instances.start()
+        self._background.spawn(instances.loop())
         app = web.Application()
         add_ops_routes(app, self.registry, self._ready)
-        ReadApi(pool, self.verifier, self.metrics, max_page_bytes=s.results_max_page_bytes).install(
-            app
-        )
+        ReadApi(
+            pool,
+            self.verifier,
+            self.metrics,
+            max_page_bytes=s.results_max_page_bytes,
+            instances=instances,
+        ).install(app)
         self.port = await serve_http(app, s.results_host, s.results_port, stack)
 
         self._started = True

@@ -36,3 +36,6 @@ class ResultsSettings(CommonSettings):
         default=0, ge=0, description="null prompts/responses of jobs finished before; 0 = keep"
     )
     results_retention_interval_s: float = Field(default=3600.0, gt=0)
+    results_instance_stale_periods: float = Field(
+        default=3.0, gt=1, description="a streamer is shown gone after this many silent periods"
+    )

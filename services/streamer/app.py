@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import socket
+from datetime import UTC, datetime
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -22,6 +23,7 @@ from services.streamer.control import ControlReader
 from services.streamer.delayed import DelayedRetries
 from services.streamer.dispatch import RETRY_BAND, Dispatcher
 from services.streamer.fence import PriorityFence
+from services.streamer.heartbeat import Heartbeat
 from services.streamer.inflight import InFlight
 from services.streamer.intake import Intake
 from services.streamer.job import Deps, RetryPolicy, Running
@@ -37,10 +39,11 @@ from services.streamer.settings import StreamerSettings
 from services.streamer.sticky import StickyAssignor
 from services.streamer.upstreams import Upstreams, build_links
 from shared.http import add_ops_routes, serve_http
+from shared.instances import StreamerHeartbeat
 from shared.jobtypes import load_job_types
 from shared.kafka import client_options, ensure_service_topics, make_producer
 from shared.runtime import BackgroundTasks, start_or_unwind
-from shared.topics import PRIORITY_ORDER, events_topic, job_topic
+from shared.topics import PRIORITY_ORDER, events_topic, instances_topic, job_topic
 from shared.upstreams import load as load_registry
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,7 @@ class StreamerService:
         self._intakes: dict[str, Intake] = {}
         self._control: ControlReader | None = None
         self._started = False
+        self.started_at = datetime.now(UTC)
 
     @property
     def background(self) -> BackgroundTasks:
@@ -170,6 +174,16 @@ class StreamerService:
 
         self._started = True
         stack.push_async_callback(self.fence.close)
+        heartbeat = Heartbeat(
+            producer,
+            instances_topic(prefix),
+            self.worker,
+            self._heartbeat,
+            interval_s=s.streamer_instance_heartbeat_s,
+        )
+        # Unwound before the producer stops: the tombstone goes out on it.
+        stack.push_async_callback(heartbeat.stop)
+        self._background.spawn(heartbeat.loop())
         self._background.spawn(self.dispatcher.loop())
         self._background.spawn(
             monitor_loop_lag(s.streamer_loop_lag_interval_ms / 1000, self.dispatcher.loop_lag)
@@ -335,6 +349,28 @@ class StreamerService:
             assignor.held = intake.held
         intake.subscribe(bands)
         return intake
+
+    def _heartbeat(self, now: datetime) -> StreamerHeartbeat:
+        assigned = (
+            f"{tp.topic}:{tp.partition}"
+            for intake in self._intakes.values()
+            for tp in intake.consumer.assignment()
+        )
+        return StreamerHeartbeat(
+            instance_id=self.worker,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            slots_total=self.scheduler.slots,
+            slots_in_use=self.scheduler.in_use,
+            jobs_running=len(self.running),
+            jobs_waiting=self.scheduler.waiting(),
+            partitions=sorted(assigned),
+            loop_lag_ms=self.dispatcher.capacity.p99() * 1000,
+            overloaded=self.dispatcher.capacity.overloaded,
+            started_at=self.started_at,
+            sent_at=now,
+            interval_s=self.settings.streamer_instance_heartbeat_s,
+        )
 
     async def _ready(self) -> dict[str, bool]:
         producer_ok = self._producer is not None and self._started

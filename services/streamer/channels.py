@@ -7,6 +7,7 @@ from shared.channels import (
     CONTROL,
     DLQ,
     EVENTS,
+    INSTANCES,
     JOBS,
     RETRY,
     Consumer,
@@ -26,6 +27,6 @@ CONTROL_READER = Consumer("control", (CONTROL,))
 
 STREAMER = ServiceChannels(
     "streamer",
-    publishes=(CHUNKS, RETRY, EVENTS, DLQ),
+    publishes=(CHUNKS, RETRY, EVENTS, DLQ, INSTANCES),
     consumers=(JOB_INTAKE, RETRY_INTAKE, CONTROL_READER),
 )

@@ -15,6 +15,9 @@ class StreamerSettings(CommonSettings):
     streamer_port: int = Field(default=8083, ge=0, le=65535, description="ops HTTP; 0 = any")
     streamer_host: str = "0.0.0.0"
     streamer_slots: int = Field(default=64, ge=1, description="jobs streamed at once")
+    streamer_instance_heartbeat_s: float = Field(
+        default=5.0, gt=0, description="how often this instance's heartbeat goes to the board"
+    )
     streamer_aging_s: float = Field(
         default=30.0, ge=0, description="a job waiting this long counts one band higher; 0 = off"
     )

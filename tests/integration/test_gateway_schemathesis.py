@@ -41,6 +41,7 @@ SEMANTIC_RULES = {
     "POST /api/v1/jobs": "metadata is free JSON whose strings may not hold U+0000",
     "GET /api/v1/jobs": "cursor is opaque: only a next_cursor that was served is valid",
     "GET /api/v1/analytics": "since must be before until",
+    "GET /api/v1/analytics/series": "since before until, and at most 1440 steps between them",
 }
 
 # Operations not fuzzed here, and why.

@@ -44,12 +44,12 @@ from shared.kafka import (
     ensure_created,
     ensure_topics,
     make_producer,
+    streamjobs_topics,
 )
 from shared.revocation import ensure_revocations_topic
 from shared.settings import KafkaSecuritySettings
 from shared.topics import (
     Priority,
-    all_topics,
     chunks_topic,
     control_topic,
     dlq_topic,
@@ -417,7 +417,7 @@ async def test_a_service_that_may_not_see_its_topics_stops_naming_them(
             sasl_kafka.bootstrap_servers, "other", 2, security=as_user("notifier"), timeout_s=10
         )
     assert refused.value.refused == dict.fromkeys(
-        all_topics("other"), "TopicAuthorizationFailedError"
+        streamjobs_topics("other", 2), "TopicAuthorizationFailedError"
     )
     assert not refused.value.retriable
 

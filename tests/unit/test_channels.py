@@ -29,7 +29,8 @@ from services.gateway.view import EventsView
 from services.notifier.channels import NOTIFIER, READER
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.reader import Reader
-from services.results.channels import PERSISTER, RESULTS
+from services.results.channels import INSTANCES_READER, PERSISTER, RESULTS
+from services.results.instances import Board, InstancesReader
 from services.results.settings import ResultsSettings
 from services.streamer.channels import CONTROL_READER, JOB_INTAKE, RETRY_INTAKE, STREAMER
 from services.streamer.control import ControlReader
@@ -41,6 +42,7 @@ from shared.topics import (
     chunks_topic,
     dlq_topic,
     events_topic,
+    instances_topic,
     job_topics,
     retry_topic,
     revocations_topic,
@@ -144,8 +146,16 @@ def test_the_streamer_intakes_and_control_reader_read_the_declared_topics() -> N
 
 def test_the_results_persister_reads_the_declared_topics_in_its_group() -> None:
     assert PERSISTER.topics(PREFIX) == [events_topic(PREFIX), chunks_topic(PREFIX)]
-    assert RESULTS.consumers == (PERSISTER, REVOCATIONS_FOLLOWER)
+    assert RESULTS.consumers == (PERSISTER, REVOCATIONS_FOLLOWER, INSTANCES_READER)
     assert RESULTS.groups == [ResultsSettings.model_fields["results_group_id"].default]
+
+
+def test_the_results_instances_reader_reads_what_the_streamer_publishes() -> None:
+    (topic,) = INSTANCES_READER.topics(PREFIX)
+    reader = InstancesReader(BOOTSTRAP, topic, Board(), client_id="t")
+    assert reader._follower.topics == [instances_topic(PREFIX)]
+    assert INSTANCES_READER.channels[0] in STREAMER.publishes
+    assert INSTANCES_READER.group is None  # every results instance sees every streamer
 
 
 def test_the_notifier_reader_reads_the_declared_topics() -> None:

@@ -61,6 +61,8 @@ async def test_the_page_and_its_assets_carry_a_strict_policy_and_no_sniffing(
         ("/dashboard", "text/html"),
         ("/dashboard.js", "text/javascript"),
         ("/dashboard.css", "text/css"),
+        ("/dashboard/uplot.js", "text/javascript"),
+        ("/dashboard/uplot.css", "text/css"),
     ):
         resp = await http.get(path)
         assert resp.status == 200 and resp.content_type == content_type, path
@@ -91,7 +93,7 @@ def test_the_page_has_no_inline_script_style_or_handlers() -> None:
     tags = parsed()
     assert tags.inline == []
     scripts = [attrs for tag, attrs in tags.tags if tag == "script"]
-    assert scripts == [{"src": "/dashboard.js"}]
+    assert scripts == [{"src": "/dashboard/uplot.js"}, {"src": "/dashboard.js"}]
     for tag, attrs in tags.tags:
         assert not any(name.startswith("on") or name == "style" for name in attrs), tag
 
@@ -109,8 +111,9 @@ def test_the_token_is_kept_for_the_tab_only_and_logout_clears_it() -> None:
 
 
 def test_every_api_path_the_page_reads_is_a_documented_get_operation() -> None:
-    called = set(re.findall(r"get\(`?\"?(/[a-z-]+)", SCRIPT))
-    assert called == {"/analytics", "/jobs"}, called
+    called = set(re.findall(r"get\(`?\"?(/[a-z/-]+)", SCRIPT))
+    called |= set(re.findall(r'API \+ "(/[a-z/-]+)"', SCRIPT))
+    assert called == {"/analytics", "/analytics/series", "/jobs", "/instances"}, called
     documented = build_document()["paths"]
     for path in called:
         assert "get" in documented[API_PREFIX + path], path
@@ -119,7 +122,8 @@ def test_every_api_path_the_page_reads_is_a_documented_get_operation() -> None:
 def test_settings_are_escaped_attribute_values_that_cannot_end_the_tag() -> None:
     hostile = 'ws://x/ws"><script>alert(1)</script>'
     tags = parsed(hostile)
-    assert [attrs for tag, attrs in tags.tags if tag == "script"] == [{"src": "/dashboard.js"}]
+    scripts = [attrs for tag, attrs in tags.tags if tag == "script"]
+    assert scripts == [{"src": "/dashboard/uplot.js"}, {"src": "/dashboard.js"}]
     meta = {a["name"]: a["content"] for t, a in tags.tags if t == "meta" and "name" in a}
     assert meta["streamjobs-ws"] == hostile
     assert meta["streamjobs-api"] == API_PREFIX
@@ -127,3 +131,19 @@ def test_settings_are_escaped_attribute_values_that_cannot_end_the_tag() -> None
     # Nor can it widen the policy: a value that is not a plain ws origin is left out.
     assert dashboard_csp("ws://a b; script-src *").count("script-src") == 1
     assert "connect-src 'self';" in dashboard_csp("javascript:alert(1)")
+
+
+async def test_the_vendored_chart_library_is_served_as_it_was_packed(
+    client: tuple[TestClient[Any, Any], Gateway],  # noqa: F811
+) -> None:
+    http, _ = client
+    resp = await http.get("/dashboard/uplot.js")
+    body = await resp.read()
+    assert body == (HERE / "static" / "uplot" / "uPlot.iife.min.js").read_bytes()
+    assert body.startswith(b"/*! https://github.com/leeoniya/uPlot (v1.6.32) */")
+    assert b"new Function" not in body and b"eval(" not in body  # script-src 'self' holds
+
+
+def test_the_retry_button_posts_to_the_jobs_retry_route() -> None:
+    assert "post(`/jobs/${encodeURIComponent(jobId)}/retry`)" in SCRIPT
+    assert 'method: "POST"' in SCRIPT
