@@ -1,4 +1,5 @@
-"""The bodies of the OpenAI-compatible routes as the OpenAPI document describes them.
+"""The bodies of the OpenAI-compatible routes and their answers, as the OpenAPI document
+describes them (the route table in routes.py takes its replies and headers from here).
 
 The request is read by `openai_request.read_request` into a `JobSubmission` (so it is
 validated exactly as `POST /api/v1/jobs` is); these models document the shapes.
@@ -11,8 +12,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.openai_chunks import CURSOR_PATTERN
+from services.gateway.openai_request import (
+    HEADER_JOB_TYPE,
+    HEADER_ON_INTERRUPT,
+    HEADER_PRIORITY,
+)
 from shared.api import RequestConfig
 from shared.contracts import ChatMessage
+from shared.http import Reply
 
 
 class StreamOptions(BaseModel):
@@ -112,4 +119,39 @@ class OpenAIError(BaseModel):
 STREAM_DESCRIPTION = (
     "`data: {chat.completion.chunk}` events, each with an `id:` (also the chunk's `event_id`)"
     ' to resume after, ending `data: [DONE]`; a failure is a `data: {"error": {...}}` event'
+)
+
+# What the route table says of the completion routes' answers and headers.
+COMPLETION_REPLY = Reply(
+    200,
+    "a chat.completion; with stream true, text/event-stream: " + STREAM_DESCRIPTION,
+    ChatCompletion,
+)
+OPENAI_ERROR_REPLIES = tuple(
+    Reply(code, what, OpenAIError)
+    for code, what in (
+        (400, "Invalid request, unknown parameter, failed job (the upstream refused it)"),
+        (401, "No or bad API key (token)"),
+        (403, "The token lacks the scope"),
+        (404, "Unknown model or job"),
+        (409, "The job was cancelled"),
+        (429, "A rate limit or the live streams' bound; see Retry-After"),
+        (502, "The job failed at its upstream"),
+        (503, "Kafka, the read side or the notifier unavailable; see Retry-After"),
+        (504, "Not finished within GATEWAY_OPENAI_WAIT_S (the job goes on)"),
+    )
+)
+COMPLETION_HEADERS: tuple[dict[str, Any], ...] = tuple(
+    {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": what,
+        "schema": {"type": "string"},
+    }
+    for name, what in (
+        (HEADER_PRIORITY, "urgent, high, normal, low (or metadata.streamjobs_priority)"),
+        (HEADER_JOB_TYPE, "a job type (or metadata.streamjobs_job_type)"),
+        (HEADER_ON_INTERRUPT, "restart or continue (or metadata.streamjobs_on_interrupt)"),
+    )
 )

@@ -23,15 +23,15 @@ from services.gateway.middlewares import (
 from services.gateway.openai_compat import OpenAICompat
 from services.gateway.openai_errors import openai_errors_middleware
 from services.gateway.openai_models import (
-    STREAM_DESCRIPTION,
-    ChatCompletion,
+    COMPLETION_HEADERS,
+    COMPLETION_REPLY,
+    OPENAI_ERROR_REPLIES,
     ChatCompletionRequest,
     CompletionQuery,
     OpenAIError,
     OpenAIModel,
     OpenAIModelList,
 )
-from services.gateway.openai_request import HEADER_JOB_TYPE, HEADER_PRIORITY
 from services.gateway.submit import KEY_PATTERN
 from shared.api import (
     API_PREFIX,
@@ -208,46 +208,7 @@ EVENTS_ROUTE: Route[Gateway] = Route(
     replies=(Reply(200, "an event stream until the job is final", media="text/event-stream"),),
     problems=(*_READS, 429),
 )
-# The OpenAI-compatible surface (services/gateway/openai_compat.py): refusals are OpenAI
-# error objects, not problems.
-_OPENAI_ERRORS = tuple(
-    Reply(code, what, OpenAIError)
-    for code, what in (
-        (400, "Invalid request, unknown parameter, failed job (the upstream refused it)"),
-        (401, "No or bad API key (token)"),
-        (403, "The token lacks the scope"),
-        (404, "Unknown model or job"),
-        (409, "The job was cancelled"),
-        (429, "A rate limit or the live streams' bound; see Retry-After"),
-        (502, "The job failed at its upstream"),
-        (503, "Kafka, the read side or the notifier unavailable; see Retry-After"),
-        (504, "Not finished within GATEWAY_OPENAI_WAIT_S (the job goes on)"),
-    )
-)
-_OPENAI_ANSWER = (
-    Reply(
-        200,
-        "a chat.completion; with stream true, text/event-stream: " + STREAM_DESCRIPTION,
-        ChatCompletion,
-    ),
-)
-_OPENAI_HEADERS = (
-    *_SUBMIT_HEADERS,
-    {
-        "name": HEADER_PRIORITY,
-        "in": "header",
-        "required": False,
-        "description": "urgent, high, normal, low (or metadata.streamjobs_priority)",
-        "schema": {"type": "string"},
-    },
-    {
-        "name": HEADER_JOB_TYPE,
-        "in": "header",
-        "required": False,
-        "description": "a job type (or metadata.streamjobs_job_type)",
-        "schema": {"type": "string"},
-    },
-)
+# The OpenAI-compatible surface (openai_compat.py): refusals are OpenAI error objects.
 OPENAI_ROUTES: tuple[Route[OpenAICompat], ...] = (
     Route(
         "POST",
@@ -256,8 +217,8 @@ OPENAI_ROUTES: tuple[Route[OpenAICompat], ...] = (
         "createChatCompletion",
         "OpenAI-compatible: the request runs as a job; its id is X-Streamjobs-Job-Id",
         body=ChatCompletionRequest,
-        headers=_OPENAI_HEADERS,
-        replies=(*_OPENAI_ANSWER, *_OPENAI_ERRORS),
+        headers=(*_SUBMIT_HEADERS, *COMPLETION_HEADERS),
+        replies=(COMPLETION_REPLY, *OPENAI_ERROR_REPLIES),
         tags=("openai",),
     ),
     Route(
@@ -268,7 +229,7 @@ OPENAI_ROUTES: tuple[Route[OpenAICompat], ...] = (
         "A job's answer as a chat.completion; stream=true&starting_after=<event_id> (or"
         " Last-Event-ID) resumes its stream after that chunk; include_usage=true",
         query=CompletionQuery,
-        replies=(*_OPENAI_ANSWER, *_OPENAI_ERRORS),
+        replies=(COMPLETION_REPLY, *OPENAI_ERROR_REPLIES),
         tags=("openai",),
     ),
     Route(

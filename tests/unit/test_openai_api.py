@@ -24,6 +24,7 @@ async def kafka() -> FakeKafka:
 @pytest.fixture
 async def client(kafka: FakeKafka) -> AsyncIterator[TestClient[Any, Any]]:
     api, registry = make_api(kafka, gateway_openai_wait_s=0.3)
+    api.view.max_in_flight = 1  # the second job of a user in flight is over the limit
     app = build_app(api, registry, ready=no_checks, info=no_checks)
     await api.results.start()  # toward a port nothing listens on
     async with TestClient(TestServer(app)) as c:
@@ -102,3 +103,14 @@ async def test_models_are_listed_in_openai_format_without_the_catch_all(
     assert "*" not in [m["id"] for m in listed["data"]]
     resp = await client.get("/v1/models/anything")  # the packaged file has a catch-all
     assert resp.status == 200 and (await resp.json())["id"] == "anything"
+
+
+async def test_a_limit_is_a_rate_limit_error_with_retry_after(
+    client: TestClient[Any, Any],
+) -> None:
+    first = await client.post("/v1/chat/completions", json=CHAT, headers=auth("bob"))
+    assert first.status == 504  # admitted; no read side to answer it here
+    second = await client.post("/v1/chat/completions", json=CHAT, headers=auth("bob"))
+    assert second.status == 429 and int(second.headers["Retry-After"]) >= 1
+    error = (await second.json())["error"]
+    assert error["type"] == "rate_limit_error" and error["code"].startswith("rate_limit")
