@@ -243,9 +243,10 @@ def job_type_of(name: str, entry: object) -> JobType:
     unknown = sorted(set(entry) - _KEYS)
     if unknown:
         raise _refuse(name, f"unknown keys {unknown} (known: {sorted(_KEYS)})")
-    prompt = entry.get("system_prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise _refuse(name, "system_prompt is required: a non-empty string")
+    # Absent: the messages go upstream as given, with no instructions of ours.
+    prompt = entry.get("system_prompt", "")
+    if not isinstance(prompt, str) or ("system_prompt" in entry and not prompt.strip()):
+        raise _refuse(name, "system_prompt, when given, is a non-empty string")
     description = entry.get("description", "")
     if not isinstance(description, str):
         raise _refuse(name, "description must be a string")

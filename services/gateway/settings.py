@@ -158,9 +158,10 @@ class GatewaySettings(CommonSettings):
         " then 504 (the job runs on: GET /v1/chat/completions/{id})",
     )
     gateway_openai_job_type: str = Field(
-        default="analysis",
+        default="chat",
         min_length=1,
-        description="the job type of a /v1/chat/completions request that names none",
+        description="the job type of a /v1/chat/completions request that names none"
+        " (`chat` sends the messages as given)",
     )
 
     @property

@@ -121,12 +121,16 @@ def classify(exc: openai.OpenAIError) -> UpstreamError:
 def messages_for(job: RunJobData, job_types: JobTypes) -> list[Any]:
     """The messages sent: a messages job's as given, else its prompt as one user message.
 
-    The job type's system prompt comes first unless the messages carry a system or
+    The job type's system prompt (if it has one) comes first unless the messages carry a system or
     developer message of their own: the user's instructions are not overruled by ours.
     """
     job_type = job_types.get(job.job_type)
     messages: list[Any] = []
-    if job_type is not None and (job.messages is None or not has_instructions(job.messages)):
+    if (
+        job_type is not None
+        and job_type.system_prompt
+        and (job.messages is None or not has_instructions(job.messages))
+    ):
         messages.append({"role": "system", "content": job_type.system_prompt})
     if job.messages is None:
         messages.append({"role": "user", "content": job.prompt})

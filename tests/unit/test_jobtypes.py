@@ -36,7 +36,14 @@ def entry(**fields: Any) -> dict[str, Any]:
 
 def test_the_packaged_file_holds_the_four_shipped_types() -> None:
     types = load_job_types()
-    assert list(types) == ["analysis", "security_analysis", "gas_analysis", "sentiment_analysis"]
+    assert list(types) == [
+        "analysis",
+        "chat",
+        "security_analysis",
+        "gas_analysis",
+        "sentiment_analysis",
+    ]
+    assert types["chat"].system_prompt == "" and not types["chat"].structured
     assert not types["analysis"].structured and types["analysis"].response_format() is None
     security = types["security_analysis"]
     assert security.breakdown_fields == ["findings[].severity"]
@@ -60,8 +67,8 @@ def test_a_file_names_its_own_types(tmp_path: Path) -> None:
         ("Bad-Name", entry(), "lowercase letters"),
         ("t", "a string", "must be a table"),
         ("t", entry(colour="red"), "unknown keys ['colour']"),
-        ("t", {"description": "no prompt"}, "system_prompt is required"),
-        ("t", entry(system_prompt="  "), "system_prompt is required"),
+        ("t", entry(system_prompt="  "), "system_prompt, when given"),
+        ("t", entry(system_prompt=3), "system_prompt, when given"),
         ("t", entry(description=3), "description must be a string"),
         ("t", entry(output_schema="{}"), "output_schema must be a table"),
         ("t", entry(output_schema={"type": "array"}), "must describe an object"),

@@ -167,3 +167,10 @@ def test_bad_control_records_wait_for_the_dlq_in_a_bounded_queue_and_overflow_is
     )
     dropped = registry.get_sample_value("streamjobs_streamer_control_dead_letters_dropped_total")
     assert (skipped, dropped) == (150, 50)
+
+
+def test_a_job_type_without_a_system_prompt_sends_the_messages_as_given() -> None:
+    chat = job(prompt="Hello there").data.model_copy(update={"job_type": "chat"})
+    assert messages_for(chat, TYPES) == [{"role": "user", "content": "Hello there"}]
+    analysis = chat.model_copy(update={"job_type": "analysis"})
+    assert [m["role"] for m in messages_for(analysis, TYPES)] == ["system", "user"]

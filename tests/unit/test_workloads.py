@@ -10,7 +10,7 @@ from shared import upstreams, workloads
 from shared.jobtypes import load_job_types
 from shared.workloads import WorkloadFileError
 
-DEFAULT_TYPES = {"analysis", "security_analysis", "gas_analysis", "sentiment_analysis"}
+DEFAULT_TYPES = {"analysis", "chat", "security_analysis", "gas_analysis", "sentiment_analysis"}
 
 
 def write(tmp_path: Path, text: str) -> Path:
