@@ -25,6 +25,7 @@ from shared.contracts import (
     JobStarted,
     RunJob,
     TokenChunk,
+    WebhookDelivery,
 )
 from shared.revocation import TokenRevoked
 from shared.topics import (
@@ -37,6 +38,8 @@ from shared.topics import (
     job_topic,
     retry_topic,
     revocations_topic,
+    webhooks_retry_topic,
+    webhooks_topic,
 )
 
 
@@ -86,7 +89,11 @@ class ServiceChannels:
 
     @property
     def consumes(self) -> tuple[Channel, ...]:
-        return tuple(channel for consumer in self.consumers for channel in consumer.channels)
+        # Each channel once, though two consumers read it (the results' persister and
+        # webhook planner both read the events).
+        return tuple(
+            dict.fromkeys(channel for consumer in self.consumers for channel in consumer.channels)
+        )
 
     @property
     def groups(self) -> list[str]:
@@ -128,6 +135,19 @@ CHUNKS = Channel(
     chunks_topic,
     (TokenChunk,),
     "Coalesced token chunks: (job_id, attempt, seq) is unique.",
+)
+WEBHOOKS = Channel(
+    "webhooks",
+    webhooks_topic,
+    (WebhookDelivery,),
+    "Webhook deliveries: a job's final event to POST to its URL (webhook_id is the same on"
+    " every try).",
+)
+WEBHOOKS_RETRY = Channel(
+    "webhooks.retry",
+    webhooks_retry_topic,
+    (WebhookDelivery,),
+    "Webhook deliveries whose last try failed: attempt > 1 and not_before.",
 )
 REVOCATIONS = Channel(
     "revocations",

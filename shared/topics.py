@@ -57,6 +57,16 @@ def chunks_topic(prefix: str = PREFIX) -> str:
     return f"{prefix}.chunks"
 
 
+def webhooks_topic(prefix: str = PREFIX) -> str:
+    """Webhook deliveries to make: a job's final event and its URL (key: job_id)."""
+    return f"{prefix}.webhooks"
+
+
+def webhooks_retry_topic(prefix: str = PREFIX) -> str:
+    """Webhook deliveries whose last try failed, each with its `not_before` (key: job_id)."""
+    return f"{prefix}.webhooks.retry"
+
+
 def revocations_topic(prefix: str = PREFIX) -> str:
     """Revoked token ids (key: jti), compacted, one partition; created by shared.revocation."""
     return f"{prefix}.revocations"
@@ -70,6 +80,8 @@ def all_topics(prefix: str = PREFIX) -> list[str]:
         control_topic(prefix),
         events_topic(prefix),
         chunks_topic(prefix),
+        webhooks_topic(prefix),
+        webhooks_retry_topic(prefix),
     ]
 
 
@@ -81,3 +93,5 @@ HEADER_TRACEPARENT = "traceparent"
 # Consumer groups.
 GROUP_STREAMER = "streamjobs-streamer"
 GROUP_RESULTS = "streamjobs-results"
+GROUP_WEBHOOK_PLANNER = "streamjobs-results-webhook-planner"  # final events -> deliveries
+GROUP_WEBHOOK_DELIVERER = "streamjobs-results-webhook-deliverer"

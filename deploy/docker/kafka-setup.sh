@@ -50,7 +50,7 @@ topics() {  # topics [--config K=V] NAME...: create each if it is missing
 # answered 503 by the gateway, and the streamer does not run it.
 topics --config message.timestamp.type=LogAppendTime \
   "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.jobs.retry"
-topics "$P.jobs.dlq" "$P.control" "$P.events" "$P.chunks"
+topics "$P.jobs.dlq" "$P.control" "$P.events" "$P.chunks" "$P.webhooks" "$P.webhooks.retry"
 # The gateways' admission requests (append time judges accept_by), decisions and replies: one
 # partition count for all three, GATEWAY_ADMISSION_PARTITIONS of the gateways.
 JOB_PARTITIONS="${GATEWAY_ADMISSION_PARTITIONS:-8}" topics --config message.timestamp.type=LogAppendTime "$P.admissions"
@@ -77,9 +77,9 @@ grant streamer read topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.norma
 grant streamer write topic literal "$P.chunks" "$P.jobs.retry" "$P.events" "$P.jobs.dlq"
 grant streamer read group prefixed streamjobs-streamer
 
-grant results read topic literal "$P.events" "$P.chunks" "$P.revocations"
-grant results write topic literal "$P.jobs.dlq"
-grant results read group literal streamjobs-results
+grant results read topic literal "$P.events" "$P.chunks" "$P.revocations" "$P.webhooks" "$P.webhooks.retry"
+grant results write topic literal "$P.jobs.dlq" "$P.webhooks" "$P.webhooks.retry"
+grant results read group prefixed streamjobs-results
 
 grant notifier read topic literal "$P.events" "$P.chunks" "$P.revocations"
 

@@ -112,6 +112,7 @@ def build_records(
         "options": asked.options,
         "submitted_at": submitted_at,
         "on_interrupt": submission.on_interrupt,
+        "webhook_url": submission.webhook_url,
     }
     accepted = _envelope("job.accepted", job_id, submitted_at, trace_id, spec)
     run = _envelope(

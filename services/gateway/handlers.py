@@ -23,9 +23,9 @@ from services.gateway.publisher import Publisher
 from services.gateway.rejection import RESULTS_UNAVAILABLE, Rejection, retry_later
 from services.gateway.repair import Repairs
 from services.gateway.settings import GatewaySettings
-from services.gateway.submit import parse_request, trace_id_from_traceparent
+from services.gateway.submit import check_webhook, parse_request, trace_id_from_traceparent
 from services.gateway.view import EventsView
-from shared.api import API_PREFIX, JobTypeView
+from shared.api import API_PREFIX, JobTypeView, WebhookSecret
 from shared.auth import SCOPE_READ, SCOPE_WRITE, InvalidToken, Principal
 from shared.http import Refused, problem
 from shared.jobtypes import load_job_types
@@ -33,6 +33,7 @@ from shared.kafka import traceparent
 from shared.topics import HEADER_TRACEPARENT
 from shared.upstreams import load as load_registry
 from shared.verifier import TokenVerifier
+from shared.webhooks import AllowList, signing_key, user_secret
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,10 @@ class Gateway:
         self.streams = streams
         self.verifier = verifier
         self.sse = sse
+        self.webhook_allow = AllowList.parse(settings.webhook_allow)
+        self.webhook_key = signing_key(
+            settings.webhook_signing_key, settings.streamjobs_auth_secret
+        )
         self.base = settings.gateway_public_url.rstrip("/")
         self.notifiers = NotifierRoutes(settings.notifier_ws_urls, settings.notifier_sse_urls)
         self.known_types = load_job_types(settings.streamjobs_workloads_file)
@@ -153,6 +158,11 @@ class Gateway:
         if unrouted is not None:
             self.metrics.rejected.labels(unrouted.kind).inc()
             return unrouted.response()
+        if parsed.job.webhook_url is not None:
+            refused = await check_webhook(parsed.job.webhook_url, self.webhook_allow)
+            if refused is not None:
+                self.metrics.rejected.labels(refused.kind).inc()
+                return refused.response()
         outcome = await self.admission.submit(who, parsed.job, parsed.key, parsed.trace_id)
         if isinstance(outcome, Rejection):
             return outcome.response()
@@ -236,6 +246,13 @@ class Gateway:
             return retry_later(
                 "notifier-unavailable", "Live stream unavailable", "the notifier did not answer", 1
             ).response()
+
+    # -- GET /api/v1/webhook/secret ------------------------------------------------------
+
+    async def webhook_secret(self, request: web.Request) -> web.Response:
+        who = self.principal(request, SCOPE_READ)
+        secret = user_secret(self.webhook_key, who.user_id)
+        return _json(WebhookSecret(user_id=who.user_id, secret=secret))
 
     async def job_types(self, _: web.Request) -> web.Response:
         return web.Response(body=self.job_types_body, content_type=JSON)

@@ -32,8 +32,10 @@ from shared.api import (
     JobSubmission,
     JobTypeView,
     JobView,
+    JobWebhooks,
     ModelView,
     StreamSnapshot,
+    WebhookSecret,
 )
 from shared.http import OPS_ROUTES, Ops, ReadyCheck, Reply, Route, add_routes
 from shared.queries import AnalyticsQuery, JobListQuery
@@ -117,6 +119,24 @@ API_ROUTES: tuple[Route[Gateway], ...] = (
         "Cancel a queued or running job (idempotent)",
         replies=(Reply(202, "The cancel is on its way", CancelAccepted),),
         problems=(400, 401, 403, 404, 409, 414, 429, 503),
+    ),
+    Route(
+        "GET",
+        f"{JOB}/webhooks",
+        Gateway.forward,
+        "getJobWebhooks",
+        "The job's webhook deliveries and every try: time, status code or error, next try",
+        replies=(Reply(200, "The deliveries", JobWebhooks),),
+        problems=_READS,
+    ),
+    Route(
+        "GET",
+        f"{API_PREFIX}/webhook/secret",
+        Gateway.webhook_secret,
+        "getWebhookSecret",
+        "The caller's webhook signing secret (whsec_…), to verify deliveries",
+        replies=(Reply(200, "The secret", WebhookSecret),),
+        problems=(401, 403),
     ),
     Route(
         "GET",

@@ -54,6 +54,11 @@ class JobSpec(BaseModel):
         description="what follows an attempt cut after streaming text: restart the answer, or"
         " continue it from the text so far; None: the model's default, then restart",
     )
+    webhook_url: str | None = Field(
+        default=None,
+        description="where the job's final event is POSTed (signed, Standard Webhooks); set"
+        " at submission, or the user's default",
+    )
 
     @model_validator(mode="after")
     def _asks_something(self) -> JobSpec:
