@@ -250,12 +250,16 @@ class Schedule:
         return cls(delays, window_s)
 
     def next_try(self, attempt: int, first_try: datetime, now: datetime) -> datetime | None:
-        """When to try after failed try number `attempt` (1-based), or None: give up."""
+        """When to try after failed try number `attempt` (1-based), or None: give up.
+
+        A delay that would pass the window's end is cut to it: the last try is made at the
+        end of the window rather than not at all.
+        """
         delay = self.delays_s[min(attempt, len(self.delays_s)) - 1]
-        due = now + timedelta(seconds=delay)
-        if due > first_try + timedelta(seconds=self.window_s):
+        end = first_try + timedelta(seconds=self.window_s)
+        if now >= end:
             return None
-        return due
+        return min(now + timedelta(seconds=delay), end)
 
 
 def retriable_status(status: int) -> bool:
