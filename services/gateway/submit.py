@@ -6,6 +6,7 @@ lookup of a webhook URL's host.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from shared.webhooks import AllowList, Unresolved, WebhookRefused, parse_url, re
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 KEY_PATTERN = r"^[!-~]{1,255}$"  # visible ASCII, as header values travel well
 _KEY = re.compile(KEY_PATTERN)
+# A slow name server delays the submission by at most this; the deliverer checks again.
+_RESOLVE_TIMEOUT_S = 2.0
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -166,7 +169,8 @@ async def check_webhook(url: str, allow: AllowList) -> Rejection | None:
     again the address it connects to.
     """
     try:
-        await resolve_checked(parse_url(url), allow)
+        async with asyncio.timeout(_RESOLVE_TIMEOUT_S):
+            await resolve_checked(parse_url(url), allow)
     except WebhookRefused as exc:
         return Rejection(
             422,
@@ -175,7 +179,7 @@ async def check_webhook(url: str, allow: AllowList) -> Rejection | None:
             exc.reason,
             [{"loc": ["body", "webhook_url"], "msg": exc.reason, "type": "webhook_url_refused"}],
         )
-    except Unresolved:
+    except (Unresolved, TimeoutError):
         return None
     return None
 

@@ -102,11 +102,14 @@ async def post_once(
     body = data.payload.encode()
     try:
         target = parse_url(data.url)
-        addresses = await resolve_checked(target, allow)
+        async with asyncio.timeout(timeout_s):
+            addresses = await resolve_checked(target, allow)
     except WebhookRefused as exc:
         return done(None, f"refused: {exc.reason}", retriable=False)
     except Unresolved as exc:
         return done(None, str(exc), retriable=True)
+    except TimeoutError:
+        return done(None, f"no address for the host within {timeout_s:g}s", retriable=True)
     headers = signed_headers(secret, data.webhook_id, int(at.timestamp()), body)
     headers["User-Agent"] = "streamjobs-webhooks/1"
     connector = aiohttp.TCPConnector(resolver=PinnedResolver(addresses), force_close=True)
