@@ -377,3 +377,22 @@ class WebhookSecret(_Out):
 
     user_id: str
     secret: str = Field(description="whsec_<base64>: verify deliveries with it")
+
+
+class WebhookDefault(BaseModel):
+    """Body and answer of `PUT /api/v1/webhook`, answer of `GET`: the caller's default
+    webhook URL, used by each job submitted without a `webhook_url`; null: none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(max_length=MAX_URL_CHARS)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_url(value)
+            except WebhookRefused as exc:
+                raise ValueError(exc.reason) from None
+        return value

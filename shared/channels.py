@@ -38,9 +38,11 @@ from shared.topics import (
     job_topic,
     retry_topic,
     revocations_topic,
+    webhook_defaults_topic,
     webhooks_retry_topic,
     webhooks_topic,
 )
+from shared.webhook_defaults import WebhookDefaultSet
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,14 @@ WEBHOOKS_RETRY = Channel(
     webhooks_retry_topic,
     (WebhookDelivery,),
     "Webhook deliveries whose last try failed: attempt > 1 and not_before.",
+)
+WEBHOOK_DEFAULTS = Channel(
+    "webhook-defaults",
+    webhook_defaults_topic,
+    (WebhookDefaultSet,),
+    "Each user's default webhook URL (null: none), compacted, one partition; a plain record,"
+    " not an envelope.",
+    key="user_id",
 )
 REVOCATIONS = Channel(
     "revocations",

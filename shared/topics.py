@@ -67,6 +67,11 @@ def webhooks_retry_topic(prefix: str = PREFIX) -> str:
     return f"{prefix}.webhooks.retry"
 
 
+def webhook_defaults_topic(prefix: str = PREFIX) -> str:
+    """Each user's default webhook URL (key: user_id), compacted, one partition."""
+    return f"{prefix}.webhook-defaults"
+
+
 def revocations_topic(prefix: str = PREFIX) -> str:
     """Revoked token ids (key: jti), compacted, one partition; created by shared.revocation."""
     return f"{prefix}.revocations"

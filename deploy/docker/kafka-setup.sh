@@ -59,6 +59,10 @@ JOB_PARTITIONS="${GATEWAY_ADMISSION_PARTITIONS:-8}" topics "$P.admission-decisio
 "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
   --create --if-not-exists --topic "$P.revocations" --partitions 1 "${REPLICAS[@]}" \
   --config cleanup.policy=compact
+# Each user's default webhook URL: compacted, one partition, read whole by every gateway.
+"$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
+  --create --if-not-exists --topic "$P.webhook-defaults" --partitions 1 "${REPLICAS[@]}" \
+  --config cleanup.policy=compact
 
 # Every service may describe every topic, so its start-up check finds them all.
 grant gateway describe topic prefixed "$P."
@@ -67,8 +71,8 @@ grant results describe topic prefixed "$P."
 grant notifier describe topic prefixed "$P."
 grant doctor describe topic prefixed "$P."
 
-grant gateway write topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.control" "$P.events" "$P.admissions" "$P.admission-decisions" "$P.admission-replies"
-grant gateway read topic literal "$P.events" "$P.revocations" "$P.admissions" "$P.admission-decisions" "$P.admission-replies"
+grant gateway write topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.control" "$P.events" "$P.admissions" "$P.admission-decisions" "$P.admission-replies" "$P.webhook-defaults"
+grant gateway read topic literal "$P.events" "$P.revocations" "$P.admissions" "$P.admission-decisions" "$P.admission-replies" "$P.webhook-defaults"
 grant gateway read group literal "$P-gateway-admission"
 grant gateway write transactional-id prefixed "$P-admission-"
 grant gateway describe transactional-id prefixed "$P-admission-"

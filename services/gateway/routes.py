@@ -35,6 +35,7 @@ from shared.api import (
     JobWebhooks,
     ModelView,
     StreamSnapshot,
+    WebhookDefault,
     WebhookSecret,
 )
 from shared.http import OPS_ROUTES, Ops, ReadyCheck, Reply, Route, add_routes
@@ -128,6 +129,25 @@ API_ROUTES: tuple[Route[Gateway], ...] = (
         "The job's webhook deliveries and every try: time, status code or error, next try",
         replies=(Reply(200, "The deliveries", JobWebhooks),),
         problems=_READS,
+    ),
+    Route(
+        "GET",
+        f"{API_PREFIX}/webhook",
+        Gateway.get_webhook_default,
+        "getWebhookDefault",
+        "The caller's default webhook URL (null: none)",
+        replies=(Reply(200, "The default", WebhookDefault),),
+        problems=(401, 403),
+    ),
+    Route(
+        "PUT",
+        f"{API_PREFIX}/webhook",
+        Gateway.put_webhook_default,
+        "putWebhookDefault",
+        "Set (or, with url null, clear) the webhook URL of the caller's jobs submitted without one",
+        body=WebhookDefault,
+        replies=(Reply(200, "Stored", WebhookDefault),),
+        problems=(400, 401, 403, 413, 422, 503),
     ),
     Route(
         "GET",

@@ -30,6 +30,11 @@ _KEY = re.compile(KEY_PATTERN)
 _RESOLVE_TIMEOUT_S = 2.0
 
 
+def invalid_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """A validation error's items as problem JSON `errors`, located in the body."""
+    return _errors(exc)
+
+
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [
         {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}

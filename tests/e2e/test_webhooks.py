@@ -292,3 +292,61 @@ async def test_private_addresses_are_refused_at_submit_and_at_delivery(
     assert "refused" in attempt["error"] and "loopback" in attempt["error"], attempt
     assert delivery["webhook_id"] == f"msg_{job_id}_completed"
     assert json.dumps(delivery)  # the view is plain JSON
+
+
+async def put_default(base: str, token: str, url: str | None) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(
+            f"{base}/api/v1/webhook",
+            json={"url": url},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+@pytest.mark.timeout(180)
+async def test_a_users_default_webhook_receives_the_jobs_submitted_without_one(
+    hooks_system: Stack,
+) -> None:
+    system = hooks_system
+    base = system.urls()["gateway"]
+    token = issue_token(system.auth_secret(), "carol")
+    receiver = Receiver(free_port(), await webhook_secret(base, token))
+    status, body = await put_default(base, token, "http://10.0.0.1/hook")
+    assert status == 422 and body["type"].endswith("webhook-url-refused"), body
+    assert await get_json(f"{base}/api/v1/webhook", token) == (200, {"url": None})
+
+    assert await put_default(base, token, receiver.url) == (200, {"url": receiver.url})
+    assert await get_json(f"{base}/api/v1/webhook", token) == (200, {"url": receiver.url})
+    await receiver.start()
+    try:
+        job_id = (await submit(base, token, prompt="Say hello."))["job_id"]
+        webhook_id = f"msg_{job_id}_completed"
+        await wait_for(
+            lambda: webhook_id in receiver.received,
+            timeout=60,
+            message="the job's final event at the user's default webhook",
+        )
+        # Cleared: the next job has no webhook.
+        assert await put_default(base, token, None) == (200, {"url": None})
+        quiet = (await submit(base, token, prompt="Say hello again."))["job_id"]
+        await wait_for(
+            lambda: _finished(base, token, quiet), timeout=60, message="the second job stored"
+        )
+        await asyncio.sleep(2)
+        assert await deliveries(base, token, quiet) == []
+    finally:
+        await receiver.stop()
+    assert set(receiver.received) == {webhook_id}
+    # Another user's default is their own.
+    status, body = await get_json(
+        f"{base}/api/v1/webhook", issue_token(system.auth_secret(), "dan")
+    )
+    assert (status, body) == (200, {"url": None})
+
+
+async def _finished(base: str, token: str, job_id: str) -> bool:
+    status, _ = await get_json(f"{base}/api/v1/jobs/{job_id}/result", token)
+    return status == 200

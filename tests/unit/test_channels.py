@@ -22,6 +22,7 @@ from services.gateway.channels import (
     EVENTS_VIEW,
     GATEWAY,
     REPLIES_READER,
+    WEBHOOK_DEFAULTS_READER,
 )
 from services.gateway.events import EventsReader
 from services.gateway.metrics import GatewayMetrics
@@ -106,6 +107,7 @@ def test_the_gateway_events_view_reads_the_declared_topics() -> None:
     assert GATEWAY.consumers == (
         EVENTS_VIEW,
         REVOCATIONS_FOLLOWER,
+        WEBHOOK_DEFAULTS_READER,
         ADMISSION_OWNER,
         DECISIONS_READER,
         REPLIES_READER,

@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiokafka import ConsumerRecord
 from pydantic import SecretStr, ValidationError
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -18,6 +19,7 @@ from services.gateway.admission_records import encode_record
 from services.results.webhook_planner import Final, read_event
 from shared.api import JobSubmission
 from shared.contracts import JobAccepted, JobCompleted, JobCompletedData, TokenUsage, utcnow
+from shared.webhook_defaults import WebhookDefaults, WebhookDefaultSet
 from shared.webhooks import (
     AllowList,
     Schedule,
@@ -242,3 +244,25 @@ def test_the_previous_schema_reads_a_job_that_names_a_webhook_and_the_new_one_ke
         ),
     )
     assert JobAccepted.model_validate_json(older.model_dump_json()).data.webhook_url is None
+
+
+def _default_record(offset: int, user: str, value: bytes | None) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        "p.webhook-defaults", 0, offset, 0, 0, user.encode(), value, None, 0, 0, []
+    )
+
+
+def test_the_defaults_follow_the_topic_last_record_wins_and_null_clears() -> None:
+    defaults = WebhookDefaults()
+    at = utcnow()
+    first = WebhookDefaultSet(user_id="alice", url="https://a.example/1", set_at=at)
+    second = WebhookDefaultSet(user_id="alice", url="https://a.example/2", set_at=at)
+    cleared = WebhookDefaultSet(user_id="bob", url=None, set_at=at)
+    defaults.apply_record(_default_record(0, "alice", first.model_dump_json().encode()))
+    defaults.apply_record(_default_record(1, "bob", b"https://b.example"))  # unreadable: skipped
+    defaults.apply_record(_default_record(2, "alice", second.model_dump_json().encode()))
+    assert defaults.get("alice") == "https://a.example/2" and defaults.get("bob") is None
+    defaults.apply("bob", "https://b.example/")
+    defaults.apply_record(_default_record(3, "bob", cleared.model_dump_json().encode()))
+    defaults.apply_record(_default_record(4, "alice", None))  # a tombstone
+    assert len(defaults) == 0
