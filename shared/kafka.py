@@ -24,6 +24,7 @@ from shared.topics import (
     all_topics,
     job_topics,
     retry_topic,
+    webhook_defaults_topic,
 )
 
 log = logging.getLogger(__name__)
@@ -173,11 +174,16 @@ async def create_missing_topics(
 
 
 def streamjobs_topics(prefix: str, partitions: int) -> dict[str, TopicSpec]:
-    """The job, retry, control, event, chunk and dead-letter topics, one partition count."""
+    """The job, retry, control, event, chunk, dead-letter and webhook topics, one partition
+    count; and the compacted webhook-defaults topic."""
     job_records = {*job_topics(prefix), retry_topic(prefix)}
     return {
-        t: TopicSpec(partitions, JOB_TOPIC_CONFIGS if t in job_records else {})
-        for t in all_topics(prefix)
+        **{
+            t: TopicSpec(partitions, JOB_TOPIC_CONFIGS if t in job_records else {})
+            for t in all_topics(prefix)
+        },
+        # Each user's default webhook URL: few records, every gateway reads them all.
+        webhook_defaults_topic(prefix): TopicSpec(1, {"cleanup.policy": "compact"}),
     }
 
 

@@ -98,5 +98,8 @@ HEADER_TRACEPARENT = "traceparent"
 # Consumer groups.
 GROUP_STREAMER = "streamjobs-streamer"
 GROUP_RESULTS = "streamjobs-results"
-GROUP_WEBHOOK_PLANNER = "streamjobs-results-webhook-planner"  # final events -> deliveries
-GROUP_WEBHOOK_DELIVERER = "streamjobs-results-webhook-deliverer"
+# The results service's webhook groups: its own group id with these suffixes.
+WEBHOOK_PLANNER_SUFFIX = "-webhook-planner"  # final events -> deliveries
+WEBHOOK_DELIVERER_SUFFIX = "-webhook-deliverer"
+GROUP_WEBHOOK_PLANNER = GROUP_RESULTS + WEBHOOK_PLANNER_SUFFIX
+GROUP_WEBHOOK_DELIVERER = GROUP_RESULTS + WEBHOOK_DELIVERER_SUFFIX

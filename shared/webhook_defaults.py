@@ -17,13 +17,10 @@ from aiokafka import ConsumerRecord
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.follower import PartitionFollower, StartAt, each_record
-from shared.kafka import KafkaOptions, TopicSpec
+from shared.kafka import KafkaOptions
 from shared.topics import webhook_defaults_topic
 
 log = logging.getLogger(__name__)
-
-# One partition: few records, every reader wants them all, in order.
-DEFAULTS_TOPIC_SPEC = TopicSpec(1, {"cleanup.policy": "compact"})
 
 Send = Callable[[str, bytes, bytes], Awaitable[None]]  # topic, key, value
 

@@ -37,10 +37,9 @@ from shared.kafka import (
 )
 from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
-from shared.topics import chunks_topic, control_topic, events_topic, webhook_defaults_topic
+from shared.topics import chunks_topic, control_topic, events_topic
 from shared.verifier import TokenVerifier
 from shared.webhook_defaults import (
-    DEFAULTS_TOPIC_SPEC,
     Send,
     WebhookDefaults,
     defaults_follower,
@@ -178,13 +177,7 @@ class GatewayService:
         prefix = s.topic_prefix
         stack = self._stack
         security = client_options(s)
-        await ensure_service_topics(
-            s,
-            {
-                **admission_topics(prefix, s.gateway_admission_partitions),
-                webhook_defaults_topic(prefix): DEFAULTS_TOPIC_SPEC,
-            },
-        )
+        await ensure_service_topics(s, admission_topics(prefix, s.gateway_admission_partitions))
         producer = make_producer(
             s.kafka_bootstrap_servers, client_id=f"gateway-{self.instance}", security=security
         )

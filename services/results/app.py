@@ -31,7 +31,7 @@ from shared.kafka import client_options, ensure_service_topics, make_producer
 from shared.prices import load_prices
 from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
-from shared.topics import webhooks_retry_topic
+from shared.topics import WEBHOOK_DELIVERER_SUFFIX, WEBHOOK_PLANNER_SUFFIX, webhooks_retry_topic
 from shared.verifier import TokenVerifier
 from shared.webhooks import AllowList, Schedule, signing_key, user_secret
 
@@ -151,7 +151,9 @@ class ResultsService:
         """The planner (final events -> deliveries) and the deliverer, consumers of their own
         groups: a slow receiver never holds back what the persister stores."""
         s, stack, prefix = self.settings, self._stack, self.settings.topic_prefix
-        planner_consumer = self._consumer_of(WEBHOOK_PLANNER.group_name(prefix), "planner")
+        # Named after the persister's group (RESULTS_GROUP_ID), so one prefixed ACL covers all.
+        group = s.results_group_id
+        planner_consumer = self._consumer_of(group + WEBHOOK_PLANNER_SUFFIX, "planner")
         planner_consumer.subscribe(WEBHOOK_PLANNER.topics(prefix))
         await planner_consumer.start()
         stack.push_async_callback(planner_consumer.stop)
@@ -159,7 +161,7 @@ class ResultsService:
             planner_consumer, producer, pool, self.metrics, topic_prefix=prefix
         )
         key = signing_key(s.webhook_signing_key, s.streamjobs_auth_secret)
-        deliverer_consumer = self._consumer_of(WEBHOOK_DELIVERER.group_name(prefix), "deliverer")
+        deliverer_consumer = self._consumer_of(group + WEBHOOK_DELIVERER_SUFFIX, "deliverer")
         self.deliverer = WebhookDeliverer(
             deliverer_consumer,
             producer,

@@ -56,6 +56,7 @@ from shared.topics import (
     events_topic,
     job_topic,
     retry_topic,
+    webhook_defaults_topic,
 )
 from tests.conftest import STATE
 from tests.integration.results_kit import count, job_script, publish_script, running, settings_for
@@ -417,7 +418,7 @@ async def test_a_service_that_may_not_see_its_topics_stops_naming_them(
             sasl_kafka.bootstrap_servers, "other", 2, security=as_user("notifier"), timeout_s=10
         )
     assert refused.value.refused == dict.fromkeys(
-        all_topics("other"), "TopicAuthorizationFailedError"
+        [*all_topics("other"), webhook_defaults_topic("other")], "TopicAuthorizationFailedError"
     )
     assert not refused.value.retriable
 
