@@ -41,6 +41,8 @@ SEMANTIC_RULES = {
     "POST /api/v1/jobs": "metadata is free JSON whose strings may not hold U+0000",
     "GET /api/v1/jobs": "cursor is opaque: only a next_cursor that was served is valid",
     "GET /api/v1/analytics": "since must be before until",
+    "PUT /api/v1/webhook": "the URL is http(s) with a host that is not, and does not resolve"
+    " to, a private address",
 }
 
 
