@@ -31,6 +31,17 @@ from shared.webhooks import webhook_id
 log = logging.getLogger(__name__)
 
 FINAL_TYPES = frozenset({"job.completed", "job.failed", "job.cancelled"})
+_WANTED = frozenset({b"job.accepted", *(t.encode() for t in FINAL_TYPES)})
+_TYPE_HEAD = b'{"type":"'  # our producers write `type` first, with no spaces
+_URL_SET = b'"webhook_url":"'
+
+
+def _type_of(value: bytes) -> bytes | None:
+    """The record's type read off its head, or None when it is not where we write it."""
+    if not value.startswith(_TYPE_HEAD):
+        return None
+    end = value.find(b'"', len(_TYPE_HEAD))
+    return value[len(_TYPE_HEAD) : end] if end > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +57,11 @@ def read_event(value: bytes | None) -> tuple[str, str, str] | Final | None:
     None for anything else (including what cannot be read: the persister dead-letters it)."""
     if not value:
         return None
+    kind = _type_of(value)
+    if kind is not None and (
+        kind not in _WANTED or (kind == b"job.accepted" and _URL_SET not in value)
+    ):
+        return None  # most events: no parse at all
     try:
         record = orjson.loads(value)
     except orjson.JSONDecodeError:

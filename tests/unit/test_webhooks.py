@@ -5,6 +5,7 @@ events, and what the previous schema's consumers read of a job that names a webh
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -266,3 +267,15 @@ def test_the_defaults_follow_the_topic_last_record_wins_and_null_clears() -> Non
     defaults.apply_record(_default_record(3, "bob", cleared.model_dump_json().encode()))
     defaults.apply_record(_default_record(4, "alice", None))  # a tombstone
     assert len(defaults) == 0
+
+
+def test_the_planner_reads_a_record_whatever_the_order_of_its_fields() -> None:
+    # Another producer may write `type` later, or with spaces: parsed then, not skipped.
+    record = {
+        "job_id": "j-2",
+        "data": {"user_id": "bob", "webhook_url": "https://b.example/h"},
+        "type": "job.accepted",
+    }
+    assert read_event(json.dumps(record).encode()) == ("j-2", "bob", "https://b.example/h")
+    started = b'{"type":"job.started","job_id":"j-2","data":{"attempt":1,"worker":"w"}}'
+    assert read_event(started) is None
