@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.contracts import (
     CHAT_OPTION_FIELDS,
@@ -23,6 +23,7 @@ from shared.contracts import (
 )
 from shared.lifecycle import JobStatus
 from shared.topics import Priority
+from shared.webhooks import MAX_URL_CHARS, WebhookRefused, parse_url
 
 API_PREFIX = "/api/v1"
 HEADER_IDEMPOTENCY_KEY = "Idempotency-Key"
@@ -79,11 +80,29 @@ class JobSubmission(BaseModel):
         " from the text so far; absent: the model's default (GET /api/v1/models), then restart",
     )
 
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=MAX_URL_CHARS,
+        description="http(s) URL the job's final event is POSTed to, signed per Standard"
+        " Webhooks (secret: GET /api/v1/webhook/secret); private and loopback addresses are"
+        " refused unless the deployment allows them",
+    )
+
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> JobSubmission:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of `prompt` and `messages`")
         return self
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_url(value)
+            except WebhookRefused as exc:
+                raise ValueError(exc.reason) from None
+        return value
 
 
 class JobLinks(_Out):
@@ -390,3 +409,57 @@ class InstanceList(_Out):
     """Answer of `GET /api/v1/instances`: streamers, those up first."""
 
     items: list[InstanceView]
+
+
+class WebhookAttempt(_Out):
+    attempt: int
+    attempted_at: datetime
+    status_code: int | None = Field(description="the receiver's answer; null: none came")
+    error: str | None = None
+    duration_ms: float
+    next_attempt_at: datetime | None = Field(description="null: no further try")
+
+
+class WebhookDeliveryView(_Out):
+    webhook_id: str = Field(description="the `webhook-id` header, the same on every try")
+    url: str
+    event_type: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    first_attempt_at: datetime | None
+    next_attempt_at: datetime | None
+    last_error: str | None
+    attempt_log: list[WebhookAttempt]
+
+
+class JobWebhooks(_Out):
+    """Answer of `GET /api/v1/jobs/{id}/webhooks`: the job's deliveries and every try."""
+
+    job_id: str
+    deliveries: list[WebhookDeliveryView]
+
+
+class WebhookSecret(_Out):
+    """Answer of `GET /api/v1/webhook/secret`: the caller's signing secret."""
+
+    user_id: str
+    secret: str = Field(description="whsec_<base64>: verify deliveries with it")
+
+
+class WebhookDefault(BaseModel):
+    """Body and answer of `PUT /api/v1/webhook`, answer of `GET`: the caller's default
+    webhook URL, used by each job submitted without a `webhook_url`; null: none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(max_length=MAX_URL_CHARS)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_url(value)
+            except WebhookRefused as exc:
+                raise ValueError(exc.reason) from None
+        return value

@@ -25,6 +25,7 @@ from shared.contracts import (
     JobStarted,
     RunJob,
     TokenChunk,
+    WebhookDelivery,
 )
 from shared.instances import StreamerHeartbeat
 from shared.revocation import TokenRevoked
@@ -39,7 +40,11 @@ from shared.topics import (
     job_topic,
     retry_topic,
     revocations_topic,
+    webhook_defaults_topic,
+    webhooks_retry_topic,
+    webhooks_topic,
 )
+from shared.webhook_defaults import WebhookDefaultSet
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,11 @@ class ServiceChannels:
 
     @property
     def consumes(self) -> tuple[Channel, ...]:
-        return tuple(channel for consumer in self.consumers for channel in consumer.channels)
+        # Each channel once, though two consumers read it (the results' persister and
+        # webhook planner both read the events).
+        return tuple(
+            dict.fromkeys(channel for consumer in self.consumers for channel in consumer.channels)
+        )
 
     @property
     def groups(self) -> list[str]:
@@ -130,6 +139,27 @@ CHUNKS = Channel(
     chunks_topic,
     (TokenChunk,),
     "Coalesced token chunks: (job_id, attempt, seq) is unique.",
+)
+WEBHOOKS = Channel(
+    "webhooks",
+    webhooks_topic,
+    (WebhookDelivery,),
+    "Webhook deliveries: a job's final event to POST to its URL (webhook_id is the same on"
+    " every try).",
+)
+WEBHOOKS_RETRY = Channel(
+    "webhooks.retry",
+    webhooks_retry_topic,
+    (WebhookDelivery,),
+    "Webhook deliveries whose last try failed: attempt > 1 and not_before.",
+)
+WEBHOOK_DEFAULTS = Channel(
+    "webhook-defaults",
+    webhook_defaults_topic,
+    (WebhookDefaultSet,),
+    "Each user's default webhook URL (null: none), compacted, one partition; a plain record,"
+    " not an envelope.",
+    key="user_id",
 )
 REVOCATIONS = Channel(
     "revocations",

@@ -25,6 +25,7 @@ from shared.topics import (
     instances_topic,
     job_topics,
     retry_topic,
+    webhook_defaults_topic,
 )
 
 log = logging.getLogger(__name__)
@@ -178,8 +179,8 @@ INSTANCES_TOPIC_SPEC = TopicSpec(1, {"cleanup.policy": "compact"})
 
 
 def streamjobs_topics(prefix: str, partitions: int) -> dict[str, TopicSpec]:
-    """The job, retry, control, event, chunk and dead-letter topics, one partition count,
-    and the compacted instances topic."""
+    """The job, retry, control, event, chunk, dead-letter and webhook topics, one partition
+    count; and the compacted instances and webhook-defaults topics."""
     job_records = {*job_topics(prefix), retry_topic(prefix)}
     return {
         **{
@@ -187,6 +188,8 @@ def streamjobs_topics(prefix: str, partitions: int) -> dict[str, TopicSpec]:
             for t in all_topics(prefix)
         },
         instances_topic(prefix): INSTANCES_TOPIC_SPEC,
+        # Each user's default webhook URL: few records, every gateway reads them all.
+        webhook_defaults_topic(prefix): TopicSpec(1, {"cleanup.policy": "compact"}),
     }
 
 

@@ -57,6 +57,21 @@ def chunks_topic(prefix: str = PREFIX) -> str:
     return f"{prefix}.chunks"
 
 
+def webhooks_topic(prefix: str = PREFIX) -> str:
+    """Webhook deliveries to make: a job's final event and its URL (key: job_id)."""
+    return f"{prefix}.webhooks"
+
+
+def webhooks_retry_topic(prefix: str = PREFIX) -> str:
+    """Webhook deliveries whose last try failed, each with its `not_before` (key: job_id)."""
+    return f"{prefix}.webhooks.retry"
+
+
+def webhook_defaults_topic(prefix: str = PREFIX) -> str:
+    """Each user's default webhook URL (key: user_id), compacted, one partition."""
+    return f"{prefix}.webhook-defaults"
+
+
 def revocations_topic(prefix: str = PREFIX) -> str:
     """Revoked token ids (key: jti), compacted, one partition; created by shared.revocation."""
     return f"{prefix}.revocations"
@@ -75,6 +90,8 @@ def all_topics(prefix: str = PREFIX) -> list[str]:
         control_topic(prefix),
         events_topic(prefix),
         chunks_topic(prefix),
+        webhooks_topic(prefix),
+        webhooks_retry_topic(prefix),
     ]
 
 
@@ -86,3 +103,8 @@ HEADER_TRACEPARENT = "traceparent"
 # Consumer groups.
 GROUP_STREAMER = "streamjobs-streamer"
 GROUP_RESULTS = "streamjobs-results"
+# The results service's webhook groups: its own group id with these suffixes.
+WEBHOOK_PLANNER_SUFFIX = "-webhook-planner"  # final events -> deliveries
+WEBHOOK_DELIVERER_SUFFIX = "-webhook-deliverer"
+GROUP_WEBHOOK_PLANNER = GROUP_RESULTS + WEBHOOK_PLANNER_SUFFIX
+GROUP_WEBHOOK_DELIVERER = GROUP_RESULTS + WEBHOOK_DELIVERER_SUFFIX

@@ -50,7 +50,7 @@ topics() {  # topics [--config K=V] NAME...: create each if it is missing
 # answered 503 by the gateway, and the streamer does not run it.
 topics --config message.timestamp.type=LogAppendTime \
   "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.jobs.retry"
-topics "$P.jobs.dlq" "$P.control" "$P.events" "$P.chunks"
+topics "$P.jobs.dlq" "$P.control" "$P.events" "$P.chunks" "$P.webhooks" "$P.webhooks.retry"
 # The gateways' admission requests (append time judges accept_by), decisions and replies: one
 # partition count for all three, GATEWAY_ADMISSION_PARTITIONS of the gateways.
 JOB_PARTITIONS="${GATEWAY_ADMISSION_PARTITIONS:-8}" topics --config message.timestamp.type=LogAppendTime "$P.admissions"
@@ -63,6 +63,10 @@ JOB_PARTITIONS="${GATEWAY_ADMISSION_PARTITIONS:-8}" topics "$P.admission-decisio
 "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
   --create --if-not-exists --topic "$P.instances" --partitions 1 "${REPLICAS[@]}" \
   --config cleanup.policy=compact
+# Each user's default webhook URL: compacted, one partition, read whole by every gateway.
+"$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
+  --create --if-not-exists --topic "$P.webhook-defaults" --partitions 1 "${REPLICAS[@]}" \
+  --config cleanup.policy=compact
 
 # Every service may describe every topic, so its start-up check finds them all.
 grant gateway describe topic prefixed "$P."
@@ -71,8 +75,8 @@ grant results describe topic prefixed "$P."
 grant notifier describe topic prefixed "$P."
 grant doctor describe topic prefixed "$P."
 
-grant gateway write topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.control" "$P.events" "$P.admissions" "$P.admission-decisions" "$P.admission-replies"
-grant gateway read topic literal "$P.events" "$P.revocations" "$P.admissions" "$P.admission-decisions" "$P.admission-replies"
+grant gateway write topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.normal" "$P.jobs.low" "$P.control" "$P.events" "$P.admissions" "$P.admission-decisions" "$P.admission-replies" "$P.webhook-defaults"
+grant gateway read topic literal "$P.events" "$P.revocations" "$P.admissions" "$P.admission-decisions" "$P.admission-replies" "$P.webhook-defaults"
 grant gateway read group literal "$P-gateway-admission"
 grant gateway write transactional-id prefixed "$P-admission-"
 grant gateway describe transactional-id prefixed "$P-admission-"
@@ -81,9 +85,9 @@ grant streamer read topic literal "$P.jobs.urgent" "$P.jobs.high" "$P.jobs.norma
 grant streamer write topic literal "$P.chunks" "$P.jobs.retry" "$P.events" "$P.jobs.dlq" "$P.instances"
 grant streamer read group prefixed streamjobs-streamer
 
-grant results read topic literal "$P.events" "$P.chunks" "$P.revocations" "$P.instances"
-grant results write topic literal "$P.jobs.dlq"
-grant results read group literal streamjobs-results
+grant results read topic literal "$P.events" "$P.chunks" "$P.revocations" "$P.instances" "$P.webhooks" "$P.webhooks.retry"
+grant results write topic literal "$P.jobs.dlq" "$P.webhooks" "$P.webhooks.retry"
+grant results read group prefixed streamjobs-results
 
 grant notifier read topic literal "$P.events" "$P.chunks" "$P.revocations"
 

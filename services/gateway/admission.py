@@ -116,6 +116,7 @@ def build_records(
         "submitted_at": submitted_at,
         "on_interrupt": submission.on_interrupt,
         "retry_of": asked.retry_of,
+        "webhook_url": submission.webhook_url,
     }
     accepted = _envelope("job.accepted", job_id, submitted_at, trace_id, spec)
     run = _envelope(

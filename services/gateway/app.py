@@ -40,6 +40,11 @@ from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
 from shared.topics import chunks_topic, control_topic, events_topic
 from shared.verifier import TokenVerifier
+from shared.webhook_defaults import (
+    Send,
+    WebhookDefaults,
+    defaults_follower,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,8 @@ def build_gateway(
     verifier: TokenVerifier,
     link: AdmissionLink,
     sse: SseClient | None = None,
+    webhook_defaults: WebhookDefaults | None = None,
+    send_default: Send | None = None,
 ) -> Gateway:
     """The handlers over their use cases, each over the ports it needs."""
     prefix = settings.topic_prefix
@@ -102,6 +109,8 @@ def build_gateway(
         ),
         verifier=verifier,
         sse=sse,
+        webhook_defaults=webhook_defaults,
+        send_default=send_default,
     )
 
 
@@ -147,6 +156,27 @@ class GatewayService:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    async def _follow_webhook_defaults(self) -> WebhookDefaults:
+        """Every user's default webhook URL, read to the end before serving, then followed."""
+        s = self.settings
+        defaults = WebhookDefaults()
+        follower = defaults_follower(
+            s.kafka_bootstrap_servers,
+            s.topic_prefix,
+            defaults,
+            client_id=f"gateway-{self.instance}",
+            security=client_options(s),
+        )
+        self._stack.push_async_callback(follower.stop)
+        await follower.start()
+        try:
+            async with asyncio.timeout(s.gateway_view_catchup_timeout_s):
+                await follower.catch_up()
+        except TimeoutError:
+            log.warning("webhook defaults not read to the end; serving with %d", len(defaults))
+        self._background.spawn(follower.run())
+        return defaults
 
     async def start(self) -> None:
         await start_or_unwind(self._stack, self._start)
@@ -198,6 +228,7 @@ class GatewayService:
         await follow_revocations(
             s, self.verifier, stack, self._background, client_id=f"gateway-{self.instance}"
         )
+        defaults = await self._follow_webhook_defaults()
 
         # The single writer of this instance's share of users, once the view has caught up:
         # what it rebuilds on taking a partition is only what the view may not hold yet.
@@ -265,6 +296,9 @@ class GatewayService:
         async def send(topic: str, envelope: Envelope) -> None:
             await publish(producer, topic, envelope)
 
+        async def send_default(topic: str, key: bytes, value: bytes) -> None:
+            await producer.send_and_wait(topic, key=key, value=value)
+
         self.api = build_gateway(
             s,
             self.metrics,
@@ -274,6 +308,8 @@ class GatewayService:
             verifier=self.verifier,
             link=link,
             sse=self.sse,
+            webhook_defaults=defaults,
+            send_default=send_default,
         )
         self.api.notifiers.chunk_partitions = chunk_partitions
         link.on_late = self.api.admission.late

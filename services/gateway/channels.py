@@ -17,6 +17,7 @@ from shared.channels import (
     EVENTS,
     JOBS,
     REVOCATIONS_FOLLOWER,
+    WEBHOOK_DEFAULTS,
     Channel,
     Consumer,
     ServiceChannels,
@@ -56,12 +57,16 @@ DECISIONS_READER = Consumer("decisions", (DECISIONS,))
 # No group: a requester follows its own partition of the replies.
 REPLIES_READER = Consumer("replies", (REPLIES,))
 
+# No group: every instance reads every user's default webhook URL.
+WEBHOOK_DEFAULTS_READER = Consumer("webhook-defaults", (WEBHOOK_DEFAULTS,))
+
 GATEWAY = ServiceChannels(
     "gateway",
-    publishes=(*JOBS, CONTROL, EVENTS, ADMISSIONS, DECISIONS, REPLIES),
+    publishes=(*JOBS, CONTROL, EVENTS, ADMISSIONS, DECISIONS, REPLIES, WEBHOOK_DEFAULTS),
     consumers=(
         EVENTS_VIEW,
         REVOCATIONS_FOLLOWER,
+        WEBHOOK_DEFAULTS_READER,
         ADMISSION_OWNER,
         DECISIONS_READER,
         REPLIES_READER,

@@ -3,6 +3,7 @@ answer. Submitting reads on in admission.py, cancelling in cancel.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -11,6 +12,7 @@ from urllib.parse import quote
 
 import orjson
 from aiohttp import web
+from pydantic import ValidationError
 
 from services.gateway.admission import Admission, Admitted
 from services.gateway.admission_records import JSON_OPTIONS
@@ -20,7 +22,7 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.models import ModelCatalogue
 from services.gateway.notifiers import NotifierRoutes
 from services.gateway.proxy import ResultsClient, SseClient, Unreachable
-from services.gateway.publisher import Publisher
+from services.gateway.publisher import PUBLISH_ERRORS, Publisher
 from services.gateway.rejection import RESULTS_UNAVAILABLE, Rejection, retry_later
 from services.gateway.repair import Repairs
 from services.gateway.retry import Retries
@@ -28,19 +30,23 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.submit import (
     Submission,
     check_idempotency_key,
+    check_webhook,
+    invalid_errors,
     parse_request,
     trace_id_from_traceparent,
 )
 from services.gateway.view import EventsView
-from shared.api import API_PREFIX, HEADER_IDEMPOTENCY_KEY, JobTypeView
+from shared.api import API_PREFIX, HEADER_IDEMPOTENCY_KEY, JobTypeView, WebhookDefault, WebhookSecret
 from shared.auth import SCOPE_READ, SCOPE_WRITE, InvalidToken, Principal
-from shared.contracts import new_trace_id
+from shared.contracts import new_trace_id, utcnow
 from shared.http import Refused, problem
 from shared.jobtypes import load_job_types
 from shared.kafka import traceparent
 from shared.topics import HEADER_TRACEPARENT
 from shared.upstreams import load as load_registry
 from shared.verifier import TokenVerifier
+from shared.webhook_defaults import Send, WebhookDefaults, publish_default
+from shared.webhooks import AllowList, signing_key, user_secret
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,8 @@ class Gateway:
         streams: StreamSlots,
         verifier: TokenVerifier,
         sse: SseClient | None = None,
+        webhook_defaults: WebhookDefaults | None = None,
+        send_default: Send | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -84,6 +92,12 @@ class Gateway:
         self.streams = streams
         self.verifier = verifier
         self.sse = sse
+        self.webhook_defaults = webhook_defaults or WebhookDefaults()
+        self.send_default = send_default
+        self.webhook_allow = AllowList.parse(settings.webhook_allow)
+        self.webhook_key = signing_key(
+            settings.webhook_signing_key, settings.streamjobs_auth_secret
+        )
         self.base = settings.gateway_public_url.rstrip("/")
         self.notifiers = NotifierRoutes(settings.notifier_ws_urls, settings.notifier_sse_urls)
         self.known_types = load_job_types(settings.streamjobs_workloads_file)
@@ -174,7 +188,16 @@ class Gateway:
         if unrouted is not None:
             self.metrics.rejected.labels(unrouted.kind).inc()
             return unrouted
-        outcome = await self.admission.submit(who, parsed.job, parsed.key, parsed.trace_id)
+        job = parsed.job
+        if job.webhook_url is not None:
+            refused = await check_webhook(job.webhook_url, self.webhook_allow)
+            if refused is not None:
+                self.metrics.rejected.labels(refused.kind).inc()
+                return refused
+        elif (default := self.webhook_defaults.get(who.user_id)) is not None:
+            # Checked when it was set; the deliverer checks the address again.
+            job = job.model_copy(update={"webhook_url": default})
+        outcome = await self.admission.submit(who, job, parsed.key, parsed.trace_id)
         if isinstance(outcome, Rejection):
             return outcome
         return parsed, outcome
@@ -293,6 +316,51 @@ class Gateway:
             "no live stream slot came free in time; try again",
             refused.retry_after_s,
         )
+    # -- GET /api/v1/webhook/secret ------------------------------------------------------
+
+    async def webhook_secret(self, request: web.Request) -> web.Response:
+        who = self.principal(request, SCOPE_READ)
+        secret = user_secret(self.webhook_key, who.user_id)
+        return _json(WebhookSecret(user_id=who.user_id, secret=secret))
+
+    # -- GET / PUT /api/v1/webhook: the caller's default webhook URL ---------------------
+
+    async def get_webhook_default(self, request: web.Request) -> web.Response:
+        who = self.principal(request, SCOPE_READ)
+        return _json(WebhookDefault(url=self.webhook_defaults.get(who.user_id)))
+
+    async def put_webhook_default(self, request: web.Request) -> web.Response:
+        who = self.principal(request, SCOPE_WRITE)
+        try:
+            body = WebhookDefault.model_validate_json(await request.read())
+        except ValidationError as exc:
+            return Rejection(
+                422,
+                "invalid-webhook",
+                "Invalid webhook",
+                "the body does not validate",
+                invalid_errors(exc),
+            ).response()
+        if body.url is not None:
+            refused = await check_webhook(body.url, self.webhook_allow)
+            if refused is not None:
+                return refused.response()
+        if self.send_default is None:  # a gateway built without Kafka (tests of its routes)
+            return retry_later(
+                "kafka-unavailable", "Not saved", "no producer for webhook defaults", 1
+            ).response()
+        try:
+            async with asyncio.timeout(self.settings.gateway_publish_timeout_s):
+                await publish_default(
+                    self.send_default, self.settings.topic_prefix, who.user_id, body.url, utcnow()
+                )
+        except PUBLISH_ERRORS:
+            return retry_later(
+                "kafka-unavailable", "Not saved", "the default could not be stored; try again", 1
+            ).response()
+        # This instance knows at once; the others within the follower's poll.
+        self.webhook_defaults.apply(who.user_id, body.url)
+        return _json(body)
 
     async def job_types(self, _: web.Request) -> web.Response:
         return web.Response(body=self.job_types_body, content_type=JSON)

@@ -9,9 +9,10 @@ from pydantic import Field
 from services.gateway.admission_records import reply_partition
 from services.gateway.storable import ENVELOPE_LEVELS, PARSER_DEPTH_LIMIT
 from shared.settings import CommonSettings
+from shared.webhooks import WebhookSettings
 
 
-class GatewaySettings(CommonSettings):
+class GatewaySettings(CommonSettings, WebhookSettings):
     gateway_port: int = Field(default=8080, ge=0, le=65535, description="REST + ops; 0 = any")
     gateway_host: str = "0.0.0.0"
     results_url: str = Field(

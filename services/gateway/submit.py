@@ -1,10 +1,12 @@
 """What a submission must be before it is admitted: body, job type, size, trace, key.
 
-Pure functions: a body in, a valid submission or a `Rejection` out; no I/O.
+Pure functions: a body in, a valid submission or a `Rejection` out; no I/O but the name
+lookup of a webhook URL's host.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,10 +21,18 @@ from shared.contracts import new_trace_id
 from shared.contracts.chat import text_chars
 from shared.jobtypes import JobTypes
 from shared.topics import HEADER_TRACEPARENT
+from shared.webhooks import AllowList, Unresolved, WebhookRefused, parse_url, resolve_checked
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 KEY_PATTERN = r"^[!-~]{1,255}$"  # visible ASCII, as header values travel well
 _KEY = re.compile(KEY_PATTERN)
+# A slow name server delays the submission by at most this; the deliverer checks again.
+_RESOLVE_TIMEOUT_S = 2.0
+
+
+def invalid_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """A validation error's items as problem JSON `errors`, located in the body."""
+    return _errors(exc)
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -155,6 +165,28 @@ def parse_submission(
             ],
         )
     return _beyond_model(submission, max_messages, job_types) or submission
+
+
+async def check_webhook(url: str, allow: AllowList) -> Rejection | None:
+    """A 422 for a webhook URL whose host is, or resolves to, an address not allowed.
+
+    A name that does not resolve now is taken: the deliverer tries it again, and checks
+    again the address it connects to.
+    """
+    try:
+        async with asyncio.timeout(_RESOLVE_TIMEOUT_S):
+            await resolve_checked(parse_url(url), allow)
+    except WebhookRefused as exc:
+        return Rejection(
+            422,
+            "webhook-url-refused",
+            "Webhook URL refused",
+            exc.reason,
+            [{"loc": ["body", "webhook_url"], "msg": exc.reason, "type": "webhook_url_refused"}],
+        )
+    except (Unresolved, TimeoutError):
+        return None
+    return None
 
 
 def trace_id_from_traceparent(value: str | None) -> str | None:

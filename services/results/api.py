@@ -13,12 +13,12 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel
 
-from services.results import reads
+from services.results import reads, webhook_store
 from services.results.analytics import AnalyticsQuery, analytics
 from services.results.instances import InstancesReader
 from services.results.metrics import ResultsMetrics
 from services.results.series import series
-from shared.api import API_PREFIX
+from shared.api import API_PREFIX, JobWebhooks
 from shared.auth import SCOPE_READ, InvalidToken, Principal
 from shared.http import Handler, Route, add_routes, errors_middleware, metrics_middleware, problem
 from shared.queries import AnalyticsQuery as AnalyticsParams
@@ -179,6 +179,14 @@ class ReadApi:
             page = await reads.list_jobs(conn, principal, flt, max_bytes=self.max_page_bytes)
         return _json(page)
 
+    async def webhooks(self, request: web.Request) -> web.Response:
+        job_id = _job_id(request)
+        async with self.pool.acquire() as conn:
+            if await reads.get_job(conn, _principal(request), job_id) is None:
+                return _not_found(job_id)
+            deliveries = await webhook_store.deliveries_of(conn, job_id)
+        return _json(JobWebhooks.model_validate({"job_id": job_id, "deliveries": deliveries}))
+
     async def analytics(self, request: web.Request) -> web.Response:
         q = parse_query(AnalyticsParams, request.query)
         query = AnalyticsQuery(since=q.since, until=q.until, group_by=q.group_by, bucket=q.bucket)
@@ -207,6 +215,7 @@ ROUTES: tuple[Route[ReadApi], ...] = (
     Route("GET", f"{P}/jobs/{{job_id}}/stream", ReadApi.stream),
     Route("GET", f"{P}/jobs/{{job_id}}/result", ReadApi.result),
     Route("GET", f"{P}/jobs/{{job_id}}/inputs", ReadApi.inputs),
+    Route("GET", f"{P}/jobs/{{job_id}}/webhooks", ReadApi.webhooks),
     Route("GET", f"{P}/analytics", ReadApi.analytics, query=AnalyticsParams),
     Route("GET", f"{P}/analytics/series", ReadApi.series, query=SeriesQuery),
     Route("GET", f"{P}/instances", ReadApi.list_instances),

@@ -7,14 +7,20 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from services.results.api import ReadApi
-from services.results.channels import INSTANCES_READER, PERSISTER
+from services.results.channels import (
+    INSTANCES_READER,
+    PERSISTER,
+    WEBHOOK_DELIVERER,
+    WEBHOOK_PLANNER,
+)
 from services.results.consumer import CommitObserver, Persister
 from services.results.faults import CONNECTION_ERRORS
 from services.results.instances import Board, InstancesReader
@@ -23,13 +29,17 @@ from services.results.migrations import migrate
 from services.results.projection import Rules
 from services.results.retention import sweep
 from services.results.settings import ResultsSettings
+from services.results.webhook_deliverer import WebhookDeliverer
+from services.results.webhook_planner import WebhookPlanner
 from shared.http import add_ops_routes, serve_http
 from shared.jobtypes import load_job_types
 from shared.kafka import client_options, ensure_service_topics, make_producer
 from shared.prices import load_prices
 from shared.revocation import follow_revocations
 from shared.runtime import BackgroundTasks, start_or_unwind
+from shared.topics import WEBHOOK_DELIVERER_SUFFIX, WEBHOOK_PLANNER_SUFFIX, webhooks_retry_topic
 from shared.verifier import TokenVerifier
+from shared.webhooks import AllowList, Schedule, signing_key, user_secret
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,8 @@ class ResultsService:
         self.port = 0
         self.instance = settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
         self.persister: Persister | None = None
+        self.planner: WebhookPlanner | None = None
+        self.deliverer: WebhookDeliverer | None = None
         self._observer = observer
         self.verifier = TokenVerifier.from_settings(settings)
         workloads = settings.streamjobs_workloads_file
@@ -107,6 +119,8 @@ class ResultsService:
             s, consumer, producer, pool, self.metrics, rules=self.rules, observer=self._observer
         )
 
+        await self._start_webhooks(producer, pool)
+
         await follow_revocations(
             s, self.verifier, stack, self._background, client_id=f"results-{self.instance}"
         )
@@ -134,9 +148,81 @@ class ResultsService:
 
         self._started = True
         self._background.spawn(self._persist_loop())
+        self._background.spawn(self._webhook_loop(self._planner_run))
+        self._background.spawn(self._webhook_loop(self._deliverer_run))
         if s.results_retention_days > 0:
             self._background.spawn(self._retention_loop())
         log.info("results %s up: port %d", self.instance, self.port)
+
+    def _consumer_of(self, group: str | None, name: str) -> AIOKafkaConsumer:
+        s = self.settings
+        return AIOKafkaConsumer(
+            **client_options(s),
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=group,
+            client_id=f"results-{name}-{self.instance}",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            session_timeout_ms=s.results_session_timeout_ms,
+            heartbeat_interval_ms=s.results_heartbeat_interval_ms,
+        )
+
+    async def _start_webhooks(self, producer: AIOKafkaProducer, pool: asyncpg.Pool) -> None:
+        """The planner (final events -> deliveries) and the deliverer, consumers of their own
+        groups: a slow receiver never holds back what the persister stores."""
+        s, stack, prefix = self.settings, self._stack, self.settings.topic_prefix
+        # Named after the persister's group (RESULTS_GROUP_ID), so one prefixed ACL covers all.
+        group = s.results_group_id
+        planner_consumer = self._consumer_of(group + WEBHOOK_PLANNER_SUFFIX, "planner")
+        planner_consumer.subscribe(WEBHOOK_PLANNER.topics(prefix))
+        await planner_consumer.start()
+        stack.push_async_callback(planner_consumer.stop)
+        self.planner = WebhookPlanner(
+            planner_consumer, producer, pool, self.metrics, topic_prefix=prefix
+        )
+        key = signing_key(s.webhook_signing_key, s.streamjobs_auth_secret)
+        deliverer_consumer = self._consumer_of(group + WEBHOOK_DELIVERER_SUFFIX, "deliverer")
+        self.deliverer = WebhookDeliverer(
+            deliverer_consumer,
+            producer,
+            pool,
+            self.metrics,
+            secret_of=lambda user_id: user_secret(key, user_id),
+            allow=AllowList.parse(s.webhook_allow),
+            schedule=Schedule.parse(s.webhook_schedule_s, s.webhook_window_s),
+            timeout_s=s.webhook_timeout_s,
+            retry_topic=webhooks_retry_topic(prefix),
+            max_pending=s.webhook_max_pending,
+        )
+        deliverer_consumer.subscribe(WEBHOOK_DELIVERER.topics(prefix), listener=self.deliverer)
+        await deliverer_consumer.start()
+        stack.push_async_callback(deliverer_consumer.stop)
+        self.metrics.webhook_oldest_pending.set_function(self.deliverer.oldest_pending_s)
+
+    async def _planner_run(self, rewind: bool) -> None:
+        assert self.planner is not None
+        if rewind:
+            await self.planner.rewind()
+        await self.planner.run()
+
+    async def _deliverer_run(self, rewind: bool) -> None:
+        assert self.deliverer is not None
+        if rewind:
+            await self.deliverer.rewind()
+        await self.deliverer.run()
+
+    async def _webhook_loop(self, run: Callable[[bool], Awaitable[None]]) -> None:
+        rewind = False
+        while True:
+            try:
+                await run(rewind)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the consumer loop's boundary: log, rewind, go on
+                log.exception("webhook loop crashed; going on from the committed offsets")
+                rewind = True
+                await asyncio.sleep(1)
 
     async def _connect(self) -> asyncpg.Pool:
         """A pool, once PostgreSQL answers (it may still be starting next to us)."""

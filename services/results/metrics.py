@@ -127,3 +127,32 @@ class ResultsMetrics:
             buckets=_WRITE_BUCKETS,
             registry=registry,
         )
+        self.webhooks_planned = Counter(
+            "streamjobs_webhooks_planned_total",
+            "Final events of jobs naming a webhook, put on the webhooks topic (replays count)",
+            registry=registry,
+        )
+        self.webhook_deliveries = Counter(
+            "streamjobs_webhook_deliveries_total",
+            "Webhook deliveries ended, by outcome: delivered, failed (for good), duplicate"
+            " (a replayed record already done), unreadable",
+            ("outcome",),
+            registry=registry,
+        )
+        self.webhook_attempts = Counter(
+            "streamjobs_webhook_attempts_total",
+            "Webhook POSTs tried, by result: 2xx, 4xx, 5xx, error (no answer), refused (address)",
+            ("result",),
+            registry=registry,
+        )
+        self.webhook_attempt_seconds = Histogram(
+            "streamjobs_webhook_attempt_seconds",
+            "Time a webhook POST took, answer or not",
+            buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
+        self.webhook_oldest_pending = Gauge(
+            "streamjobs_webhook_oldest_pending_seconds",
+            "Age (since its first try) of the oldest webhook delivery this instance holds",
+            registry=registry,
+        )

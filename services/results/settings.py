@@ -6,9 +6,10 @@ from pydantic import Field
 
 from shared.settings import CommonSettings
 from shared.topics import GROUP_RESULTS
+from shared.webhooks import DEFAULT_SCHEDULE_S, DEFAULT_WINDOW_S, WebhookSettings
 
 
-class ResultsSettings(CommonSettings):
+class ResultsSettings(CommonSettings, WebhookSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     database_pool_size: int = Field(default=8, ge=2)
     results_port: int = Field(default=8081, ge=0, le=65535, description="HTTP; 0 = any")
@@ -38,4 +39,16 @@ class ResultsSettings(CommonSettings):
     results_retention_interval_s: float = Field(default=3600.0, gt=0)
     results_instance_stale_periods: float = Field(
         default=3.0, gt=1, description="a streamer is shown gone after this many silent periods"
+    )
+    webhook_schedule_s: str = Field(
+        default=",".join(f"{d:g}" for d in DEFAULT_SCHEDULE_S),
+        description="seconds before each next try of a failed webhook delivery, comma"
+        " separated; the last repeats",
+    )
+    webhook_window_s: float = Field(
+        default=DEFAULT_WINDOW_S, gt=0, description="no try later than this after the first"
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="one POST, answer included")
+    webhook_max_pending: int = Field(
+        default=10_000, ge=1, description="deliveries held waiting for their time, per instance"
     )

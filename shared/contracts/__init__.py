@@ -53,6 +53,7 @@ from shared.contracts.jobs import (
     RunJob,
     RunJobData,
 )
+from shared.contracts.webhooks import WebhookDelivery, WebhookDeliveryData
 
 LifecycleEvent = JobAccepted | JobStarted | JobRetrying | JobCompleted | JobFailed | JobCancelled
 # The same types as a tuple, for isinstance checks on a parsed record.
@@ -67,7 +68,8 @@ AnyRecord = Annotated[
     | JobCompleted
     | JobFailed
     | JobCancelled
-    | TokenChunk,
+    | TokenChunk
+    | WebhookDelivery,
     Field(discriminator="type"),
 ]
 
@@ -84,6 +86,7 @@ RECORD_TYPES: dict[str, type[Envelope]] = {
         JobFailed,
         JobCancelled,
         TokenChunk,
+        WebhookDelivery,
     )
 }
 
@@ -141,6 +144,8 @@ __all__ = [
     "ToolCallFunctionDelta",
     "ToolMessage",
     "UserMessage",
+    "WebhookDelivery",
+    "WebhookDeliveryData",
     "new_trace_id",
     "parse_record",
     "utcnow",

@@ -57,6 +57,11 @@ class JobSpec(BaseModel):
     retry_of: str | None = Field(
         default=None, description="the failed or cancelled job this one runs again, if any"
     )
+    webhook_url: str | None = Field(
+        default=None,
+        description="where the job's final event is POSTed (signed, Standard Webhooks); set"
+        " at submission, or the user's default",
+    )
 
     @model_validator(mode="after")
     def _asks_something(self) -> JobSpec:

@@ -42,6 +42,8 @@ SEMANTIC_RULES = {
     "GET /api/v1/jobs": "cursor is opaque: only a next_cursor that was served is valid",
     "GET /api/v1/analytics": "since must be before until",
     "GET /api/v1/analytics/series": "since before until, and at most 1440 steps between them",
+    "PUT /api/v1/webhook": "the URL is http(s) with a host that is not, and does not resolve"
+    " to, a private address",
 }
 
 # Operations not fuzzed here, and why.

@@ -22,6 +22,7 @@ from services.gateway.channels import (
     EVENTS_VIEW,
     GATEWAY,
     REPLIES_READER,
+    WEBHOOK_DEFAULTS_READER,
 )
 from services.gateway.events import EventsReader
 from services.gateway.metrics import GatewayMetrics
@@ -29,7 +30,13 @@ from services.gateway.view import EventsView
 from services.notifier.channels import NOTIFIER, READER
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.reader import Reader
-from services.results.channels import INSTANCES_READER, PERSISTER, RESULTS
+from services.results.channels import (
+    INSTANCES_READER,
+    PERSISTER,
+    RESULTS,
+    WEBHOOK_DELIVERER,
+    WEBHOOK_PLANNER,
+)
 from services.results.instances import Board, InstancesReader
 from services.results.settings import ResultsSettings
 from services.streamer.channels import CONTROL_READER, JOB_INTAKE, RETRY_INTAKE, STREAMER
@@ -39,6 +46,8 @@ from shared.asyncapi import SERVICES
 from shared.channels import REVOCATIONS_FOLLOWER, Consumer, ServiceChannels
 from shared.revocation import RevocationFollower
 from shared.topics import (
+    GROUP_WEBHOOK_DELIVERER,
+    GROUP_WEBHOOK_PLANNER,
     chunks_topic,
     dlq_topic,
     events_topic,
@@ -46,6 +55,8 @@ from shared.topics import (
     job_topics,
     retry_topic,
     revocations_topic,
+    webhooks_retry_topic,
+    webhooks_topic,
 )
 from shared.verifier import TokenVerifier
 
@@ -104,6 +115,7 @@ def test_the_gateway_events_view_reads_the_declared_topics() -> None:
     assert GATEWAY.consumers == (
         EVENTS_VIEW,
         REVOCATIONS_FOLLOWER,
+        WEBHOOK_DEFAULTS_READER,
         ADMISSION_OWNER,
         DECISIONS_READER,
         REPLIES_READER,
@@ -146,8 +158,22 @@ def test_the_streamer_intakes_and_control_reader_read_the_declared_topics() -> N
 
 def test_the_results_persister_reads_the_declared_topics_in_its_group() -> None:
     assert PERSISTER.topics(PREFIX) == [events_topic(PREFIX), chunks_topic(PREFIX)]
-    assert RESULTS.consumers == (PERSISTER, REVOCATIONS_FOLLOWER, INSTANCES_READER)
-    assert RESULTS.groups == [ResultsSettings.model_fields["results_group_id"].default]
+    assert RESULTS.consumers == (
+        PERSISTER,
+        WEBHOOK_PLANNER,
+        WEBHOOK_DELIVERER,
+        REVOCATIONS_FOLLOWER,
+        INSTANCES_READER,
+    )
+    assert RESULTS.groups == [
+        ResultsSettings.model_fields["results_group_id"].default,
+        GROUP_WEBHOOK_PLANNER,
+        GROUP_WEBHOOK_DELIVERER,
+    ]
+    assert WEBHOOK_DELIVERER.topics(PREFIX) == [
+        webhooks_topic(PREFIX),
+        webhooks_retry_topic(PREFIX),
+    ]
 
 
 def test_the_results_instances_reader_reads_what_the_streamer_publishes() -> None:

@@ -95,7 +95,7 @@ def test_python_below_311_fails() -> None:
 def test_topics_pass_when_all_exist_with_one_partition_count() -> None:
     check = topics_check("sj", all_topics("sj"), dict.fromkeys(all_topics("sj"), 4))
     assert check.ok
-    assert check.detail == "9 topics sj.*, 4 partitions each"
+    assert check.detail == "11 topics sj.*, 4 partitions each"
 
 
 def test_topics_fail_naming_the_missing_ones() -> None:
