@@ -36,7 +36,13 @@ from services.gateway.submit import (
     trace_id_from_traceparent,
 )
 from services.gateway.view import EventsView
-from shared.api import API_PREFIX, HEADER_IDEMPOTENCY_KEY, JobTypeView, WebhookDefault, WebhookSecret
+from shared.api import (
+    API_PREFIX,
+    HEADER_IDEMPOTENCY_KEY,
+    JobTypeView,
+    WebhookDefault,
+    WebhookSecret,
+)
 from shared.auth import SCOPE_READ, SCOPE_WRITE, InvalidToken, Principal
 from shared.contracts import new_trace_id, utcnow
 from shared.http import Refused, problem
@@ -316,6 +322,7 @@ class Gateway:
             "no live stream slot came free in time; try again",
             refused.retry_after_s,
         )
+
     # -- GET /api/v1/webhook/secret ------------------------------------------------------
 
     async def webhook_secret(self, request: web.Request) -> web.Response:

@@ -56,7 +56,6 @@ from shared.topics import (
     events_topic,
     job_topic,
     retry_topic,
-    webhook_defaults_topic,
 )
 from tests.conftest import STATE
 from tests.integration.results_kit import count, job_script, publish_script, running, settings_for

@@ -267,9 +267,21 @@ async def test_retention_forgets_texts_of_old_jobs_only(
             " (SELECT count(*) FROM chunks c WHERE c.job_id = j.job_id) AS chunks"
             " FROM jobs j JOIN results r USING (job_id) ORDER BY j.job_id"
         )
+        # The facts the rows were built from forget the texts too, and keep the rest.
+        facts = await conn.fetch(
+            "SELECT job_id, type, payload->'data' AS data FROM events"
+            " WHERE type IN ('job.accepted', 'job.completed') ORDER BY job_id, type"
+        )
     finally:
         await conn.close()
     assert [tuple(r) for r in rows] == [
         ("fresh", "Analyse this", "Hello world", 10, 2),
         ("old", None, None, 10, 0),
     ]
+    texts = {(f["job_id"], f["type"]): json.loads(f["data"]) for f in facts}
+    assert texts[("fresh", "job.accepted")]["prompt"] == "Analyse this"
+    assert texts[("fresh", "job.completed")]["response"] == "Hello world"
+    assert "prompt" not in texts[("old", "job.accepted")]
+    assert "response" not in texts[("old", "job.completed")]
+    assert texts[("old", "job.accepted")]["user_id"] == texts[("fresh", "job.accepted")]["user_id"]
+    assert texts[("old", "job.completed")]["usage"] == texts[("fresh", "job.completed")]["usage"]
