@@ -127,6 +127,15 @@ spec:
         - name: STREAMJOBS_AUTH_SECRET
           valueFrom:
             secretKeyRef: {name: {{ include "streamjobs.secretName" .root }}, key: auth-secret}
+        {{- if has .component (list "gateway" "results") }}
+        {{- /* Signs webhooks; absent: a key derived from the auth secret. */}}
+        - name: WEBHOOK_SIGNING_KEY
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "streamjobs.secretName" .root }}
+              key: webhook-signing-key
+              optional: true
+        {{- end }}
         {{- if include "streamjobs.sasl" .root }}
         - name: KAFKA_SASL_USERNAME
           value: {{ (index $v.kafka.sasl .component).username | quote }}
@@ -190,7 +199,7 @@ A service's `env` values as ConfigMap entries. A name the chart sets from its ow
 (a port, the instance, a URL list, a secret) is refused: two sources would disagree.
 */}}
 {{- define "streamjobs.extraEnv" -}}
-{{- $common := list "KAFKA_BOOTSTRAP_SERVERS" "TOPIC_PREFIX" "JOB_PARTITIONS" "KAFKA_REPLICATION_FACTOR" "KAFKA_MIN_INSYNC_REPLICAS" "KAFKA_SECURITY_PROTOCOL" "KAFKA_SASL_MECHANISM" "KAFKA_SASL_USERNAME" "KAFKA_SASL_PASSWORD" "KAFKA_SSL_CAFILE" "STREAMJOBS_AUTH_SECRET" "INSTANCE_ID" -}}
+{{- $common := list "KAFKA_BOOTSTRAP_SERVERS" "TOPIC_PREFIX" "JOB_PARTITIONS" "KAFKA_REPLICATION_FACTOR" "KAFKA_MIN_INSYNC_REPLICAS" "KAFKA_SECURITY_PROTOCOL" "KAFKA_SASL_MECHANISM" "KAFKA_SASL_USERNAME" "KAFKA_SASL_PASSWORD" "KAFKA_SSL_CAFILE" "STREAMJOBS_AUTH_SECRET" "WEBHOOK_SIGNING_KEY" "INSTANCE_ID" -}}
 {{- range $name, $value := .env }}
 {{- if has (upper $name) (concat $common $.managed) }}
 {{- fail (printf "%s.env.%s: the chart sets it from its own values (see values.yaml)" $.component $name) }}
