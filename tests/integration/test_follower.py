@@ -13,19 +13,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ConsumerStoppedError, KafkaConnectionError
 
 from shared.follower import PartitionFollower, Record, StartAt, each_record
-from shared.kafka import make_producer
 from shared.topics import events_topic
 from tests.support import wait_for
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = make_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @pytest.fixture

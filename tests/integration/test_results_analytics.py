@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -11,7 +10,6 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from shared.kafka import make_producer
 from shared.topics import Priority
 from tests.bench.figures import percentile
 from tests.integration.results_kit import (
@@ -40,14 +38,6 @@ REPORT = {
         {"severity": "low", "title": "t", "detail": "d"},
     ]
 }
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = make_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 def cost(model: str, prompt: int, completion: int) -> float:

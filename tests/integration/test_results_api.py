@@ -13,7 +13,6 @@ from aiokafka import AIOKafkaProducer
 from services.results import retention
 from services.results.app import ResultsService
 from shared.contracts import JobAccepted, JobSpec
-from shared.kafka import make_producer
 from shared.topics import Priority
 from tests.integration.results_kit import (
     T0,
@@ -36,14 +35,6 @@ async def service(
     settings = settings_for(kafka_bootstrap, topic_prefix, database_url, auth_secret)
     async with running(settings) as svc:
         yield svc
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = make_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @pytest.fixture

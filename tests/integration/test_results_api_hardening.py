@@ -24,7 +24,6 @@ from services.results.app import ResultsService
 from services.results.settings import ResultsSettings
 from shared.auth import issue_token
 from shared.http import PROBLEM_CONTENT_TYPE
-from shared.kafka import make_producer
 from tests.integration.results_kit import (
     T0,
     Reader,
@@ -54,14 +53,6 @@ async def service(
     )
     async with running(settings) as svc:
         yield svc
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = make_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from aiokafka import AIOKafkaProducer
 
 from deploy.localstack.postgres import PostgresNode
 from deploy.localstack.procs import free_port
-from shared.kafka import make_producer
 from tests.integration.results_kit import (
     caught_up,
     count,
@@ -35,14 +34,6 @@ async def own_postgres(server_dir: Path) -> AsyncIterator[PostgresNode]:
         yield node
     finally:
         await asyncio.to_thread(node.stop, "immediate")
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = make_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def test_postgres_outage_loses_and_duplicates_no_job(

@@ -21,7 +21,7 @@ from shared.contracts import (
     LifecycleEvent,
     TokenUsage,
 )
-from shared.kafka import make_producer, publish
+from shared.kafka import publish
 from shared.prices import Usage, cost_usd, load_prices
 from shared.topics import chunks_topic, events_topic
 from tests.integration.results_kit import (
@@ -50,14 +50,6 @@ async def service(
     settings = settings_for(kafka_bootstrap, topic_prefix, database_url, auth_secret)
     async with running(settings) as svc:
         yield svc
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = make_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @pytest.fixture

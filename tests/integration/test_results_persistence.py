@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -12,7 +11,6 @@ from aiokafka import AIOKafkaProducer
 
 from services.results.migrations import load, migrate
 from shared.contracts import parse_record
-from shared.kafka import make_producer
 from shared.topics import dlq_topic, events_topic
 from tests.integration.results_kit import (
     caught_up,
@@ -25,14 +23,6 @@ from tests.integration.results_kit import (
 from tests.support import read_topic, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = make_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def test_replayed_events_store_one_result(

@@ -20,7 +20,6 @@ from pydantic import ValidationError
 
 from services.results.app import ResultsService
 from shared.contracts import JobDeadLettered, TokenChunk, parse_record
-from shared.kafka import make_producer
 from shared.text import clean_text
 from shared.topics import chunks_topic, dlq_topic, events_topic
 from tests.integration.results_kit import (
@@ -241,14 +240,6 @@ class Run:
             assert await self.stored(record.value), (
                 f"neither stored nor dead-lettered: {record.value[:300]!r}"
             )
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = make_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @pytest.fixture

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from shared.kafka import make_producer
 from shared.topics import Priority
 from tests.integration.results_kit import (
     T0,
@@ -25,14 +23,6 @@ from tests.support import wait_for
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 S = timedelta(seconds=1)
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = make_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def test_series_per_minute_match_the_jobs_and_keep_a_user_to_their_own(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +16,7 @@ from services.streamer.app import create_service as create_streamer
 from services.streamer.settings import StreamerSettings
 from shared.contracts import JobAccepted, JobAcceptedData, ModelConfig, RunJob, RunJobData
 from shared.jobtypes import load_job_types
-from shared.kafka import make_producer, publish
+from shared.kafka import publish
 from shared.topics import Priority, events_topic, job_topic
 from tests.integration.results_kit import Reader, running, settings_for
 from tests.support import wait_for
@@ -25,14 +24,6 @@ from tests.support import wait_for
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 SEVERITIES = load_job_types()["security_analysis"].breakdown[0].values
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = make_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def submit(producer: AIOKafkaProducer, prefix: str, job_type: str, max_tokens: int) -> str:

@@ -19,7 +19,6 @@ from tests.integration.test_streamer_streaming import (
     events_until_final,
     fresh_sim,
     make_job,
-    producer,
     read_topic,
     records_of,
     sim,
@@ -29,7 +28,7 @@ from tests.integration.test_streamer_streaming import (
 from tests.support import wait_for
 
 pytestmark = pytest.mark.kafka
-__all__ = ["fresh_sim", "producer", "sim", "start_streamer"]  # fixtures shared with streaming
+__all__ = ["fresh_sim", "sim", "start_streamer"]  # fixtures shared with streaming
 
 LATE = "streamjobs_streamer_jobs_appended_late_total"
 

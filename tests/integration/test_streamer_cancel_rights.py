@@ -17,7 +17,6 @@ from tests.integration.test_streamer_streaming import (
     events_until_final,
     fresh_sim,
     make_job,
-    producer,
     read_topic,
     sim,
     start_streamer,
@@ -27,7 +26,7 @@ from tests.integration.test_streamer_streaming import (
 from tests.support import wait_for
 
 pytestmark = pytest.mark.kafka
-__all__ = ["fresh_sim", "producer", "sim", "start_streamer"]  # fixtures shared with streaming
+__all__ = ["fresh_sim", "sim", "start_streamer"]  # fixtures shared with streaming
 
 LONG = "[[sim tokens=3000 tps=100]]"
 

@@ -18,7 +18,6 @@ from tests.integration.test_streamer_streaming import (
     events_until_final,
     fresh_sim,
     make_job,
-    producer,
     read_topic,
     records_of,
     sim,
@@ -27,7 +26,7 @@ from tests.integration.test_streamer_streaming import (
 )
 
 pytestmark = pytest.mark.kafka
-__all__ = ["fresh_sim", "producer", "sim", "start_streamer"]  # fixtures shared with streaming
+__all__ = ["fresh_sim", "sim", "start_streamer"]  # fixtures shared with streaming
 
 
 def streamed_tokens(chunks: list[Any]) -> int:

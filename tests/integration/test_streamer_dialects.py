@@ -34,7 +34,7 @@ from shared.contracts import (
     parse_record,
 )
 from shared.jobtypes import load_job_types
-from shared.kafka import make_producer, publish
+from shared.kafka import publish
 from shared.topics import Priority, chunks_topic, events_topic, job_topic
 from tests.integration.results_kit import Reader, running, settings_for
 from tests.support import read_topic, wait_for
@@ -49,14 +49,6 @@ async def sim() -> AsyncIterator[Simulator]:
     # A token rate, so chunks are cut by the window as well as by count.
     async with Simulator(SimulatorSettings(port=0, ttft_ms=0, tokens_per_second=2000)) as server:
         yield server
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = make_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 def job_data() -> RunJobData:

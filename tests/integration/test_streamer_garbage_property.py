@@ -45,14 +45,13 @@ from tests.integration.test_streamer_streaming import (
     StartStreamer,
     fresh_sim,
     make_job,
-    producer,
     sim,
     start_streamer,
 )
 from tests.support import wait_for
 
 pytestmark = pytest.mark.kafka
-__all__ = ["fresh_sim", "producer", "sim", "start_streamer"]  # fixtures shared with streaming
+__all__ = ["fresh_sim", "sim", "start_streamer"]  # fixtures shared with streaming
 
 FINAL = {"job.completed", "job.failed", "job.cancelled"}
 Source = tuple[str, int, int]  # topic, partition, offset

@@ -24,7 +24,7 @@ from deploy.simulator.settings import SimulatorSettings
 from services.streamer.app import StreamerService, create_service
 from services.streamer.settings import StreamerSettings
 from shared.contracts import CancelJob, CancelJobData, ModelConfig, RunJob, RunJobData, parse_record
-from shared.kafka import make_producer, publish
+from shared.kafka import publish
 from shared.topics import Priority, control_topic, events_topic, job_topic
 from tests.support import wait_for
 
@@ -87,14 +87,6 @@ async def overload() -> AsyncIterator[Overload]:
 async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(SimulatorSettings(port=0, ttft_ms=0, tokens_per_second=0)) as server:
         yield server
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = make_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @pytest.fixture

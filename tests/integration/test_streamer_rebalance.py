@@ -31,7 +31,6 @@ from tests.integration.test_streamer_streaming import (
     StartStreamer,
     fresh_sim,
     make_job,
-    producer,
     read_topic,
     records_of,
     sim,
@@ -41,7 +40,7 @@ from tests.integration.test_streamer_streaming import (
 from tests.support import wait_for
 
 pytestmark = pytest.mark.kafka
-__all__ = ["fresh_sim", "producer", "sim", "start_streamer"]  # fixtures shared with streaming
+__all__ = ["fresh_sim", "sim", "start_streamer"]  # fixtures shared with streaming
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = 16

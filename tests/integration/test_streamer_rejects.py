@@ -20,7 +20,6 @@ from tests.integration.test_streamer_streaming import (
     events_until_final,
     fresh_sim,
     make_job,
-    producer,
     read_topic,
     records_of,
     sim,
@@ -30,7 +29,7 @@ from tests.integration.test_streamer_streaming import (
 from tests.support import wait_for
 
 pytestmark = pytest.mark.kafka
-__all__ = ["fresh_sim", "producer", "sim", "start_streamer"]  # fixtures shared with streaming
+__all__ = ["fresh_sim", "sim", "start_streamer"]  # fixtures shared with streaming
 
 FAST_RETRIES: dict[str, Any] = {"streamer_retry_base_s": 0.05, "streamer_retry_max_s": 0.2}
 

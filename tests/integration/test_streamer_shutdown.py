@@ -18,7 +18,6 @@ from tests.integration.test_streamer_streaming import (
     events_until_final,
     fresh_sim,
     make_job,
-    producer,
     read_topic,
     records_of,
     sim,
@@ -29,7 +28,7 @@ from tests.integration.test_streamer_streaming import (
 
 pytestmark = pytest.mark.kafka
 # Fixtures shared with the streaming and rebalance tests.
-__all__ = ["fleet", "fresh_sim", "producer", "sim", "start_streamer"]
+__all__ = ["fleet", "fresh_sim", "sim", "start_streamer"]
 
 
 def of_attempt(values: list[bytes], job_id: str, attempt: int) -> list[Any]:

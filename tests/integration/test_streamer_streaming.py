@@ -27,7 +27,7 @@ from shared.contracts import (
     RunJobData,
     parse_record,
 )
-from shared.kafka import make_producer, publish
+from shared.kafka import publish
 from shared.routing import chunk_partition
 from shared.topics import Priority, chunks_topic, control_topic, dlq_topic, events_topic, job_topic
 from tests.support import wait_for
@@ -48,14 +48,6 @@ async def fresh_sim(sim: Simulator) -> Simulator:
     async with aiohttp.ClientSession() as http, http.post(f"{sim.url}/_sim/reset") as resp:
         assert resp.status == 200
     return sim
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = make_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @pytest.fixture
