@@ -119,11 +119,6 @@ class ResultsService:
             s, consumer, producer, pool, self.metrics, rules=self.rules, observer=self._observer
         )
 
-        await self._start_webhooks(producer, pool)
-
-        await follow_revocations(
-            s, self.verifier, stack, self._background, client_id=f"results-{self.instance}"
-        )
         (topic,) = INSTANCES_READER.topics(s.topic_prefix)
         instances = InstancesReader(
             s.kafka_bootstrap_servers,
@@ -133,7 +128,16 @@ class ResultsService:
             security=security,
         )
         stack.push_async_callback(instances.stop)
-        await instances.start()
+        # Clients that wait on nothing of each other's: started side by side, each start
+        # is a few broker round trips, and one after another they added up to a second.
+        async with asyncio.TaskGroup() as starting:
+            starting.create_task(self._start_webhooks(producer, pool))
+            starting.create_task(
+                follow_revocations(
+                    s, self.verifier, stack, self._background, client_id=f"results-{self.instance}"
+                )
+            )
+            starting.create_task(instances.start())
         self._background.spawn(instances.loop())
         app = web.Application()
         add_ops_routes(app, self.registry, self._ready)
@@ -176,7 +180,6 @@ class ResultsService:
         group = s.results_group_id
         planner_consumer = self._consumer_of(group + WEBHOOK_PLANNER_SUFFIX, "planner")
         planner_consumer.subscribe(WEBHOOK_PLANNER.topics(prefix))
-        await planner_consumer.start()
         stack.push_async_callback(planner_consumer.stop)
         self.planner = WebhookPlanner(
             planner_consumer, producer, pool, self.metrics, topic_prefix=prefix
@@ -196,8 +199,8 @@ class ResultsService:
             max_pending=s.webhook_max_pending,
         )
         deliverer_consumer.subscribe(WEBHOOK_DELIVERER.topics(prefix), listener=self.deliverer)
-        await deliverer_consumer.start()
         stack.push_async_callback(deliverer_consumer.stop)
+        await asyncio.gather(planner_consumer.start(), deliverer_consumer.start())
         self.metrics.webhook_oldest_pending.set_function(self.deliverer.oldest_pending_s)
 
     async def _planner_run(self, rewind: bool) -> None:
