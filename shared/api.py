@@ -29,6 +29,16 @@ API_PREFIX = "/api/v1"
 HEADER_IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
+def _checked_url(value: str | None) -> str | None:
+    """A webhook URL as `shared.webhooks` accepts it; its address is checked at submit."""
+    if value is not None:
+        try:
+            parse_url(value)
+        except WebhookRefused as exc:
+            raise ValueError(exc.reason) from None
+    return value
+
+
 class _Out(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -97,12 +107,7 @@ class JobSubmission(BaseModel):
     @field_validator("webhook_url")
     @classmethod
     def _webhook_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse_url(value)
-            except WebhookRefused as exc:
-                raise ValueError(exc.reason) from None
-        return value
+        return _checked_url(value)
 
 
 class JobLinks(_Out):
@@ -457,9 +462,4 @@ class WebhookDefault(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse_url(value)
-            except WebhookRefused as exc:
-                raise ValueError(exc.reason) from None
-        return value
+        return _checked_url(value)

@@ -63,6 +63,17 @@ def _moment(raw: Any, name: str) -> datetime | None:
     return moment
 
 
+def _since_before(raw: Any, info: ValidationInfo, default: timedelta) -> datetime | None:
+    """A window's start: given, or `default` before its end, and always before its end."""
+    until = info.data.get("until")
+    if until is None:
+        return None  # `until` did not validate: that is the error to answer
+    since = _moment(raw, "since") or until - default
+    if since >= until:
+        raise _bad("since must be before until")
+    return since
+
+
 def _choice(raw: Any, name: str, allowed: tuple[str, ...]) -> str | None:
     if raw is None or raw == "":
         return None
@@ -160,13 +171,7 @@ class AnalyticsQuery(_Query):
     @validates("since", mode="before")
     @classmethod
     def _since(cls, raw: Any, info: ValidationInfo) -> datetime | None:
-        until = info.data.get("until")
-        if until is None:
-            return None  # `until` did not validate: that is the error to answer
-        since = _moment(raw, "since") or until - timedelta(days=1)
-        if since >= until:
-            raise _bad("since must be before until")
-        return since
+        return _since_before(raw, info, timedelta(days=1))
 
     @validates("group_by", mode="before")
     @classmethod
@@ -216,13 +221,7 @@ class SeriesQuery(_Query):
     @validates("since", mode="before")
     @classmethod
     def _since(cls, raw: Any, info: ValidationInfo) -> datetime | None:
-        until = info.data.get("until")
-        if until is None:
-            return None
-        since = _moment(raw, "since") or until - timedelta(hours=1)
-        if since >= until:
-            raise _bad("since must be before until")
-        return since
+        return _since_before(raw, info, timedelta(hours=1))
 
     @validates("step", mode="before")
     @classmethod
