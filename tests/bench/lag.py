@@ -36,6 +36,7 @@ class UserStream:
     """One job as a user saw it: submitted, started by the streamer, chunks received."""
 
     submitted: float
+    accepted: float | None = None  # when the 202 came back
     first_emitted: float | None = None  # emitted_at of the attempt's first chunk (seq 0)
     chunks: list[tuple[float, int]] = field(default_factory=list)
 
@@ -62,3 +63,19 @@ def token_lags(user: UserStream, direct: DirectStream) -> list[float]:
         received - (user.first_emitted + (upstream - zero))
         for received, upstream in zip(times, direct.tokens, strict=False)
     ]
+
+
+def first_token_parts(user: UserStream, direct: DirectStream) -> tuple[float, float, float] | None:
+    """The added time to first token in three parts that sum to it: submit -> 202; 202 -> the
+    streamer's first chunk, minus the direct reader's time to first token (the queue, the
+    job's start, the upstream request); the first chunk's hop to the client (Kafka, the
+    notifier, the WebSocket)."""
+    times = token_times(user.chunks)
+    if not times or not direct.tokens or user.accepted is None or user.first_emitted is None:
+        return None
+    direct_ttft = direct.tokens[0] - direct.requested
+    return (
+        user.accepted - user.submitted,
+        user.first_emitted - user.accepted - direct_ttft,
+        times[0] - user.first_emitted,
+    )
