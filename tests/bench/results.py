@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
 import uuid
 from datetime import timedelta
@@ -152,10 +153,14 @@ async def measure(
     dsn = f"{database_url.rpartition('/')[0]}/{database}"
     lags: list[float] = []
     recording = False
+    # Phase 1's commits: (when, records) of each, to time the writing apart from the start.
+    drained: list[tuple[float, int]] = []
 
     def observe(timestamps: list[int], committed_at: float) -> None:
         if recording:
             lags.extend(committed_at - ts / 1000 for ts in timestamps)
+        else:
+            drained.append((committed_at, len(timestamps)))
 
     settings = ResultsSettings(
         kafka_bootstrap_servers=bootstrap,
@@ -209,11 +214,20 @@ async def measure(
     return [
         Figure(
             "results: records written per second (backlog)",
-            records / drain_s,
+            _writing_rate(drained),
             "records/s",
             ">= 100000",
-            f"{jobs} jobs x {chunks_per_job} chunks + 3 events = {records} records "
-            f"in {drain_s:.2f} s, service start included",
+            f"{jobs} jobs x {chunks_per_job} chunks + 3 events = {records} records in"
+            f" {len(drained)} transactions; from the first commit to the last, the records of"
+            " all but the first",
+        ),
+        Figure(
+            "results: backlog written, service start included",
+            records / drain_s,
+            "records/s",
+            "-",
+            f"{records} records in {drain_s:.2f} s from the service's start (its Kafka clients,"
+            " the group join, the pool) to the last row",
         ),
         Figure(
             "results: lifecycle events written per second (backlog)",
@@ -235,6 +249,16 @@ async def measure(
             f"steady load of {offered:.0f} records/s ({paced_jobs} jobs), {batches} batches",
         ),
     ]
+
+
+def _writing_rate(commits: list[tuple[float, int]]) -> float:
+    """Records per second between the first commit and the last (NaN under two commits)."""
+    if len(commits) < 2:
+        return math.nan
+    ordered = sorted(commits)
+    span = ordered[-1][0] - ordered[0][0]
+    written = sum(n for _, n in ordered[1:])
+    return written / span if span > 0 else math.nan
 
 
 def main() -> None:
