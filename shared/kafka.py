@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import RecordMetadata
 
 from shared.contracts import Envelope
 from shared.settings import CommonSettings, KafkaSecuritySettings, TopicReplicationSettings
@@ -123,14 +124,27 @@ def make_producer(
     )
 
 
+def _keyed(envelope: Envelope) -> dict[str, Any]:
+    """A record's value, key (its job id) and headers, as a producer's send takes them."""
+    return {
+        "value": envelope.to_bytes(),
+        "key": envelope.job_id.encode(),
+        "headers": headers_for(envelope),
+    }
+
+
 async def publish(producer: AIOKafkaProducer, topic: str, envelope: Envelope) -> None:
     """Publish one record keyed by job id and wait until the broker has it."""
-    await producer.send_and_wait(
-        topic,
-        value=envelope.to_bytes(),
-        key=envelope.job_id.encode(),
-        headers=headers_for(envelope),
-    )
+    await producer.send_and_wait(topic, **_keyed(envelope))
+
+
+async def enqueue(
+    producer: AIOKafkaProducer, topic: str, envelope: Envelope
+) -> asyncio.Future[RecordMetadata]:
+    """Hand one record keyed by job id to the producer without waiting for the broker: the
+    future is done once the broker has it, or fails as `publish` would raise."""
+    sent: asyncio.Future[RecordMetadata] = await producer.send(topic, **_keyed(envelope))
+    return sent
 
 
 @dataclass(frozen=True)

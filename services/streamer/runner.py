@@ -31,7 +31,7 @@ from shared.contracts import (
     RunJob,
     TokenUsage,
 )
-from shared.kafka import publish
+from shared.kafka import enqueue, publish
 from shared.logs import bind
 from shared.topics import events_topic
 from shared.upstreams import Hop
@@ -162,7 +162,10 @@ async def _attempt(
     deps.metrics.queue_wait.labels(data.priority.value).observe(queued_s)
     deps.metrics.jobs_started.labels(*labels).inc()
     continues = data.resume.attempt if data.resume is not None else None
-    await publish(
+    # Not awaited here: the upstream request goes out while the broker takes the fact. The
+    # stream waits for it before its first chunk and `drain` before any final event, so
+    # no chunk of an attempt exists without its JobStarted (the claim a rerun counts on).
+    started_sent = await enqueue(
         deps.producer,
         events,
         JobStarted(
@@ -185,7 +188,9 @@ async def _attempt(
         data.job_type,
         data.priority.value,
     )
-    stream = AttemptStream(running, deps, started, link.client, asked_of(data, hop.model))
+    stream = AttemptStream(
+        running, deps, started, link.client, asked_of(data, hop.model), after=started_sent
+    )
     running.stream = stream  # what it streamed, should the attempt crash past this point
     error: UpstreamError | None = None
     try:

@@ -56,6 +56,8 @@ class AttemptStream:
         started: float,
         client: openai.AsyncOpenAI,
         asked: RunJobData | None = None,
+        *,
+        after: asyncio.Future[Any] | None = None,
     ) -> None:
         self.running = running
         self.deps = deps
@@ -80,7 +82,10 @@ class AttemptStream:
         self.last_token_at = started
         self.model = self.asked.config.model
         self.reported: UpstreamUsage | None = None
-        self._sends: list[asyncio.Future[Any]] = []
+        # `after`: a record sent before this attempt (its JobStarted) that the broker must
+        # have before the first chunk is sent; `drain` waits for it with the chunks.
+        self._after = after
+        self._sends: list[asyncio.Future[Any]] = [after] if after is not None else []
         self._topic = chunks_topic(deps.prefix)
         self._key = running.job.job_id.encode()
         self._partition: int | None = None
@@ -271,6 +276,9 @@ class AttemptStream:
     async def _send(self, chunk: Chunk) -> None:
         # Hot path: no pydantic; the record's bytes are built from the chunk's own fields.
         producer = self.deps.producer
+        if self._after is not None:
+            after, self._after = self._after, None
+            await after
         if self._partition is None:
             # Where the default partitioner puts the key (and where readers look for the
             # job), worked out once per attempt rather than by a murmur2 in Python per chunk.

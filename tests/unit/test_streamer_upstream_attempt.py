@@ -15,6 +15,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
 from services.streamer.job import Deps, RetryPolicy, Running
@@ -102,10 +103,14 @@ async def attempt() -> AsyncIterator[Any]:
         idle_timeout_s: float = 30.0,
         job_timeout_s: float = 600.0,
         pause: int = 0,
+        after: asyncio.Future[Any] | None = None,
+        asked: list[httpx2.Request] | None = None,
     ) -> Attempt:
         body = FedBody()
 
         def answer(request: httpx2.Request) -> httpx2.Response:
+            if asked is not None:
+                asked.append(request)
             headers = {"content-type": "text/event-stream"}
             return httpx2.Response(200, headers=headers, stream=body, request=request)
 
@@ -141,7 +146,7 @@ async def attempt() -> AsyncIterator[Any]:
             ),
         )
         running = Running(job=job)
-        stream = AttemptStream(running, deps, time.time(), client)
+        stream = AttemptStream(running, deps, time.time(), client, after=after)
         task = asyncio.create_task(stream.run())
         one = Attempt(body, producer, running, stream, task)
         started.append(one)
@@ -166,6 +171,41 @@ async def test_the_first_token_is_published_at_once_whatever_the_window(attempt:
     end = await asyncio.wait_for(a.task, 5)
     assert end is not None and end.finish_reason == "stop"
     assert a.producer.texts() == ["Hello", " world"]
+
+
+async def test_the_upstream_is_asked_before_the_started_fact_is_in_but_no_chunk_leaves_before(
+    attempt: Any,
+) -> None:
+    # The JobStarted send: the broker has not answered yet.
+    started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    asked: list[httpx2.Request] = []
+    a = await attempt(window_ms=60_000, max_tokens=1000, after=started, asked=asked)
+    a.body.feed(event(token("Hello")))
+    await wait_for(lambda: asked, timeout=5, message="the upstream was asked")
+    await wait_for(lambda: a.stream.first_token_at, timeout=5, message="the first token read")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert a.producer.records == [], "a chunk left before its attempt's JobStarted was in"
+    started.set_result(None)
+    await wait_for(lambda: a.producer.records, timeout=5, message="the first chunk was sent")
+    assert a.producer.texts() == ["Hello"]
+    a.body.feed(event(finish()), b"data: [DONE]\n\n", END)
+    assert await asyncio.wait_for(a.task, 5) is not None
+
+
+async def test_a_started_fact_the_broker_refused_fails_the_attempt_with_no_chunk_sent(
+    attempt: Any,
+) -> None:
+    started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    a = await attempt(window_ms=60_000, max_tokens=1000, after=started)
+    a.body.feed(event(token("Hello")))
+    await wait_for(lambda: a.stream.first_token_at, timeout=5, message="the first token read")
+    started.set_exception(KafkaTimeoutError("the broker did not answer"))
+    with pytest.raises(KafkaTimeoutError):
+        await asyncio.wait_for(a.task, 5)
+    assert a.producer.records == []
+    with pytest.raises(KafkaTimeoutError):
+        await a.stream.drain()  # what the runner awaits before any final event
 
 
 async def test_tokens_that_stop_coming_leave_when_their_window_passes(attempt: Any) -> None:
