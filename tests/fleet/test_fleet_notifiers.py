@@ -88,17 +88,17 @@ async def test_a_client_at_the_other_notifier_is_redirected_and_gets_every_chunk
 ) -> None:
     """One job served by each instance, each subscribed first at the other one, while it
     streams."""
-    token = fleet.token(f"redirected-{uuid.uuid4().hex[:8]}")
     partitions = fleet.fleet.partitions
-    served: dict[int, dict[str, Any]] = {}
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
-        for n in range(12):
-            if len(served) == 2:
-                break
+    served: dict[int, tuple[str, dict[str, Any]]] = {}  # instance -> (token, answer)
+    for n in range(12):  # a user per job: the in-flight limit never decides how many tries
+        if len(served) == 2:
+            break
+        token = fleet.token(f"redirected-{uuid.uuid4().hex[:8]}")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
             answer = await submit(http, fleet.gateways[n % 2], job_body(tokens=60, tps=30))
-            served.setdefault(notifier_for(answer["job_id"], partitions, 2), answer)
+        served.setdefault(notifier_for(answer["job_id"], partitions, 2), (token, answer))
     assert set(served) == {0, 1}, "twelve job ids all hashed to one notifier"
-    for instance, answer in served.items():
+    for instance, (token, answer) in served.items():
         job_id = answer["job_id"]
         assert answer["links"]["websocket"] == fleet.ws_url(instance), answer["links"]
         frame = await redirect_from(fleet.ws_url(1 - instance), token, job_id)
@@ -134,7 +134,13 @@ async def test_each_notifier_reads_about_half_of_the_chunk_records(fleet: Runnin
                     read.append(chunk_records_read(await resp.text(), topic))
             return read
 
-    before = await counters()
+    async def quiet() -> list[float]:
+        """The counters once they stop moving, so no earlier test's jobs count as ours."""
+        first = await counters()
+        await asyncio.sleep(1.0)
+        return first if await counters() == first else []
+
+    before = await wait_for(quiet, timeout=30, interval=0, message="the chunk stream goes quiet")
     per_user = int(FLEET_LIMITS["GATEWAY_MAX_IN_FLIGHT"])
     users = [fleet.token(f"split-{uuid.uuid4().hex[:8]}") for _ in range(8)]
     owners: dict[str, str] = {}  # job id -> its user's token
