@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
@@ -175,6 +176,7 @@ class Dispatcher:
 
     def _launch(self, running: Running, now: float) -> None:
         job = running.job
+        running.slot_at = datetime.now(UTC)
         pending = self.cancels.take(running, now)
         if pending is not None:
             running.cancel = pending

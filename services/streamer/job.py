@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -75,6 +76,9 @@ class Running:
     # not whatever a later record claims.
     owner: str = ""
     stream: AttemptStream | None = None  # the attempt's stream once it reached the upstream
+    # When the dispatch loop gave the job its slot: its first attempt's JobStarted says so,
+    # however long a busy loop takes to run the attempt's first step.
+    slot_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if not self.owner:

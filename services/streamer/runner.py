@@ -157,8 +157,10 @@ async def _attempt(
         return Outcome.CANCELLED
     events = events_topic(deps.prefix)
     started = deps.clock()
+    # The slot's first attempt started when the slot was given; a fallback, when it begins.
+    started_at, running.slot_at = running.slot_at or datetime.now(UTC), None
     queued_since = (data.not_before or data.submitted_at).timestamp()
-    queued_s = max(0.0, started - queued_since)
+    queued_s = max(0.0, started_at.timestamp() - queued_since)
     deps.metrics.queue_wait.labels(data.priority.value).observe(queued_s)
     deps.metrics.jobs_started.labels(*labels).inc()
     continues = data.resume.attempt if data.resume is not None else None
@@ -171,6 +173,7 @@ async def _attempt(
         JobStarted(
             job_id=job.job_id,
             trace_id=job.trace_id,
+            occurred_at=started_at,
             data=JobStartedData(
                 attempt=data.attempt,
                 worker=deps.worker,

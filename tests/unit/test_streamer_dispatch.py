@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
@@ -23,6 +24,15 @@ async def test_an_admitted_job_runs_and_its_offset_is_claimed_then_released() ->
         await wait_for(lambda: s.ledger.released == [7], message="the offset was released")
         assert "j1" not in s.inflight.running
         assert s.dispatcher.scheduler.in_use == 0
+
+
+async def test_a_launched_job_carries_the_time_its_slot_was_given() -> None:
+    async with streamer() as s:
+        running, before = make_running("j1", offset=7), datetime.now(UTC)
+        s.dispatcher.admit(running, Priority.NORMAL.rank)
+        await wait_for(lambda: s.upstream.attempts, message="the job started")
+        assert running.slot_at is not None
+        assert before <= running.slot_at <= datetime.now(UTC)
 
 
 async def test_the_free_slot_goes_to_the_most_urgent_band_waiting() -> None:

@@ -12,10 +12,12 @@ import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx2
 import openai
+import pytest
 from prometheus_client import CollectorRegistry
 
 from services.streamer.breaker import CircuitBreaker
@@ -199,3 +201,21 @@ async def test_the_last_allowed_attempt_goes_to_the_retry_topic_not_the_next_ups
     assert r.asked == [("a", "m"), ("b", "m")]
     (failed,) = r.producer.of("job.failed")
     assert (failed.data.attempt, failed.data.upstream) == (2, "b")
+
+
+async def test_the_first_attempt_started_when_its_slot_was_given_a_fallback_when_it_began() -> None:
+    """A busy loop may run an attempt's first step long after the dispatch loop chose the job:
+    its JobStarted (and its queue wait) say when it was chosen, which is what priority means."""
+    r = rig({"a": status(503), "b": ok, "c": ok})
+    job = running()
+    submitted = utcnow() - timedelta(seconds=5)
+    job.job = RunJob(
+        job_id=job.job.job_id, data=job.job.data.model_copy(update={"submitted_at": submitted})
+    )
+    job.slot_at = slot_at = submitted + timedelta(seconds=3)
+    assert await run_job(job, r.deps) is Outcome.COMPLETED
+    first, second = r.producer.of("job.started")
+    assert first.occurred_at == slot_at
+    assert first.data.queued_for_ms == pytest.approx(3000, abs=1)
+    assert second.occurred_at > slot_at + timedelta(seconds=1), "the fallback began later"
+    assert job.slot_at is None
