@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Enough descriptors for the notifier's clients in this process and its own sockets.
 NOFILE = 65_536
 NOFILE_RESERVE = 300  # the paced streams' clients, Kafka and listening sockets
+SIM_TPS = 100  # tokens per second of every simulated stream unless its prompt says otherwise
 GATEWAY_STREAMER_SLOTS = 16
 GATEWAY_USERS = 64  # 8 admission partitions by default: every one of them gets users
 # Requests in flight in the closed loop: enough to keep the gateway's CPU busy. With 16 the
@@ -88,7 +89,9 @@ async def run_streamer(b: Bench) -> list[Figure]:
     sdk = await baseline.measure(
         f"{stack.urls()['simulator']}/v1", streams=b.args.streams, tokens=b.args.tokens
     )
-    own = await pipeline.measure(stack, b.bootstrap, streams=b.args.streams, tokens=b.args.tokens)
+    own = await pipeline.measure(
+        stack, b.bootstrap, streams=b.args.streams, tokens=b.args.tokens, tokens_per_s=SIM_TPS
+    )
     cpu = next(f for f in own if f.name == "streamer: CPU per streamed token")
     return [*sdk, *own, pipeline.sdk_ratio(cpu, sdk[0])]
 
@@ -250,7 +253,7 @@ def main() -> int:
             "STREAMER_SLOTS": str(args.streams),
             # Stops and restarts between scenarios need not wait for running jobs.
             "STREAMER_GRACE_S": "2",
-            "SIM_TOKENS_PER_SECOND": "100",
+            "SIM_TOKENS_PER_SECOND": str(SIM_TPS),
             "SIM_TTFT_MS": "50",
             "LOG_LEVEL": "WARNING",
             # The gateway figure measures submission itself, not the per-user limits.
