@@ -101,13 +101,14 @@ def headers_for(envelope: Envelope) -> Headers:
 # at the broker, which answers it as soon as one byte is appended: a long wait costs no
 # latency, and spares the idle fetches a short one makes (and a record arriving between them).
 DEFAULT_LINGER_MS = 0
+DEFAULT_FETCH_MAX_WAIT_MS = 100
+DEFAULT_FETCH_MIN_BYTES = 1
+
 # Per partition: aiokafka buffers one batch, and once it is full every later send waits for
 # its drain (one request in flight per broker). At 16 KiB, its default, 400 streams' chunks
 # filled it faster than a loaded broker answered, and the streams slowed to the producer's
 # pace; the broker takes up to 1 MiB per batch.
 DEFAULT_MAX_BATCH_BYTES = 512 * 1024
-DEFAULT_FETCH_MAX_WAIT_MS = 100
-DEFAULT_FETCH_MIN_BYTES = 1
 
 
 def make_producer(
