@@ -5,7 +5,10 @@ hook hears of it: a WebSocket connection writes them to its socket once per
 event-loop turn (`flush.py`), an SSE stream's task takes them (`take`). A slow
 client only ever fills its own outbox. Every frame, replies included, goes
 through the bound: a client that does not read cannot make the outbox grow past
-`limit` frames plus one subscription's replay.
+`limit` frames plus one subscription's replay. The bound counts what the socket
+would not take, not what one Kafka fetch brought at once: a WebSocket client whose
+outbox fills before the turn's flush first has it written through (`drain`), and
+is a slow consumer only if its socket cannot take it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Client:
         "_event",
         "_frames",
         "channels",
+        "drain",
         "id",
         "kill",
         "limit",
@@ -49,6 +53,7 @@ class Client:
         on_subscribe: Callable[[str, bool], None] | None = None,
         on_redirect: Callable[[str, int], None] | None = None,
         wake: Callable[[Client], None] | None = None,
+        drain: Callable[[Client], None] | None = None,
     ) -> None:
         self.id = next(_ids)
         self.principal = principal
@@ -70,6 +75,9 @@ class Client:
         # Called when frames were queued or a close asked for; None: `take` waits for them.
         self.wake = wake
         self.marked = False  # already due to be written this event-loop turn (flush.py)
+        # Writes the outbox to the socket now, as far as the socket takes it; None: the
+        # outbox only empties when the client's own task takes from it (SSE).
+        self.drain = drain
         self._event: asyncio.Event | None = None
         self._closing: tuple[int, str] | None = None
 
@@ -84,7 +92,7 @@ class Client:
 
     def offer(self, frame: Frame) -> bool:
         """Queue a live frame; False when the outbox is full (the frame is not queued)."""
-        if len(self._frames) >= self.limit:
+        if len(self._frames) >= self.limit and not self._drained():
             return False
         self._frames.append(frame)
         self.queued_chars += len(frame.text)
@@ -97,10 +105,17 @@ class Client:
         False (nothing queued) when the outbox is already full: the client is
         not reading, and the caller treats it as a slow consumer.
         """
-        if len(self._frames) >= self.limit:
+        if len(self._frames) >= self.limit and not self._drained():
             return False
         self._extend(frames)
         return True
+
+    def _drained(self) -> bool:
+        """The outbox is full: write it through now; True if that made room."""
+        if self.drain is None:
+            return False
+        self.drain(self)
+        return len(self._frames) < self.limit
 
     def _extend(self, frames: Iterable[Frame]) -> None:
         for frame in frames:

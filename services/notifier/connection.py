@@ -198,14 +198,22 @@ class BoundedConnection(ServerConnection):
         return written
 
     def shut(self, code: int, reason: str) -> None:
-        """Start the closing handshake once (the library aborts it after its close timeout)."""
+        """Start the closing handshake once; the connection is gone within the close timeout."""
         if self._closer is None and self.protocol.state is State.OPEN:
             if code in DEAF_CLOSES:
                 # Its close frame would come behind whatever it still floods us with; the
-                # library aborts after its close timeout instead, and the flood is not read.
+                # connection is aborted after the close timeout instead, and the flood is
+                # not read.
                 self._deaf = True
                 self._apply()
             self._closer = self.loop.create_task(self.close(code, reason))
+            # The library's close awaits the socket's drain before its close timeout starts:
+            # a client that stopped reading would hold the connection for ever.
+            self.loop.call_later(self.close_timeout or 0, self._abort)
+
+    def _abort(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.abort()
 
     def visit_keepalive(self, now: float, interval: float, timeout: float) -> None:
         """One keepalive visit: ping a client silent for `interval`, close one that let a

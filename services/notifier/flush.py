@@ -3,7 +3,10 @@
 A Kafka batch queues its frames for many clients without awaiting; the flush that
 follows (the reader calls it at the end of each batch, the event loop at the end of
 any other turn that queued frames) hands each client's frames to its socket in one
-write, so a client that gets several chunks of one batch costs one system call.
+write, so a client that gets several chunks of one batch costs one system call. A client
+whose outbox fills within the batch is written at once (`write_now`): one fetch can
+bring more of a job's chunks than the outbox bound, and a client that reads is not
+a slow one for that.
 """
 
 from __future__ import annotations
@@ -39,21 +42,30 @@ class Flusher:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
+    def write_now(self, client: Client) -> None:
+        """Write `client`'s outbox before the turn ends, as far as its socket takes it."""
+        written = self._write(client)
+        if written:
+            self._on_sent(written)
+
     def flush(self) -> None:
         self._scheduled = False
         due, self._due = self._due, []
-        conns = self._conns
         written = 0
         for client in due:
             client.marked = False
-            conn = conns.get(client)
-            if conn is None:
-                continue
-            try:
-                written += conn.write_outbox()
-            except (OSError, RuntimeError):
-                # The socket broke under the write: that client is gone, the others are served.
-                log.warning("write to a WebSocket client failed", exc_info=True)
-                conn.transport.abort()
+            written += self._write(client)
         if written:
             self._on_sent(written)
+
+    def _write(self, client: Client) -> int:
+        conn = self._conns.get(client)
+        if conn is None:
+            return 0
+        try:
+            return conn.write_outbox()
+        except (OSError, RuntimeError):
+            # The socket broke under the write: that client is gone, the others are served.
+            log.warning("write to a WebSocket client failed", exc_info=True)
+            conn.transport.abort()
+            return 0

@@ -245,6 +245,7 @@ class Session:
             kill=self.kill,
             on_subscribe=self.on_subscribe,
             wake=endpoint.flusher.mark,
+            drain=endpoint.flusher.write_now,
         )
         # Done with True once authenticated, False once refused or gone.
         self.authed: asyncio.Future[bool] | None = asyncio.get_running_loop().create_future()

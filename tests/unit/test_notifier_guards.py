@@ -156,6 +156,30 @@ def test_subscription_replay_to_a_full_outbox_is_a_resync_naming_the_channel() -
     assert msgs[0]["channel"] == f"job:{JOB}"
 
 
+def test_more_chunks_in_one_batch_than_the_bound_reach_a_client_whose_socket_takes_them() -> None:
+    # One Kafka fetch can bring more of a job's chunks than the outbox holds, all queued
+    # before the turn's flush: a client whose socket takes them is written through, not
+    # told to resync; one whose socket takes nothing is a slow consumer after `limit`.
+    h = make_hub()
+    h.on_event(accepted(), 0.0)
+    sent: list[object] = []
+    live = Client(
+        Principal("alice", frozenset({"jobs:read"})),
+        4,
+        drain=lambda c: sent.extend(c.take_now(1 << 30)),
+    )
+    deaf = Client(Principal("alice", frozenset({"jobs:read"})), 4, drain=lambda _c: None)
+    h.subscribe_job(live, JOB, -1, None, 0.0)
+    h.subscribe_job(deaf, JOB, -1, None, 0.0)
+    for seq in range(50):
+        h.on_chunk(chunk(seq), 0.0)
+    got = [json.loads(f.text) for f in [*sent, *live.take_now(1 << 30)]]
+    assert [m["seq"] for m in got if m["type"] == "chunk"] == list(range(50))
+    assert live.resyncs == 0
+    assert deaf.resyncs >= 1
+    assert len(deaf) <= 4 + 1
+
+
 def test_outbox_counts_the_characters_it_holds() -> None:
     c = reader()
     frame = control("pong", id="abc")
