@@ -104,6 +104,12 @@ DEFAULT_LINGER_MS = 0
 DEFAULT_FETCH_MAX_WAIT_MS = 100
 DEFAULT_FETCH_MIN_BYTES = 1
 
+# Per partition: aiokafka buffers one batch, and once it is full every later send waits for
+# its drain (one request in flight per broker). At 16 KiB, its default, 400 streams' chunks
+# filled it faster than a loaded broker answered, and the streams slowed to the producer's
+# pace; the broker takes up to 1 MiB per batch.
+DEFAULT_MAX_BATCH_BYTES = 512 * 1024
+
 
 def make_producer(
     bootstrap_servers: str,
@@ -120,6 +126,7 @@ def make_producer(
         acks="all",
         enable_idempotence=True,
         linger_ms=linger_ms,
+        max_batch_size=DEFAULT_MAX_BATCH_BYTES,
         request_timeout_ms=15_000,
     )
 

@@ -50,7 +50,7 @@ from services.gateway.admission_records import (
 from services.gateway.decider import apply_decision, decide, undo
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.view import EventsView
-from shared.kafka import Headers, KafkaOptions, traceparent
+from shared.kafka import DEFAULT_MAX_BATCH_BYTES, Headers, KafkaOptions, traceparent
 from shared.topics import (
     HEADER_SCHEMA_VERSION,
     HEADER_TRACEPARENT,
@@ -66,9 +66,6 @@ log = logging.getLogger(__name__)
 # only once the fetch in flight has come back.
 OWNER_FETCH_WAIT_MS = 50
 DECISIONS_FETCH_WAIT_MS = 500
-# Per partition: a batch that fills up makes every later send wait for its drain, and the
-# owner appends a whole poll's records at once (the broker takes up to 1 MiB per batch).
-MAX_BATCH_BYTES = 512 * 1024
 # aiokafka's default (100 ms) is what a coordinator answering "busy" costs a transaction;
 # the coordinator is busy for a few ms (a commit's markers being written).
 RETRY_BACKOFF_MS = 10
@@ -100,7 +97,7 @@ def admission_producer(
         acks="all",
         enable_idempotence=True,
         linger_ms=linger_ms,
-        max_batch_size=MAX_BATCH_BYTES,
+        max_batch_size=DEFAULT_MAX_BATCH_BYTES,  # a whole poll's records at once
         retry_backoff_ms=RETRY_BACKOFF_MS,
     )
 
