@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -181,10 +182,47 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+# Ports handed out by free_port in this process: a port is given once, so two parts of one
+# stack never race for the same one however quickly they are asked for.
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _listen_range() -> range:
+    """Ports a stack may listen on: outside the kernel's ephemeral range, so no outgoing
+    connection (a Kafka client, a test's HTTP request) can take one between the moment it is
+    chosen and the moment its service binds it."""
+    low, high = _ephemeral_range()
+    if low - 10_000 >= 1024:
+        return range(10_000, low)
+    return range(high + 1, 65_536)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing is bound to on any interface, never handed out before in this process
+    and outside the ephemeral range. A port the kernel picks for `bind(0)` comes from that
+    range, where an outgoing connection may take it before the service that was told it
+    binds it, and a second `bind(0)` may return the same port again."""
+    ports = _listen_range()
+    for _ in range(1_000):
+        port = random.choice(ports)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise StartupError(f"no free port in {ports.start}-{ports.stop - 1} after 1000 tries")
 
 
 def wait_for_port(
