@@ -106,6 +106,9 @@ class NotifierService:
             fetch_max_wait_ms=s.notifier_fetch_max_wait_ms,
             fetch_min_bytes=s.notifier_fetch_min_bytes,
             after_batch=self.ws.flusher.flush,
+            # A batch never holds more of one job's chunks than half an outbox, so a client
+            # whose outbox only empties when its own task runs (SSE) has room for all of them.
+            max_records=max(1, min(2000, s.notifier_queue_frames // 2)),
         )
         self.reader = reader
         self._stack.push_async_callback(reader.stop)

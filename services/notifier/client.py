@@ -8,7 +8,9 @@ through the bound: a client that does not read cannot make the outbox grow past
 `limit` frames plus one subscription's replay. The bound counts what the socket
 would not take, not what one Kafka fetch brought at once: a WebSocket client whose
 outbox fills before the turn's flush first has it written through (`drain`), and
-is a slow consumer only if its socket cannot take it.
+is a slow consumer only if its socket cannot take it. An SSE stream has no such hook;
+the reader hands the hub at most half an outbox of records per poll and yields
+between polls, so the stream's task takes them first.
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ class Reader:
         fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
         fetch_min_bytes: int = DEFAULT_FETCH_MIN_BYTES,
         after_batch: Callable[[], None] | None = None,
+        max_records: int = 2000,
     ) -> None:
         self.events_topic = events_topic
         self.chunks_topic = chunks_topic
@@ -72,7 +73,7 @@ class Reader:
             start={events_topic: events_start, chunks_topic: StartAt.LOOKBACK},
             lookback_s=lookback_s,
             poll_ms=200,
-            max_records=2000,
+            max_records=max_records,
             choose=self._owned,
             name=client_id,
             security=security,
@@ -123,7 +124,13 @@ class Reader:
         await self.follower.stop()
 
     async def run(self) -> None:
-        await self.follower.run()
+        follower = self.follower
+        while True:
+            await follower.poll()
+            # Let the clients' own tasks (SSE streams) take what this batch queued before the
+            # next poll: that may return records already fetched without the event loop
+            # turning, and an outbox nobody takes from would fill with one fetch's chunks.
+            await asyncio.sleep(0)
 
     def _handle(self, batch: Batch) -> None:
         chunks_topic = self.chunks_topic

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 
+import aiohttp
 import pytest
 
 from tests.integration.notifier_support import (
@@ -18,8 +19,10 @@ from tests.integration.notifier_support import (
     running_notifier,
     subscribe,
     token,
+    words,
     ws_url,
 )
+from tests.integration.test_notifier_resume import parse_sse
 
 pytestmark = pytest.mark.kafka
 
@@ -95,3 +98,40 @@ async def test_stalled_client_gets_a_resync_and_does_not_delay_a_live_one_on_the
     assert told["channel"] == f"job:{job_id}"
     assert told["attempt"] == 1
     assert isinstance(told["last_seq"], int)
+
+
+async def test_an_sse_client_that_reads_gets_a_fetch_holding_more_chunks_than_its_outbox(
+    kafka_bootstrap: str, topic_prefix: str, auth_secret: str
+) -> None:
+    # One producer batch of 300 chunks reaches the notifier as one fetch: ten outboxes' worth
+    # of one job for a client whose outbox empties only when its own task runs.
+    texts = words(300)
+    settings = notifier_settings(
+        kafka_bootstrap, topic_prefix, auth_secret, notifier_queue_frames=LIMIT
+    )
+    tok = token(auth_secret, "alice")
+    async with (
+        running_notifier(settings) as service,
+        publisher(kafka_bootstrap, topic_prefix) as pub,
+        aiohttp.ClientSession() as http,
+    ):
+        job_id = str(uuid.uuid4())
+        await pub.accepted(job_id, "alice")
+        await pub.flush()
+        url = f"http://127.0.0.1:{service.sse_port}/api/v1/jobs/{job_id}/events"
+        async with asyncio.timeout(30), http.get(url, params={"token": tok}) as resp:
+            assert resp.status == 200  # headers come once the subscription is live
+            await pub.chunks(job_id, texts)
+            await pub.completed(job_id, texts)
+            await pub.flush()
+            events = parse_sse(await resp.text())
+        resyncs = service.registry.get_sample_value("streamjobs_notifier_resyncs_total")
+
+    assert [e["event"] for e in events if e.get("event") != "chunk"] == [
+        "subscribed",
+        "job.completed",
+    ]
+    chunks = [e for e in events if e.get("event") == "chunk"]
+    assert [c["id"] for c in chunks] == [f"1:{seq}" for seq in range(len(texts))]
+    assert "".join(json.loads(c["data"])["text"] for c in chunks) == "".join(texts)
+    assert not resyncs
