@@ -455,7 +455,7 @@ class Fleet:
             {
                 "role": "postgres",
                 "instance": 0,
-                "pid": pg._postmaster_pid() if pg.is_running() else None,
+                "pid": pg.postmaster_pid() if pg.is_running() else None,
                 "ports": {"postgres": pg.port},
                 "urls": {"database": self.database_url},
                 "log": str(pg.state_dir / "postgres.log"),

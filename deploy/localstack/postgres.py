@@ -140,7 +140,7 @@ class PostgresNode:
         """
         if not self.is_running():
             return
-        pid = self._postmaster_pid()
+        pid = self.postmaster_pid()
         with contextlib.suppress(subprocess.CalledProcessError):
             _pg().pg_ctl(
                 ["-w", "-t", str(int(grace_s)), "-m", mode, "stop"],
@@ -156,7 +156,8 @@ class PostgresNode:
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def _postmaster_pid(self) -> int | None:
+    def postmaster_pid(self) -> int | None:
+        """The server's pid from its pid file (None when it has none)."""
         try:
             return int((self.pgdata / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):

@@ -18,7 +18,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.localstack.kafka import KafkaNode
@@ -30,6 +30,7 @@ from shared.kafka import ensure_topics
 from tests.bench import (
     baseline,
     capacity,
+    cost,
     gateway,
     hotpath,
     notifier,
@@ -59,6 +60,8 @@ class Bench:
     bootstrap: str
     database_url: str
     stack: Stack | None = None
+    # Kafka's and PostgreSQL's pids, named: what the cost scenario counts beside the services.
+    infrastructure: dict[int, str] = field(default_factory=dict)
 
     @property
     def running(self) -> Stack:
@@ -127,6 +130,15 @@ async def run_split(b: Bench) -> list[Figure]:
     return await notifier.measure_split(b.bootstrap)
 
 
+async def run_cost(b: Bench) -> list[Figure]:
+    stack = b.running
+    tokens = [issue_token(stack.auth_secret(), f"bench-cost-{i}") for i in range(GATEWAY_USERS)]
+    roots = {proc.pid: name for name, proc in stack.processes.items()} | b.infrastructure
+    return await cost.measure(
+        stack.urls()["gateway"], tokens, b.bootstrap, stack.topic_prefix, roots
+    )
+
+
 async def run_gateway(b: Bench) -> list[Figure]:
     # The whole stack runs. Streaming 1,000 jobs/s takes many cores; on 2 cores it would
     # measure the CPU left to the gateway, so the streamer runs with few slots: it streams
@@ -165,9 +177,10 @@ SCENARIOS: dict[str, Scenario] = {
     "results": run_results,
     "notifier": run_notifier,
     "split": run_split,
+    "cost": run_cost,
     "gateway": run_gateway,
 }
-NEEDS_SERVICES = frozenset({"user", "streamer", "capacity", "priority", "gateway"})
+NEEDS_SERVICES = frozenset({"user", "streamer", "capacity", "priority", "cost", "gateway"})
 
 
 def chosen(only: str | None) -> list[str]:
@@ -240,6 +253,10 @@ def main() -> int:
     kafka.start()
     postgres.start()
     bench = Bench(args, kafka.bootstrap_servers, postgres.dsn)
+    if kafka.process is not None:
+        bench.infrastructure[kafka.process.pid] = "kafka"
+    if (postmaster := postgres.postmaster_pid()) is not None:
+        bench.infrastructure[postmaster] = "postgres"
     figures: list[Figure] = []
     failed: list[str] = []
     stack = Stack(
