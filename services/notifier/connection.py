@@ -32,6 +32,9 @@ CLOSE_KEEPALIVE = CloseCode.INTERNAL_ERROR  # what the library sends when a ping
 CLOSE_SLOW = 4008
 # Closes of a client that does not read (or is gone): nothing it sends is read any more.
 DEAF_CLOSES = frozenset({CLOSE_SLOW, CLOSE_KEEPALIVE})
+# How long a closing connection lives when the server was given no close timeout (the
+# library's None, "wait for ever"): a client that stopped reading must not hold it for ever.
+CLOSE_ABORT_DEFAULT_S = 10.0
 # Stands for every open connection's handshake request once it has been served: the
 # library only checks that there is one, and the real one holds ~3 KB of headers.
 HANDSHAKE_DONE = Request("/ws", Headers())
@@ -209,7 +212,8 @@ class BoundedConnection(ServerConnection):
             self._closer = self.loop.create_task(self.close(code, reason))
             # The library's close awaits the socket's drain before its close timeout starts:
             # a client that stopped reading would hold the connection for ever.
-            self.loop.call_later(self.close_timeout or 0, self._abort)
+            limit = self.close_timeout
+            self.loop.call_later(CLOSE_ABORT_DEFAULT_S if limit is None else limit, self._abort)
 
     def _abort(self) -> None:
         if not self.transport.is_closing():

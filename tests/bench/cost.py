@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.bench.figures import Figure
+from tests.bench.figures import Figure, percentile
 from tests.bench.pipeline import Watch
 
 BODY = {
@@ -77,6 +77,7 @@ async def measure(
     watch = Watch(bootstrap, prefix, chunks=False)
     await watch.start()
     job_ids: list[str] = []
+    submits: list[float] = []  # ms from each submission's due time to its 202
     refused: dict[int, int] = {}
     try:
         async with aiohttp.ClientSession() as http:
@@ -95,12 +96,14 @@ async def measure(
             start = loop.time() + 0.05
 
             async def one(i: int) -> None:
-                await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+                due = start + i / rate
+                await asyncio.sleep(max(0.0, due - loop.time()))
                 status, job_id = await _submit(
                     http, url, users[i % len(users)], f"cost {i}", job_tokens
                 )
                 if job_id is not None:
                     job_ids.append(job_id)
+                    submits.append((loop.time() - due) * 1000)
                 else:
                     refused[status] = refused.get(status, 0) + 1
 
@@ -124,8 +127,9 @@ async def measure(
     )
     note = (
         f"{completed} jobs of {job_tokens} tokens at {rate:g}/s offered through the gateway,"
-        f" each followed to its end; less idle use ({sum(idle.values()) / idle_s:.2f} cores);"
-        f" ms per job: {parts}"
+        f" each followed to its end (submit p50 {percentile(submits, 50):.0f} ms, p99"
+        f" {percentile(submits, 99):.0f} ms); less idle use ({sum(idle.values()) / idle_s:.2f}"
+        f" cores); ms per job: {parts}"
     )
     if refused or unfinished:
         note += f"; refused {refused}, unfinished {unfinished}"
