@@ -37,6 +37,7 @@ class UserStream:
 
     submitted: float
     accepted: float | None = None  # when the 202 came back
+    started: float | None = None  # occurred_at of the attempt's job.started: its slot given
     first_emitted: float | None = None  # emitted_at of the attempt's first chunk (seq 0)
     chunks: list[tuple[float, int]] = field(default_factory=list)
 
@@ -65,17 +66,27 @@ def token_lags(user: UserStream, direct: DirectStream) -> list[float]:
     ]
 
 
-def first_token_parts(user: UserStream, direct: DirectStream) -> tuple[float, float, float] | None:
-    """The added time to first token in three parts that sum to it: submit -> 202; 202 -> the
-    streamer's first chunk, minus the direct reader's time to first token (the queue, the
-    job's start, the upstream request); the first chunk's hop to the client (Kafka, the
-    notifier, the WebSocket)."""
+def first_token_parts(
+    user: UserStream, direct: DirectStream
+) -> tuple[float, float, float, float] | None:
+    """The added time to first token in four parts that sum to it: submit -> 202; 202 -> the
+    job's slot given (the command fetched from Kafka, the dispatch); the slot -> the
+    streamer's first chunk, minus the direct reader's time to first token (the upstream
+    request, the first token's flush); the first chunk's hop to the client (Kafka, the
+    notifier, the WebSocket). Both ends of the middle two are the streamer's clock."""
     times = token_times(user.chunks)
-    if not times or not direct.tokens or user.accepted is None or user.first_emitted is None:
+    if (
+        not times
+        or not direct.tokens
+        or user.accepted is None
+        or user.started is None
+        or user.first_emitted is None
+    ):
         return None
     direct_ttft = direct.tokens[0] - direct.requested
     return (
         user.accepted - user.submitted,
-        user.first_emitted - user.accepted - direct_ttft,
+        user.started - user.accepted,
+        user.first_emitted - user.started - direct_ttft,
         times[0] - user.first_emitted,
     )

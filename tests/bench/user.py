@@ -31,10 +31,11 @@ MODEL = "gpt-4o-mini"
 # not sum to the whole's).
 PARTS = (
     ("submit to 202", "the gateway: admission, its transaction, the answer"),
+    ("202 to the slot given", "the job's command fetched from Kafka, its dispatch"),
     (
-        "202 to the streamer's first chunk",
-        "the job's command fetched from Kafka, the job started, the upstream request; minus"
-        " the direct reader's time to first token",
+        "slot to the streamer's first chunk",
+        "the upstream request and the first token's flush, minus the direct reader's time to"
+        " first token",
     ),
     ("first chunk to the client", "the chunk's Kafka hop, the notifier, the WebSocket"),
 )
@@ -97,6 +98,9 @@ async def user_stream(
                 if msg["seq"] == 0:
                     user.first_emitted = datetime.fromisoformat(msg["emitted_at"]).timestamp()
                 user.chunks.append((received, int(msg["tokens"])))
+            elif kind == "event" and msg["event"] == "job.started":
+                if msg["data"]["attempt"] >= attempt:
+                    user.started = datetime.fromisoformat(msg["occurred_at"]).timestamp()
             elif kind == "event" and msg["event"] in FINAL:
                 return user
             elif kind in ("error", "redirect"):

@@ -7,7 +7,14 @@ import math
 import pytest
 
 from tests.bench.figures import Figure, percentile
-from tests.bench.lag import DirectStream, UserStream, added_first_token, token_lags, token_times
+from tests.bench.lag import (
+    DirectStream,
+    UserStream,
+    added_first_token,
+    first_token_parts,
+    token_lags,
+    token_times,
+)
 from tests.bench.promtext import Scrape, delta, histogram_quantile
 
 METRICS = """\
@@ -77,6 +84,22 @@ def test_added_first_token_is_the_users_wait_beyond_reading_the_upstream_directl
     user = UserStream(submitted=200.0, first_emitted=200.07, chunks=[(200.08, 1)])
     assert added_first_token(user, direct) == pytest.approx(0.03)
     assert added_first_token(UserStream(submitted=200.0), direct) is None
+
+
+def test_the_added_first_token_splits_into_four_parts_that_sum_to_it() -> None:
+    direct = DirectStream(requested=100.0, tokens=[100.05])
+    # 202 after 10 ms, the slot 5 ms later, the first chunk 60 ms after the slot (the
+    # upstream's own 50 ms among them), at the client 3 ms after that.
+    user = UserStream(
+        submitted=200.0, accepted=200.01, started=200.015, first_emitted=200.075,
+        chunks=[(200.078, 1)],
+    )  # fmt: skip
+    parts = first_token_parts(user, direct)
+    assert parts == pytest.approx((0.01, 0.005, 0.01, 0.003))
+    assert sum(parts or ()) == pytest.approx(added_first_token(user, direct) or math.nan)
+    # Without the job.started event the split is not known.
+    user.started = None
+    assert first_token_parts(user, direct) is None
 
 
 def test_token_lag_is_receipt_behind_the_upstream_spacing_from_the_first_token() -> None:
