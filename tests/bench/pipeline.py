@@ -50,8 +50,15 @@ class Watch:
     `started` and `finished` hold epoch seconds of the events (`occurred_at`).
     """
 
-    def __init__(self, bootstrap: str, prefix: str, *, chunks: bool = True) -> None:
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    def __init__(
+        self, bootstrap: str, prefix: str, *, chunks: bool = True, paced: bool = False
+    ) -> None:
+        # Paced: fetches held up to 100 ms to fill, so that at a moderate rate this reader
+        # adds little to the broker's work (where that is measured) and learns ends later.
+        fetches = {"fetch_max_wait_ms": 100, "fetch_min_bytes": 1 << 20} if paced else {}
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, **fetches
+        )
         # Without chunks it only learns starts and ends: cheaper beside a busy streamer.
         self.topics = (
             (events_topic(prefix), chunks_topic(prefix)) if chunks else (events_topic(prefix),)
