@@ -25,7 +25,7 @@ class ResultsSettings(CommonSettings, WebhookSettings):
         default=50.0, ge=0, description="longest a record waits in the buffer"
     )
     results_fetch_max_wait_ms: int = Field(
-        default=50,
+        default=25,
         ge=0,
         description="how long the broker may hold a fetch of the persister and the webhook"
         " planner for RESULTS_FETCH_MIN_BYTES to arrive: fewer, fuller fetches at a moderate"
