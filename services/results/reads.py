@@ -283,9 +283,30 @@ async def stream_snapshot(
         attempt,
     )
     assert chunks is not None  # an aggregate always answers one row
+    status = JobStatus(row["status"])
+    if status is JobStatus.COMPLETED:
+        # The final event and the chunks come on different topics, so a completed job's
+        # last chunks can be stored a moment after it: its text is then its result's.
+        done = await conn.fetchrow(
+            "SELECT response, chunks, completion_tokens FROM results WHERE job_id = $1",
+            job_id,
+        )
+        if (
+            done is not None
+            and done["response"] is not None
+            and (done["chunks"] or 0) > chunks["last_seq"] + 1
+        ):
+            return StreamSnapshot(
+                job_id=job_id,
+                status=status,
+                attempt=attempt,
+                last_seq=done["chunks"] - 1,
+                text=done["response"],
+                tokens=done["completion_tokens"] or 0,
+            )
     return StreamSnapshot(
         job_id=job_id,
-        status=JobStatus(row["status"]),
+        status=status,
         attempt=attempt,
         last_seq=chunks["last_seq"],
         text=chunks["text"],

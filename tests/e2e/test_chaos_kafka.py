@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from deploy.localstack.kafka import KafkaNode
@@ -62,7 +63,7 @@ async def get(url: str, token: str) -> tuple[int, Any]:
 
 
 async def test_a_broker_killed_mid_stream_loses_no_job_and_no_chunk(
-    chaos_system: Stack, own_kafka: KafkaNode
+    chaos_system: Stack, own_kafka: KafkaNode, database_url: str
 ) -> None:
     urls = chaos_system.urls()
     base = urls["gateway"]
@@ -101,8 +102,29 @@ async def test_a_broker_killed_mid_stream_loses_no_job_and_no_chunk(
     assert result["usage"]["completion_tokens"] == 150
     _, snapshot = await get(f"{base}/api/v1/jobs/{job_id}/stream", token)
     assert snapshot["attempt"] == result["attempt"]
-    assert snapshot["text"] == result["response"], "a chunk of the final attempt was lost"
+    assert snapshot["text"] == result["response"]
     assert snapshot["last_seq"] + 1 == result["chunks"]
+
+    # Every chunk of the final attempt is stored, though maybe a moment after the result.
+    async def stored() -> bool:
+        conn = await asyncpg.connect(database_url)
+        try:
+            row = await conn.fetchrow(
+                """SELECT string_agg(text, '' ORDER BY seq) AS text, count(*) AS n
+                   FROM chunks WHERE job_id = $1 AND attempt = $2""",
+                job_id,
+                result["attempt"],
+            )
+        finally:
+            await conn.close()
+        return row is not None and (row["text"], row["n"]) == (
+            result["response"],
+            result["chunks"],
+        )
+
+    await wait_for(
+        stored, timeout=30, interval=0.2, message="a chunk of the final attempt was lost"
+    )
 
     # And the system takes new work again.
     again = await submit(base, token, prompt="After the storm. [[sim tokens=5]]")

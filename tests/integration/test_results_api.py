@@ -210,6 +210,26 @@ async def test_retried_job_streams_only_its_current_attempt(
     assert (body["attempt"], body["status"]) == (2, "completed")
 
 
+async def test_a_completed_job_whose_last_chunks_are_not_stored_yet_streams_its_result(
+    service: ResultsService,
+    producer: AIOKafkaProducer,
+    topic_prefix: str,
+    http: aiohttp.ClientSession,
+    auth_secret: str,
+) -> None:
+    # The final event and the chunks travel on different topics: the result can be stored
+    # before the chunks that make it, and a reader must not see less text than the result.
+    script = job_script("ahead", texts=("Hello", " there", " world"))
+    script.chunks = script.chunks[:1]
+    await load(producer, topic_prefix, service, script)
+    alice = reader(http, service, auth_secret, "alice")
+    _status, result = await alice.get("/jobs/ahead/result")
+    _status, body = await alice.get("/jobs/ahead/stream")
+    assert (body["status"], body["attempt"], body["last_seq"]) == ("completed", 1, 2)
+    assert body["text"] == result["response"] == "Hello there world"
+    assert body["tokens"] == result["usage"]["completion_tokens"]
+
+
 async def test_list_filters_and_bad_parameters(
     service: ResultsService,
     producer: AIOKafkaProducer,
