@@ -106,6 +106,7 @@ class ResultsService:
             session_timeout_ms=s.results_session_timeout_ms,
             heartbeat_interval_ms=s.results_heartbeat_interval_ms,
             max_poll_records=s.results_batch_size,
+            **_paced_fetches(s),
         )
         await consumer.start()
         stack.push_async_callback(consumer.stop)
@@ -158,7 +159,10 @@ class ResultsService:
             self._background.spawn(self._retention_loop())
         log.info("results %s up: port %d", self.instance, self.port)
 
-    def _consumer_of(self, group: str | None, name: str) -> AIOKafkaConsumer:
+    def _consumer_of(
+        self, group: str | None, name: str, *, paced: bool = False
+    ) -> AIOKafkaConsumer:
+        """`paced`: a consumer of the busy topics, whose fetches the broker may hold to fill."""
         s = self.settings
         return AIOKafkaConsumer(
             **client_options(s),
@@ -170,6 +174,7 @@ class ResultsService:
             auto_offset_reset="earliest",
             session_timeout_ms=s.results_session_timeout_ms,
             heartbeat_interval_ms=s.results_heartbeat_interval_ms,
+            **(_paced_fetches(s) if paced else {}),
         )
 
     async def _start_webhooks(self, producer: AIOKafkaProducer, pool: asyncpg.Pool) -> None:
@@ -178,7 +183,7 @@ class ResultsService:
         s, stack, prefix = self.settings, self._stack, self.settings.topic_prefix
         # Named after the persister's group (RESULTS_GROUP_ID), so one prefixed ACL covers all.
         group = s.results_group_id
-        planner_consumer = self._consumer_of(group + WEBHOOK_PLANNER_SUFFIX, "planner")
+        planner_consumer = self._consumer_of(group + WEBHOOK_PLANNER_SUFFIX, "planner", paced=True)
         planner_consumer.subscribe(WEBHOOK_PLANNER.topics(prefix))
         stack.push_async_callback(planner_consumer.stop)
         self.planner = WebhookPlanner(
@@ -314,3 +319,17 @@ def create_service(
     return ResultsService(
         settings, registry if registry is not None else CollectorRegistry(), observer=observer
     )
+
+
+def _paced_fetches(s: ResultsSettings) -> dict[str, int]:
+    """Fetch settings of the consumers of every record (the persister, the webhook planner).
+
+    With the defaults a broker answers a fetch as soon as one record is appended, so at a
+    moderate rate every record costs each of them a fetch round trip, on the broker as on
+    us. Held until they fill or RESULTS_FETCH_MAX_WAIT_MS passes, fetches carry what
+    arrived meanwhile; nothing of theirs is latency-bound that closely.
+    """
+    return {
+        "fetch_max_wait_ms": s.results_fetch_max_wait_ms,
+        "fetch_min_bytes": s.results_fetch_min_bytes,
+    }

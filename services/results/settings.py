@@ -24,6 +24,19 @@ class ResultsSettings(CommonSettings, WebhookSettings):
     results_batch_delay_ms: float = Field(
         default=50.0, ge=0, description="longest a record waits in the buffer"
     )
+    results_fetch_max_wait_ms: int = Field(
+        default=25,
+        ge=0,
+        description="how long the broker may hold a fetch of the persister and the webhook"
+        " planner for RESULTS_FETCH_MIN_BYTES to arrive: fewer, fuller fetches at a moderate"
+        " rate, each record at most this much later; an idle consumer fetches this often",
+    )
+    results_fetch_min_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="bytes the broker waits for before it answers those fetches; 1: each"
+        " record as soon as it is appended",
+    )
     results_session_timeout_ms: int = Field(default=10_000, ge=1000)
     results_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     results_retry_base_s: float = Field(default=0.2, gt=0, description="first write backoff")
