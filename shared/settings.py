@@ -111,6 +111,12 @@ class CommonSettings(KafkaSecuritySettings, TopicReplicationSettings):
     )
     log_level: str = "INFO"
     log_json: bool = True
+    gc_young_threshold: int = Field(
+        default=50_000,
+        ge=0,
+        description="allocations between two collections of Python's young generation"
+        " (Python's own default: 700); 0 keeps Python's",
+    )
     instance_id: str = Field(default="", description="defaults to host:pid")
 
     @field_validator("streamjobs_auth_secret")

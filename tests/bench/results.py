@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import math
 import time
 import uuid
@@ -36,6 +37,7 @@ from shared.contracts import (
     utcnow,
 )
 from shared.kafka import ensure_topics, headers_for
+from shared.runtime import tune_collector
 from shared.topics import Priority, chunks_topic, events_topic
 from tests.bench.figures import Figure, percentile, render
 
@@ -179,9 +181,16 @@ async def measure(
     )
     await producer.start()
     service = create_service(settings, observer=observe)
+    thresholds = gc.get_threshold()
     try:
         backlog = [r for _ in range(jobs) for r in job_records(prefix, chunks_per_job)]
         await _send(producer, backlog)
+        # The service shares this process: the backlog's objects, left for the collector to
+        # scan at every full pass, would slow it as no deployed service is slowed. Its
+        # collector is then tuned as the service's own process tunes it at start-up.
+        del backlog
+        gc.collect()
+        tune_collector(settings.gc_young_threshold)
         started = time.perf_counter()
         await service.start()
         await _caught_up(service, jobs, jobs * chunks_per_job)
@@ -206,6 +215,7 @@ async def measure(
     finally:
         await service.stop()
         await producer.stop()
+        gc.set_threshold(*thresholds)
         admin = await asyncpg.connect(database_url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()

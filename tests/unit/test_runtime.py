@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from shared.runtime import EXIT_LOOP_DIED, BackgroundTasks, run_until_signal
+from shared.runtime import EXIT_LOOP_DIED, BackgroundTasks, run_until_signal, tune_collector
 
 
 async def forever() -> None:
@@ -112,3 +113,30 @@ async def test_run_until_signal_exits_zero_on_sigterm_with_healthy_loops() -> No
     assert code == 0
     assert service.stopped.is_set()
     assert loops.healthy()
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    """Put the collector back as it was: the thresholds and nothing frozen."""
+    thresholds = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+def test_the_collector_runs_the_young_generation_at_the_threshold_and_freezes_start_up(
+    collector: None,
+) -> None:
+    gc.set_threshold(700, 10, 10)
+    gc.unfreeze()
+    tune_collector(50_000)
+    assert gc.get_threshold() == (50_000, 10, 10)
+    assert gc.get_freeze_count() > 0  # what start-up allocated is out of every scan
+
+
+def test_a_zero_threshold_keeps_pythons(collector: None) -> None:
+    gc.set_threshold(700, 10, 10)
+    tune_collector(0)
+    assert gc.get_threshold() == (700, 10, 10)
