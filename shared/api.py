@@ -205,7 +205,10 @@ class AttemptView(_Out):
     continues: int | None = Field(
         default=None, description="the attempt whose cut-short answer this one continued"
     )
-    status: str = Field(description="running, completed, failed or cancelled")
+    status: str = Field(
+        description="running, completed, failed, cancelled, or preempted (stopped for an urgent"
+        " job; the next attempt runs the job on)"
+    )
     usage: TokenUsage | None = None
     usage_estimated: bool = False
     cost_usd: float | None = Field(

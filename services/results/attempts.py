@@ -94,6 +94,8 @@ def fact_of(event: LifecycleEvent, price_of: PriceOf) -> AttemptFact | None:
         status = {JobRetrying: "failed", JobFailed: "failed", JobCancelled: "cancelled"}[
             type(event)
         ]
+        if isinstance(event, JobRetrying) and event.data.preempted:
+            status = "preempted"  # stopped for an urgent job: it did not fail
         e = event.data
         usage = e.usage
         return AttemptFact(

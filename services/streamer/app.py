@@ -31,6 +31,7 @@ from services.streamer.lag import report_lag
 from services.streamer.looplag import monitor_loop_lag
 from services.streamer.metrics import StreamerMetrics
 from services.streamer.outcomes import KafkaEvents
+from services.streamer.preemption import Preemption
 from services.streamer.rejects import Rejects
 from services.streamer.reruns import Reruns
 from services.streamer.runner import run_job
@@ -268,6 +269,7 @@ class StreamerService:
                 s.streamer_loop_lag_window_s,
             ),
             fence=self.fence,
+            preemption=Preemption.of(s.streamer_preempt, s.streamer_max_attempts),
         )
 
     def _deps(self, producer: AIOKafkaProducer, upstreams: Upstreams) -> Deps:

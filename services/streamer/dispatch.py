@@ -2,8 +2,8 @@
 
 Which band goes next is the scheduler's call (scheduler.py); whether the loop has room for
 another stream is capacity.py's, and whether the higher bands are all fetched fence.py's.
-This module feeds them, starts what they let through, and ends each attempt's bookkeeping:
-slot, offset, or a rerun.
+This module feeds them, starts what they let through, stops a preemptible job for an urgent
+one waiting (preemption.py), and ends each attempt's bookkeeping: slot, offset, or a rerun.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from services.streamer.capacity import URGENT_RANK, Capacity
 from services.streamer.delayed import DelayedRetries
 from services.streamer.fence import PriorityFence, Verdict
 from services.streamer.inflight import InFlight
-from services.streamer.job import Running
+from services.streamer.job import Outcome, Running
 from services.streamer.metrics import StreamerMetrics
 from services.streamer.ports import EventPublisher, OffsetLedger, RunAttempt
+from services.streamer.preemption import Preemption
 from services.streamer.reruns import Reruns
 from services.streamer.scheduler import Scheduler
 from services.streamer.upstream import InternalError
@@ -50,8 +51,11 @@ class Dispatcher:
         metrics: StreamerMetrics,
         capacity: Capacity,
         fence: PriorityFence,
+        preemption: Preemption | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self.preemption = preemption
+        self._preempting: set[str] = set()  # jobs stopping for an urgent one
         self.capacity = capacity
         self.fence = fence
         self.delayed = delayed
@@ -170,16 +174,31 @@ class Dispatcher:
             waiting = scheduler.take(now)
             if waiting is None:
                 break
-            self._launch(waiting.item, now)
+            self._launch(waiting.item, now, waiting.since)
         # Ends read before this pass describe Kafka as it was: the next pass asks again.
         fence.spend()
+        self._preempt()
 
-    def _launch(self, running: Running, now: float) -> None:
+    def _preempt(self) -> None:
+        """Stop one preemptible job per urgent job waiting for a slot, beyond those stopping."""
+        preemption, scheduler = self.preemption, self.scheduler
+        if preemption is None or not self.accepting or scheduler.free_slots > 0:
+            return
+        wanted = scheduler.waiting(URGENT_RANK) - len(self._preempting)
+        # Overloaded, an urgent job takes a freed slot only under the ceiling.
+        if wanted <= 0 or not self.capacity.admits(URGENT_RANK, scheduler.in_use - 1):
+            return
+        for running in preemption.pick(self.inflight.running.values(), wanted):
+            self._preempting.add(running.job.job_id)
+            running.request_preempt()
+
+    def _launch(self, running: Running, now: float, queued_since: float) -> None:
         job = running.job
         running.slot_at = datetime.now(UTC)
         pending = self.cancels.take(running, now)
         if pending is not None:
             running.cancel = pending
+        running.launched, running.queued_since = now, queued_since
         self.inflight.running[job.job_id] = running
         if running.tp is not None and running.cancel is None:
             self.ledgers[running.source].started(
@@ -190,9 +209,10 @@ class Dispatcher:
     async def _run(self, running: Running) -> None:
         job = running.job
         lost = False
+        outcome: object = None
         try:
             try:
-                await self.run_attempt(running)
+                outcome = await self.run_attempt(running)
             except KafkaError:
                 raise
             except Exception as exc:  # a process boundary: one job's bug must not stop us
@@ -210,10 +230,36 @@ class Dispatcher:
             lost = True
         finally:
             self.inflight.running.pop(job.job_id, None)
+            self._preempting.discard(job.job_id)
             self.scheduler.release()
             self._wake.set()
         if lost:
             self.inflight.track(self.reruns.when_kafka_answers(running, self.admit), running)
             return
+        if outcome is Outcome.PREEMPTED:
+            # Its offset stays in flight: the same record carries the next attempt.
+            self._wait_again(running)
+            return
         if running.tp is not None:
             self.ledgers[running.source].done(running.tp, running.offset)
+
+    def _wait_again(self, stopped: Running) -> None:
+        """Queue a preempted job's next attempt first of its band (a cancel may end it)."""
+        again = Running(
+            job=stopped.job,
+            source=stopped.source,
+            tp=stopped.tp,
+            offset=stopped.offset,
+            owner=stopped.owner,
+            was_preempted=True,
+            queued_since=stopped.queued_since,
+        )
+        now = time.monotonic()
+        pending = self.cancels.take(again, now)
+        if pending is not None:
+            again.cancel = pending
+            self.cancels.skip(again)
+            return
+        # Its wait so far counts: it ages on from when it was first queued.
+        self.scheduler.offer_first(again, again.job.data.priority.rank, again.queued_since)
+        self.metrics.jobs_waiting.set(self.scheduler.waiting())

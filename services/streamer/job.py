@@ -28,6 +28,7 @@ class Outcome(enum.Enum):
     CANCELLED = "cancelled"
     RETRYING = "retrying"
     DEFERRED = "deferred"  # breaker open: re-queued without an attempt
+    PREEMPTED = "preempted"  # stopped for an urgent job: the next attempt waits for a slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,10 @@ class Running:
     # When the dispatch loop gave the job its slot: its first attempt's JobStarted says so,
     # however long a busy loop takes to run the attempt's first step.
     slot_at: datetime | None = None
+    launched: float = 0.0  # monotonic time of the slot, for preemption's youngest first
+    queued_since: float = 0.0  # monotonic time it was first queued for a slot here
+    preempted: bool = False  # its attempt is being stopped for an urgent job
+    was_preempted: bool = False  # an earlier attempt was: never preempted twice
 
     def __post_init__(self) -> None:
         if not self.owner:
@@ -90,4 +95,12 @@ class Running:
         self.cancel = cancel
         if self.reader is not None:
             # The attempt sees its reader cancelled, flushes what it read and ends cancelled.
+            self.reader.cancel()
+
+    def request_preempt(self) -> None:
+        """Stop the attempt for an urgent job: it ends retrying and the job waits again."""
+        if self.cancel is not None or self.preempted:
+            return
+        self.preempted = True
+        if self.reader is not None:
             self.reader.cancel()

@@ -33,6 +33,12 @@ class StreamerMetrics:
             labels,
             registry=registry,
         )
+        self.jobs_preempted = Counter(
+            "streamjobs_streamer_jobs_preempted_total",
+            "Attempts stopped for an urgent job; each job runs again as its next attempt",
+            labels,
+            registry=registry,
+        )
         self.queue_wait = Histogram(
             "streamjobs_streamer_queue_wait_seconds",
             "From submission (or retry due time) to the attempt's start",

@@ -89,6 +89,7 @@ async def publish_retrying(
     upstream: str | None,
     *,
     requeued: bool = True,
+    preempted: bool = False,
 ) -> None:
     """The retrying fact of a failed attempt: where it ran and what it used (billed)."""
     data = job.data
@@ -109,6 +110,7 @@ async def publish_retrying(
                 usage_estimated=so_far.estimated,
                 continues=data.resume.attempt if data.resume is not None else None,
                 requeued=requeued,
+                preempted=preempted,
             ),
         ),
     )

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from services.streamer.continuation import asked_of
 from services.streamer.job import Deps, Outcome, Running
 from services.streamer.outcomes import failed, publish_cancelled, publish_retrying, requeue
+from services.streamer.preemption import PREEMPTED_REASON
 from services.streamer.stream import AttemptStream
 from services.streamer.toolcalls import assemble
 from services.streamer.upstream import AttemptsExhausted, UpstreamError, UpstreamRejected
@@ -136,13 +137,43 @@ async def _fall_back(
         to.upstream.name,
         to.model,
     )
-    running.job = RunJob(
-        job_id=job.job_id,
-        trace_id=job.trace_id,
-        data=job.data.model_copy(update={"attempt": job.data.attempt + 1, "resume": resume}),
-    )
+    running.job = _next_attempt(job, resume)
     running.stream = None
     running.reader = None
+
+
+async def _preempted(
+    running: Running, deps: Deps, stream: AttemptStream, hop: Hop, labels: tuple[str, str]
+) -> Outcome:
+    """The stopped attempt's retrying fact; the job becomes its next attempt, which the
+    dispatcher queues again (continuing the answer where the model allows)."""
+    job = running.job
+    data = job.data
+    continues = deps.upstreams.registry.on_interrupt(data.config.model, data.on_interrupt)
+    resume = stream.resume_after() if continues == "continue" else None
+    deps.metrics.job_duration.labels("preempted").observe(deps.clock() - stream.started)
+    await publish_retrying(
+        deps,
+        job,
+        PREEMPTED_REASON,
+        datetime.now(UTC),
+        stream.streamed(),
+        hop.upstream.name,
+        requeued=False,
+        preempted=True,
+    )
+    deps.metrics.jobs_preempted.labels(*labels).inc()
+    log.info(
+        "attempt %d preempted for an urgent job; attempt %d waits", data.attempt, data.attempt + 1
+    )
+    running.job = _next_attempt(job, resume)
+    return Outcome.PREEMPTED
+
+
+def _next_attempt(job: RunJob, resume: ResumeFrom | None) -> RunJob:
+    """The job as its next attempt, restarting its answer or continuing `resume`."""
+    data = job.data.model_copy(update={"attempt": job.data.attempt + 1, "resume": resume})
+    return RunJob(job_id=job.job_id, trace_id=job.trace_id, data=data)
 
 
 async def _attempt(
@@ -210,7 +241,9 @@ async def _attempt(
         return _Broke(error, stream, started)
     if end is None:
         await stream.drain()
-        assert running.cancel is not None
+        if running.cancel is None:
+            assert running.preempted
+            return await _preempted(running, deps, stream, hop, labels)
         await publish_cancelled(deps, job, running.cancel, stream.streamed(), hop.upstream.name)
         deps.metrics.jobs_cancelled.labels(*labels).inc()
         deps.metrics.job_duration.labels("cancelled").observe(deps.clock() - started)

@@ -45,6 +45,10 @@ class Scheduler(Generic[T]):
     def offer(self, item: T, rank: int, now: float) -> None:
         self._queues[rank].append(Waiting(item, rank, now))
 
+    def offer_first(self, item: T, rank: int, since: float) -> None:
+        """Queue `item` ahead of its band, waiting `since`: one that held a slot (preempted)."""
+        self._queues[rank].appendleft(Waiting(item, rank, since))
+
     def _effective_rank(self, waiting: Waiting[T], now: float) -> int:
         if self.aging_s <= 0:
             return waiting.rank

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr
 
 from services.streamer.channels import JOB_GROUP, RETRY_GROUP
@@ -82,6 +84,12 @@ class StreamerSettings(CommonSettings):
         default=30.0, gt=0, description="one try at reading the claims on an assignment"
     )
     streamer_max_attempts: int = Field(default=4, ge=1)
+    streamer_preempt: Literal["off", "high", "normal", "low"] = Field(
+        default="low",
+        description="an urgent job waiting while every slot is busy stops the youngest running"
+        " job of this band or a lower one (lowest first); it runs again as its next attempt."
+        " 'off': urgent jobs wait for a slot to free",
+    )
     streamer_retry_base_s: float = Field(default=0.5, ge=0, description="first backoff bound")
     streamer_retry_max_s: float = Field(default=30.0, ge=0)
     streamer_breaker_failures: int = Field(

@@ -179,9 +179,10 @@ class AttemptStream:
             timer.reschedule(when)
 
     async def run(self) -> StreamEnd | None:
-        """The stream's end, or None when cancelled by the user; raises `UpstreamError`."""
+        """The stream's end, or None when cancelled by the user or preempted; raises
+        `UpstreamError`."""
         running = self.running
-        if running.cancel is not None:
+        if running.cancel is not None or running.preempted:
             return None
         loop = asyncio.get_running_loop()
         reader = asyncio.create_task(self._read())
@@ -217,7 +218,7 @@ class AttemptStream:
             finally:
                 self._timer = None
                 self._wake = None
-        if reader.cancelled():  # only a user's cancel cancels the reader while we run
+        if reader.cancelled():  # only a cancel or a preemption cancels it while we run
             await self._flush()
             return None
         error = reader.exception()

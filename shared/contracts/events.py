@@ -70,8 +70,14 @@ class JobRetryingData(_Body):
     continues: int | None = None
     requeued: bool = Field(
         default=True,
-        description="true: the next attempt was put on the retry topic; false: it runs at once"
-        " in the same slot (a fallback to the next upstream), carried by the same job record",
+        description="true: the next attempt was put on the retry topic; false: the same job"
+        " record carries it, at once in the same slot (a fallback to the next upstream) or"
+        " once a slot frees (preempted)",
+    )
+    preempted: bool = Field(
+        default=False,
+        description="the attempt was stopped for an urgent job, not failed; the next attempt"
+        " waits for a slot in the same streamer",
     )
 
 

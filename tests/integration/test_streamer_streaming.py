@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from deploy.simulator.server import Simulator
 from deploy.simulator.settings import SimulatorSettings
 from services.streamer.app import StreamerService, create_service
+from services.streamer.preemption import PREEMPTED_REASON
 from services.streamer.settings import StreamerSettings
 from shared.contracts import (
     CancelJob,
@@ -373,6 +374,61 @@ async def test_urgent_job_starts_before_normal_backlog(
     order = [r.job_id for r in started]
     assert order[0] == first.job_id
     assert order[1] == urgent.job_id, "the urgent job started right after the running one"
+
+
+async def test_an_urgent_job_preempts_the_youngest_low_job_which_completes_once_after_it(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    producer: AIOKafkaProducer,
+    start_streamer: StartStreamer,
+) -> None:
+    service = await start_streamer(streamer_slots=2)
+    old = make_job("Old low. [[sim tokens=200 tps=40]]", priority=Priority.LOW)
+    await submit(producer, topic_prefix, old)
+    await chunks_of(kafka_bootstrap, topic_prefix, old.job_id, 1)
+    young = make_job("Young low. [[sim tokens=60 tps=40]]", priority=Priority.LOW)
+    await submit(producer, topic_prefix, young)
+    await chunks_of(kafka_bootstrap, topic_prefix, young.job_id, 1)
+    urgent = make_job("Urgent. [[sim tokens=3]]", priority=Priority.URGENT)
+    await submit(producer, topic_prefix, urgent)
+
+    everyone = (old, young, urgent)
+    values = await read_topic(
+        kafka_bootstrap,
+        events_topic(topic_prefix),
+        until=lambda vs: all("job.completed" in types_of(vs, j.job_id) for j in everyone),
+        timeout=40,
+    )
+    assert types_of(values, old.job_id) == ["job.started", "job.completed"], "never stopped"
+    assert types_of(values, urgent.job_id) == ["job.started", "job.completed"]
+    events = records_of(values, young.job_id)
+    assert [e.type for e in events] == [
+        "job.started",
+        "job.retrying",
+        "job.started",
+        "job.completed",
+    ]
+    _, stopped, again, completed = events
+    assert stopped.data.preempted and not stopped.data.requeued
+    assert stopped.data.reason == PREEMPTED_REASON
+    assert (stopped.data.attempt, again.data.attempt, completed.data.attempt) == (1, 2, 2)
+    assert stopped.data.usage is not None, "the stopped attempt is billed for what it streamed"
+    urgent_started = records_of(values, urgent.job_id)[0].occurred_at
+    old_completed = records_of(values, old.job_id)[-1].occurred_at
+    assert urgent_started < old_completed, "the urgent job took the stopped job's slot"
+    assert again.occurred_at >= urgent_started
+
+    # The result is the second attempt's whole answer: nothing lost, nothing twice.
+    result = completed.data
+    chunks = await chunks_of(kafka_bootstrap, topic_prefix, young.job_id, result.chunks + 1)
+    second = [c for c in chunks if c.data.attempt == 2]
+    assert [c.data.seq for c in second] == list(range(result.chunks))
+    assert "".join(c.data.text for c in second) == result.response
+    assert sum(c.data.tokens for c in second) == result.usage.completion_tokens == 60
+    preempted = service.registry.get_sample_value(
+        "streamjobs_streamer_jobs_preempted_total", {"job_type": "analysis", "priority": "low"}
+    )
+    assert preempted == 1
 
 
 async def test_poison_records_go_to_the_dlq_and_the_consumer_carries_on(

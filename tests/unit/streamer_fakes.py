@@ -18,8 +18,9 @@ from services.streamer.delayed import DelayedRetries
 from services.streamer.dispatch import Dispatcher
 from services.streamer.fence import PriorityFence
 from services.streamer.inflight import InFlight
-from services.streamer.job import Running
+from services.streamer.job import Outcome, Running
 from services.streamer.metrics import StreamerMetrics
+from services.streamer.preemption import Preemption
 from services.streamer.reruns import Reruns
 from services.streamer.scheduler import Scheduler
 from services.streamer.streamed import Streamed
@@ -31,11 +32,17 @@ TP = TopicPartition("jobs", 0)
 
 
 def make_running(
-    job_id: str, *, user: str = "alice", priority: Priority = Priority.NORMAL, offset: int = 0
+    job_id: str,
+    *,
+    user: str = "alice",
+    priority: Priority = Priority.NORMAL,
+    offset: int = 0,
+    attempt: int = 1,
 ) -> Running:
     job = RunJob(
         job_id=job_id,
         data=RunJobData(
+            attempt=attempt,
             user_id=user,
             prompt="hello",
             job_type="analysis",
@@ -92,15 +99,29 @@ class FakeUpstream:
         self._gates: dict[str, asyncio.Event] = {}
         self._raises: dict[str, BaseException] = {}
 
-    async def __call__(self, running: Running) -> None:
+    async def __call__(self, running: Running) -> Outcome | None:
         job_id = running.job.job_id
         self.attempts.append((job_id, running.job.data.attempt))
         self.started.set()
         gate = self._gates.setdefault(job_id, asyncio.Event())
-        await gate.wait()
+        # The attempt's reader, as the stream's: a preemption cancels it.
+        reader = running.reader = asyncio.create_task(gate.wait())
+        try:
+            await reader
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not running.preempted or (task is not None and task.cancelling()):
+                raise
+            # As the runner does: the stopped attempt's job becomes its next attempt.
+            data = running.job.data.model_copy(update={"attempt": running.job.data.attempt + 1})
+            running.job = running.job.model_copy(update={"data": data})
+            return Outcome.PREEMPTED
+        finally:
+            running.reader = None
         gate.clear()
         if (exc := self._raises.pop(job_id, None)) is not None:
             raise exc
+        return None
 
     def finish(self, job_id: str, *, raising: BaseException | None = None) -> None:
         if raising is not None:
@@ -172,6 +193,7 @@ async def streamer(
     bands: FakeBands | None = None,
     max_lag_s: float = 0.0,
     window_s: float = 1.0,
+    preemption: Preemption | None = None,
 ) -> AsyncIterator[Streamer]:
     """The dispatch use cases; no partition known to the fence, admission by capacity off,
     unless `bands` and `max_lag_s` say otherwise."""
@@ -217,6 +239,7 @@ async def streamer(
         metrics=metrics,
         capacity=Capacity(max_lag_s, max_lag_s / 2, window_s),
         fence=fence,
+        preemption=preemption,
     )
     loop = asyncio.create_task(dispatcher.loop())
     try:

@@ -62,3 +62,21 @@ def test_an_attempt_is_one_fact_merged_from_its_start_and_its_end() -> None:
     assert first.cost_usd == Decimal("0.00001000") and second.cost_usd is None
     assert first.started_at is not None and first.ended_at is not None
     assert second.started_at == events[2].occurred_at
+
+
+def test_an_attempt_stopped_for_an_urgent_job_is_preempted_not_failed() -> None:
+    stopped = JobRetrying(
+        job_id=JOB,
+        data=JobRetryingData(
+            attempt=1,
+            next_attempt=2,
+            reason="preempted: an urgent job needed the slot",
+            retry_at=datetime.now(UTC),
+            usage=TokenUsage(prompt_tokens=10, completion_tokens=4, total_tokens=14),
+            requeued=False,
+            preempted=True,
+        ),
+    )
+    fact = fact_of(stopped, lambda m, u: None)
+    assert fact is not None
+    assert (fact.status, fact.total_tokens) == ("preempted", 14), "billed, and not a failure"
