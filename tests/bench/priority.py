@@ -4,6 +4,8 @@ Five runs. Calm runs hold every slot with slow streams (a few tokens/s each); ov
 runs with fast ones (the streamer's CPU cannot keep up). Each run also queues normal
 jobs beyond the slots, waits, then sends one urgent job and counts the run's normal jobs
 that started after the urgent record was in Kafka and before the urgent job started.
+A sixth run holds the slots and the backlog with low jobs instead: the urgent job stops
+one of them (preemption) rather than waiting for a slot to free.
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ from tests.bench.promtext import Scrape, delta, histogram_quantile, scrape
 
 LOOP_LAG = "streamjobs_streamer_loop_lag_seconds"
 OVERLOADED = "streamjobs_streamer_overloaded"
-# (name, directive of the jobs that hold the slots, tokens each)
-CALM = ("calm", "tps=2", 8)
-OVERLOAD = ("overloaded", "tps=100", 60)
-RUNS = (CALM, OVERLOAD, CALM, OVERLOAD, CALM)
+# (name, directive of the jobs that hold the slots, tokens each, their band)
+Spec = tuple[str, str, int, Priority]
+CALM: Spec = ("calm", "tps=2", 8, Priority.NORMAL)
+OVERLOAD: Spec = ("overloaded", "tps=100", 60, Priority.NORMAL)
+PREEMPT: Spec = ("low", "tps=2", 8, Priority.LOW)
+RUNS = (CALM, OVERLOAD, CALM, OVERLOAD, CALM, PREEMPT)
 
 
 @dataclass
 class Run:
     kind: str
+    band: Priority  # of the jobs holding the slots and waiting
     waiting: int  # normal jobs of the run not started when the urgent job was sent
     overtaken: int
     start_delay_s: float  # urgent in Kafka -> urgent started
@@ -68,21 +73,21 @@ async def one_run(
     watch: Watch,
     producer: AIOKafkaProducer,
     http: aiohttp.ClientSession,
-    spec: tuple[str, str, int],
+    spec: Spec,
     *,
     slots: int,
     backlog: int,
 ) -> Run:
-    kind, directive, tokens = spec
+    kind, directive, tokens, band = spec
     prefix, pid = stack.topic_prefix, stack.processes["streamer"].pid
     metrics_url = f"{stack.urls()['streamer']}/metrics"
     before = await scrape(http, metrics_url)
     jobs = [
-        run_job(f"{kind} {i} [[sim tokens={tokens} {directive}]]", Priority.NORMAL, tokens)
+        run_job(f"{kind} {i} [[sim tokens={tokens} {directive}]]", band, tokens)
         for i in range(slots + backlog)
     ]
     ids = [j.job_id for j in jobs]
-    await asyncio.gather(*(publish(producer, job_topic(Priority.NORMAL, prefix), j) for j in jobs))
+    await asyncio.gather(*(publish(producer, job_topic(band, prefix), j) for j in jobs))
     await asyncio.sleep(0.5)  # the streamer fills its slots; the rest wait
     cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
     await asyncio.sleep(1.0)
@@ -101,6 +106,7 @@ async def one_run(
     freed = min((t for t in watch.finished.values() if in_kafka < t < started), default=in_kafka)
     return Run(
         kind=kind,
+        band=band,
         waiting=waiting,
         overtaken=sum(in_kafka < watch.started.get(j, math.inf) < started for j in ids),
         start_delay_s=max(0.0, min(started, time.time()) - in_kafka),
@@ -120,6 +126,8 @@ async def measure(stack: Stack, bootstrap: str, *, slots: int, backlog: int = 10
             runs.append(
                 await one_run(stack, watch, producer, http, spec, slots=slots, backlog=backlog)
             )
+    preempting = [r for r in runs if r.band is Priority.LOW]
+    runs = [r for r in runs if r.band is Priority.NORMAL]
     worst = max(runs, key=lambda r: r.overtaken)
     overloaded = [i + 1 for i, r in enumerate(runs) if r.overloaded]
     detail = "; ".join(
@@ -152,5 +160,18 @@ async def measure(stack: Stack, bootstrap: str, *, slots: int, backlog: int = 10
             "-",
             "worst of the runs: urgent record in Kafka -> job.started; the rest of the delay"
             " is waiting for a running job to finish",
+        ),
+        *(
+            Figure(
+                "streamer: urgent job start delay, every slot held by low jobs (preemption)",
+                r.start_delay_s * 1000,
+                "ms",
+                "<= 1000",
+                f"urgent record in Kafka -> job.started, {slots} low jobs streaming in the slots"
+                f" and {backlog} more waiting: it stops the youngest instead of waiting for one"
+                f" to finish; {r.overtaken} low jobs started ahead of it, {r.signs}"
+                + (f", {r.unfinished} jobs never finished" if r.unfinished else ""),
+            )
+            for r in preempting
         ),
     ]
