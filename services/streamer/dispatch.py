@@ -55,7 +55,6 @@ class Dispatcher:
     ) -> None:
         self.scheduler = scheduler
         self.preemption = preemption
-        self._preempting: set[str] = set()  # jobs stopping for an urgent one
         self.capacity = capacity
         self.fence = fence
         self.delayed = delayed
@@ -184,13 +183,14 @@ class Dispatcher:
         preemption, scheduler = self.preemption, self.scheduler
         if preemption is None or not self.accepting or scheduler.free_slots > 0:
             return
-        wanted = scheduler.waiting(URGENT_RANK) - len(self._preempting)
+        urgent = scheduler.waiting(URGENT_RANK)
         # Overloaded, an urgent job takes a freed slot only under the ceiling.
-        if wanted <= 0 or not self.capacity.admits(URGENT_RANK, scheduler.in_use - 1):
+        if not urgent or not self.capacity.admits(URGENT_RANK, scheduler.in_use - 1):
             return
-        for running in preemption.pick(self.inflight.running.values(), wanted):
-            self._preempting.add(running.job.job_id)
-            running.request_preempt()
+        running = self.inflight.running.values()
+        stopping = sum(r.preempted for r in running)
+        for chosen in preemption.pick(running, urgent - stopping):
+            chosen.request_preempt()
 
     def _launch(self, running: Running, now: float, queued_since: float) -> None:
         job = running.job
@@ -230,7 +230,6 @@ class Dispatcher:
             lost = True
         finally:
             self.inflight.running.pop(job.job_id, None)
-            self._preempting.discard(job.job_id)
             self.scheduler.release()
             self._wake.set()
         if lost:

@@ -35,7 +35,7 @@ from shared.contracts import (
 from shared.kafka import enqueue, publish
 from shared.logs import bind
 from shared.topics import events_topic
-from shared.upstreams import Hop
+from shared.upstreams import Hop, OnInterrupt
 
 __all__ = ["Deps", "Outcome", "Running", "run_job"]
 
@@ -81,7 +81,7 @@ async def run_job(running: Running, deps: Deps) -> Outcome:
     continues = deps.upstreams.registry.on_interrupt(data.config.model, data.on_interrupt)
     while True:
         hop, link = step
-        result = await _attempt(running, deps, hop, link, labels)
+        result = await _attempt(running, deps, hop, link, labels, continues)
         if not isinstance(result, _Broke):
             return result
         error, stream = result.error, result.stream
@@ -143,14 +143,18 @@ async def _fall_back(
 
 
 async def _preempted(
-    running: Running, deps: Deps, stream: AttemptStream, hop: Hop, labels: tuple[str, str]
+    running: Running,
+    deps: Deps,
+    stream: AttemptStream,
+    hop: Hop,
+    labels: tuple[str, str],
+    on_interrupt: OnInterrupt,
 ) -> Outcome:
     """The stopped attempt's retrying fact; the job becomes its next attempt, which the
     dispatcher queues again (continuing the answer where the model allows)."""
     job = running.job
     data = job.data
-    continues = deps.upstreams.registry.on_interrupt(data.config.model, data.on_interrupt)
-    resume = stream.resume_after() if continues == "continue" else None
+    resume = stream.resume_after() if on_interrupt == "continue" else None
     deps.metrics.job_duration.labels("preempted").observe(deps.clock() - stream.started)
     await publish_retrying(
         deps,
@@ -177,7 +181,12 @@ def _next_attempt(job: RunJob, resume: ResumeFrom | None) -> RunJob:
 
 
 async def _attempt(
-    running: Running, deps: Deps, hop: Hop, link: Link, labels: tuple[str, str]
+    running: Running,
+    deps: Deps,
+    hop: Hop,
+    link: Link,
+    labels: tuple[str, str],
+    on_interrupt: OnInterrupt,
 ) -> Outcome | _Broke:
     """One attempt on one upstream: its final event, or `_Broke` for the caller to decide."""
     job = running.job
@@ -243,7 +252,7 @@ async def _attempt(
         await stream.drain()
         if running.cancel is None:
             assert running.preempted
-            return await _preempted(running, deps, stream, hop, labels)
+            return await _preempted(running, deps, stream, hop, labels, on_interrupt)
         await publish_cancelled(deps, job, running.cancel, stream.streamed(), hop.upstream.name)
         deps.metrics.jobs_cancelled.labels(*labels).inc()
         deps.metrics.job_duration.labels("cancelled").observe(deps.clock() - started)
