@@ -468,7 +468,8 @@ async def test_ops_routes_report_health_readiness_metrics_and_lag_per_band(
 ) -> None:
     service = await start_streamer(streamer_slots=1, streamer_lag_interval_s=0.1)
     base = f"http://127.0.0.1:{service.port}"
-    await submit(producer, topic_prefix, make_job("Hold the slot. [[sim tokens=50 tps=25]]"))
+    # Long enough that the slot is still held while the routes are read, however slow the box.
+    await submit(producer, topic_prefix, make_job("Hold the slot. [[sim tokens=400 tps=25]]"))
     for i in range(3):
         await submit(producer, topic_prefix, make_job(f"Low {i}.", priority=Priority.LOW))
     low_lag = (
@@ -479,15 +480,21 @@ async def test_ops_routes_report_health_readiness_metrics_and_lag_per_band(
         async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
             return await resp.text()
 
-    async def low_band_lag() -> float | None:
+    async def sample(prefix: str) -> float | None:
         for line in (await metrics()).splitlines():
-            if line.startswith(low_lag):
+            if line.startswith(prefix):
                 return float(line.rsplit(" ", 1)[1])
         return None
 
-    # Every low job waits behind the busy slot: all three count as the low band's lag.
+    # The first job holds the only slot, and every low job waits behind it: all three
+    # count as the low band's lag.
     await wait_for(
-        lambda: _is(low_band_lag(), 3.0), timeout=10, message="lag of the low band reaches 3"
+        lambda: _is(sample("streamjobs_streamer_slots_in_use "), 1.0),
+        timeout=10,
+        message="the first job holds the slot",
+    )
+    await wait_for(
+        lambda: _is(sample(low_lag), 3.0), timeout=10, message="lag of the low band reaches 3"
     )
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/healthz") as resp:
