@@ -309,6 +309,9 @@ class StreamerService:
             auto_offset_reset="earliest",
             session_timeout_ms=s.streamer_session_timeout_ms,
             heartbeat_interval_ms=s.streamer_heartbeat_interval_ms,
+            # A read_committed fetch parked on an empty partition can miss a commit until
+            # its wait runs out; a short wait bounds how late a burst of jobs is seen.
+            fetch_max_wait_ms=s.streamer_fetch_max_wait_ms,
             # Round robin only while a member of an earlier version is in the group.
             partition_assignment_strategy=(
                 (assignor, RoundRobinPartitionAssignor)

@@ -105,6 +105,12 @@ class StreamerSettings(CommonSettings):
         description="producer linger of the chunk and event records; 0 sends at once (records"
         " sent while a request is in flight still travel together)",
     )
+    streamer_fetch_max_wait_ms: int = Field(
+        default=50,
+        ge=0,
+        description="how long an intake fetch waits on the broker for new jobs; a burst"
+        " committed while the fetch is parked waits for this at most",
+    )
     streamer_max_loop_lag_ms: float = Field(
         default=50.0,
         ge=0,
