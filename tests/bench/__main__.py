@@ -60,7 +60,7 @@ class Bench:
     bootstrap: str
     database_url: str
     stack: Stack | None = None
-    # Kafka's and PostgreSQL's pids, named: what the cost scenario counts beside the services.
+    # Kafka's and PostgreSQL's pids, named: what CPU figures count beside the services.
     infrastructure: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -68,6 +68,11 @@ class Bench:
         if self.stack is None:
             raise RuntimeError("this scenario needs the services running")
         return self.stack
+
+    def roots(self) -> dict[int, str]:
+        """Every process of the running stack and the infrastructure, by pid: each one's
+        CPU is counted with its children's under its name."""
+        return {p.pid: name for name, p in self.running.processes.items()} | self.infrastructure
 
 
 async def run_hotpath(b: Bench) -> list[Figure]:
@@ -133,9 +138,8 @@ async def run_split(b: Bench) -> list[Figure]:
 async def run_cost(b: Bench) -> list[Figure]:
     stack = b.running
     tokens = [issue_token(stack.auth_secret(), f"bench-cost-{i}") for i in range(GATEWAY_USERS)]
-    roots = {proc.pid: name for name, proc in stack.processes.items()} | b.infrastructure
     return await cost.measure(
-        stack.urls()["gateway"], tokens, b.bootstrap, stack.topic_prefix, roots
+        stack.urls()["gateway"], tokens, b.bootstrap, stack.topic_prefix, b.roots()
     )
 
 
@@ -161,6 +165,7 @@ async def run_gateway(b: Bench) -> list[Figure]:
         concurrency=GATEWAY_CONCURRENCY,
         stack_note=note,
         pid=stack.processes["gateway"].pid,
+        roots=b.roots(),
     )
 
 
