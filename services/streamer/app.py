@@ -267,6 +267,7 @@ class StreamerService:
                 s.streamer_max_loop_lag_ms / 1000,
                 s.streamer_resume_loop_lag_ms / 1000,
                 s.streamer_loop_lag_window_s,
+                s.streamer_loop_lag_recover_ms / 1000,
             ),
             fence=self.fence,
             preemption=Preemption.of(s.streamer_preempt, s.streamer_max_attempts),

@@ -23,16 +23,28 @@ class Capacity:
     """Overloaded while the p99 loop lag of the last `window_s` exceeds `max_lag_s`.
 
     Hysteresis: once overloaded it stays so until the window's p99 is back at or under
-    `resume_lag_s`, so admission does not flap on every sample. While overloaded only
+    `resume_lag_s`, or until every sample of the last `recover_s` was (None: the window's
+    length), so admission does not flap on every sample. A loop that is truly behind lags
+    in every sample; one that hiccuped twice (a burst of jobs starting, a busy box) and
+    keeps up again need not wait for the spikes to leave the whole window: the samples
+    before its calm stretch are forgotten, and the window starts again. While overloaded only
     urgent jobs start, and only into slots that freed since the overload began: the load
     does not grow, and an urgent job never waits for the whole backlog to drain.
     `max_lag_s` 0 turns admission by capacity off.
     """
 
-    def __init__(self, max_lag_s: float, resume_lag_s: float, window_s: float) -> None:
+    def __init__(
+        self,
+        max_lag_s: float,
+        resume_lag_s: float,
+        window_s: float,
+        recover_s: float | None = None,
+    ) -> None:
         self.max_lag_s = max_lag_s
         self.resume_lag_s = min(resume_lag_s, max_lag_s)
         self.window_s = window_s
+        self.recover_s = window_s if recover_s is None else recover_s
+        self._calm_since: float | None = None  # first sample of the run at or under resume
         self.overloaded = False
         self.ceiling = 0  # slots in use when the overload began
         self._samples: deque[tuple[float, float]] = deque()
@@ -61,17 +73,32 @@ class Capacity:
         samples.append((now, lag_s))
         self._over_max += lag_s > self.max_lag_s
         self._over_resume += lag_s > self.resume_lag_s
-        while samples[0][0] < now - self.window_s:
-            _, old = samples.popleft()
-            self._over_max -= old > self.max_lag_s
-            self._over_resume -= old > self.resume_lag_s
-        if not self.overloaded and self._p99_over(self._over_max):
-            self.overloaded, self.ceiling = True, in_use
+        if lag_s > self.resume_lag_s:
+            self._calm_since = None
+        elif self._calm_since is None:
+            self._calm_since = now
+        self._forget_before(now - self.window_s)
+        if not self.overloaded:
+            if self._p99_over(self._over_max):
+                self.overloaded, self.ceiling = True, in_use
+                return True
+            return False
+        if not self._p99_over(self._over_resume):
+            self.overloaded = False
             return True
-        if self.overloaded and not self._p99_over(self._over_resume):
+        calm = self._calm_since
+        if calm is not None and now - calm >= self.recover_s:
+            self._forget_before(calm)
             self.overloaded = False
             return True
         return False
+
+    def _forget_before(self, moment: float) -> None:
+        samples = self._samples
+        while samples and samples[0][0] < moment:
+            _, old = samples.popleft()
+            self._over_max -= old > self.max_lag_s
+            self._over_resume -= old > self.resume_lag_s
 
     def admits(self, rank: int, in_use: int) -> bool:
         """Whether a job of band `rank` may take a free slot now, with `in_use` slots busy."""

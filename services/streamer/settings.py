@@ -121,7 +121,13 @@ class StreamerSettings(CommonSettings):
         default=25.0,
         ge=0,
         description="an overloaded streamer takes jobs again once the window's p99 loop lag"
-        " is at or under this",
+        " is at or under this, or every sample of the recovery time was",
+    )
+    streamer_loop_lag_recover_ms: float = Field(
+        default=200.0,
+        ge=0,
+        description="how long the loop lag stays at or under the resume bound before an"
+        " overloaded streamer takes jobs again, however recent its spikes",
     )
     streamer_loop_lag_interval_ms: float = Field(
         default=10.0, gt=0, description="how often the loop lag is sampled"

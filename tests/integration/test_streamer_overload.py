@@ -58,7 +58,9 @@ class Overload:
     async def _feed(self, service: StreamerService) -> None:
         while True:
             service.dispatcher.loop_lag(INJECTED_LAG_S)
-            await asyncio.sleep(0.1)
+            # Well inside the recovery time: between two of these the streamer's own
+            # monitor sees a calm loop, and a calm stretch that long would end the overload.
+            await asyncio.sleep(0.05)
 
     async def stop(self, service: StreamerService) -> None:
         task, self._task = self._task, None

@@ -39,6 +39,31 @@ def test_a_lag_spike_past_the_bound_overloads_and_the_window_must_recover_first(
     assert not c.overloaded
 
 
+def test_a_loop_calm_for_the_recovery_time_takes_jobs_before_its_spikes_leave_the_window() -> None:
+    c = Capacity(max_lag_s=0.05, resume_lag_s=0.025, window_s=1.0, recover_s=0.2)
+    for t in range(10):
+        c.observe(t * 0.01, 0.001, in_use=2)
+    c.observe(0.10, 0.3, in_use=2)  # two spikes: the window's p99 is over the bound
+    c.observe(0.11, 0.001, in_use=2)
+    c.observe(0.12, 0.3, in_use=2)
+    assert c.overloaded
+    for t in range(13, 32):  # calm from 0.13 s, but not yet for 0.2 s
+        assert not c.observe(t * 0.01, 0.001, in_use=2)
+    assert c.overloaded, "calm for less than the recovery time"
+    assert c.observe(0.33, 0.001, in_use=2), "calm for 0.2 s: taking jobs again"
+    assert not c.overloaded
+    assert c.p99() == 0.001, "the spikes before the calm stretch are forgotten"
+    assert not c.observe(0.34, 0.02, in_use=2), "and do not overload it again"
+
+
+def test_a_loop_that_lags_in_every_turn_stays_overloaded_past_the_recovery_time() -> None:
+    c = Capacity(max_lag_s=0.05, resume_lag_s=0.025, window_s=1.0, recover_s=0.2)
+    for t in range(300):
+        # Mostly calm turns, but one over the resume bound every 150 ms: never calm for 0.2 s.
+        c.observe(t * 0.01, 0.2 if t % 15 == 0 else 0.001, in_use=1)
+    assert c.overloaded
+
+
 def test_lag_between_the_resume_and_the_overload_bounds_changes_nothing() -> None:
     c = capacity()
     for t in range(10):
